@@ -1,0 +1,69 @@
+"""Where the control-plane binaries are: the cache directory built by build-binaries.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+E2E_DIR = Path(__file__).resolve().parent.parent
+REPO_ROOT = E2E_DIR.parent
+BUILD_SCRIPT = E2E_DIR / "scripts" / "build-binaries.sh"
+
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "ray-operator",
+    "helm",
+)
+KWOK_STAGES = ("node-initialize", "node-heartbeat", "pod-ready", "pod-complete", "pod-delete")
+
+
+class BinariesMissingError(RuntimeError):
+    pass
+
+
+def check_bindir(bindir: Path) -> Path:
+    missing = [b for b in BINARIES if not os.access(bindir / b, os.X_OK)]
+    if missing:
+        raise BinariesMissingError(f"{bindir} lacks {', '.join(missing)}; run `make binaries`")
+    return bindir
+
+
+def find_bindir(*, build: bool = True) -> Path:
+    """The directory holding every binary.
+
+    ``$K2T_BINDIR`` wins if set. Otherwise ask ``build-binaries.sh``: with ``build`` it builds
+    whatever is missing (slow only the first time on a machine), without it it only prints the
+    directory the current versions map to.
+    """
+    env = os.environ.get("K2T_BINDIR")
+    if env:
+        return check_bindir(Path(env).resolve())
+    args = ["bash", str(BUILD_SCRIPT)] + ([] if build else ["--print"])
+    out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return check_bindir(Path(out.strip().splitlines()[-1]))
+
+
+def kuberay_crds(bindir: Path) -> list[Path]:
+    crds = sorted((bindir / "crds" / "kuberay").glob("*.yaml"))
+    if not crds:
+        raise BinariesMissingError(f"no KubeRay CRDs under {bindir / 'crds' / 'kuberay'}")
+    return crds
+
+
+def kwok_stages(bindir: Path) -> list[Path]:
+    paths = [bindir / "kwok-stages" / f"{s}.yaml" for s in KWOK_STAGES]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise BinariesMissingError(f"missing KWOK stage files: {missing}")
+    return paths
+
+
+def our_crds() -> list[Path]:
+    """This repo's CRDs (``crds/*.yaml``); empty while none exist yet."""
+    return sorted((REPO_ROOT / "crds").glob("*.yaml"))

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Build (or reuse) every binary of the local test ground and print the directory holding them.
+#
+#   e2e/scripts/build-binaries.sh           # builds what is missing, prints the bin dir on stdout
+#   e2e/scripts/build-binaries.sh --print   # prints the bin dir without building anything
+#
+# Versions come from e2e/build/versions.env only. The binaries land in
+#   ${K2T_CACHE:-$HOME/.cache/k2think-operator}/bin/<key>/
+# where <key> is the Kubernetes version plus a hash of versions.env and of the Go sources under
+# e2e/build/, so bumping a version (or editing a main) builds into a new directory. A second run
+# with everything present only hashes a few files. Progress goes to stderr; stdout is the path.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BUILD_SRC="$(cd "$HERE/../build" && pwd)"
+CACHE="${K2T_CACHE:-$HOME/.cache/k2think-operator}"
+
+# shellcheck source=../build/versions.env
+source "$BUILD_SRC/versions.env"
+: "${KUBERNETES_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${KUBERAY_VERSION:?}"
+: "${HELM_VERSION:?}"
+
+hash_inputs() {
+    (cd "$BUILD_SRC" && find . -type f \( -name '*.go' -o -name 'versions.env' \) -print0 \
+        | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-10
+}
+KEY="${KUBERNETES_VERSION}-$(hash_inputs)"
+BIN="$CACHE/bin/$KEY"
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+ALL_BINS=("${KUBE_BINS[@]}" etcd kwok ray-operator helm)
+STAGES=(node-initialize node-heartbeat pod-ready pod-complete pod-delete)
+
+complete() {
+    local b
+    for b in "${ALL_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+    for b in "${STAGES[@]}"; do [[ -s "$BIN/kwok-stages/$b.yaml" ]] || return 1; done
+    compgen -G "$BIN/crds/kuberay/*.yaml" >/dev/null || return 1
+    [[ -s "$BIN/versions.env" ]]
+}
+
+if [[ "${1:-}" == "--print" ]]; then
+    echo "$BIN"
+    exit 0
+fi
+if complete; then
+    echo "$BIN"
+    exit 0
+fi
+
+log() { echo "build-binaries: $*" >&2; }
+command -v go >/dev/null || { log "go is not on PATH (need Go >= 1.26)"; exit 1; }
+
+mkdir -p "$BIN" "$CACHE/src"
+# One builder at a time per key (make demo and a test run may race on a fresh machine).
+exec 9>"$BIN/.lock"
+if command -v flock >/dev/null; then flock 9; fi
+if complete; then echo "$BIN"; exit 0; fi
+
+export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+GOMODCACHE="$(go env GOMODCACHE)"
+START=$SECONDS
+
+# staging minor: v1.36.3 -> v0.36.3
+STAGING_VERSION="v0.${KUBERNETES_VERSION#v1.}"
+K8S_MINOR="${KUBERNETES_VERSION#v1.}"; K8S_MINOR="${K8S_MINOR%%.*}"
+
+build_kube() {
+    local work="$CACHE/src/$KEY/kube"
+    log "kube: k8s.io/kubernetes $KUBERNETES_VERSION (staging $STAGING_VERSION) in $work"
+    rm -rf "$work" && mkdir -p "$work"
+    cp -r "$BUILD_SRC/kube/." "$work/"
+    (
+        cd "$work"
+        go mod init k2think.dev/e2e/kube >/dev/null 2>&1
+        go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+        go mod download "k8s.io/kubernetes@$KUBERNETES_VERSION"
+        local gomod="$GOMODCACHE/k8s.io/kubernetes@$KUBERNETES_VERSION/go.mod" mods=() m
+        mapfile -t mods < <(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$gomod")
+        [[ ${#mods[@]} -gt 0 ]] || { log "no staging replaces found in $gomod"; exit 1; }
+        for m in "${mods[@]}"; do
+            go mod edit -replace="$m=$m@$STAGING_VERSION"
+        done
+        # Some staging modules (sample-*) are not served by the proxy; tidy only needs those used.
+        if ! go mod tidy >tidy.log 2>&1; then
+            log "go mod tidy failed:"; cat tidy.log >&2; exit 1
+        fi
+        local ld="-s -w" p
+        for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            ld+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1"
+            ld+=" -X $p.gitMinor=$K8S_MINOR -X $p.gitTreeState=clean"
+            ld+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+        done
+        local pkgs=()
+        for p in "${KUBE_BINS[@]}"; do pkgs+=("./cmd/$p"); done
+        # One go build for the four binaries: shared packages compile once.
+        go build -ldflags="$ld" -o "$BIN/.tmp-kube/" "${pkgs[@]}"
+    )
+    local b
+    for b in "${KUBE_BINS[@]}"; do mv -f "$BIN/.tmp-kube/$b" "$BIN/$b"; done
+    rmdir "$BIN/.tmp-kube"
+}
+
+build_etcd() {
+    local work="$CACHE/src/$KEY/etcd"
+    log "etcd: go.etcd.io/etcd/server/v3 $ETCD_VERSION in $work"
+    rm -rf "$work" && mkdir -p "$work"
+    cp -r "$BUILD_SRC/etcd/." "$work/"
+    (
+        cd "$work"
+        go mod init k2think.dev/e2e/etcd >/dev/null 2>&1
+        go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+        go mod tidy >tidy.log 2>&1 || { cat tidy.log >&2; exit 1; }
+        go build -ldflags="-s -w" -o "$BIN/.tmp-etcd" .
+    )
+    mv -f "$BIN/.tmp-etcd" "$BIN/etcd"
+}
+
+go_install() { # <binary name> <package@version>
+    log "$1: go install $2"
+    GOBIN="$BIN/.tmp-$1" go install -ldflags="-s -w" "$2"
+    local built
+    built="$(find "$BIN/.tmp-$1" -maxdepth 1 -type f -perm -u+x | head -n1)"
+    [[ -n "$built" ]] || { log "go install $2 produced no binary"; exit 1; }
+    mv -f "$built" "$BIN/$1"
+    rm -rf "$BIN/.tmp-$1"
+}
+
+missing() { local b; for b in "$@"; do [[ -x "$BIN/$b" ]] || return 0; done; return 1; }
+
+if missing "${KUBE_BINS[@]}"; then build_kube; fi
+if missing etcd; then build_etcd; fi
+if missing kwok; then go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"; fi
+if missing ray-operator; then
+    go_install ray-operator "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION"
+fi
+if missing helm; then go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; fi
+
+# Data files the harness needs, copied next to the binaries so nothing reads GOMODCACHE at run time.
+kuberay_dir="$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+mkdir -p "$BIN/crds/kuberay"
+cp "$kuberay_dir"/config/crd/bases/*.yaml "$BIN/crds/kuberay/"
+chmod u+w "$BIN"/crds/kuberay/*.yaml
+
+kwok_dir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+mkdir -p "$BIN/kwok-stages"
+for s in "${STAGES[@]}"; do
+    f="$(find "$kwok_dir/kustomize/stage" -name "$s.yaml" -path '*/fast/*' | head -n1)"
+    [[ -n "$f" ]] || f="$(find "$kwok_dir/kustomize/stage" -name "$s.yaml" | head -n1)"
+    [[ -n "$f" ]] || { log "stage $s.yaml not found under $kwok_dir/kustomize/stage"; exit 1; }
+    cp "$f" "$BIN/kwok-stages/$s.yaml"
+    chmod u+w "$BIN/kwok-stages/$s.yaml"
+done
+
+cp "$BUILD_SRC/versions.env" "$BIN/versions.env"
+log "done in $((SECONDS - START))s: $BIN"
+complete || { log "incomplete build in $BIN"; exit 1; }
+echo "$BIN"
