@@ -28,3 +28,35 @@ typecheck: venv
 ## unit: offline tests (models, planner, renderer, status, CLI, Ray schema contracts)
 unit: venv
 	$(PY) -m pytest -q tests
+
+# ---------------------------------------------------------------- local control plane (e2e/)
+# Binaries are built once per machine into $(K2T_CACHE)/bin/<versions key>/ (e2e/build/versions.env).
+CAMPUS ?= e2e/campus/small.yaml
+CLUSTER ?= default
+KUBERAY ?= 1
+HARNESS := PYTHONPATH=$(CURDIR)/e2e $(PY) -m harness
+
+.PHONY: binaries bindir cluster-up cluster-down cluster-status harness-smoke
+
+## binaries: build (or reuse) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, ray-operator, helm
+binaries:
+	@bash e2e/scripts/build-binaries.sh
+
+## bindir: print only the absolute directory holding every binary (builds what is missing)
+bindir:
+	@bash e2e/scripts/build-binaries.sh
+
+## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
+cluster-up: venv
+	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,)
+
+## cluster-down: stop every process of the campus and remove its state
+cluster-down: venv
+	@$(HARNESS) down --name $(CLUSTER)
+
+cluster-status: venv
+	@$(HARNESS) status --name $(CLUSTER)
+
+## harness-smoke: start a throw-away campus with KubeRay, schedule GPU pods and a RayCluster, tear down
+harness-smoke: venv
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_harness_smoke.py
