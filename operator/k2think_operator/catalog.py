@@ -1,0 +1,163 @@
+"""Model presets and accelerator types the planner reasons about.
+
+The numbers are the ones the memory model needs and nothing more: they come from the models'
+``config.json`` and from vendor data sheets (usable memory as the driver reports it, not the
+marketing figure, because the planner must not promise KV cache that is not there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+GIB: Final = 1024**3
+
+DTYPE_BYTES: Final[dict[str, float]] = {
+    "bfloat16": 2.0,
+    "float16": 2.0,
+    "float32": 4.0,
+}
+
+KV_CACHE_DTYPE_BYTES: Final[dict[str, float | None]] = {
+    # None: same as the model dtype.
+    "auto": None,
+    "fp8": 1.0,
+    "fp8_e4m3": 1.0,
+    "fp8_e5m2": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of a decoder-only transformer, as far as memory sizing cares."""
+
+    family: str
+    parameters_billions: float
+    layers: int
+    hidden_size: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+
+    @property
+    def parameters(self) -> float:
+        return self.parameters_billions * 1e9
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    hf_id: str
+    architecture: Architecture
+    default_dtype: str
+    reasoning_parser: str
+    license: str
+
+
+K2_THINK: Final = ModelPreset(
+    name="k2-think",
+    hf_id="LLM360/K2-Think",
+    architecture=Architecture(
+        family="qwen2",
+        parameters_billions=32.76,
+        layers=64,
+        hidden_size=5120,
+        attention_heads=40,
+        kv_heads=8,
+        head_dim=128,
+        vocab_size=152064,
+        max_position_embeddings=131072,
+    ),
+    default_dtype="bfloat16",
+    reasoning_parser="deepseek_r1",
+    license="Apache-2.0",
+)
+
+K2_THINK_V2: Final = ModelPreset(
+    name="k2-think-v2",
+    hf_id="LLM360/K2-Think-V2",
+    architecture=Architecture(
+        family="llama",
+        parameters_billions=70.6,
+        layers=80,
+        hidden_size=8192,
+        attention_heads=64,
+        kv_heads=8,
+        head_dim=128,
+        vocab_size=250112,
+        max_position_embeddings=131072,
+    ),
+    default_dtype="bfloat16",
+    reasoning_parser="deepseek_r1",
+    license="Apache-2.0",
+)
+
+MODEL_PRESETS: Final[dict[str, ModelPreset]] = {p.name: p for p in (K2_THINK, K2_THINK_V2)}
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One accelerator type a node pool can offer.
+
+    ``resource_name`` is the Kubernetes extended resource the device plugin advertises; ``None``
+    means the profile runs on plain CPU (development and the data-plane tests), where "device
+    memory" is the share of host RAM vLLM's CPU backend gives to weights and KV cache.
+    ``ray_accelerator_type`` is the string Ray Serve LLM's ``accelerator_type`` accepts (and the
+    suffix of the ``accelerator_type:<X>`` resource Ray advertises on such nodes).
+    """
+
+    name: str
+    memory_gib: float
+    bandwidth_tb_s: float
+    resource_name: str | None
+    ray_accelerator_type: str | None
+    node_label_value: str
+    default_memory_utilization: float = 0.90
+    runtime_reserve_gib: float = 4.0
+    default_dtype: str | None = None
+    enforce_eager: bool = False
+    supports_bf16: bool = True
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.resource_name is None
+
+
+NVIDIA: Final = "nvidia.com/gpu"
+AMD: Final = "amd.com/gpu"
+
+ACCELERATORS: Final[dict[str, Accelerator]] = {
+    a.name: a
+    for a in (
+        Accelerator("A100-40GB", 40.0, 1.555, NVIDIA, "A100-40G", "NVIDIA-A100-SXM4-40GB"),
+        Accelerator("A100-80GB", 80.0, 2.039, NVIDIA, "A100-80G", "NVIDIA-A100-SXM4-80GB"),
+        Accelerator("H100-80GB", 79.6, 3.35, NVIDIA, "H100", "NVIDIA-H100-80GB-HBM3"),
+        Accelerator("H200-141GB", 140.4, 4.8, NVIDIA, "H200", "NVIDIA-H200"),
+        Accelerator("B200-180GB", 178.4, 8.0, NVIDIA, "B200", "NVIDIA-B200"),
+        Accelerator("L40S-48GB", 44.4, 0.864, NVIDIA, "L40S", "NVIDIA-L40S"),
+        Accelerator(
+            "MI300X-192GB", 191.5, 5.3, AMD, "AMD-Instinct-MI300X-OAM", "AMD-Instinct-MI300X"
+        ),
+        # Development profile: vLLM's CPU backend. Memory is what we let the engine plan with
+        # (the KV share of host RAM); float32 and eager mode because the CPU kernels want them.
+        Accelerator(
+            "CPU",
+            16.0,
+            0.05,
+            None,
+            None,
+            "cpu",
+            default_memory_utilization=0.10,
+            runtime_reserve_gib=0.0,
+            default_dtype="float32",
+            enforce_eager=True,
+            supports_bf16=False,
+        ),
+    )
+}
+
+
+def accelerator_names() -> list[str]:
+    return sorted(ACCELERATORS)

@@ -1,0 +1,258 @@
+"""``k2think-operator``: run the operator, or render / plan / validate a file offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from k2think_operator import __version__
+from k2think_operator.config import OperatorConfig
+from k2think_operator.planner import Plan, PlanError, plan_deployment
+from k2think_operator.render import build_children, render_yaml
+from k2think_operator.spec import API_GROUP, KIND, InvalidSpec, SpecError, parse_spec
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+class InputError(Exception):
+    """The file could not be read as K2ThinkDeployment YAML."""
+
+
+def load_documents(path: str) -> list[dict[str, Any]]:
+    """K2ThinkDeployment documents of a YAML file (``-`` for stdin); others are skipped."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as error:
+        raise InputError(f"{path}: {error.strerror}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML: {error}") from None
+    found: list[dict[str, Any]] = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise InputError(f"{path}: a document is not a mapping")
+        if doc.get("kind") == KIND and str(doc.get("apiVersion", "")).startswith(API_GROUP + "/"):
+            found.append(doc)
+    if not found:
+        raise InputError(f"{path}: no {KIND} ({API_GROUP}) document found")
+    return found
+
+
+def _meta(doc: dict[str, Any]) -> tuple[str, str]:
+    meta = doc.get("metadata") or {}
+    return str(meta.get("name") or "k2think"), str(meta.get("namespace") or "default")
+
+
+def check_document(doc: dict[str, Any]) -> list[SpecError]:
+    """Every problem with one document: CRD schema, then models, then the planner."""
+    from k2think_operator.schema_check import schema_errors
+
+    problems = schema_errors(doc)
+    if problems:
+        return problems
+    name, _ = _meta(doc)
+    try:
+        plan_deployment(parse_spec(doc.get("spec") or {}), name)
+    except InvalidSpec as error:
+        return list(error.problems)
+    except PlanError as error:
+        return [error]
+    return []
+
+
+def _documents_or_exit(path: str, err: TextIO) -> list[dict[str, Any]] | None:
+    try:
+        return load_documents(path)
+    except InputError as error:
+        print(f"error: {error}", file=err)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    docs = _documents_or_exit(args.file, err)
+    if docs is None:
+        return EXIT_USAGE
+    failed = False
+    for doc in docs:
+        name, namespace = _meta(doc)
+        problems = check_document(doc)
+        if problems:
+            failed = True
+            for problem in problems:
+                print(f"{namespace}/{name}: {problem.field}: {problem.message}", file=err)
+        else:
+            print(f"{namespace}/{name}: valid", file=out)
+    return EXIT_INVALID if failed else 0
+
+
+def _plan_or_report(doc: dict[str, Any], err: TextIO) -> Plan | None:
+    problems = check_document(doc)
+    name, namespace = _meta(doc)
+    if problems:
+        for problem in problems:
+            print(f"{namespace}/{name}: {problem.field}: {problem.message}", file=err)
+        return None
+    return plan_deployment(parse_spec(doc.get("spec") or {}), name)
+
+
+def format_plan_table(name: str, plan: Plan) -> str:
+    rows = [
+        ("deployment", name),
+        ("model", f"{plan.model} ({plan.dtype}, kv cache {plan.kv_cache_dtype})"),
+        ("max model len", str(plan.max_model_len)),
+        ("tensor x pipeline", f"{plan.tensor_parallel} x {plan.pipeline_parallel}"),
+        ("GPUs per replica", str(plan.gpus_per_replica)),
+        ("placement", plan.placement_strategy),
+        ("replicas", _replica_text(plan)),
+        ("target ongoing requests", str(plan.target_ongoing_requests)),
+        ("max ongoing requests", str(plan.max_ongoing_requests)),
+    ]
+    lines = [f"{k:<24} {v}" for k, v in rows]
+    header = (
+        f"{'POOL':<12} {'GPU':<14} {'GPUS/POD':>8} {'PODS/REPL':>9} {'WEIGHTS GiB':>11} "
+        f"{'KV GiB':>7} {'KV TOKENS':>10} {'SEQS':>5} {'MIN':>4} {'MAX':>5}"
+    )
+    lines += ["", header]
+    for p in plan.pools:
+        lines.append(
+            f"{p.name:<12} {p.gpu_type:<14} {p.gpus_per_worker_pod:>8} "
+            f"{p.worker_pods_per_replica:>9} {p.weights_gib_per_gpu:>11.1f} "
+            f"{p.kv_cache_gib_per_gpu:>7.1f} {p.kv_tokens_per_replica:>10} "
+            f"{p.concurrent_sequences_per_replica:>5} {p.min_replicas:>4} "
+            f"{'-' if p.max_replicas is None else p.max_replicas:>5}"
+        )
+    lines += ["", plan.explanation]
+    lines += [f"warning: {w}" for w in plan.warnings]
+    return "\n".join(lines)
+
+
+def _replica_text(plan: Plan) -> str:
+    if plan.autoscaling:
+        return f"autoscaling {plan.min_replicas}..{plan.max_replicas} (initial {plan.initial_replicas})"
+    return f"fixed {plan.initial_replicas}"
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    docs = _documents_or_exit(args.file, err)
+    if docs is None:
+        return EXIT_USAGE
+    results: list[dict[str, Any]] = []
+    status = 0
+    for doc in docs:
+        plan = _plan_or_report(doc, err)
+        name, namespace = _meta(doc)
+        if plan is None:
+            status = EXIT_INVALID
+            continue
+        if args.output == "json":
+            results.append({"name": name, "namespace": namespace, "plan": plan.to_status()})
+        else:
+            print(format_plan_table(name, plan), file=out)
+            print(file=out)
+    if args.output == "json" and results:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2), file=out)
+    return status
+
+
+def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    docs = _documents_or_exit(args.file, err)
+    if docs is None:
+        return EXIT_USAGE
+    manifests: list[dict[str, Any]] = []
+    status = 0
+    for doc in docs:
+        plan = _plan_or_report(doc, err)
+        if plan is None:
+            status = EXIT_INVALID
+            continue
+        name, namespace = _meta(doc)
+        uid = (doc.get("metadata") or {}).get("uid")
+        spec = parse_spec(doc.get("spec") or {})
+        manifests += build_children(spec, plan, name=name, namespace=namespace, uid=uid)
+    if manifests:
+        out.write(render_yaml(manifests))
+    return status
+
+
+def cmd_crd(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from k2think_operator.crd import build_crd
+
+    out.write(render_yaml([build_crd()]))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from k2think_operator.runner import run_operator
+
+    if args.all_namespaces and args.namespace:
+        print("error: --namespace and --all-namespaces are exclusive", file=err)
+        return EXIT_USAGE
+    if not args.all_namespaces and not args.namespace:
+        print("error: give --namespace NS (repeatable) or --all-namespaces", file=err)
+        return EXIT_USAGE
+    config = OperatorConfig(
+        namespaces=tuple(args.namespace or ()),
+        all_namespaces=bool(args.all_namespaces),
+        health_host=args.health_host,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        log_format=args.log_format,
+        verbose=args.verbose,
+    )
+    return run_operator(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="k2think-operator",
+        description="Serve K2 Think on KubeRay RayService + Ray Serve LLM + vLLM.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
+    run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    run.add_argument("--health-host", default="0.0.0.0", help="liveness endpoint address")
+    run.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port")
+    run.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)"
+    )
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--verbose", "-v", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    for name, func, text in (
+        ("render", cmd_render, "print every child manifest as multi-document YAML"),
+        ("plan", cmd_plan, "print the plan and its explanation"),
+        ("validate", cmd_validate, "exit 0 when valid; else print field paths and reasons"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("-f", "--file", required=True, help="K2ThinkDeployment YAML ('-': stdin)")
+        if name == "plan":
+            cmd.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        cmd.set_defaults(func=func)
+
+    crd = sub.add_parser("crd", help="print the K2ThinkDeployment CRD")
+    crd.set_defaults(func=cmd_crd)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args, out or sys.stdout, err or sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

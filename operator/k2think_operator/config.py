@@ -1,0 +1,41 @@
+"""Settings of the operator process, from the command line (and K2T_* environment variables)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    health_host: str = "0.0.0.0"
+    health_port: int = 8080
+    metrics_port: int = 9090
+    log_format: str = "text"
+    verbose: bool = False
+    retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))
+    watch_timeout_seconds: int = field(default_factory=lambda: _env_int("K2T_WATCH_TIMEOUT", 300))
+    worker_limit: int = field(default_factory=lambda: _env_int("K2T_WORKER_LIMIT", 20))
+
+    @property
+    def liveness_endpoint(self) -> str:
+        return f"http://{self.health_host}:{self.health_port}/healthz"
+
+
+_current = OperatorConfig()
+
+
+def current_config() -> OperatorConfig:
+    return _current
+
+
+def set_config(config: OperatorConfig) -> None:
+    global _current
+    _current = config

@@ -1,0 +1,190 @@
+"""kopf registrations: thin, each one hands over to ``Reconciler``.
+
+Watches: K2ThinkDeployments (the API), our labelled RayServices (status and drift) and our
+labelled Ray pods (replica counts, capacity). Pods and RayServices are kept in kopf indexes so
+status refreshes cost no API reads, which matters on a campus with thousands of Ray pods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from k2think_operator import metrics
+from k2think_operator.config import OperatorConfig, current_config
+from k2think_operator.kube import Kube
+from k2think_operator.reconcile import Reconciler, summarize_pod
+from k2think_operator.render.meta import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
+from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
+from k2think_operator.status import PodSummary
+
+log = logging.getLogger(__name__)
+
+OURS = {MANAGED_BY_LABEL: FIELD_MANAGER}
+
+
+def _owner_key(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    labels = meta.get("labels") or {}
+    instance = labels.get(INSTANCE_LABEL)
+    namespace = meta.get("namespace")
+    if not instance or not namespace:
+        return None
+    return str(namespace), str(instance)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = current_config()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = config.watch_timeout_seconds
+    settings.watching.client_timeout = config.watch_timeout_seconds + 30
+    settings.batching.worker_limit = config.worker_limit
+    settings.execution.max_workers = config.worker_limit
+    memo.reconciler = Reconciler(await Kube.connect())
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        await reconciler.kube.close()
+
+
+# --- indexes ---------------------------------------------------------------------------------
+
+
+@kopf.index("", "v1", "pods", labels=OURS)
+def ray_pods(meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodSummary]:
+    key = _owner_key(meta)
+    return {key: summarize_pod(body)} if key else {}
+
+
+@kopf.index("ray.io", "v1", "rayservices", labels=OURS)
+def rayservices(
+    meta: kopf.Meta, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    key = _owner_key(meta)
+    return {key: dict(body)} if key else {}
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+def deployments(
+    name: str, namespace: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): dict(body)}
+
+
+def _pods_of(
+    index: kopf.Index[tuple[str, str], PodSummary], key: tuple[str, str]
+) -> list[PodSummary]:
+    return list(index.get(key, []))
+
+
+def _only(
+    index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, str]
+) -> dict[str, Any] | None:
+    for item in index.get(key, []):
+        return item
+    return None
+
+
+# --- the K2ThinkDeployment itself --------------------------------------------------------------
+
+
+async def _reconcile(
+    memo: kopf.Memo, body: kopf.Body, ray_pods: kopf.Index[tuple[str, str], PodSummary]
+) -> None:
+    reconciler: Reconciler = memo.reconciler
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    outcome = await reconciler.reconcile(body, _pods_of(ray_pods, key))
+    if outcome.invalid:
+        raise kopf.PermanentError("invalid spec; see the InvalidSpec condition")
+    if outcome.retry_reason:
+        raise kopf.TemporaryError(outcome.retry_reason, delay=current_config().retry_seconds)
+
+
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="reconcile-resume")
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="reconcile-create")
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="reconcile-update", field="spec")
+async def reconcile_deployment(
+    memo: kopf.Memo,
+    body: kopf.Body,
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+    **_: Any,
+) -> None:
+    await _reconcile(memo, body, ray_pods)
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, id="resync", interval=300, initial_delay=300, idle=60)
+async def resync(
+    memo: kopf.Memo,
+    body: kopf.Body,
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+    **_: Any,
+) -> None:
+    """Slow safety net: re-check children even if no event arrived (apply only on drift)."""
+    reconciler: Reconciler = memo.reconciler
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    await reconciler.reconcile(body, _pods_of(ray_pods, key))
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="forget", optional=True)
+def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Drop per-object state; children go with the garbage collector (owner references)."""
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.forget(namespace, name)
+    metrics.forget_deployment(namespace, name)
+
+
+# --- children ----------------------------------------------------------------------------------
+
+
+@kopf.on.event("ray.io", "v1", "rayservices", labels=OURS, id="rayservice-event")
+async def rayservice_event(
+    type: str | None,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+    **_: Any,
+) -> None:
+    """KubeRay moved (status) or someone touched our RayService (drift): react at once."""
+    key = _owner_key(meta)
+    if key is None:
+        return
+    owner = _only(deployments, key)
+    if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    reconciler: Reconciler = memo.reconciler
+    # A full reconcile: it applies only when the live object lacks what we render (deleted by
+    # hand, or a field we own edited), otherwise it just folds the new status in.
+    live = None if type == "DELETED" else dict(body)
+    await reconciler.reconcile(owner, _pods_of(ray_pods, key), live=live)
+
+
+@kopf.on.event("", "v1", "pods", labels=OURS, id="pod-event")
+async def pod_event(
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+    **_: Any,
+) -> None:
+    key = _owner_key(meta)
+    if key is None:
+        return
+    owner = _only(deployments, key)
+    if owner is None:
+        return
+    reconciler: Reconciler = memo.reconciler
+    await reconciler.refresh_status(owner, _only(rayservices, key), _pods_of(ray_pods, key))

@@ -1,0 +1,387 @@
+"""Sequencing of one reconcile: decide (pure) -> apply (only if needed) -> observe -> status.
+
+The kopf handlers call ``reconcile`` for create/update/resume, for drift of the RayService and
+on a slow timer; pod and RayService events call ``refresh_status``. Both paths share the same
+pure decision, so nothing here can apply a spec that failed validation: an invalid spec only
+ever produces an ``InvalidSpec`` condition and a Warning event, never a write to a child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from k2think_operator import metrics
+from k2think_operator.kube import (
+    ApplyRejected,
+    Kube,
+    KubeError,
+    KubeRayMissing,
+    TransientApiError,
+    emit_event,
+)
+from k2think_operator.planner import Plan, PlanError, plan_deployment
+from k2think_operator.render import build_children
+from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, COMPONENT_LABEL, POOL_LABEL
+from k2think_operator.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
+from k2think_operator.status import (
+    Observation,
+    PodSummary,
+    build_status,
+    read_rayservice,
+    status_changed,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Unset:
+    """Marker: the caller did not observe the RayService; read it."""
+
+
+UNSET = _Unset()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one K2ThinkDeployment asks for, decided without touching the cluster."""
+
+    name: str
+    namespace: str
+    generation: int
+    spec: K2ThinkDeploymentSpec | None
+    plan: Plan | None
+    children: tuple[dict[str, Any], ...]
+    problems: tuple[str, ...]
+
+
+@dataclass
+class Outcome:
+    """What a reconcile did, for the handler to turn into kopf's retry semantics."""
+
+    status: dict[str, Any]
+    applied: bool = False
+    wrote_status: bool = False
+    invalid: bool = False
+    retry_reason: str | None = None
+    events: list[tuple[bool, str, str]] = field(default_factory=list)
+
+
+def decide(body: Mapping[str, Any]) -> Decision:
+    """Parse, plan and render one K2ThinkDeployment body (a dict as the API returns it)."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name"))
+    namespace = str(meta.get("namespace") or "default")
+    generation = int(meta.get("generation") or 0)
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+        plan = plan_deployment(spec, name)
+    except InvalidSpec as error:
+        return Decision(
+            name, namespace, generation, None, None, (), tuple(map(str, error.problems))
+        )
+    except PlanError as error:
+        return Decision(name, namespace, generation, None, None, (), (str(error),))
+    children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
+    return Decision(name, namespace, generation, spec, plan, tuple(children), ())
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field we render is present in ``live`` with the same value.
+
+    Lists are compared element-wise and must have the same length (a list we own is ours
+    whole); extra keys in live maps (API defaults, other managers) are fine.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return False
+        return all(key in live and is_subset(value, live[key]) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return False
+        return all(is_subset(d, v) for d, v in zip(desired, live, strict=True))
+    return bool(desired == live)
+
+
+def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Apply when the child is missing or anything we own differs (drift or a new spec)."""
+    if live is None:
+        return True
+    if not is_subset(desired.get("spec"), live.get("spec")):
+        return True
+    want_meta = desired.get("metadata") or {}
+    live_meta = live.get("metadata") or {}
+    for key in ("labels", "annotations"):
+        if not is_subset(want_meta.get(key) or {}, live_meta.get(key) or {}):
+            return True
+    owners = want_meta.get("ownerReferences")
+    return bool(owners) and not is_subset(owners, live_meta.get("ownerReferences") or [])
+
+
+def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
+    """Reduce a Pod to what status needs (kept small: it lives in a kopf index)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    unschedulable = None
+    since = 0.0
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        unschedulable = str(scheduled.get("message") or "Unschedulable")
+        since = _age_seconds(scheduled.get("lastTransitionTime"))
+    return PodSummary(
+        name=str(meta.get("name")),
+        component=str(labels.get(COMPONENT_LABEL) or labels.get("ray.io/node-type", "")),
+        pool=labels.get(POOL_LABEL),
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready,
+        unschedulable_message=unschedulable,
+        unschedulable_seconds=since,
+        node=(pod.get("spec") or {}).get("nodeName"),
+    )
+
+
+def _age_seconds(timestamp: Any) -> float:
+    """Seconds since an RFC 3339 timestamp; the wall clock is the only input here."""
+    if not timestamp:
+        return 0.0
+    try:
+        then = dt.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (dt.datetime.now(dt.UTC) - then).total_seconds())
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def decision_events(
+    decision: Decision, current_status: Mapping[str, Any], live: Mapping[str, Any] | None
+) -> list[tuple[bool, str, str]]:
+    """Events worth telling a human: a new plan, a costly cluster switch-over, a bad spec."""
+    events: list[tuple[bool, str, str]] = []
+    if decision.problems:
+        events.append((True, "InvalidSpec", "; ".join(decision.problems)))
+        return events
+    plan = decision.plan
+    assert plan is not None
+    previous = current_status.get("plan") or {}
+    if previous.get("explanation") != plan.explanation:
+        events.append((False, "Planned", plan.explanation))
+    for warning in plan.warnings:
+        events.append((True, "PlanWarning", warning))
+    if live is not None and decision.children:
+        want = (decision.children[0].get("metadata") or {}).get("annotations") or {}
+        have = (live.get("metadata") or {}).get("annotations") or {}
+        old, new = have.get(CLUSTER_HASH_ANNOTATION), want.get(CLUSTER_HASH_ANNOTATION)
+        if old and new and old != new:
+            spec = decision.spec
+            strategy = spec.upgrade_strategy if spec else "NewCluster"
+            cost = (
+                f"KubeRay will start a second Ray cluster and switch over ({strategy}); "
+                f"during the switch-over up to {plan.max_gpus} more GPUs are requested"
+                if strategy != "None"
+                else "upgradeStrategy None: the running cluster keeps its old shape"
+            )
+            events.append((False, "NewRayCluster", f"the change reshapes the Ray cluster: {cost}"))
+    return events
+
+
+class Reconciler:
+    """Holds the API facade and per-object locks; everything else is passed in."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._locks.pop((namespace, name), None)
+
+    async def reconcile(
+        self,
+        body: Mapping[str, Any],
+        pods: Iterable[PodSummary] = (),
+        *,
+        apply: bool = True,
+        live: Mapping[str, Any] | _Unset | None = UNSET,
+    ) -> Outcome:
+        """Converge the children of one K2ThinkDeployment and write its status.
+
+        ``live`` is the RayService as a watch event just delivered it (``None`` after a
+        deletion); without it the RayService is read from the API.
+        """
+        started = time.monotonic()
+        decision = decide(body)
+        async with self._lock(decision.namespace, decision.name):
+            try:
+                outcome = await self._reconcile_locked(
+                    body, decision, list(pods), apply=apply, live=live
+                )
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+                raise
+            finally:
+                metrics.RECONCILE_TOTAL.labels(decision.namespace, decision.name).inc()
+                metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        if outcome.retry_reason:
+            metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+        return outcome
+
+    async def _reconcile_locked(
+        self,
+        body: Mapping[str, Any],
+        decision: Decision,
+        pods: Sequence[PodSummary],
+        *,
+        apply: bool,
+        live: Mapping[str, Any] | _Unset | None,
+    ) -> Outcome:
+        current_status = dict(body.get("status") or {})
+        apply_error: str | None = None
+        apply_reason = "ApplyFailed"
+        retry: str | None = None
+        applied = False
+        if isinstance(live, _Unset):
+            try:
+                live = await self.kube.get_rayservice(decision.namespace, decision.name)
+            except KubeRayMissing as error:
+                live = None
+                apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
+            except TransientApiError as error:
+                live = None
+                retry = str(error)
+
+        events = decision_events(decision, current_status, live) if retry is None else []
+        if apply and retry is None and not decision.problems:
+            for child in decision.children:
+                if not needs_apply(child, live):
+                    continue
+                try:
+                    live = await self.kube.apply(child)
+                    applied = True
+                    metrics.API_WRITES.labels("apply").inc()
+                except KubeRayMissing as error:
+                    apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
+                except ApplyRejected as error:
+                    apply_error, apply_reason = str(error), "ApplyRejected"
+                    retry = str(error)
+                except TransientApiError as error:
+                    retry = str(error)
+            if applied:
+                verb = "Updated" if body.get("status") else "Created"
+                events.append((False, verb, f"applied RayService {decision.name}"))
+
+        suspended = (
+            bool(decision.spec.suspend)
+            if decision.spec
+            else bool((body.get("spec") or {}).get("suspend"))
+        )
+        observation = Observation(
+            generation=decision.generation,
+            spec_problems=decision.problems,
+            plan=decision.plan,
+            apply_error=apply_error,
+            apply_error_reason=apply_reason,
+            rayservice=read_rayservice(live),
+            pods=tuple(pods),
+            suspended=suspended,
+            name=decision.name,
+            namespace=decision.namespace,
+        )
+        status = build_status(observation, current_status, now_rfc3339())
+        wrote = await self._write_status(decision, current_status, status)
+        for warning, reason, message in events:
+            emit_event(body, warning=warning, reason=reason, message=message)
+        metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+        return Outcome(
+            status=status,
+            applied=applied,
+            wrote_status=wrote,
+            invalid=bool(decision.problems),
+            retry_reason=retry,
+            events=events,
+        )
+
+    async def refresh_status(
+        self,
+        body: Mapping[str, Any],
+        rayservice: Mapping[str, Any] | None,
+        pods: Iterable[PodSummary],
+    ) -> bool:
+        """Recompute status from observed children only (no apply); True if it was written."""
+        decision = decide(body)
+        async with self._lock(decision.namespace, decision.name):
+            current_status = dict(body.get("status") or {})
+            suspended = bool(decision.spec.suspend) if decision.spec else False
+            previous_error = _previous_apply_error(current_status)
+            observation = Observation(
+                generation=decision.generation,
+                spec_problems=decision.problems,
+                plan=decision.plan,
+                apply_error=previous_error[0] if rayservice is None else None,
+                apply_error_reason=previous_error[1],
+                rayservice=read_rayservice(rayservice),
+                pods=tuple(pods),
+                suspended=suspended,
+                name=decision.name,
+                namespace=decision.namespace,
+            )
+            status = build_status(observation, current_status, now_rfc3339())
+            metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+            return await self._write_status(decision, current_status, status)
+
+    async def _write_status(
+        self, decision: Decision, current: Mapping[str, Any], desired: Mapping[str, Any]
+    ) -> bool:
+        if not status_changed(current, desired):
+            return False
+        patch: dict[str, Any] = dict(desired)
+        for key in current:
+            if key not in desired and key in _OWNED_STATUS_KEYS:
+                patch[key] = None  # merge-patch removes it
+        try:
+            await self.kube.patch_status(decision.namespace, decision.name, patch)
+        except KubeError as error:
+            log.warning("status of %s/%s not written: %s", decision.namespace, decision.name, error)
+            return False
+        metrics.API_WRITES.labels("status").inc()
+        return True
+
+
+_OWNED_STATUS_KEYS = frozenset(
+    {
+        "observedGeneration",
+        "conditions",
+        "phase",
+        "replicas",
+        "readyReplicas",
+        "selector",
+        "rayServiceName",
+        "plan",
+        "endpoint",
+        "applicationStatus",
+    }
+)
+
+
+def _previous_apply_error(status: Mapping[str, Any]) -> tuple[str | None, str]:
+    """Keep a still-standing apply failure visible when only children changed."""
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "Degraded"
+            and cond.get("status") == "True"
+            and cond.get("reason") in ("KubeRayMissing", "ApplyRejected", "ApplyFailed")
+        ):
+            return str(cond.get("message")), str(cond.get("reason"))
+    return None, "ApplyFailed"

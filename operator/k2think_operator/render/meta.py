@@ -1,0 +1,91 @@
+"""Names, labels, owner references and hashes shared by every child we render."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from k2think_operator.spec import API_GROUP, API_VERSION, KIND
+
+FIELD_MANAGER = "k2think-operator"
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+POOL_LABEL = f"{API_GROUP}/pool"
+
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+CLUSTER_HASH_ANNOTATION = f"{API_GROUP}/cluster-hash"
+PLAN_ANNOTATION = f"{API_GROUP}/plan"
+
+SERVE_PORT = 8000
+
+
+def standard_labels(instance: str) -> dict[str, str]:
+    return {
+        NAME_LABEL: "k2think",
+        INSTANCE_LABEL: instance,
+        MANAGED_BY_LABEL: FIELD_MANAGER,
+        PART_OF_LABEL: "k2think",
+    }
+
+
+def selector_labels(instance: str) -> dict[str, str]:
+    """The labels that find every pod of one deployment (for status.selector and our index)."""
+    return {NAME_LABEL: "k2think", INSTANCE_LABEL: instance}
+
+
+def selector_string(instance: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(instance).items()))
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def digest(value: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+def cluster_hash(ray_cluster_config: dict[str, Any]) -> str:
+    """Hash of rayClusterConfig with the fields KubeRay ignores when it decides on a new cluster.
+
+    KubeRay (GenerateHashWithoutReplicasAndWorkersToDelete) mutes worker replicas/min/max,
+    workersToDelete, pod tolerations and schedulingGates and upgradeStrategy; a change anywhere
+    else makes it build a whole second Ray cluster. We mirror that, so the operator can say in
+    advance which edits cost a switch-over.
+    """
+    muted = json.loads(canonical_json(ray_cluster_config))
+    muted.pop("upgradeStrategy", None)
+    head_spec = muted.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+    head_spec.pop("tolerations", None)
+    head_spec.pop("schedulingGates", None)
+    for group in muted.get("workerGroupSpecs", []):
+        for key in ("replicas", "minReplicas", "maxReplicas", "scaleStrategy"):
+            group.pop(key, None)
+        pod_spec = group.get("template", {}).get("spec", {})
+        pod_spec.pop("tolerations", None)
+        pod_spec.pop("schedulingGates", None)
+    return digest(muted)
+
+
+def serve_service_name(rayservice_name: str) -> str:
+    """KubeRay names the Serve service of a RayService ``<name>-serve-svc``."""
+    return f"{rayservice_name}-serve-svc"
+
+
+def endpoint_url(rayservice_name: str, namespace: str) -> str:
+    return f"http://{serve_service_name(rayservice_name)}.{namespace}.svc:{SERVE_PORT}/v1"

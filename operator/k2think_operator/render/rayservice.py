@@ -1,0 +1,303 @@
+"""Build the KubeRay RayService for one K2ThinkDeployment.
+
+What goes into ``rayClusterConfig`` is only what a new Ray cluster genuinely needs (image, pod
+shapes, pools, volumes). Replica counts and autoscaling bounds are carried by the Serve config,
+which KubeRay updates in place; the worker groups' min/max are wide envelopes around them. The
+reason: KubeRay neither rebuilds nor updates a running RayCluster when only worker replica fields
+of a RayService change, so bounds kept there would silently go stale.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from k2think_operator.planner import Plan, PoolPlan
+from k2think_operator.render.meta import (
+    CLUSTER_HASH_ANNOTATION,
+    COMPONENT_LABEL,
+    POOL_LABEL,
+    SERVE_PORT,
+    SPEC_HASH_ANNOTATION,
+    cluster_hash,
+    digest,
+    owner_reference,
+    standard_labels,
+)
+from k2think_operator.render.serve_config import (
+    HEAD_RESOURCE,
+    HEAD_RESOURCE_CAPACITY,
+    MODEL_MOUNT_ROOT,
+    pvc_claim,
+    render_serve_config,
+)
+from k2think_operator.spec import K2ThinkDeploymentSpec, PoolSpec, Toleration
+
+RAY_API_VERSION = "ray.io/v1"
+#: Upper bound on worker pods per group when a pool has no maxNodes: KubeRay needs a number, and
+#: the Serve autoscaling bounds are what actually limit replicas.
+UNBOUNDED_WORKERS = 1000
+SHM_VOLUME = "dshm"
+MODEL_VOLUME = "models"
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
+
+
+def multiply_quantity(quantity: str, factor: int) -> str:
+    """``"64Gi" * 4 -> "256Gi"``; keeps the unit so rendered YAML stays readable."""
+    match = _QUANTITY.match(quantity)
+    if match is None:
+        raise ValueError(f"cannot scale quantity {quantity!r}")
+    number, unit = match.groups()
+    value = Decimal(number) * factor
+    text = format(value.normalize(), "f")
+    return f"{text}{unit}"
+
+
+def _tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
+    return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
+
+
+def _ray_env(spec: K2ThinkDeploymentSpec) -> list[dict[str, str]]:
+    return [{"name": e.name, "value": e.value} for e in spec.ray.env]
+
+
+def _env_from(spec: K2ThinkDeploymentSpec) -> list[dict[str, Any]]:
+    secret = spec.model.credentials_secret
+    return [{"secretRef": {"name": secret}}] if secret else []
+
+
+def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
+    head = spec.ray.head
+    container: dict[str, Any] = {
+        "name": "ray-head",
+        "image": spec.ray.image,
+        "imagePullPolicy": spec.ray.image_pull_policy,
+        "resources": {k: dict(v) for k, v in head.resources.model_dump().items() if v},
+        "ports": [
+            {"containerPort": 6379, "name": "gcs-server"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+            {"containerPort": SERVE_PORT, "name": "serve"},
+            {"containerPort": 8080, "name": "metrics"},
+        ],
+    }
+    env = _ray_env(spec)
+    if env:
+        container["env"] = env
+    env_from = _env_from(spec)
+    if env_from:
+        container["envFrom"] = env_from
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    if head.node_selector:
+        pod_spec["nodeSelector"] = dict(head.node_selector)
+    if head.tolerations:
+        pod_spec["tolerations"] = _tolerations(head.tolerations)
+    if spec.ray.service_account_name:
+        pod_spec["serviceAccountName"] = spec.ray.service_account_name
+    return {
+        # The head never runs model replicas; it hosts the GCS, dashboard, Serve controller and
+        # the OpenAI ingress (pinned here through a custom resource).
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+        "resources": {HEAD_RESOURCE: str(HEAD_RESOURCE_CAPACITY)},
+        "template": {
+            "metadata": {
+                "labels": {**standard_labels(name), COMPONENT_LABEL: "ray-head"},
+            },
+            "spec": pod_spec,
+        },
+    }
+
+
+def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]:
+    gpus = pool_plan.gpus_per_worker_pod
+    amounts = {
+        "cpu": multiply_quantity(pool.cpu_per_gpu, gpus),
+        "memory": multiply_quantity(pool.memory_per_gpu, gpus),
+    }
+    if pool_plan.resource_name is not None:
+        amounts[pool_plan.resource_name] = str(gpus)
+    # Requests equal limits: the scheduler must see exactly what the plan needs.
+    return {"limits": dict(amounts), "requests": dict(amounts)}
+
+
+def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
+    """(replicas, minReplicas, maxReplicas) in worker pods for one group."""
+    pods = pool_plan.worker_pods_per_replica
+    capacity = pool_plan.max_replicas
+    maximum = (
+        capacity * pods
+        if capacity is not None
+        else max(UNBOUNDED_WORKERS, plan.max_replicas * pods)
+    )
+    initial = pool_plan.min_replicas * pods
+    if not plan.autoscaling and pool_plan.fixed_replicas is not None:
+        initial = pool_plan.fixed_replicas * pods
+    return initial, 0, maximum
+
+
+def build_worker_group(
+    spec: K2ThinkDeploymentSpec, plan: Plan, pool: PoolSpec, pool_plan: PoolPlan, name: str
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "ray-worker",
+        "image": spec.ray.image,
+        "imagePullPolicy": spec.ray.image_pull_policy,
+        "resources": _worker_pod_resources(pool, pool_plan),
+        "volumeMounts": [{"mountPath": "/dev/shm", "name": SHM_VOLUME}],
+    }
+    volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    claim = pvc_claim(spec)
+    if claim is not None:
+        container["volumeMounts"].append(
+            {"mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "name": MODEL_VOLUME, "readOnly": True}
+        )
+        volumes.append(
+            {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    env = _ray_env(spec)
+    if env:
+        container["env"] = env
+    env_from = _env_from(spec)
+    if env_from:
+        container["envFrom"] = env_from
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        # Serve drains a replica for gracefulShutdownSeconds; the pod must outlive that.
+        "terminationGracePeriodSeconds": spec.serving.graceful_shutdown_seconds + 30,
+    }
+    if pool.node_selector:
+        pod_spec["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        pod_spec["tolerations"] = _tolerations(pool.tolerations)
+    if pool.affinity:
+        pod_spec["affinity"] = pool.affinity
+    if spec.ray.service_account_name:
+        pod_spec["serviceAccountName"] = spec.ray.service_account_name
+
+    replicas, minimum, maximum = _worker_bounds(plan, pool_plan)
+    group: dict[str, Any] = {
+        "groupName": pool.name,
+        "replicas": replicas,
+        "minReplicas": minimum,
+        "maxReplicas": maximum,
+        "rayStartParams": {},
+        "template": {
+            "metadata": {
+                "labels": {
+                    **standard_labels(name),
+                    COMPONENT_LABEL: "ray-worker",
+                    POOL_LABEL: pool.name,
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if pool_plan.ray_accelerator_type is not None:
+        # Ray detects `accelerator_type:<X>` on the node itself, but the autoscaler only knows
+        # what a group offers from its spec: without this, replicas pinned to a GPU type could
+        # never trigger a scale-up.
+        group["resources"] = {f"accelerator_type:{pool_plan.ray_accelerator_type}": "1"}
+    return group
+
+
+def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict[str, Any]:
+    pools_by_name = {p.name: p for p in spec.pools}
+    config: dict[str, Any] = {
+        "rayVersion": _ray_version(spec.ray.image),
+        # On even for a fixed replica count: Serve's num_replicas is then the only knob, and the
+        # Ray autoscaler turns replicas into worker pods (KubeRay does not propagate replica
+        # edits of a RayService to its running cluster).
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": spec.autoscaling.idle_timeout_seconds if spec.autoscaling else 60,
+        },
+        "headGroupSpec": build_head_group(spec, name),
+        "workerGroupSpecs": [
+            build_worker_group(spec, plan, pools_by_name[p.name], p, name) for p in plan.pools
+        ],
+    }
+    if spec.suspend:
+        config["suspend"] = True
+    return config
+
+
+def _ray_version(image: str) -> str:
+    match = re.search(r":(\d+\.\d+\.\d+)", image)
+    return match.group(1) if match else "2.60.0"
+
+
+def build_rayservice(
+    spec: K2ThinkDeploymentSpec,
+    plan: Plan,
+    *,
+    name: str,
+    namespace: str,
+    uid: str | None = None,
+) -> dict[str, Any]:
+    """The desired RayService. ``uid`` adds the owner reference (absent in offline renders)."""
+    cluster_config = build_ray_cluster_config(spec, plan, name)
+    body: dict[str, Any] = {
+        "upgradeStrategy": {"type": spec.upgrade_strategy},
+        "serveConfigV2": render_serve_config(spec, plan, name),
+        "rayClusterConfig": cluster_config,
+    }
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": standard_labels(name),
+        "annotations": {
+            SPEC_HASH_ANNOTATION: digest(body),
+            CLUSTER_HASH_ANNOTATION: cluster_hash(cluster_config),
+        },
+    }
+    if uid is not None:
+        metadata["ownerReferences"] = [owner_reference(name, uid)]
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayService",
+        "metadata": metadata,
+        "spec": body,
+    }
+
+
+def build_children(
+    spec: K2ThinkDeploymentSpec,
+    plan: Plan,
+    *,
+    name: str,
+    namespace: str,
+    uid: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every object the operator owns for one K2ThinkDeployment, in apply order."""
+    return [build_rayservice(spec, plan, name=name, namespace=namespace, uid=uid)]
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings (serveConfigV2) as readable ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)
+
+
+def render_yaml(manifests: list[dict[str, Any]]) -> str:
+    """Multi-document YAML with sorted keys: same input, same bytes."""
+    return yaml.dump_all(
+        manifests,
+        Dumper=_BlockDumper,
+        sort_keys=True,
+        default_flow_style=False,
+        width=1_000_000,
+        explicit_start=True,
+    )

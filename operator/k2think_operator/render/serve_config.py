@@ -1,0 +1,164 @@
+"""The Ray Serve config (``serveConfigV2``): one OpenAI app with one LLMConfig.
+
+Everything that changes with replica counts and autoscaling lives here, because KubeRay applies
+``serveConfigV2`` to the running cluster in place, while changes to ``rayClusterConfig`` either
+start a second Ray cluster or (for replica fields) are not propagated at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from k2think_operator.planner import Plan
+from k2think_operator.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
+
+APP_NAME = "llm"
+IMPORT_PATH = "ray.serve.llm:build_openai_app"
+MODEL_MOUNT_ROOT = "/mnt/models"
+#: Custom Ray resource only the head advertises; the OpenAI ingress asks for a sliver of it so
+#: it never lands on (and never keeps alive) a GPU worker.
+HEAD_RESOURCE = "k2think_head"
+HEAD_RESOURCE_CAPACITY = 1000
+
+
+def model_source(spec: K2ThinkDeploymentSpec) -> str | dict[str, str]:
+    """Translate the spec's source URI into what LLMConfig.model_loading_config accepts."""
+    match = SOURCE_PATTERN.match(spec.model.resolved_source())
+    if match is None:  # parse_spec has already refused this
+        raise ValueError(f"bad model source {spec.model.resolved_source()!r}")
+    scheme, rest = match.groups()
+    if scheme == "hf":
+        return rest
+    if scheme in ("s3", "gs"):
+        return {"bucket_uri": f"{scheme}://{rest}"}
+    if scheme == "pvc":
+        return f"{MODEL_MOUNT_ROOT}/{rest.strip('/')}"
+    return rest  # file:///abs/path -> /abs/path
+
+
+def pvc_claim(spec: K2ThinkDeploymentSpec) -> str | None:
+    match = SOURCE_PATTERN.match(spec.model.resolved_source())
+    if match is None or match.group(1) != "pvc":
+        return None
+    return match.group(2).strip("/").split("/", 1)[0]
+
+
+def build_engine_kwargs(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str, Any]:
+    engine = spec.engine
+    kwargs: dict[str, Any] = dict(engine.extra_args)
+    kwargs.update(
+        {
+            "tensor_parallel_size": plan.tensor_parallel,
+            "pipeline_parallel_size": plan.pipeline_parallel,
+            "max_model_len": plan.max_model_len,
+            "gpu_memory_utilization": plan.primary.memory_utilization,
+            "dtype": plan.dtype,
+            "max_num_seqs": engine.max_num_seqs,
+            "enable_prefix_caching": engine.enable_prefix_caching,
+        }
+    )
+    if engine.kv_cache_dtype != "auto":
+        kwargs["kv_cache_dtype"] = engine.kv_cache_dtype
+    parser = _reasoning_parser(spec)
+    if parser:
+        kwargs["reasoning_parser"] = parser
+    if spec.model.revision and spec.model.resolved_source().startswith("hf://"):
+        kwargs["revision"] = spec.model.revision
+    if plan.cpu_profile:
+        kwargs["enforce_eager"] = True
+    return kwargs
+
+
+def _reasoning_parser(spec: K2ThinkDeploymentSpec) -> str | None:
+    if spec.engine.reasoning_parser is not None:
+        return spec.engine.reasoning_parser or None  # "" switches it off
+    preset = spec.model.preset_info
+    return preset.reasoning_parser if preset else None
+
+
+def build_placement_group_config(plan: Plan) -> dict[str, Any]:
+    """One bundle per engine worker; STRICT_PACK keeps a replica's TP group on one node."""
+    device = "CPU" if plan.cpu_profile else "GPU"
+    return {
+        "bundles": [{device: 1} for _ in range(plan.gpus_per_replica)],
+        "strategy": plan.placement_strategy,
+    }
+
+
+def build_deployment_config(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "max_ongoing_requests": plan.max_ongoing_requests,
+        # Reasoning streams run for minutes: let a replica finish them before it goes away.
+        "graceful_shutdown_timeout_s": spec.serving.graceful_shutdown_seconds,
+        "graceful_shutdown_wait_loop_s": 2,
+    }
+    if spec.serving.max_queued_requests is not None:
+        config["max_queued_requests"] = spec.serving.max_queued_requests
+    if spec.autoscaling is None:
+        config["num_replicas"] = plan.initial_replicas
+        return config
+    autoscaling = spec.autoscaling
+    config["autoscaling_config"] = {
+        "min_replicas": plan.min_replicas,
+        "initial_replicas": plan.initial_replicas,
+        "max_replicas": plan.max_replicas,
+        # Serve LLM defaults this to 1e9, which means "never scale"; always say it.
+        "target_ongoing_requests": plan.target_ongoing_requests,
+        "upscale_delay_s": _number(autoscaling.upscale_delay_seconds),
+        "downscale_delay_s": _number(autoscaling.downscale_delay_seconds),
+    }
+    return config
+
+
+def _number(value: float) -> int | float:
+    """30.0 -> 30: the YAML reads as the user wrote it."""
+    return int(value) if float(value).is_integer() else value
+
+
+def build_llm_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict[str, Any]:
+    llm_config: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": spec.model.resolved_served_name(name),
+            "model_source": model_source(spec),
+        },
+        "engine_kwargs": build_engine_kwargs(spec, plan),
+        "deployment_config": build_deployment_config(spec, plan),
+        "placement_group_config": build_placement_group_config(plan),
+    }
+    accelerator_types = {p.ray_accelerator_type for p in plan.pools}
+    if len(accelerator_types) == 1 and None not in accelerator_types:
+        # Only when every pool has the same GPU: Ray then pins replicas to that type.
+        llm_config["accelerator_type"] = accelerator_types.pop()
+    if plan.cpu_profile:
+        llm_config["accelerator_config"] = {"kind": "cpu"}
+    return llm_config
+
+
+def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict[str, Any]:
+    return {
+        "http_options": {"host": "0.0.0.0", "port": 8000},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "import_path": IMPORT_PATH,
+                "route_prefix": "/",
+                "args": {
+                    "llm_configs": [build_llm_config(spec, plan, name)],
+                    "ingress_deployment_config": {
+                        "ray_actor_options": {"resources": {HEAD_RESOURCE: 1}},
+                    },
+                },
+            }
+        ],
+    }
+
+
+def dump_yaml(value: Any) -> str:
+    """Deterministic YAML: sorted keys, block style, no line folding."""
+    return yaml.safe_dump(value, sort_keys=True, default_flow_style=False, width=1_000_000)
+
+
+def render_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> str:
+    return dump_yaml(build_serve_config(spec, plan, name))

@@ -1,0 +1,339 @@
+"""Fold what we decided and what we observed into ``status``: pure functions, table-tested.
+
+Inputs are gathered once per reconcile (cert-manager style): the spec outcome, the plan, the
+apply outcome, the observed RayService and the deployment's Ray pods. Each condition is computed
+by its own small function; ``set_condition`` only moves ``lastTransitionTime`` when a condition's
+status flips, so an unchanged world produces an identical status and no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from k2think_operator.planner import Plan
+from k2think_operator.render.meta import endpoint_url, selector_string
+from k2think_operator.render.serve_config import APP_NAME
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+INVALID_SPEC = "InvalidSpec"
+CAPACITY_BLOCKED = "CapacityBlocked"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, INVALID_SPEC, CAPACITY_BLOCKED)
+
+# Serve application statuses (Ray's ApplicationStatus).
+APP_RUNNING = "RUNNING"
+APP_DEPLOYING = "DEPLOYING"
+APP_NOT_STARTED = "NOT_STARTED"
+APP_DEPLOY_FAILED = "DEPLOY_FAILED"
+APP_UNHEALTHY = "UNHEALTHY"
+APP_DELETING = "DELETING"
+
+#: A worker pod that cannot be scheduled for this long is reported as CapacityBlocked.
+UNSCHEDULABLE_GRACE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PodSummary:
+    """What status needs to know of one Ray pod of this deployment."""
+
+    name: str
+    component: str  # ray-head | ray-worker
+    pool: str | None
+    phase: str
+    ready: bool
+    unschedulable_message: str | None = None
+    unschedulable_seconds: float = 0.0
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class RayServiceView:
+    """The parts of a live RayService that status derives from."""
+
+    ready: bool
+    ready_reason: str
+    ready_message: str
+    upgrade_in_progress: bool
+    app_status: str | None
+    app_message: str
+    deployment_messages: tuple[str, ...] = ()
+    spec_hash: str | None = None
+    cluster_hash: str | None = None
+    active_cluster: str | None = None
+    pending_cluster: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything observed for one reconcile, gathered once."""
+
+    generation: int
+    spec_problems: Sequence[str] = ()
+    plan: Plan | None = None
+    apply_error: str | None = None
+    apply_error_reason: str = "ApplyFailed"
+    rayservice: RayServiceView | None = None
+    pods: Sequence[PodSummary] = field(default_factory=tuple)
+    suspended: bool = False
+    name: str = ""
+    namespace: str = ""
+
+
+def read_rayservice(obj: Mapping[str, Any] | None) -> RayServiceView | None:
+    """Extract the view from a RayService dict (as the API returns it)."""
+    if obj is None:
+        return None
+    status = obj.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready_cond = conditions.get("Ready") or {}
+    upgrade = conditions.get("UpgradeInProgress") or {}
+    active = status.get("activeServiceStatus") or {}
+    pending = status.get("pendingServiceStatus") or {}
+    apps = active.get("applicationStatuses") or {}
+    app = apps.get(APP_NAME)
+    if app is None and pending.get("applicationStatuses"):
+        app = pending["applicationStatuses"].get(APP_NAME)
+    app = app or {}
+    deployments = app.get("serveDeploymentStatuses") or {}
+    messages = tuple(
+        f"{name}: {d.get('status', '?')}: {d['message']}"
+        for name, d in sorted(deployments.items())
+        if d.get("message")
+    )
+    ready = ready_cond.get("status") == "True"
+    if not conditions and status.get("serviceStatus") == "Running":
+        ready = True  # KubeRay before conditions existed
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return RayServiceView(
+        ready=ready,
+        ready_reason=str(ready_cond.get("reason", "")),
+        ready_message=str(ready_cond.get("message", "")),
+        upgrade_in_progress=upgrade.get("status") == "True",
+        app_status=app.get("status"),
+        app_message=str(app.get("message", "")),
+        deployment_messages=messages,
+        spec_hash=annotations.get("k2think.dev/spec-hash"),
+        cluster_hash=annotations.get("k2think.dev/cluster-hash"),
+        active_cluster=active.get("rayClusterName") or None,
+        pending_cluster=pending.get("rayClusterName") or None,
+    )
+
+
+def condition(
+    kind: str, status: bool, reason: str, message: str, generation: int
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def set_condition(
+    existing: Sequence[Mapping[str, Any]], new: Mapping[str, Any], now: str
+) -> list[dict[str, Any]]:
+    """Replace the condition of ``new['type']``; keep lastTransitionTime unless status flips."""
+    result: list[dict[str, Any]] = []
+    placed = False
+    for cond in existing:
+        if cond.get("type") != new["type"]:
+            result.append(dict(cond))
+            continue
+        merged = dict(new)
+        if cond.get("status") == new["status"] and cond.get("lastTransitionTime"):
+            merged["lastTransitionTime"] = cond["lastTransitionTime"]
+        else:
+            merged["lastTransitionTime"] = now
+        result.append(merged)
+        placed = True
+    if not placed:
+        result.append({**new, "lastTransitionTime": now})
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(result, key=lambda c: (order.get(str(c.get("type")), 99), str(c.get("type"))))
+
+
+def _workers(obs: Observation) -> list[PodSummary]:
+    return [p for p in obs.pods if p.component == "ray-worker"]
+
+
+def blocked_pods(obs: Observation) -> list[PodSummary]:
+    return [
+        p
+        for p in obs.pods
+        if p.unschedulable_message and p.unschedulable_seconds >= UNSCHEDULABLE_GRACE_SECONDS
+    ]
+
+
+def invalid_spec_condition(obs: Observation) -> dict[str, Any]:
+    if obs.spec_problems:
+        return condition(
+            INVALID_SPEC,
+            True,
+            "InvalidSpec",
+            "; ".join(obs.spec_problems) + " (the running RayService was left unchanged)",
+            obs.generation,
+        )
+    return condition(INVALID_SPEC, False, "SpecValid", "spec is valid", obs.generation)
+
+
+def ready_condition(obs: Observation) -> dict[str, Any]:
+    rs = obs.rayservice
+    gen = obs.generation
+    if obs.suspended:
+        return condition(READY, False, "Suspended", "spec.suspend is true", gen)
+    if rs is None:
+        return condition(
+            READY, False, "RayServiceNotFound", "the RayService does not exist yet", gen
+        )
+    if rs.ready and rs.app_status == APP_RUNNING:
+        return condition(READY, True, "Serving", "the OpenAI application is RUNNING", gen)
+    if rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
+        return condition(READY, False, "Application" + _camel(rs.app_status), _app_text(rs), gen)
+    if rs.app_status is None:
+        message = rs.ready_message or "waiting for the Ray cluster and the Serve application"
+        return condition(READY, False, "RayServiceNotReady", message, gen)
+    return condition(READY, False, "Application" + _camel(rs.app_status), _app_text(rs), gen)
+
+
+def degraded_condition(obs: Observation) -> dict[str, Any]:
+    gen = obs.generation
+    if obs.apply_error:
+        return condition(DEGRADED, True, obs.apply_error_reason, obs.apply_error, gen)
+    rs = obs.rayservice
+    if rs is not None and rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
+        return condition(DEGRADED, True, "Application" + _camel(rs.app_status), _app_text(rs), gen)
+    return condition(DEGRADED, False, "AsExpected", "no failures observed", gen)
+
+
+def capacity_condition(obs: Observation) -> dict[str, Any]:
+    blocked = blocked_pods(obs)
+    if not blocked:
+        return condition(
+            CAPACITY_BLOCKED, False, "Scheduled", "no pod is waiting for capacity", obs.generation
+        )
+    pools = sorted({p.pool or p.component for p in blocked})
+    first = blocked[0]
+    return condition(
+        CAPACITY_BLOCKED,
+        True,
+        "Unschedulable",
+        f"{len(blocked)} pod(s) in {', '.join(pools)} cannot be scheduled: "
+        f"{first.unschedulable_message}",
+        obs.generation,
+    )
+
+
+def progressing_condition(obs: Observation, ready: Mapping[str, Any]) -> dict[str, Any]:
+    gen = obs.generation
+    rs = obs.rayservice
+    if obs.spec_problems:
+        return condition(PROGRESSING, False, "InvalidSpec", "fix the spec to continue", gen)
+    if obs.apply_error:
+        return condition(PROGRESSING, False, obs.apply_error_reason, obs.apply_error, gen)
+    if obs.suspended:
+        return condition(PROGRESSING, False, "Suspended", "spec.suspend is true", gen)
+    if rs is not None and rs.upgrade_in_progress:
+        return condition(
+            PROGRESSING,
+            True,
+            "UpgradeInProgress",
+            f"KubeRay is preparing Ray cluster {rs.pending_cluster or '(pending)'}",
+            gen,
+        )
+    if ready["status"] == "True":
+        return condition(PROGRESSING, False, "Converged", "serving the current spec", gen)
+    if rs is not None and rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
+        return condition(
+            PROGRESSING, False, "Application" + _camel(rs.app_status), _app_text(rs), gen
+        )
+    return condition(PROGRESSING, True, str(ready["reason"]), str(ready["message"]), gen)
+
+
+def replica_counts(obs: Observation) -> tuple[int, int]:
+    """(replicas, readyReplicas) counted from worker pods, in model replicas."""
+    plan = obs.plan
+    if plan is None:
+        return 0, 0
+    per_replica = {p.name: p.worker_pods_per_replica for p in plan.pools}
+    total = ready = 0
+    for pool, size in per_replica.items():
+        pods = [
+            w for w in _workers(obs) if w.pool == pool and w.phase not in ("Succeeded", "Failed")
+        ]
+        total += len(pods) // size
+        ready += len([w for w in pods if w.ready]) // size
+    rs = obs.rayservice
+    serving = rs is not None and rs.app_status == APP_RUNNING
+    return total, ready if serving else 0
+
+
+def phase(conditions: Sequence[Mapping[str, Any]], suspended: bool) -> str:
+    """A one-word summary for ``kubectl get``; conditions remain the API."""
+    by_type = {c["type"]: c["status"] == "True" for c in conditions}
+    if by_type.get(INVALID_SPEC):
+        return "InvalidSpec"
+    if suspended:
+        return "Suspended"
+    if by_type.get(DEGRADED):
+        return "Degraded"
+    if by_type.get(CAPACITY_BLOCKED):
+        return "CapacityBlocked"
+    if by_type.get(READY):
+        return "Upgrading" if by_type.get(PROGRESSING) else "Serving"
+    return "Deploying"
+
+
+def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    """The whole desired ``status``; previous plan is kept while the spec is invalid."""
+    current = current or {}
+    ready = ready_condition(obs)
+    conds: list[dict[str, Any]] = list(current.get("conditions") or [])
+    for new in (
+        ready,
+        progressing_condition(obs, ready),
+        degraded_condition(obs),
+        invalid_spec_condition(obs),
+        capacity_condition(obs),
+    ):
+        conds = set_condition(conds, new, now)
+    replicas, ready_replicas = replica_counts(obs)
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "conditions": conds,
+        "phase": phase(conds, obs.suspended),
+        "replicas": replicas,
+        "readyReplicas": ready_replicas,
+        "selector": selector_string(obs.name),
+        "rayServiceName": obs.name,
+    }
+    if obs.plan is not None:
+        status["plan"] = obs.plan.to_status()
+    elif current.get("plan") is not None:
+        status["plan"] = current["plan"]
+    if obs.rayservice is not None or current.get("endpoint"):
+        status["endpoint"] = endpoint_url(obs.name, obs.namespace)
+    if obs.rayservice is not None and obs.rayservice.app_status:
+        status["applicationStatus"] = obs.rayservice.app_status
+    return status
+
+
+def status_changed(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    current = current or {}
+    return any(current.get(key) != value for key, value in desired.items())
+
+
+def _camel(value: str) -> str:
+    return "".join(part.capitalize() for part in value.lower().split("_"))
+
+
+def _app_text(rs: RayServiceView) -> str:
+    parts = [f"application {APP_NAME} is {rs.app_status}"]
+    if rs.app_message:
+        parts.append(rs.app_message.strip().splitlines()[-1][:500])
+    parts.extend(m[:300] for m in rs.deployment_messages[:3])
+    return "; ".join(parts)
