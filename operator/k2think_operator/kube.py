@@ -153,7 +153,11 @@ class Kube:
 def emit_event(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
     """Post an Event about a K2ThinkDeployment (kopf queues and posts it)."""
     target = cast(kopf.Body, body)
-    if warning:
-        kopf.warn(target, reason=reason, message=message)
-    else:
-        kopf.info(target, reason=reason, message=message)
+    try:
+        if warning:
+            kopf.warn(target, reason=reason, message=message)
+        else:
+            kopf.info(target, reason=reason, message=message)
+    except LookupError:
+        # Outside a running operator (tests, tools) there is no event queue: log instead.
+        log.log(logging.WARNING if warning else logging.INFO, "%s: %s", reason, message)

@@ -16,9 +16,28 @@ from k2think_operator.crd import openapi_schema
 from k2think_operator.spec import SpecError
 
 
+def strict(schema: Any) -> Any:
+    """A copy in which objects with declared properties refuse unknown ones.
+
+    Structural CRD schemas cannot say ``additionalProperties: false``; the API server instead
+    prunes unknown fields, or refuses them under strict field validation (kubectl's default).
+    Offline we want the refusal, with its path.
+    """
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy = {key: strict(value) for key, value in schema.items()}
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        copy["additionalProperties"] = False
+    return copy
+
+
 @lru_cache(maxsize=1)
 def _validator() -> Draft4Validator:
-    return Draft4Validator(openapi_schema())
+    schema = strict(openapi_schema())
+    schema["properties"]["metadata"] = {"type": "object"}
+    return Draft4Validator(schema)
 
 
 def _path(parts: list[Any]) -> str:

@@ -1,0 +1,149 @@
+"""Reconcile sequencing with an in-memory stand-in for our own ``Kube`` facade.
+
+These tests pin the operator's decisions (when to apply, when to write status, what an invalid
+spec may touch). What the API server does with our writes is proven in e2e/ against a real one.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from k2think_operator.kube import KubeRayMissing
+from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
+from tests.conftest import minimal_doc
+
+
+class RecordingKube:
+    """Stores applied objects and status patches in dicts; nothing more."""
+
+    def __init__(self, *, kuberay: bool = True) -> None:
+        self.kuberay = kuberay
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.applies: list[dict[str, Any]] = []
+        self.status_patches: list[dict[str, Any]] = []
+
+    async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if not self.kuberay:
+            raise KubeRayMissing("the RayService API is not available")
+        found = self.objects.get((namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if not self.kuberay:
+            raise KubeRayMissing("the RayService API is not available")
+        self.applies.append(copy.deepcopy(obj))
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["resourceVersion"] = str(len(self.applies))
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.status_patches.append(copy.deepcopy(status))
+
+
+def with_status(doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    doc["status"] = {k: v for k, v in status.items() if v is not None}
+    doc["metadata"]["generation"] = 1
+    return doc
+
+
+async def test_valid_spec_applies_once_then_idles() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    doc = with_status(minimal_doc(), {})
+    first = await reconciler.reconcile(doc)
+    assert first.applied and len(kube.applies) == 1 and first.wrote_status
+    assert kube.applies[0]["kind"] == "RayService"
+    settled = with_status(doc, first.status)
+    second = await reconciler.reconcile(settled)
+    assert not second.applied and not second.wrote_status
+    assert len(kube.applies) == 1 and len(kube.status_patches) == 1
+
+
+async def test_invalid_spec_never_touches_the_rayservice() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    good = with_status(minimal_doc(), {})
+    outcome = await reconciler.reconcile(good)
+    before = copy.deepcopy(kube.objects)
+    bad = with_status(minimal_doc(parallelism={"tensor": 3}), outcome.status)
+    bad["metadata"]["generation"] = 2
+    result = await reconciler.reconcile(bad)
+    assert result.invalid and not result.applied
+    assert kube.objects == before and len(kube.applies) == 1
+    conds = {c["type"]: c for c in result.status["conditions"]}
+    assert conds["InvalidSpec"]["status"] == "True"
+    assert "tensor=3 does not divide the 40 attention heads" in conds["InvalidSpec"]["message"]
+    assert result.status["plan"] == outcome.status["plan"]  # the running plan stays visible
+    assert any(warning and reason == "InvalidSpec" for warning, reason, _ in result.events)
+
+
+async def test_drift_is_repaired() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    doc = with_status(minimal_doc(), {})
+    outcome = await reconciler.reconcile(doc)
+    live = kube.objects[("team-a", "demo")]
+    live["spec"]["serveConfigV2"] = "applications: []\n"  # someone edited a field we own
+    repaired = await reconciler.reconcile(with_status(doc, outcome.status))
+    assert repaired.applied
+    assert kube.objects[("team-a", "demo")]["spec"]["serveConfigV2"] != "applications: []\n"
+    del kube.objects[("team-a", "demo")]  # someone deleted it
+    recreated = await reconciler.reconcile(with_status(doc, repaired.status))
+    assert recreated.applied and ("team-a", "demo") in kube.objects
+
+
+async def test_missing_kuberay_is_a_condition_and_a_retry() -> None:
+    kube = RecordingKube(kuberay=False)
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    outcome = await reconciler.reconcile(with_status(minimal_doc(), {}))
+    assert outcome.retry_reason and "not available" in outcome.retry_reason
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["Degraded"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "KubeRayMissing"
+
+
+async def test_cluster_reshape_is_announced() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    doc = with_status(minimal_doc(), {})
+    outcome = await reconciler.reconcile(doc)
+    changed = with_status(minimal_doc(parallelism={"tensor": 8}), outcome.status)
+    result = await reconciler.reconcile(changed)
+    reasons = [reason for _, reason, _ in result.events]
+    assert "NewRayCluster" in reasons and "Planned" in reasons
+
+
+def test_decide_is_pure_and_deterministic() -> None:
+    doc = minimal_doc()
+    assert decide(doc) == decide(copy.deepcopy(doc))
+    bad = decide(minimal_doc(pools=[]))
+    assert bad.problems and bad.children == ()
+
+
+@pytest.mark.parametrize(
+    ("desired", "live", "expected"),
+    [
+        ({"a": 1}, {"a": 1, "b": 2}, True),
+        ({"a": {"b": [1, {"c": 2}]}}, {"a": {"b": [1, {"c": 2, "d": 3}]}}, True),
+        ({"a": [1, 2]}, {"a": [1, 2, 3]}, False),
+        ({"a": 1}, {"a": "1"}, False),
+        ({"a": 1}, {}, False),
+    ],
+)
+def test_is_subset(desired: Any, live: Any, expected: bool) -> None:
+    assert is_subset(desired, live) is expected
+
+
+def test_needs_apply_checks_owner_references() -> None:
+    (child,) = decide(minimal_doc()).children
+    live = copy.deepcopy(child)
+    assert not needs_apply(child, live)
+    live["metadata"]["ownerReferences"] = []
+    assert needs_apply(child, live)
+    assert needs_apply(child, None)

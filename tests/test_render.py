@@ -1,0 +1,263 @@
+"""Renderer: golden YAML, determinism, and which edits touch rayClusterConfig."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import pytest
+import yaml
+
+from k2think_operator.planner import plan_deployment
+from k2think_operator.render import build_children, render_yaml
+from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION
+from k2think_operator.render.rayservice import multiply_quantity
+from k2think_operator.spec import parse_spec
+from tests.conftest import ROOT, load_example, minimal_doc
+
+GOLDEN = ROOT / "tests" / "golden"
+UID = "6f1c1f0e-0000-4000-8000-000000000001"
+
+
+def render_doc(doc: dict[str, Any], uid: str | None = None) -> list[dict[str, Any]]:
+    """Render as the operator would; the uid comes from the document unless given."""
+    meta = doc["metadata"]
+    uid = uid or meta.get("uid") or UID
+    spec = parse_spec(doc["spec"])
+    plan = plan_deployment(spec, meta["name"])
+    return build_children(
+        spec, plan, name=meta["name"], namespace=meta.get("namespace", "default"), uid=uid
+    )
+
+
+def rayservice_of(doc: dict[str, Any]) -> dict[str, Any]:
+    return render_doc(doc)[0]
+
+
+def test_golden(example_name: str) -> None:
+    text = render_yaml(render_doc(load_example(example_name)))
+    golden = GOLDEN / example_name
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert golden.exists(), f"run UPDATE_GOLDEN=1 pytest to create {golden}"
+    assert text == golden.read_text(), f"{example_name} differs from its golden file"
+
+
+def test_rendering_is_byte_identical(example_name: str) -> None:
+    doc = load_example(example_name)
+    first = render_yaml(render_doc(doc))
+    second = render_yaml(render_doc(copy.deepcopy(doc)))
+    assert first == second
+
+
+def test_owner_reference_and_labels() -> None:
+    rs = rayservice_of(minimal_doc())
+    meta = rs["metadata"]
+    assert meta["name"] == "demo" and meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "k2think.dev/v1alpha1",
+            "kind": "K2ThinkDeployment",
+            "name": "demo",
+            "uid": "00000000-0000-0000-0000-0000000000aa",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"] == {
+        "app.kubernetes.io/name": "k2think",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/managed-by": "k2think-operator",
+        "app.kubernetes.io/part-of": "k2think",
+    }
+    assert SPEC_HASH_ANNOTATION in meta["annotations"]
+    assert CLUSTER_HASH_ANNOTATION in meta["annotations"]
+
+
+def serve_config(rs: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    return config
+
+
+def llm_config(rs: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = serve_config(rs)["applications"][0]["args"]["llm_configs"][0]
+    return config
+
+
+def test_serve_config_shape() -> None:
+    rs = rayservice_of(load_example("k2think.yaml"))
+    app = serve_config(rs)["applications"][0]
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    cfg = llm_config(rs)
+    assert cfg["accelerator_type"] == "H100"
+    assert cfg["engine_kwargs"]["tensor_parallel_size"] == 4
+    assert cfg["engine_kwargs"]["max_model_len"] == 32768
+    auto = cfg["deployment_config"]["autoscaling_config"]
+    assert auto["min_replicas"] == 1 and auto["max_replicas"] == 8
+    # Serve LLM would default this to 1e9 (never scale): we always render it.
+    assert 1 <= auto["target_ongoing_requests"] <= 256
+    assert cfg["placement_group_config"] == {"bundles": [{"GPU": 1}] * 4, "strategy": "STRICT_PACK"}
+
+
+def test_worker_group_matches_plan() -> None:
+    rs = rayservice_of(load_example("k2think.yaml"))
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    (group,) = cluster["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert pod["nodeSelector"] == {"k2think.dev/pool": "h100"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert group["minReplicas"] == 0 <= group["replicas"] <= group["maxReplicas"]
+    assert group["maxReplicas"] >= 8  # the Serve ceiling fits inside the worker envelope
+    assert group["resources"] == {"accelerator_type:H100": "1"}
+
+
+def test_fixed_replicas_render_num_replicas() -> None:
+    rs = rayservice_of(load_example("k2think-v2.yaml"))
+    cfg = llm_config(rs)
+    assert cfg["deployment_config"]["num_replicas"] == 2
+    assert "autoscaling_config" not in cfg["deployment_config"]
+    assert cfg["engine_kwargs"]["kv_cache_dtype"] == "fp8"
+    (group,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert group["replicas"] == 2
+
+
+def test_multipool_has_one_group_per_pool_and_no_accelerator_pin() -> None:
+    rs = rayservice_of(load_example("k2think-multipool.yaml"))
+    groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert [g["groupName"] for g in groups] == ["h200", "h100"]
+    assert [g["maxReplicas"] for g in groups] == [8, 16]  # pool capacity in worker pods
+    assert "accelerator_type" not in llm_config(rs)  # two GPU types serve one deployment
+
+
+def _cluster(doc: dict[str, Any]) -> dict[str, Any]:
+    cluster: dict[str, Any] = rayservice_of(doc)["spec"]["rayClusterConfig"]
+    return cluster
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"autoscaling": {"minReplicas": 2, "maxReplicas": 16}},
+        {"autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetOngoingRequests": 7}},
+        {"autoscaling": {"minReplicas": 0, "maxReplicas": 8, "downscaleDelaySeconds": 60}},
+        {"engine": {"maxNumSeqs": 64, "enablePrefixCaching": False}},
+        {"model": {"preset": "k2-think", "maxModelLen": 16384}},
+    ],
+)
+def test_serve_only_edits_leave_ray_cluster_config_alone(change: dict[str, Any]) -> None:
+    base = minimal_doc(autoscaling={"minReplicas": 1, "maxReplicas": 8})
+    edited = minimal_doc(**{**{"autoscaling": {"minReplicas": 1, "maxReplicas": 8}}, **change})
+    before, after = rayservice_of(base), rayservice_of(edited)
+    assert before["spec"]["serveConfigV2"] != after["spec"]["serveConfigV2"]
+    a = before["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    b = after["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    assert a == b
+    for group_a, group_b in zip(
+        before["spec"]["rayClusterConfig"]["workerGroupSpecs"],
+        after["spec"]["rayClusterConfig"]["workerGroupSpecs"],
+        strict=True,
+    ):
+        group_a.pop("replicas")
+        group_b.pop("replicas")
+    assert before["spec"]["rayClusterConfig"] == after["spec"]["rayClusterConfig"]
+
+
+def test_scaling_a_fixed_count_is_a_serve_change() -> None:
+    one, three = rayservice_of(minimal_doc(replicas=1)), rayservice_of(minimal_doc(replicas=3))
+    assert llm_config(three)["deployment_config"]["num_replicas"] == 3
+    assert (
+        one["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+        == three["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"parallelism": {"tensor": 8}},
+        {"ray": {"image": "rayproject/ray-llm:2.60.0-py311-cu128-custom"}},
+        {"pools": [{"name": "h100", "gpuType": "H100-80GB", "nodeSelector": {"zone": "b"}}]},
+    ],
+)
+def test_cluster_edits_change_the_cluster_hash(change: dict[str, Any]) -> None:
+    before, after = rayservice_of(minimal_doc()), rayservice_of(minimal_doc(**change))
+    assert (
+        before["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+        != after["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    )
+
+
+def test_pvc_source_mounts_the_claim_read_only() -> None:
+    rs = rayservice_of(
+        minimal_doc(model={"preset": "k2-think", "source": "pvc://weights/k2/think"})
+    )
+    assert llm_config(rs)["model_loading_config"]["model_source"] == "/mnt/models/weights/k2/think"
+    pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "weights", "readOnly": True},
+    } in pod["volumes"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"mountPath": "/mnt/models/weights", "name": "models", "readOnly": True} in mounts
+
+
+def test_object_store_source_and_credentials() -> None:
+    rs = rayservice_of(
+        minimal_doc(
+            model={
+                "preset": "k2-think",
+                "source": "s3://bucket/k2",
+                "credentialsSecret": "s3-creds",
+            }
+        )
+    )
+    assert llm_config(rs)["model_loading_config"]["model_source"] == {
+        "bucket_uri": "s3://bucket/k2"
+    }
+    worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+
+
+def test_extra_args_pass_through_and_reasoning_parser_can_be_off() -> None:
+    rs = rayservice_of(
+        minimal_doc(engine={"extraArgs": {"enable_chunked_prefill": True}, "reasoningParser": ""})
+    )
+    kwargs = llm_config(rs)["engine_kwargs"]
+    assert kwargs["enable_chunked_prefill"] is True
+    assert "reasoning_parser" not in kwargs
+
+
+def test_suspend_reaches_the_ray_cluster() -> None:
+    assert _cluster(minimal_doc(suspend=True))["suspend"] is True
+    assert "suspend" not in _cluster(minimal_doc())
+
+
+def test_graceful_shutdown_outlives_serve_drain() -> None:
+    rs = rayservice_of(minimal_doc(serving={"gracefulShutdownSeconds": 900}))
+    assert llm_config(rs)["deployment_config"]["graceful_shutdown_timeout_s"] == 900
+    pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 930
+
+
+@pytest.mark.parametrize(
+    ("quantity", "factor", "expected"),
+    [("8", 4, "32"), ("64Gi", 4, "256Gi"), ("500m", 3, "1500m"), ("1.5", 2, "3")],
+)
+def test_multiply_quantity(quantity: str, factor: int, expected: str) -> None:
+    assert multiply_quantity(quantity, factor) == expected
+
+
+def test_offline_render_has_no_owner_reference() -> None:
+    doc = minimal_doc()
+    spec = parse_spec(doc["spec"])
+    (rs,) = build_children(spec, plan_deployment(spec, "demo"), name="demo", namespace="x")
+    assert "ownerReferences" not in rs["metadata"]

@@ -1,0 +1,293 @@
+"""Status calculation, table-driven (KubeRay style): observation in, conditions out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k2think_operator.planner import plan_deployment
+from k2think_operator.spec import parse_spec
+from k2think_operator.status import (
+    Observation,
+    PodSummary,
+    RayServiceView,
+    build_status,
+    read_rayservice,
+    set_condition,
+    status_changed,
+)
+from tests.conftest import minimal_doc
+
+T0 = "2026-11-28T00:00:00Z"
+T1 = "2026-11-28T00:05:00Z"
+FIXTURES = Path(__file__).parent / "fixtures" / "serve_status"
+
+PLAN = plan_deployment(parse_spec(minimal_doc()["spec"]), "demo")
+
+
+def rs(app: str | None, ready: bool = False, **extra: Any) -> RayServiceView:
+    return RayServiceView(
+        ready=ready,
+        ready_reason=extra.pop("ready_reason", ""),
+        ready_message=extra.pop("ready_message", ""),
+        upgrade_in_progress=extra.pop("upgrade", False),
+        app_status=app,
+        app_message=extra.pop("app_message", ""),
+        **extra,
+    )
+
+
+def worker(name: str, ready: bool = True, **extra: Any) -> PodSummary:
+    return PodSummary(name, "ray-worker", "h100", "Running" if ready else "Pending", ready, **extra)
+
+
+def observe(**fields: Any) -> Observation:
+    base: dict[str, Any] = {"generation": 2, "plan": PLAN, "name": "demo", "namespace": "ns"}
+    base.update(fields)
+    return Observation(**base)
+
+
+def conditions(obs: Observation) -> dict[str, tuple[str, str]]:
+    status = build_status(obs, None, T0)
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+CASES = [
+    (
+        "no rayservice yet",
+        observe(),
+        {"Ready": ("False", "RayServiceNotFound"), "Progressing": ("True", "RayServiceNotFound")},
+        "Deploying",
+    ),
+    (
+        "cluster starting",
+        observe(rayservice=rs(None, ready_message="Head pod not running")),
+        {"Ready": ("False", "RayServiceNotReady"), "Progressing": ("True", "RayServiceNotReady")},
+        "Deploying",
+    ),
+    (
+        "application deploying",
+        observe(rayservice=rs("DEPLOYING")),
+        {"Ready": ("False", "ApplicationDeploying"), "Degraded": ("False", "AsExpected")},
+        "Deploying",
+    ),
+    (
+        "serving",
+        observe(rayservice=rs("RUNNING", ready=True), pods=(worker("a"),)),
+        {
+            "Ready": ("True", "Serving"),
+            "Progressing": ("False", "Converged"),
+            "Degraded": ("False", "AsExpected"),
+            "InvalidSpec": ("False", "SpecValid"),
+            "CapacityBlocked": ("False", "Scheduled"),
+        },
+        "Serving",
+    ),
+    (
+        "upgrade while serving",
+        observe(rayservice=rs("RUNNING", ready=True, upgrade=True)),
+        {"Ready": ("True", "Serving"), "Progressing": ("True", "UpgradeInProgress")},
+        "Upgrading",
+    ),
+    (
+        "deploy failed",
+        observe(rayservice=rs("DEPLOY_FAILED", app_message="ValueError: bad engine arg")),
+        {
+            "Ready": ("False", "ApplicationDeployFailed"),
+            "Degraded": ("True", "ApplicationDeployFailed"),
+            "Progressing": ("False", "ApplicationDeployFailed"),
+        },
+        "Degraded",
+    ),
+    (
+        "kuberay missing",
+        observe(
+            apply_error="the RayService API is not available", apply_error_reason="KubeRayMissing"
+        ),
+        {"Degraded": ("True", "KubeRayMissing"), "Progressing": ("False", "KubeRayMissing")},
+        "Degraded",
+    ),
+    (
+        "invalid spec keeps serving",
+        observe(
+            plan=None,
+            spec_problems=("spec.parallelism.tensor: tensor=3 ...",),
+            rayservice=rs("RUNNING", ready=True),
+        ),
+        {
+            "InvalidSpec": ("True", "InvalidSpec"),
+            "Ready": ("True", "Serving"),
+            "Progressing": ("False", "InvalidSpec"),
+        },
+        "InvalidSpec",
+    ),
+    (
+        "pods unschedulable",
+        observe(
+            rayservice=rs("DEPLOYING"),
+            pods=(
+                worker(
+                    "a",
+                    ready=False,
+                    unschedulable_message="0/6 nodes are available: 6 Insufficient nvidia.com/gpu.",
+                    unschedulable_seconds=120,
+                ),
+            ),
+        ),
+        {"CapacityBlocked": ("True", "Unschedulable")},
+        "CapacityBlocked",
+    ),
+    (
+        "pending briefly is not blocked",
+        observe(
+            rayservice=rs("DEPLOYING"),
+            pods=(
+                worker(
+                    "a",
+                    ready=False,
+                    unschedulable_message="Insufficient nvidia.com/gpu",
+                    unschedulable_seconds=5,
+                ),
+            ),
+        ),
+        {"CapacityBlocked": ("False", "Scheduled")},
+        "Deploying",
+    ),
+    (
+        "suspended",
+        observe(suspended=True, rayservice=rs(None)),
+        {"Ready": ("False", "Suspended"), "Progressing": ("False", "Suspended")},
+        "Suspended",
+    ),
+]
+
+
+@pytest.mark.parametrize(("title", "obs", "expected", "phase"), CASES, ids=[c[0] for c in CASES])
+def test_conditions(
+    title: str, obs: Observation, expected: dict[str, tuple[str, str]], phase: str
+) -> None:
+    got = conditions(obs)
+    for kind, value in expected.items():
+        assert got[kind] == value, (title, kind, got[kind])
+    assert build_status(obs, None, T0)["phase"] == phase
+
+
+def test_every_condition_carries_generation_and_message() -> None:
+    status = build_status(observe(rayservice=rs("DEPLOYING")), None, T0)
+    assert status["observedGeneration"] == 2
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "InvalidSpec",
+        "CapacityBlocked",
+    ]
+    for cond in status["conditions"]:
+        assert (
+            cond["observedGeneration"] == 2 and cond["message"] and cond["lastTransitionTime"] == T0
+        )
+
+
+def test_transition_time_moves_only_on_flip() -> None:
+    first = set_condition(
+        [], {"type": "Ready", "status": "False", "reason": "A", "message": "a"}, T0
+    )
+    same = set_condition(
+        first, {"type": "Ready", "status": "False", "reason": "B", "message": "b"}, T1
+    )
+    flipped = set_condition(
+        same, {"type": "Ready", "status": "True", "reason": "C", "message": "c"}, T1
+    )
+    assert same[0]["lastTransitionTime"] == T0 and same[0]["reason"] == "B"
+    assert flipped[0]["lastTransitionTime"] == T1
+
+
+def test_unchanged_world_means_no_write() -> None:
+    obs = observe(rayservice=rs("RUNNING", ready=True), pods=(worker("a"),))
+    first = build_status(obs, None, T0)
+    second = build_status(obs, first, T1)
+    assert not status_changed(first, second)
+    assert status_changed(first, build_status(observe(rayservice=rs("DEPLOYING")), first, T1))
+
+
+def test_plan_survives_an_invalid_spec() -> None:
+    good = build_status(observe(rayservice=rs("RUNNING", ready=True)), None, T0)
+    bad = build_status(observe(plan=None, spec_problems=("x",)), good, T1)
+    assert bad["plan"] == good["plan"]
+
+
+def test_replica_counts_from_worker_pods() -> None:
+    obs = observe(
+        rayservice=rs("RUNNING", ready=True),
+        pods=(
+            worker("a"),
+            worker("b"),
+            worker("c", ready=False),
+            PodSummary("h", "ray-head", None, "Running", True),
+        ),
+    )
+    status = build_status(obs, None, T0)
+    assert status["replicas"] == 3 and status["readyReplicas"] == 2
+    deploying = build_status(observe(rayservice=rs("DEPLOYING"), pods=obs.pods), None, T0)
+    assert deploying["readyReplicas"] == 0
+    assert status["endpoint"] == "http://demo-serve-svc.ns.svc:8000/v1"
+    assert status["selector"] == "app.kubernetes.io/instance=demo,app.kubernetes.io/name=k2think"
+
+
+def test_read_rayservice_from_kuberay_status() -> None:
+    obj = {
+        "metadata": {"annotations": {"k2think.dev/cluster-hash": "abc"}},
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"},
+                {"type": "UpgradeInProgress", "status": "False"},
+            ],
+            "activeServiceStatus": {
+                "rayClusterName": "demo-abcde",
+                "applicationStatuses": {
+                    "llm": {
+                        "status": "RUNNING",
+                        "serveDeploymentStatuses": {"LLMServer:k2": {"status": "HEALTHY"}},
+                    }
+                },
+            },
+        },
+    }
+    view = read_rayservice(obj)
+    assert view is not None
+    assert view.ready and view.app_status == "RUNNING" and not view.upgrade_in_progress
+    assert view.active_cluster == "demo-abcde" and view.cluster_hash == "abc"
+    assert read_rayservice(None) is None
+    assert read_rayservice({"status": {}}) == RayServiceView(False, "", "", False, None, "")
+
+
+@pytest.mark.skipif(not FIXTURES.exists(), reason="captured by the data-plane suite")
+@pytest.mark.parametrize(
+    "sample", sorted(p.name for p in FIXTURES.glob("*.json")) if FIXTURES.exists() else []
+)
+def test_real_serve_status_samples_parse(sample: str) -> None:
+    """Real GET /api/serve/applications/ answers, wrapped as KubeRay would report them."""
+    data = json.loads((FIXTURES / sample).read_text())
+    apps = data.get("applications", {})
+    app = apps.get("llm") or next(iter(apps.values()), {})
+    wrapped = {
+        "status": {
+            "activeServiceStatus": {
+                "applicationStatuses": {
+                    "llm": {
+                        "status": app.get("status"),
+                        "message": app.get("message", ""),
+                        "serveDeploymentStatuses": {
+                            n: {"status": d.get("status"), "message": d.get("message", "")}
+                            for n, d in (app.get("deployments") or {}).items()
+                        },
+                    }
+                }
+            }
+        }
+    }
+    view = read_rayservice(wrapped)
+    assert view is not None and view.app_status == app.get("status")
