@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite needs beyond Python and Go. Idempotent: does nothing
+# (and needs no root, no network) when everything is already there.
+#
+#   lua5.4  -- runs the Argo CD health check (docs/gitops/argocd-health.lua) in
+#              tests/test_argocd_health.py with the same Lua version Argo CD embeds (gopher-lua
+#              implements Lua 5.1 semantics; the script sticks to the common subset).
+set -euo pipefail
+
+PACKAGES=(lua5.4)
+COMMANDS=(lua5.4)
+
+missing=()
+for i in "${!COMMANDS[@]}"; do
+    command -v "${COMMANDS[$i]}" >/dev/null 2>&1 || missing+=("${PACKAGES[$i]}")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-system-deps: already installed: ${PACKAGES[*]}" >&2
+    exit 0
+fi
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || {
+        echo "install-system-deps: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    }
+    SUDO=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+echo "install-system-deps: installing ${missing[*]}" >&2
+# Update the package lists only when a first install attempt cannot find the packages.
+if ! "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+    "${SUDO[@]}" apt-get update -qq >&2
+    "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2
+fi
