@@ -60,3 +60,8 @@ cluster-status: venv
 ## harness-smoke: start a throw-away campus with KubeRay, schedule GPU pods and a RayCluster, tear down
 harness-smoke: venv
 	$(PY) -m pytest -q -p no:cacheprovider e2e/test_harness_smoke.py
+
+## test-dataplane: serve for real on CPU (Ray Serve LLM + vLLM, tiny model); installs .venv-dataplane
+.PHONY: test-dataplane
+test-dataplane:
+	bash e2e/dataplane/run.sh

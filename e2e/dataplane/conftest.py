@@ -1,0 +1,113 @@
+"""Fixtures of the data-plane suite (pytest marker ``dataplane``).
+
+Run it with ``make test-dataplane``: that installs .venv-dataplane (e2e/dataplane/install.sh) and
+runs this directory with it. One local Ray head serves the whole session; one Serve application
+(the tiny K2-Think-shaped model on vLLM's CPU backend) is deployed once and shared by the tests in
+file order: serving -> autoscaling -> broken configs -> shutdown.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+_NEEDED = ("ray", "vllm", "openai", "httpx", "torch", "transformers", "tokenizers")
+_missing = [name for name in _NEEDED if importlib.util.find_spec(name) is None]
+
+if _missing:
+    if os.environ.get("K2T_DATAPLANE_REQUIRED") == "1":
+        raise pytest.UsageError(
+            f"data-plane suite: {', '.join(_missing)} not importable from {sys.executable}; "
+            "run e2e/dataplane/install.sh and use .venv-dataplane/bin/python"
+        )
+    # Collected from another venv (e.g. a plain `pytest e2e`): nothing here can run there.
+    collect_ignore_glob = ["test_*.py"]
+else:
+    from dataplane_config import APP_NAME, HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY, serve_config_for
+    from dataplane_support import (
+        OFFLINE_ENV,
+        RayHead,
+        ServedApp,
+        capture_status,
+        put_serve_config_v2,
+        wait_for_app,
+    )
+    from tiny_model import build_tiny_k2think
+
+SERVED_NAME = "k2-think-tiny"
+
+# Generous bounds: this is a behaviour test on 2 shared cores, not a benchmark.
+DEPLOY_TIMEOUT_S = float(os.environ.get("K2T_DEPLOY_TIMEOUT_S", "600"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_env() -> Iterator[None]:
+    """No model hub, no telemetry: for this process and everything it starts."""
+    saved = {k: os.environ.get(k) for k in OFFLINE_ENV}
+    os.environ.update(OFFLINE_ENV)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_k2think(tmp_path_factory.mktemp("model") / "k2-think-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve_status")
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    """A local Ray head: dashboard on 127.0.0.1, 8 logical CPUs on 2 cores, Serve on loopback."""
+    head = RayHead(num_cpus=8, resources={HEAD_RESOURCE: HEAD_RESOURCE_CAPACITY})
+    try:
+        head.start()
+        head.start_serve_on_loopback()
+    except BaseException:
+        head.stop()
+        raise
+    yield head
+    leftovers = head.stop()
+    head.cleanup_files()
+    if leftovers:
+        pytest.fail(f"stray processes after Ray shutdown: {[str(p) for p in leftovers]}")
+
+
+@pytest.fixture(scope="session")
+def served_app(ray_head: RayHead, tiny_model_dir: Path, samples_dir: Path) -> ServedApp:
+    """The tiny model deployed through the dashboard's Serve REST API and RUNNING."""
+    serve_config_v2 = serve_config_for(tiny_model_dir, SERVED_NAME)
+    response = put_serve_config_v2(ray_head.dashboard_url, serve_config_v2)
+    assert response.status_code == 200, response.text
+    first: dict[str, Any] = {}
+
+    def keep_first_deploying(data: dict[str, Any]) -> None:
+        entry = (data.get("applications") or {}).get(APP_NAME)
+        if not first and entry and entry["status"] == "DEPLOYING":
+            first.update(data)
+            capture_status("deploying", data, samples_dir)
+
+    running = wait_for_app(
+        ray_head.dashboard_url,
+        APP_NAME,
+        "RUNNING",
+        timeout=DEPLOY_TIMEOUT_S,
+        fail_on=("DEPLOY_FAILED", "UNHEALTHY"),
+        on_sample=keep_first_deploying,
+    )
+    capture_status("running", running, samples_dir)
+    return ServedApp(ray_head, APP_NAME, SERVED_NAME, tiny_model_dir, serve_config_v2, running)
