@@ -7,12 +7,14 @@ and checks at the end that no process of it is left.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import POOL_LABEL, Cluster, HarnessError, load_campus, parse_campus, wait_for
 from harness.campus import CampusError
 
@@ -141,10 +143,22 @@ def test_garbage_collector_cascades(cluster: Cluster) -> None:
 
 def test_token_request_for_a_service_account(cluster: Cluster) -> None:
     cluster.kubectl("-n", NS, "create", "serviceaccount", "robot")
-    token = cluster.kubectl("-n", NS, "create", "token", "robot").stdout.strip()
-    assert token.count(".") == 2
-    who = cluster.kubectl_json("auth", "whoami", f"--token={token}")
+    kc = cluster.service_account_kubeconfig(NS, "robot")
+    proc = subprocess.run(
+        [str(cluster.bindir / "kubectl"), f"--kubeconfig={kc}", "auth", "whoami", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    who = json.loads(proc.stdout)
     assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{NS}:robot"
+    # RBAC is on: the ServiceAccount may not list nodes
+    denied = subprocess.run(
+        [str(cluster.bindir / "kubectl"), f"--kubeconfig={kc}", "get", "nodes"],
+        capture_output=True,
+        text=True,
+    )
+    assert denied.returncode != 0 and "forbidden" in denied.stderr
 
 
 WORKER_RES = {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "8"}

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="CRD file to install (repeatable; default: crds/*.yaml of this repo)",
     )
+    up.add_argument(
+        "--no-crds", action="store_true", help="install none of this repo's CRDs (KubeRay's only)"
+    )
     up.add_argument("--timeout", type=float, default=300.0)
 
     dn = sub.add_parser("down", help="stop every process of the cluster and remove its state")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 campus=args.campus or None,
                 kuberay=args.with_kuberay,
                 state_dir=_state_dir(args),
-                crds=args.crd,
+                crds=[] if args.no_crds else args.crd,
                 detach=True,
                 timeout=args.timeout,
             )
