@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,7 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     api: KubeAPI | None = None
     procs: dict[str, processes.Proc] = field(default_factory=dict)
+    _t0: float = field(default=0.0, repr=False)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -240,11 +242,19 @@ class Cluster:
         )
         if not detach:
             atexit.register(cluster.close)
+        crd_files = list(our_crds()) if crds is None else [Path(c) for c in crds]
         try:
             cluster._boot(timeout)
-            cluster.install_crds(list(our_crds()) if crds is None else [Path(c) for c in crds])
-            if camp is not None:
-                cluster.create_nodes(camp, timeout=timeout)
+            # KubeRay's CRDs cost the apiserver 10-30 s of CPU: overlap that with the
+            # controller-manager's start and the node creation.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                crds_done = pool.submit(cluster.install_crds, crd_files)
+                try:
+                    cluster._wait_controllers(timeout)
+                    if camp is not None:
+                        cluster.create_nodes(camp, timeout=timeout)
+                finally:
+                    crds_done.result()
             if kuberay:
                 cluster.start_kuberay()
         except BaseException:
@@ -564,6 +574,10 @@ class Cluster:
         for stage in kwok_stages(bd):
             kwok_argv += ["-c", str(stage)]
         self._start("kwok", kwok_argv, env={"HOME": str(kwok_home)})
+        self._t0 = t0
+
+    def _wait_controllers(self, timeout: float) -> None:
+        api, p = self._require_api(), self.ports
 
         def default_sa() -> bool:
             return api.exists("/api/v1/namespaces/default/serviceaccounts/default")
@@ -581,7 +595,7 @@ class Cluster:
             timeout,
             "kube-scheduler",
         )
-        _log(f"controller-manager, scheduler, kwok up ({time.monotonic() - t0:.1f}s)")
+        _log(f"controller-manager, scheduler, kwok up ({time.monotonic() - self._t0:.1f}s)")
 
     def _save(self) -> None:
         if self.state_dir is None:
@@ -622,19 +636,25 @@ class Cluster:
         while ``kubectl apply --server-side`` of the four takes ~30 s on 2 busy cores."""
         api = self._require_api()
         base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-        names = []
+        docs: list[tuple[Path, dict[str, Any]]] = []
         for f in files:
             with f.open() as fh:
-                docs = list(yaml.load_all(fh, Loader=_YAML_LOADER))
-            for doc in docs:
-                if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
-                    continue
-                name = str(doc["metadata"]["name"])
-                try:
-                    api.apply(f"{base}/{name}", doc, manager=FIELD_MANAGER)
-                except ApiError as exc:
-                    raise HarnessError(f"applying CRD {name} from {f}: {exc}") from exc
-                names.append(name)
+                docs += [
+                    (f, d)
+                    for d in yaml.load_all(fh, Loader=_YAML_LOADER)
+                    if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"
+                ]
+
+        def apply(item: tuple[Path, dict[str, Any]]) -> None:
+            f, doc = item
+            name = doc["metadata"]["name"]
+            try:
+                api.apply(f"{base}/{name}", doc, manager=FIELD_MANAGER)
+            except ApiError as exc:
+                raise HarnessError(f"applying CRD {name} from {f}: {exc}") from exc
+
+        parallel(apply, docs, workers=2)
+        names = [str(d["metadata"]["name"]) for _, d in docs]
 
         def established(name: str) -> bool:
             conds = (api.get(f"{base}/{name}").get("status") or {}).get("conditions") or []
