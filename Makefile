@@ -65,3 +65,61 @@ harness-smoke: venv
 .PHONY: test-dataplane
 test-dataplane:
 	bash e2e/dataplane/run.sh
+
+# ---------------------------------------------------------------- operator e2e, demo, CI
+.PHONY: e2e demo test crds system-deps
+
+## crds: regenerate crds/ from the code (a unit test fails when they drift)
+crds: venv
+	$(VENV)/bin/k2think-operator crd > crds/k2think.dev_k2thinkdeployments.yaml
+
+## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check)
+system-deps:
+	@bash e2e/scripts/install-system-deps.sh
+
+## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
+e2e: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench
+
+## demo: the README's main job: a simulated GPU campus serving K2-Think through the operator
+demo: venv binaries
+	$(PY) e2e/demo.py --name demo
+
+## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, data plane
+test: venv system-deps binaries
+	$(MAKE) lint typecheck unit
+	$(MAKE) e2e
+	$(MAKE) test-dataplane
+
+# ---------------------------------------------------------------- chart, raw manifests, install e2e
+# charts/k2think-operator is the source; manifests/ and the chart's CRD copy are generated from it
+# and from crds/ (docs/install.md). helm is the pinned one from the bin dir (override: HELM=...).
+HELM ?= $(shell bash e2e/scripts/build-binaries.sh)/helm
+CHART_DIR := charts/k2think-operator
+CHARTGEN := $(PY) charts/tools/chartgen.py
+
+.PHONY: chart-sync manifests check-manifests helm-lint e2e-install
+
+## chart-sync: copy crds/ into the chart and regenerate Chart.yaml's artifacthub.io/crdsExamples
+chart-sync: venv
+	$(CHARTGEN) sync
+
+## manifests: chart-sync, then `helm template` (cluster mode) into manifests/ (run after `make crds`)
+manifests: venv
+	$(CHARTGEN) manifests --helm "$(HELM)"
+
+## check-manifests: fail when the chart's CRD, Chart.yaml or manifests/ drift from their sources
+check-manifests: venv
+	$(CHARTGEN) manifests --check --helm "$(HELM)"
+
+## helm-lint: helm lint --strict and helm template for the defaults and every ci/*.yaml values set
+helm-lint:
+	@set -e; for f in "" $(wildcard $(CHART_DIR)/ci/*.yaml); do \
+		echo "helm lint $(CHART_DIR) $${f:+-f $$f}"; \
+		"$(HELM)" lint --strict $(CHART_DIR) $${f:+-f $$f} >/dev/null; \
+		"$(HELM)" template t $(CHART_DIR) --kube-version 1.30.0 $${f:+-f $$f} >/dev/null; \
+	done
+
+## e2e-install: the install suite alone (chart, manifests, least privilege) on its own campus
+e2e-install: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e/install

@@ -104,7 +104,7 @@ def test_worker_group_matches_plan() -> None:
     rs = rayservice_of(load_example("k2think.yaml"))
     cluster = rs["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
-    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    assert cluster["headGroupSpec"]["resources"]["GPU"] == "0"
     (group,) = cluster["workerGroupSpecs"]
     pod = group["template"]["spec"]
     container = pod["containers"][0]
@@ -261,3 +261,14 @@ def test_offline_render_has_no_owner_reference() -> None:
     spec = parse_spec(doc["spec"])
     (rs,) = build_children(spec, plan_deployment(spec, "demo"), name="demo", namespace="x")
     assert "ownerReferences" not in rs["metadata"]
+
+
+RAY_START_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
+
+
+def test_groups_never_set_resources_twice(example_name: str) -> None:
+    """KubeRay (validateRayGroupResources) refuses a group with resources in both places."""
+    cluster = rayservice_of(load_example(example_name))["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        in_params = any(group["rayStartParams"].get(k) for k in RAY_START_RESOURCE_PARAMS)
+        assert not (in_params and group.get("resources")), group.get("groupName", "head")

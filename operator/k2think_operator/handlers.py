@@ -149,15 +149,18 @@ def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=OURS, id="rayservice-event")
 async def rayservice_event(
-    type: str | None,
-    body: kopf.Body,
     meta: kopf.Meta,
     memo: kopf.Memo,
     deployments: kopf.Index[tuple[str, str], dict[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
-    """KubeRay moved (status) or someone touched our RayService (drift): react at once."""
+    """KubeRay moved (status) or someone touched our RayService (drift): react at once.
+
+    The reconcile re-reads the RayService under the per-object lock instead of trusting the
+    event's body, which may predate our own last apply (the initial listing at start-up races
+    with the resume handler); it applies only when the live object lacks what we render.
+    """
     key = _owner_key(meta)
     if key is None:
         return
@@ -165,10 +168,7 @@ async def rayservice_event(
     if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
         return
     reconciler: Reconciler = memo.reconciler
-    # A full reconcile: it applies only when the live object lacks what we render (deleted by
-    # hand, or a field we own edited), otherwise it just folds the new status in.
-    live = None if type == "DELETED" else dict(body)
-    await reconciler.reconcile(owner, _pods_of(ray_pods, key), live=live)
+    await reconciler.reconcile(owner, _pods_of(ray_pods, key))
 
 
 @kopf.on.event("", "v1", "pods", labels=OURS, id="pod-event")

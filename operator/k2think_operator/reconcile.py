@@ -40,13 +40,6 @@ from k2think_operator.status import (
 log = logging.getLogger(__name__)
 
 
-class _Unset:
-    """Marker: the caller did not observe the RayService; read it."""
-
-
-UNSET = _Unset()
-
-
 @dataclass(frozen=True)
 class Decision:
     """What one K2ThinkDeployment asks for, decided without touching the cluster."""
@@ -214,20 +207,13 @@ class Reconciler:
         pods: Iterable[PodSummary] = (),
         *,
         apply: bool = True,
-        live: Mapping[str, Any] | _Unset | None = UNSET,
     ) -> Outcome:
-        """Converge the children of one K2ThinkDeployment and write its status.
-
-        ``live`` is the RayService as a watch event just delivered it (``None`` after a
-        deletion); without it the RayService is read from the API.
-        """
+        """Converge the children of one K2ThinkDeployment and write its status."""
         started = time.monotonic()
         decision = decide(body)
         async with self._lock(decision.namespace, decision.name):
             try:
-                outcome = await self._reconcile_locked(
-                    body, decision, list(pods), apply=apply, live=live
-                )
+                outcome = await self._reconcile_locked(body, decision, list(pods), apply=apply)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
                 raise
@@ -245,24 +231,22 @@ class Reconciler:
         pods: Sequence[PodSummary],
         *,
         apply: bool,
-        live: Mapping[str, Any] | _Unset | None,
     ) -> Outcome:
         current_status = dict(body.get("status") or {})
         apply_error: str | None = None
         apply_reason = "ApplyFailed"
         retry: str | None = None
         applied = False
-        if isinstance(live, _Unset):
-            try:
-                live = await self.kube.get_rayservice(decision.namespace, decision.name)
-            except KubeRayMissing as error:
-                live = None
-                apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
-            except TransientApiError as error:
-                live = None
-                retry = str(error)
+        live: dict[str, Any] | None = None
+        try:
+            live = await self.kube.get_rayservice(decision.namespace, decision.name)
+        except KubeRayMissing as error:
+            apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
+        except TransientApiError as error:
+            retry = str(error)
 
         events = decision_events(decision, current_status, live) if retry is None else []
+        existed = live is not None
         if apply and retry is None and not decision.problems:
             for child in decision.children:
                 if not needs_apply(child, live):
@@ -279,7 +263,7 @@ class Reconciler:
                 except TransientApiError as error:
                     retry = str(error)
             if applied:
-                verb = "Updated" if body.get("status") else "Created"
+                verb = "Updated" if existed else "Created"
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
         suspended = (

@@ -101,8 +101,11 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
     return {
         # The head never runs model replicas; it hosts the GCS, dashboard, Serve controller and
         # the OpenAI ingress (pinned here through a custom resource).
-        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
-        "resources": {HEAD_RESOURCE: str(HEAD_RESOURCE_CAPACITY)},
+        # KubeRay refuses resource settings in both rayStartParams and the group's resources,
+        # so all of them go in `resources` (it turns GPU into --num-gpus, the rest into
+        # --resources, and the Ray autoscaler reads the same field).
+        "rayStartParams": {"dashboard-host": "0.0.0.0"},
+        "resources": {"GPU": "0", HEAD_RESOURCE: str(HEAD_RESOURCE_CAPACITY)},
         "template": {
             "metadata": {
                 "labels": {**standard_labels(name), COMPONENT_LABEL: "ray-head"},

@@ -1,0 +1,48 @@
+"""Fixtures of the e2e suites: one real local cluster per session (or $KUBECONFIG's).
+
+The session cluster is started by the harness (etcd, kube-apiserver, controller-manager,
+scheduler, KWOK GPU nodes from ``e2e/campus/small.yaml``, KubeRay's and our CRDs). If it cannot
+start, every test that needs it errors loudly; nothing here skips. Point the suite at another
+cluster with ``KUBECONFIG`` (see docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+E2E = Path(__file__).resolve().parent
+ROOT = E2E.parent
+for path in (str(E2E), str(ROOT)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from harness import Cluster  # noqa: E402
+
+LOG_DIR = E2E / ".state" / "logs"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if E2E in path.parents and "dataplane" not in path.parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    started = Cluster.from_env(name="e2e")
+    try:
+        yield started
+    finally:
+        if started.owned:
+            started.stop()
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    return LOG_DIR
