@@ -5,10 +5,15 @@ stand-in that produces the shape the operator's renderer produces for the CPU ac
 (see operator/k2think_operator/render/serve_config.py); the issue wants it to become a call to the
 operator's ``render`` of a K2ThinkDeployment that points at the tiny model with the CPU profile,
 with the resulting string PUT unchanged. Swap the body, keep the signature.
+
+Until then ``K2T_SERVE_CONFIG=operator`` makes it call the operator's renderer already (a
+K2ThinkDeployment with a CPU pool, model ``file://<model_dir>``), so the renderer can be tried
+against the real data plane at any time: ``K2T_SERVE_CONFIG=operator make test-dataplane``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,22 @@ def serve_config_for(
     gpu_memory_utilization: float = 0.1,
 ) -> str:
     """The ``serveConfigV2`` YAML string for serving ``model_dir`` as ``served_name`` on CPU."""
+    if os.environ.get("K2T_SERVE_CONFIG", "local") == "operator":
+        return _rendered_by_operator(
+            model_dir,
+            served_name,
+            autoscaling={
+                "minReplicas": min_replicas,
+                "maxReplicas": max_replicas,
+                "initialReplicas": initial_replicas,
+                "targetOngoingRequests": target_ongoing_requests,
+                "upscaleDelaySeconds": upscale_delay_s,
+                "downscaleDelaySeconds": downscale_delay_s,
+            },
+            max_ongoing_requests=max_ongoing_requests,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
     llm_config: dict[str, Any] = {
         "model_loading_config": {"model_id": served_name, "model_source": str(model_dir)},
         "engine_kwargs": {
@@ -85,3 +106,60 @@ def serve_config_for(
         ],
     }
     return yaml.safe_dump(config, sort_keys=True, default_flow_style=False, width=1_000_000)
+
+
+def _rendered_by_operator(
+    model_dir: Path,
+    served_name: str,
+    *,
+    autoscaling: dict[str, Any],
+    max_ongoing_requests: int,
+    max_model_len: int,
+    gpu_memory_utilization: float,
+) -> str:
+    """``serveConfigV2`` exactly as the operator renders it for a CPU-pool K2ThinkDeployment."""
+    import tiny_model as tm
+    from k2think_operator.planner import plan_deployment
+    from k2think_operator.render import build_children
+    from k2think_operator.spec import parse_spec
+
+    params = (
+        2 * tm.TOKENIZER_VOCAB_SIZE * tm.HIDDEN_SIZE
+        + tm.NUM_HIDDEN_LAYERS * (4 * tm.HIDDEN_SIZE**2 + 3 * tm.HIDDEN_SIZE * tm.INTERMEDIATE_SIZE)
+    )
+    spec = parse_spec(
+        {
+            "model": {
+                "preset": "custom",
+                "source": f"file://{Path(model_dir).resolve()}",
+                "servedModelName": served_name,
+                "maxModelLen": max_model_len,
+                "architecture": {
+                    "family": "qwen2",
+                    "parametersBillions": round(params / 1e9, 4),
+                    "layers": tm.NUM_HIDDEN_LAYERS,
+                    "hiddenSize": tm.HIDDEN_SIZE,
+                    "attentionHeads": tm.NUM_ATTENTION_HEADS,
+                    "kvHeads": tm.NUM_KEY_VALUE_HEADS,
+                    "headDim": tm.HIDDEN_SIZE // tm.NUM_ATTENTION_HEADS,
+                    "vocabSize": tm.TOKENIZER_VOCAB_SIZE,
+                    "maxPositionEmbeddings": tm.MAX_POSITION_EMBEDDINGS,
+                },
+            },
+            "pools": [{"name": "cpu", "gpuType": "CPU", "gpusPerNode": 1}],
+            "autoscaling": autoscaling,
+            "engine": {
+                "gpuMemoryUtilization": gpu_memory_utilization,
+                "maxNumSeqs": 16,
+                "reasoningParser": "deepseek_r1",
+            },
+            "serving": {"maxOngoingRequests": max_ongoing_requests, "gracefulShutdownSeconds": 30},
+        }
+    )
+    plan = plan_deployment(spec, "tiny")
+    children = build_children(
+        spec, plan, name="tiny", namespace="default", uid="00000000-0000-4000-8000-000000000001"
+    )
+    rayservice = next(c for c in children if c.get("kind") == "RayService")
+    serve_config_v2: str = rayservice["spec"]["serveConfigV2"]
+    return serve_config_v2

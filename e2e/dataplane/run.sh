@@ -17,7 +17,7 @@ cd "$ROOT"
 
 export K2T_DATAPLANE_REQUIRED=1
 cmd=("$VENV/bin/python" -m pytest -m dataplane e2e/dataplane -p no:cacheprovider
-     -o addopts= -rA --durations=0 "$@")
+     -o addopts= -o asyncio_default_fixture_loop_scope=function -rA --durations=0 "$@")
 
 if [[ "${K2T_DATAPLANE_NETNS:-auto}" != "0" ]] && command -v unshare >/dev/null \
    && command -v ip >/dev/null && unshare -n true 2>/dev/null; then
