@@ -248,3 +248,13 @@ def test_odd_strings_survive_the_harness(health: Callable[..., tuple[str, str]])
     message = 'quote " backslash \\ newline \n tab \t ünïcode'
     status = operator_status(apply_error=message, apply_error_reason="ApplyRejected")
     assert health(deployment(status)) == ("Degraded", message)
+
+
+def test_docs_snippet_is_the_script() -> None:
+    """docs/gitops.md shows the argocd-cm entry with the script inlined: it must be this file."""
+    text = (ROOT / "docs" / "gitops.md").read_text()
+    key = "  resource.customizations.health.k2think.dev_K2ThinkDeployment: |\n"
+    assert key in text
+    block = text.split(key, 1)[1].split("```", 1)[0]
+    inlined = "".join(line[4:] if line.strip() else "\n" for line in block.splitlines(True))
+    assert inlined == SCRIPT.read_text()

@@ -3,8 +3,8 @@
 # (and needs no root, no network) when everything is already there.
 #
 #   lua5.4  -- runs the Argo CD health check (docs/gitops/argocd-health.lua) in
-#              tests/test_argocd_health.py with the same Lua version Argo CD embeds (gopher-lua
-#              implements Lua 5.1 semantics; the script sticks to the common subset).
+#              tests/test_argocd_health.py (Argo CD itself embeds gopher-lua, Lua 5.1 semantics:
+#              the script sticks to the common subset, and the test also runs it on Lua 5.1).
 set -euo pipefail
 
 PACKAGES=(lua5.4)

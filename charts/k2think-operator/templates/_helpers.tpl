@@ -1,0 +1,104 @@
+{{/* Chart name (nameOverride wins). */}}
+{{- define "k2think-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: fullnameOverride, else release name (+ chart name unless it already contains it). */}}
+{{- define "k2think-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "k2think-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the lifetime of a release (Deployment selectors are immutable). */}}
+{{- define "k2think-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "k2think-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "k2think-operator.labels" -}}
+helm.sh/chart: {{ include "k2think-operator.chart" . }}
+{{ include "k2think-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: k2think
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "k2think-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "k2think-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "k2think-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Refuse combinations the schema cannot express clearly. */}}
+{{- define "k2think-operator.validate" -}}
+{{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) }}
+{{- fail "rbac.scope=namespaced needs watchNamespaces (the namespaces that get a Role, and the only ones the operator watches)" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Least privilege, derived from what the operator does (docs/install.md, "RBAC"):
+  - K2ThinkDeployments: kopf lists/watches them and merge-patches metadata (its progress and
+    diff-base annotations under k2think.dev/); the operator writes only the status subresource.
+  - k2thinkdeployments/finalizers update: needed only where the OwnerReferencesPermissionEnforcement
+    admission plugin runs (e.g. OpenShift), because the RayService's owner reference sets
+    blockOwnerDeletion; CRDs serve no such subresource, so it grants nothing else.
+  - RayServices: server-side apply (patch; create when the object is new), get, and the
+    list/watch of kopf's index and event handler. Never delete: the garbage collector does that.
+  - Pods: list/watch of the Ray pods (kopf index); read-only.
+  - Events: kopf posts core/v1 Events (create only).
+  No Secrets, ConfigMaps, Services or Nodes, and no delete verb anywhere.
+*/}}
+{{- define "k2think-operator.rules" -}}
+- apiGroups: ["k2think.dev"]
+  resources: ["k2thinkdeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["k2think.dev"]
+  resources: ["k2thinkdeployments/status"]
+  verbs: ["patch"]
+- apiGroups: ["k2think.dev"]
+  resources: ["k2thinkdeployments/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["ray.io"]
+  resources: ["rayservices"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
