@@ -543,6 +543,10 @@ class Cluster:
                 f"--cluster-signing-key-file={pki.ca_key}",
                 # KWOK heartbeats every 20-45 s; be lenient on a busy 2-core machine.
                 "--node-monitor-grace-period=3m",
+                # client-go's default 20 QPS makes 1000 nodes wait a minute for their not-ready
+                # taint to be lifted; this is a test cluster, spend the CPU instead.
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -557,6 +561,8 @@ class Cluster:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={p['scheduler']}",
                 "--leader-elect=false",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
                 "--profiling=false",
                 "--v=1",
             ],
