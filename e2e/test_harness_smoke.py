@@ -90,6 +90,9 @@ def test_gpu_pod_is_scheduled_on_its_pool_and_runs(cluster: Cluster) -> None:
         timeout=60,
     )
     assert _node_pool(cluster, running["spec"]["nodeName"]) == "h100"
+    # KWOK's fake pod and host IPs are loopback: nothing ever dials a private range
+    assert running["status"]["podIP"].startswith("127.")
+    assert running["status"]["hostIP"] == "127.0.0.1"
     # A second 8-GPU pod cannot share the node: the scheduler counts the extended resource.
     pod["metadata"]["name"] = "gpu-8-b"
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
