@@ -48,6 +48,12 @@ if complete; then
 fi
 
 log() { echo "build-binaries: $*" >&2; }
+# Non-interactive shells (CI) may not have the PATH that ~/.bashrc sets up.
+if ! command -v go >/dev/null; then
+    for d in /usr/local/go/bin /usr/lib/go/bin "$HOME/go/bin" "$HOME/sdk/go/bin"; do
+        if [[ -x "$d/go" ]]; then export PATH="$d:$PATH"; break; fi
+    done
+fi
 command -v go >/dev/null || { log "go is not on PATH (need Go >= 1.26)"; exit 1; }
 
 mkdir -p "$BIN" "$CACHE/src"
