@@ -283,7 +283,14 @@ class Cluster:
 
             cluster.campus = parse_campus(meta["campus"], source=meta.get("campus_name", "campus"))
         cluster.procs = {p.name: p for p in processes.recorded(sd)}
-        cluster.api = cluster._make_api()
+        try:
+            cluster.api = cluster._make_api()
+            cluster.api.request("GET", "/readyz", raw=True)
+        except (OSError, ApiError) as exc:
+            raise HarnessError(
+                f"the harness cluster in {sd} is not answering ({exc}); start it with "
+                f"`make cluster-up` or unset KUBECONFIG to let the tests start their own"
+            ) from exc
         return cluster
 
     @classmethod
