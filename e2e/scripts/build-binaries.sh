@@ -122,9 +122,9 @@ build_etcd() {
     mv -f "$BIN/.tmp-etcd" "$BIN/etcd"
 }
 
-go_install() { # <binary name> <package@version>
+go_install() { # <binary name> <package@version> [extra ldflags]
     log "$1: go install $2"
-    GOBIN="$BIN/.tmp-$1" go install -ldflags="-s -w" "$2"
+    GOBIN="$BIN/.tmp-$1" go install -ldflags="-s -w ${3:-}" "$2"
     local built
     built="$(find "$BIN/.tmp-$1" -maxdepth 1 -type f -perm -u+x | head -n1)"
     [[ -n "$built" ]] || { log "go install $2 produced no binary"; exit 1; }
@@ -140,7 +140,10 @@ if missing kwok; then go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION";
 if missing ray-operator; then
     go_install ray-operator "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION"
 fi
-if missing helm; then go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; fi
+if missing helm; then
+    go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+        "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+fi
 
 # Data files the harness needs, copied next to the binaries so nothing reads GOMODCACHE at run time.
 kuberay_dir="$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
