@@ -475,7 +475,7 @@ def test_kuberay_builds_the_cluster_on_the_planned_pool_then_gc_removes_it(
     wait_rayservice(cluster, "k2think", ns)
     raycluster = eventually(
         "RayCluster created by KubeRay",
-        lambda: (found := items(cluster, "rayclusters.ray.io", ns)) and found[0],
+        lambda: next(iter(items(cluster, "rayclusters.ray.io", ns)), None),
         timeout=120,
     )
     nodes = {n["metadata"]["name"]: n for n in cluster.kubectl_json("get", "nodes")["items"]}
@@ -526,11 +526,12 @@ def test_kuberay_builds_the_cluster_on_the_planned_pool_then_gc_removes_it(
     eventually(
         "RayService collected", lambda: rayservice(cluster, "k2think", ns) is None, timeout=120
     )
-    eventually(
-        "RayCluster collected",
-        lambda: get(cluster, "rayclusters.ray.io", raycluster["metadata"]["name"], ns) is None,
-        timeout=120,
-    )
+    cluster_name = raycluster["metadata"]["name"]
+
+    def raycluster_gone() -> bool:
+        return get(cluster, "rayclusters.ray.io", cluster_name, ns) is None
+
+    eventually("RayCluster collected", raycluster_gone, timeout=120)
     eventually(
         "Ray pods gone",
         lambda: not items(cluster, "pods", ns, "app.kubernetes.io/instance=k2think"),

@@ -206,6 +206,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         metrics_port=args.metrics_port,
         log_format=args.log_format,
         verbose=args.verbose,
+        cluster_scan=not args.no_cluster_scan,
     )
     return run_operator(config)
 
@@ -227,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)"
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument(
+        "--no-cluster-scan",
+        action="store_true",
+        help="serve only the listed namespaces and the CRDs present at start-up; needs no "
+        "cluster-wide list/watch of namespaces and CRDs (least-privilege namespaced mode)",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=cmd_run)
 

@@ -20,6 +20,9 @@ class OperatorConfig:
     metrics_port: int = 9090
     log_format: str = "text"
     verbose: bool = False
+    #: Watch namespaces/CRDs appearing at run time (needs list/watch on them cluster-wide).
+    cluster_scan: bool = True
+    resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))
     watch_timeout_seconds: int = field(default_factory=lambda: _env_int("K2T_WATCH_TIMEOUT", 300))
     worker_limit: int = field(default_factory=lambda: _env_int("K2T_WORKER_LIMIT", 20))

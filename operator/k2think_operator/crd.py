@@ -645,6 +645,13 @@ def build_crd() -> dict[str, Any]:
                 "app.kubernetes.io/name": "k2think-operator",
                 "app.kubernetes.io/part-of": "k2think",
             },
+            # Deleting the CRD deletes every K2ThinkDeployment and, through owner references,
+            # every RayService serving a model: GitOps tools must never prune it.
+            "annotations": {
+                "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",
+                "kustomize.toolkit.fluxcd.io/prune": "disabled",
+                "helm.sh/resource-policy": "keep",
+            },
         },
         "spec": {
             "group": API_GROUP,

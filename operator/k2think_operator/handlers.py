@@ -7,6 +7,8 @@ status refreshes cost no API reads, which matters on a campus with thousands of 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +17,7 @@ import kopf
 
 from k2think_operator import metrics
 from k2think_operator.config import OperatorConfig, current_config
-from k2think_operator.kube import Kube
+from k2think_operator.kube import Kube, KubeError
 from k2think_operator.reconcile import Reconciler, summarize_pod
 from k2think_operator.render.meta import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
@@ -47,14 +49,46 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = config.watch_timeout_seconds + 30
     settings.batching.worker_limit = config.worker_limit
     settings.execution.max_workers = config.worker_limit
-    memo.reconciler = Reconciler(await Kube.connect())
+    settings.scanning.disabled = not config.cluster_scan
+    reconciler = Reconciler(await Kube.connect())
+    memo.reconciler = reconciler
+    # A slow safety net for missed events. Not a kopf timer: kopf puts a finalizer on every
+    # object that has timers, and a finalizer would block deletion once the operator is gone.
+    memo.resync_task = asyncio.create_task(
+        resync_forever(reconciler, config.namespaces, config.resync_seconds)
+    )
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "resync_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
         await reconciler.kube.close()
+
+
+async def resync_forever(
+    reconciler: Reconciler, namespaces: tuple[str, ...], interval: float
+) -> None:
+    """Every ``interval`` seconds, reconcile every deployment in scope (applies only on drift)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            bodies = await reconciler.kube.list_deployments(namespaces)
+        except KubeError as error:
+            log.warning("resync: cannot list K2ThinkDeployments: %s", error)
+            continue
+        for body in bodies:
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            try:
+                await reconciler.reconcile(body, None)
+            except Exception:  # one bad object must not stop the loop
+                log.exception("resync of %s failed", (body.get("metadata") or {}).get("name"))
 
 
 # --- indexes ---------------------------------------------------------------------------------
@@ -120,19 +154,6 @@ async def reconcile_deployment(
     **_: Any,
 ) -> None:
     await _reconcile(memo, body, ray_pods)
-
-
-@kopf.timer(API_GROUP, API_VERSION, PLURAL, id="resync", interval=300, initial_delay=300, idle=60)
-async def resync(
-    memo: kopf.Memo,
-    body: kopf.Body,
-    ray_pods: kopf.Index[tuple[str, str], PodSummary],
-    **_: Any,
-) -> None:
-    """Slow safety net: re-check children even if no event arrived (apply only on drift)."""
-    reconciler: Reconciler = memo.reconciler
-    key = (str(body.metadata.namespace), str(body.metadata.name))
-    await reconciler.reconcile(body, _pods_of(ray_pods, key))
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="forget", optional=True)

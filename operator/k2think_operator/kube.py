@@ -117,7 +117,39 @@ class Kube:
             )
         except ApiException as error:
             raise _classify(error, kind) from error
+        if result is None:
+            # The generated client only decodes HTTP 200; an apply that creates answers 201.
+            return await self._get(group, version, meta["namespace"], plural, meta["name"])
         return dict(result)
+
+    async def _get(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> dict[str, Any]:
+        try:
+            result = await self._custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name
+            )
+        except ApiException as error:
+            raise _classify(error, plural) from error
+        return dict(result)
+
+    async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """K2ThinkDeployments in the given namespaces (all of them when empty)."""
+        try:
+            if not namespaces:
+                found = await self._custom.list_cluster_custom_object(
+                    API_GROUP, API_VERSION, PLURAL
+                )
+                return [dict(item) for item in found.get("items", [])]
+            objects: list[dict[str, Any]] = []
+            for namespace in namespaces:
+                found = await self._custom.list_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, PLURAL
+                )
+                objects += [dict(item) for item in found.get("items", [])]
+            return objects
+        except ApiException as error:
+            raise _classify(error, "K2ThinkDeployment list") from error
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -141,6 +173,7 @@ class Kube:
                 PLURAL,
                 name,
                 {"status": dict(status)},
+                field_manager=FIELD_MANAGER,
                 _content_type=MERGE_CONTENT_TYPE,
             )
         except ApiException as error:

@@ -194,26 +194,34 @@ class Reconciler:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pods: dict[tuple[str, str], tuple[PodSummary, ...]] = {}
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
+        self._pods.pop((namespace, name), None)
 
     async def reconcile(
         self,
         body: Mapping[str, Any],
-        pods: Iterable[PodSummary] = (),
+        pods: Iterable[PodSummary] | None = (),
         *,
         apply: bool = True,
     ) -> Outcome:
-        """Converge the children of one K2ThinkDeployment and write its status."""
+        """Converge the children of one K2ThinkDeployment and write its status.
+
+        ``pods=None`` reuses the pods last seen for this object (the resync loop has no index).
+        """
         started = time.monotonic()
         decision = decide(body)
+        key = (decision.namespace, decision.name)
+        seen = self._pods.get(key, ()) if pods is None else tuple(pods)
+        self._pods[key] = seen
         async with self._lock(decision.namespace, decision.name):
             try:
-                outcome = await self._reconcile_locked(body, decision, list(pods), apply=apply)
+                outcome = await self._reconcile_locked(body, decision, list(seen), apply=apply)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
                 raise
@@ -305,6 +313,8 @@ class Reconciler:
     ) -> bool:
         """Recompute status from observed children only (no apply); True if it was written."""
         decision = decide(body)
+        pods = tuple(pods)
+        self._pods[(decision.namespace, decision.name)] = pods
         async with self._lock(decision.namespace, decision.name):
             current_status = dict(body.get("status") or {})
             suspended = bool(decision.spec.suspend) if decision.spec else False
