@@ -119,13 +119,13 @@ def _rendered_by_operator(
 ) -> str:
     """``serveConfigV2`` exactly as the operator renders it for a CPU-pool K2ThinkDeployment."""
     import tiny_model as tm
+
     from k2think_operator.planner import plan_deployment
     from k2think_operator.render import build_children
     from k2think_operator.spec import parse_spec
 
-    params = (
-        2 * tm.TOKENIZER_VOCAB_SIZE * tm.HIDDEN_SIZE
-        + tm.NUM_HIDDEN_LAYERS * (4 * tm.HIDDEN_SIZE**2 + 3 * tm.HIDDEN_SIZE * tm.INTERMEDIATE_SIZE)
+    params = 2 * tm.TOKENIZER_VOCAB_SIZE * tm.HIDDEN_SIZE + tm.NUM_HIDDEN_LAYERS * (
+        4 * tm.HIDDEN_SIZE**2 + 3 * tm.HIDDEN_SIZE * tm.INTERMEDIATE_SIZE
     )
     spec = parse_spec(
         {

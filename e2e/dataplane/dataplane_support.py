@@ -9,6 +9,7 @@ routable address there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -97,7 +98,9 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -208,7 +211,7 @@ class RayHead:
         if self.resources:
             cmd.append(f"--resources={json.dumps(self.resources)}")
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own venv's ray CLI
+        self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -248,7 +251,7 @@ class RayHead:
             "--http-host=127.0.0.1",
             f"--http-port={self.http_port}",
         ]
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             cmd,
             env=self.process_env(),
             capture_output=True,
@@ -299,10 +302,8 @@ class RayHead:
             time.sleep(1.0)
         self.leftovers = remaining
         for info in remaining:  # only processes of the session we started
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
@@ -402,7 +403,9 @@ def wait_for_app(
         return data if status == want else None
 
     try:
-        result: dict[str, Any] = poll(probe, timeout=timeout, interval=interval, what=f"{app} {want}")
+        result: dict[str, Any] = poll(
+            probe, timeout=timeout, interval=interval, what=f"{app} {want}"
+        )
     except PollTimeout as exc:
         last = seen.get("last")
         raise PollTimeout(f"{exc}\n{describe(last, app) if last else ''}") from None

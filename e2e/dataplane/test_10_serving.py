@@ -20,14 +20,18 @@ MESSAGES = [{"role": "user", "content": "Is 7 a prime number?"}]
 
 
 def _client(app: ServedApp) -> openai.OpenAI:
-    return openai.OpenAI(base_url=app.openai_base_url, api_key="not-needed", timeout=120, max_retries=0)
+    return openai.OpenAI(
+        base_url=app.openai_base_url, api_key="not-needed", timeout=120, max_retries=0
+    )
 
 
 def _text_of(message: Any) -> str:
     """Answer text, or reasoning text: the deepseek_r1 parser moves everything before
     ``</think>`` into ``reasoning``, and a random model seldom closes the block."""
     extra = getattr(message, "model_extra", None) or {}
-    return (message.content or "") + (extra.get("reasoning") or extra.get("reasoning_content") or "")
+    return (message.content or "") + (
+        extra.get("reasoning") or extra.get("reasoning_content") or ""
+    )
 
 
 def test_application_is_running_with_one_llm_replica(served_app: ServedApp) -> None:
@@ -106,7 +110,9 @@ def test_stream_is_sse_ending_with_done(served_app: ServedApp) -> None:
         pytest.param({"model": "MODEL", "messages": "not a list"}, None, id="messages-not-a-list"),
         pytest.param({"model": "MODEL"}, None, id="messages-missing"),
         pytest.param(
-            {"model": "MODEL", "messages": MESSAGES, "max_tokens": -5}, None, id="negative-max-tokens"
+            {"model": "MODEL", "messages": MESSAGES, "max_tokens": -5},
+            None,
+            id="negative-max-tokens",
         ),
         pytest.param(
             {"model": "MODEL", "messages": MESSAGES, "max_tokens": 100_000},

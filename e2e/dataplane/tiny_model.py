@@ -50,7 +50,14 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
-_WORDS = ["the", "a", "an", "of", "to", "in", "is", "are", "was", "be", "model", "token", "think", "reason", "answer", "question", "step", "first", "then", "so", "because", "therefore", "prime", "number", "sum", "product", "two", "three", "five", "seven", "eleven", "kubernetes", "ray", "serve", "replica", "pod", "node", "gpu", "cpu", "memory", "cache", "request", "stream", "scale", "operator", "deployment", "hello", "world", "yes", "no", "maybe", "compute", "check", "verify", "result", "final", "value", "equals", "plus", "minus", "times"]
+_WORD_TEXT = (
+    "the a an of to in is are was be model token think reason answer question step first "
+    "then so because therefore prime number sum product two three five seven eleven "
+    "kubernetes ray serve replica pod node gpu cpu memory cache request stream scale "
+    "operator deployment hello world yes no maybe compute check verify result final value "
+    "equals plus minus times"
+)
+_WORDS = tuple(_WORD_TEXT.split())
 
 
 def _training_text(seed: int, lines: int = 4000) -> list[str]:
