@@ -240,10 +240,13 @@ def _healthz(port: int) -> bool:
 
 
 @contextmanager
-def local_operator(kubeconfig: Path, workdir: Path, *watch: str) -> Iterator[LocalOperator]:
+def local_operator(
+    kubeconfig: Path, workdir: Path, *watch: str, extra: Sequence[str] = ()
+) -> Iterator[LocalOperator]:
     """``k2think-operator run`` on this machine with ``kubeconfig`` (a ServiceAccount token).
 
-    ``watch``: namespaces; none means ``--all-namespaces``. Stopped (SIGTERM, then SIGKILL) on exit.
+    ``watch``: namespaces; none means ``--all-namespaces``. ``extra``: more ``run`` flags (as the
+    chart's Deployment passes them). Stopped (SIGTERM, then SIGKILL) on exit.
     """
     health, metrics = processes.free_ports(2)
     scope = [f"--namespace={ns}" for ns in watch] or ["--all-namespaces"]
@@ -255,6 +258,7 @@ def local_operator(kubeconfig: Path, workdir: Path, *watch: str) -> Iterator[Loc
         f"--health-port={health}",
         f"--metrics-port={metrics}",
         "--log-format=text",
+        *extra,
     ]
     proc = processes.start(
         "k2think-operator",
