@@ -21,8 +21,11 @@ E2E = Path(__file__).resolve().parent
 ROOT = E2E.parent
 sys.path.insert(0, str(E2E))
 
-from harness import Cluster, wait_for  # noqa: E402
-from harness import processes  # noqa: E402
+from harness import (  # noqa: E402
+    Cluster,
+    processes,
+    wait_for,
+)
 from harness.cluster import STATE_ROOT  # noqa: E402
 
 OPERATOR = Path(sys.executable).parent / "k2think-operator"
@@ -112,15 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     say(f"applied {EXAMPLE.relative_to(ROOT)} in namespace {NAMESPACE}")
     wait_for(
         "the RayService",
-        lambda: cluster.kubectl("get", "rayservice", "k2think", "-n", NAMESPACE, check=False).returncode
-        == 0,
+        lambda: (
+            cluster.kubectl("get", "rayservice", "k2think", "-n", NAMESPACE, check=False).returncode
+            == 0
+        ),
         timeout=120,
     )
     plan = wait_for(
         "the plan in status",
-        lambda: cluster.kubectl_json("get", "k2t", "k2think", "-n", NAMESPACE)
-        .get("status", {})
-        .get("plan"),
+        lambda: (
+            cluster.kubectl_json("get", "k2t", "k2think", "-n", NAMESPACE)
+            .get("status", {})
+            .get("plan")
+        ),
         timeout=120,
     )
     pods = wait_for(

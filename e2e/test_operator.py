@@ -144,6 +144,14 @@ def test_example_becomes_a_rayservice_kuberay_keeps_every_field(
     managers = {(m["manager"], m["operation"]) for m in shown["metadata"]["managedFields"]}
     assert ("k2think-operator", "Apply") in managers
 
+    # The operator's own Prometheus endpoint reports this deployment.
+    metrics = operator.metrics()
+    labels = f'namespace="{ns}",name="k2think"'
+    assert f"k2think_reconcile_total{{{labels}}}" in metrics
+    assert f"k2think_planned_gpus{{{labels}}} 4.0" in metrics
+    assert f"k2think_desired_replicas{{{labels}}} 1.0" in metrics
+    assert "k2think_reconcile_duration_seconds_count" in metrics
+
 
 # --- 3. readiness -------------------------------------------------------------------------------
 

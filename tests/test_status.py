@@ -18,8 +18,10 @@ from k2think_operator.status import (
     read_rayservice,
     set_condition,
     status_changed,
+    summarize_error,
 )
 from tests.conftest import minimal_doc
+from tests.kuberay_view import rayservice_from_serve
 
 T0 = "2026-11-28T00:00:00Z"
 T1 = "2026-11-28T00:05:00Z"
@@ -264,30 +266,52 @@ def test_read_rayservice_from_kuberay_status() -> None:
     assert read_rayservice({"status": {}}) == RayServiceView(False, "", "", False, None, "")
 
 
-@pytest.mark.skipif(not FIXTURES.exists(), reason="captured by the data-plane suite")
-@pytest.mark.parametrize(
-    "sample", sorted(p.name for p in FIXTURES.glob("*.json")) if FIXTURES.exists() else []
-)
-def test_real_serve_status_samples_parse(sample: str) -> None:
-    """Real GET /api/serve/applications/ answers, wrapped as KubeRay would report them."""
-    data = json.loads((FIXTURES / sample).read_text())
-    apps = data.get("applications", {})
-    app = apps.get("llm") or next(iter(apps.values()), {})
-    wrapped = {
-        "status": {
-            "activeServiceStatus": {
-                "applicationStatuses": {
-                    "llm": {
-                        "status": app.get("status"),
-                        "message": app.get("message", ""),
-                        "serveDeploymentStatuses": {
-                            n: {"status": d.get("status"), "message": d.get("message", "")}
-                            for n, d in (app.get("deployments") or {}).items()
-                        },
-                    }
-                }
-            }
-        }
-    }
-    view = read_rayservice(wrapped)
-    assert view is not None and view.app_status == app.get("status")
+EXPECTED_FROM_SAMPLES = {
+    # sample: (Ready, Ready reason, Degraded, phase)
+    "no_applications.json": ("False", "RayServiceNotReady", "False", "Deploying"),
+    "deploying.json": ("False", "ApplicationDeploying", "False", "Deploying"),
+    "updating.json": ("False", "ApplicationDeploying", "False", "Deploying"),
+    "running.json": ("True", "Serving", "False", "Serving"),
+    "upscaling.json": ("True", "Serving", "False", "Serving"),
+    "running_two_replicas.json": ("True", "Serving", "False", "Serving"),
+    "downscaling.json": ("True", "Serving", "False", "Serving"),
+    "deploy_failed.json": ("False", "ApplicationDeployFailed", "True", "Degraded"),
+    "update_failed.json": ("False", "ApplicationDeployFailed", "True", "Degraded"),
+}
+
+
+def test_every_captured_sample_has_an_expectation() -> None:
+    assert sorted(p.name for p in FIXTURES.glob("*.json")) == sorted(EXPECTED_FROM_SAMPLES)
+
+
+@pytest.mark.parametrize("sample", sorted(EXPECTED_FROM_SAMPLES))
+def test_real_serve_status_samples(sample: str) -> None:
+    """Real GET /api/serve/applications/ answers (captured by the data-plane suite), as KubeRay
+    reports them in the RayService, through the operator's status logic."""
+    serve = json.loads((FIXTURES / sample).read_text())
+    view = read_rayservice(rayservice_from_serve(serve))
+    status = build_status(observe(rayservice=view), None, T0)
+    conds = {c["type"]: c for c in status["conditions"]}
+    ready, reason, degraded, phase = EXPECTED_FROM_SAMPLES[sample]
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == (ready, reason)
+    assert conds["Degraded"]["status"] == degraded
+    assert status["phase"] == phase
+    if degraded == "True":
+        # The reason Ray gives (the bad model path) reaches the user's condition message.
+        assert "'/nonexistent/k2-think-tiny'" in conds["Degraded"]["message"]
+        assert len(conds["Degraded"]["message"]) < 1500
+
+
+def test_summarize_error_keeps_sentence_and_exception() -> None:
+    message = (
+        "The deployment failed to start 3 times. See logs. Error:\n"
+        "\x1b[36mray::ServeReplica\x1b[39m (pid=1)\n"
+        '  File "x.py", line 1, in f\n'
+        "    raise RuntimeError('boom')\n"
+        "RuntimeError: boom: '/models/missing'\n"
+    )
+    assert summarize_error(message) == (
+        "The deployment failed to start 3 times. ... RuntimeError: boom: '/models/missing'"
+    )
+    assert summarize_error("") == ""
+    assert summarize_error("one line") == "one line"

@@ -441,3 +441,22 @@ def capture_status(name: str, data: dict[str, Any], also_into: Path | None = Non
     if os.environ.get("K2T_CAPTURE_SERVE_STATUS") == "1":
         STATUS_FIXTURES.mkdir(parents=True, exist_ok=True)
         (STATUS_FIXTURES / f"{name}.json").write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator's view of a live Serve answer (issue item 4)
+
+
+def operator_status(serve: dict[str, Any]) -> dict[str, Any]:
+    """What the operator would write to ``status`` if KubeRay reported this Serve answer."""
+    from k2think_operator.status import Observation, build_status, read_rayservice
+    from tests.kuberay_view import rayservice_from_serve
+
+    view = read_rayservice(rayservice_from_serve(serve))
+    observation = Observation(generation=1, rayservice=view, name="tiny", namespace="default")
+    return build_status(observation, None, "2026-11-28T00:00:00Z")
+
+
+def operator_condition(serve: dict[str, Any], kind: str) -> dict[str, Any]:
+    status = operator_status(serve)
+    return next(c for c in status["conditions"] if c["type"] == kind)

@@ -12,7 +12,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from dataplane_support import ServedApp, app_status, deployment, get_serve_status
+from dataplane_support import (
+    ServedApp,
+    app_status,
+    deployment,
+    get_serve_status,
+    operator_condition,
+    operator_status,
+)
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(1200)]
 
@@ -45,6 +52,24 @@ def test_application_is_running_with_one_llm_replica(served_app: ServedApp) -> N
     assert deployed["import_path"] == "ray.serve.llm:build_openai_app"
     # ... and Serve kept its loopback HTTP options despite the config's 0.0.0.0:8000.
     assert data["http_options"]["host"] == "127.0.0.1"
+
+
+def test_operator_reads_the_live_status_as_serving(served_app: ServedApp) -> None:
+    live = get_serve_status(served_app.head.dashboard_url)
+    ready = operator_condition(live, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving")
+    assert operator_condition(live, "Degraded")["status"] == "False"
+    assert operator_status(live)["phase"] == "Serving"
+
+
+def test_rendered_args_pass_rays_own_llm_serving_args(served_app: ServedApp) -> None:
+    """With vLLM importable (only here), Ray's LLMServingArgs checks the whole ``args`` block."""
+    import yaml
+    from ray.llm._internal.serve.core.ingress.builder import LLMServingArgs
+
+    config = yaml.safe_load(served_app.serve_config_v2)
+    parsed = LLMServingArgs.model_validate(config["applications"][0]["args"])
+    assert [c.model_id for c in parsed.llm_configs] == [served_app.served_name]
 
 
 def test_models_lists_the_served_name(served_app: ServedApp) -> None:

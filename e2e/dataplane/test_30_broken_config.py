@@ -17,6 +17,7 @@ from dataplane_support import (
     delete_serve_applications,
     deployment,
     get_serve_status,
+    operator_condition,
     poll,
     put_serve_config_v2,
     wait_for_app,
@@ -57,6 +58,14 @@ def test_update_to_a_missing_model_fails_to_deploy(served_app: ServedApp, sample
     )
     capture_status("update_failed", failed, samples_dir)
     _assert_failed_for_the_model_path(failed, served_app.app)
+    # The operator's status logic on what Ray really reported.
+    if first:
+        ready = operator_condition(first, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "ApplicationDeploying")
+    degraded = operator_condition(failed, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplicationDeployFailed")
+    assert str(MISSING_MODEL) in degraded["message"]
+    assert operator_condition(failed, "Ready")["status"] == "False"
 
 
 def test_fresh_deploy_of_a_missing_model_fails(served_app: ServedApp, samples_dir: Any) -> None:

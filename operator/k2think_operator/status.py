@@ -8,6 +8,7 @@ status flips, so an unchanged world produces an identical status and no write.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -331,9 +332,29 @@ def _camel(value: str) -> str:
     return "".join(part.capitalize() for part in value.lower().split("_"))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|\[[0-9;]*m")
+
+
+def summarize_error(message: str, limit: int = 600) -> str:
+    """Ray's messages are a sentence, then a traceback: keep the sentence and the exception.
+
+    The last line of a traceback is where the cause is named (e.g. the model path vLLM could not
+    load); the middle is noise in a condition message.
+    """
+    lines = [line.strip() for line in _ANSI.sub("", message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = lines[0]
+    if ". " in head:
+        head = head[: head.index(". ") + 1]
+    tail = lines[-1]
+    text = head if tail == lines[0] else f"{head} ... {tail}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _app_text(rs: RayServiceView) -> str:
     parts = [f"application {APP_NAME} is {rs.app_status}"]
     if rs.app_message:
-        parts.append(rs.app_message.strip().splitlines()[-1][:500])
-    parts.extend(m[:300] for m in rs.deployment_messages[:3])
-    return "; ".join(parts)
+        parts.append(summarize_error(rs.app_message, 300))
+    parts.extend(summarize_error(m) for m in rs.deployment_messages[:3])
+    return "; ".join(p for p in parts if p)
