@@ -188,6 +188,31 @@ def decision_events(
     return events
 
 
+def observe(
+    decision: Decision,
+    body: Mapping[str, Any],
+    rayservice: Mapping[str, Any] | None,
+    pods: Iterable[PodSummary],
+    apply_error: str | None,
+    apply_error_reason: str,
+) -> Observation:
+    """Gather everything status is computed from, once."""
+    spec = decision.spec
+    suspended = spec.suspend if spec else bool((body.get("spec") or {}).get("suspend"))
+    return Observation(
+        generation=decision.generation,
+        spec_problems=decision.problems,
+        plan=decision.plan,
+        apply_error=apply_error,
+        apply_error_reason=apply_error_reason,
+        rayservice=read_rayservice(rayservice),
+        pods=tuple(pods),
+        suspended=suspended,
+        name=decision.name,
+        namespace=decision.namespace,
+    )
+
+
 class Reconciler:
     """Holds the API facade and per-object locks; everything else is passed in."""
 
@@ -274,23 +299,7 @@ class Reconciler:
                 verb = "Updated" if existed else "Created"
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
-        suspended = (
-            bool(decision.spec.suspend)
-            if decision.spec
-            else bool((body.get("spec") or {}).get("suspend"))
-        )
-        observation = Observation(
-            generation=decision.generation,
-            spec_problems=decision.problems,
-            plan=decision.plan,
-            apply_error=apply_error,
-            apply_error_reason=apply_reason,
-            rayservice=read_rayservice(live),
-            pods=tuple(pods),
-            suspended=suspended,
-            name=decision.name,
-            namespace=decision.namespace,
-        )
+        observation = observe(decision, body, live, pods, apply_error, apply_reason)
         status = build_status(observation, current_status, now_rfc3339())
         wrote = await self._write_status(decision, current_status, status)
         for warning, reason, message in events:
@@ -317,20 +326,11 @@ class Reconciler:
         self._pods[(decision.namespace, decision.name)] = pods
         async with self._lock(decision.namespace, decision.name):
             current_status = dict(body.get("status") or {})
-            suspended = bool(decision.spec.suspend) if decision.spec else False
-            previous_error = _previous_apply_error(current_status)
-            observation = Observation(
-                generation=decision.generation,
-                spec_problems=decision.problems,
-                plan=decision.plan,
-                apply_error=previous_error[0] if rayservice is None else None,
-                apply_error_reason=previous_error[1],
-                rayservice=read_rayservice(rayservice),
-                pods=tuple(pods),
-                suspended=suspended,
-                name=decision.name,
-                namespace=decision.namespace,
-            )
+            # A still-standing apply failure stays visible while the child is absent.
+            error, reason = _previous_apply_error(current_status)
+            if rayservice is not None:
+                error = None
+            observation = observe(decision, body, rayservice, pods, error, reason)
             status = build_status(observation, current_status, now_rfc3339())
             metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
             return await self._write_status(decision, current_status, status)

@@ -61,13 +61,12 @@ def _tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
 
 
-def _ray_env(spec: K2ThinkDeploymentSpec) -> list[dict[str, str]]:
-    return [{"name": e.name, "value": e.value} for e in spec.ray.env]
-
-
-def _env_from(spec: K2ThinkDeploymentSpec) -> list[dict[str, Any]]:
-    secret = spec.model.credentials_secret
-    return [{"secretRef": {"name": secret}}] if secret else []
+def _add_env(container: dict[str, Any], spec: K2ThinkDeploymentSpec) -> None:
+    """The user's variables and the credentials Secret, on every Ray container alike."""
+    if spec.ray.env:
+        container["env"] = [{"name": e.name, "value": e.value} for e in spec.ray.env]
+    if spec.model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
 
 
 def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
@@ -85,12 +84,7 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
             {"containerPort": 8080, "name": "metrics"},
         ],
     }
-    env = _ray_env(spec)
-    if env:
-        container["env"] = env
-    env_from = _env_from(spec)
-    if env_from:
-        container["envFrom"] = env_from
+    _add_env(container, spec)
     pod_spec: dict[str, Any] = {"containers": [container]}
     if head.node_selector:
         pod_spec["nodeSelector"] = dict(head.node_selector)
@@ -161,12 +155,7 @@ def build_worker_group(
         volumes.append(
             {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
-    env = _ray_env(spec)
-    if env:
-        container["env"] = env
-    env_from = _env_from(spec)
-    if env_from:
-        container["envFrom"] = env_from
+    _add_env(container, spec)
 
     pod_spec: dict[str, Any] = {
         "containers": [container],
