@@ -39,7 +39,12 @@ OURS = "app.kubernetes.io/managed-by=k2think-operator"
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, log_dir: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, ["--all-namespaces"], log_dir / "operator-scenarios.log")
+    op = OperatorProcess(
+        cluster,
+        ["--all-namespaces"],
+        log_dir / "operator-scenarios.log",
+        env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": "5"},
+    )
     op.start()
     yield op
     op.stop()
@@ -543,6 +548,36 @@ def test_kuberay_builds_the_cluster_on_the_planned_pool_then_gc_removes_it(
     eventually(
         "Ray pods gone",
         lambda: not items(cluster, "pods", ns, "app.kubernetes.io/instance=k2think"),
+        timeout=120,
+    )
+
+
+def test_pods_waiting_for_gpus_surface_as_capacity_blocked(
+    cluster: Cluster, operator: OperatorProcess, kuberay_ns: str
+) -> None:
+    """12 replicas of 4 GPUs on a pool of 32 GPUs: 4 worker pods cannot be scheduled."""
+    ns = kuberay_ns
+    doc = load_example("k2think.yaml", namespace=ns, rename="k2think-big")
+    del doc["spec"]["autoscaling"]
+    doc["spec"]["replicas"] = 12
+    apply_doc(cluster, doc)
+
+    def blocked() -> dict[str, Any] | None:
+        cond = condition(k2t(cluster, "k2think-big", ns), "CapacityBlocked")
+        return cond if cond and cond["status"] == "True" else None
+
+    cond = eventually("CapacityBlocked=True", blocked, timeout=180)
+    assert cond["reason"] == "Unschedulable"
+    assert "4 pod(s) in h100 cannot be scheduled" in cond["message"]
+    assert "nvidia.com/gpu" in cond["message"]  # the scheduler's own words
+    cr = k2t(cluster, "k2think-big", ns)
+    assert cr is not None and cr["status"]["phase"] == "CapacityBlocked"
+    assert cr["status"]["replicas"] == 12 and cr["status"]["readyReplicas"] == 0
+
+    cluster.kubectl("delete", "k2t", "k2think-big", "-n", ns, "--wait=true", timeout=120)
+    eventually(
+        "big deployment's pods gone",
+        lambda: not items(cluster, "pods", ns, "app.kubernetes.io/instance=k2think-big"),
         timeout=120,
     )
 

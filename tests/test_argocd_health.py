@@ -125,11 +125,15 @@ def rayservice(*, ready: bool, app: str | None, message: str = "") -> RayService
     )
 
 
+EPOCH = 1_800_000_000.0  # the clock of the observation, in seconds
+
+
 def operator_status(**observation: Any) -> dict[str, Any]:
     """A status exactly as the operator would write it for this observation."""
     observation.setdefault("generation", 3)
     observation.setdefault("name", "k2think")
     observation.setdefault("namespace", "team-a")
+    observation.setdefault("now", EPOCH)
     return build_status(Observation(**observation), None, NOW)
 
 
@@ -229,7 +233,7 @@ def test_capacity_blocked_is_progressing_with_the_reason(
         phase="Pending",
         ready=False,
         unschedulable_message="0/8 nodes are available",
-        unschedulable_seconds=UNSCHEDULABLE_GRACE_SECONDS + 1,
+        unschedulable_since=EPOCH - UNSCHEDULABLE_GRACE_SECONDS - 1,
     )
     status = operator_status(rayservice=rayservice(ready=False, app=None), pods=[blocked, blocked])
     verdict, message = health(deployment(status))

@@ -15,6 +15,7 @@ from k2think_operator.status import (
     PodSummary,
     RayServiceView,
     build_status,
+    next_capacity_check,
     read_rayservice,
     set_condition,
     status_changed,
@@ -24,6 +25,7 @@ from tests.conftest import minimal_doc
 from tests.kuberay_view import rayservice_from_serve
 
 T0 = "2026-11-28T00:00:00Z"
+NOW = 1_800_000_000.0
 T1 = "2026-11-28T00:05:00Z"
 FIXTURES = Path(__file__).parent / "fixtures" / "serve_status"
 
@@ -47,7 +49,13 @@ def worker(name: str, ready: bool = True, **extra: Any) -> PodSummary:
 
 
 def observe(**fields: Any) -> Observation:
-    base: dict[str, Any] = {"generation": 2, "plan": PLAN, "name": "demo", "namespace": "ns"}
+    base: dict[str, Any] = {
+        "generation": 2,
+        "plan": PLAN,
+        "name": "demo",
+        "namespace": "ns",
+        "now": NOW,
+    }
     base.update(fields)
     return Observation(**base)
 
@@ -135,7 +143,7 @@ CASES = [
                     "a",
                     ready=False,
                     unschedulable_message="0/6 nodes are available: 6 Insufficient nvidia.com/gpu.",
-                    unschedulable_seconds=120,
+                    unschedulable_since=NOW - 120,
                 ),
             ),
         ),
@@ -151,7 +159,7 @@ CASES = [
                     "a",
                     ready=False,
                     unschedulable_message="Insufficient nvidia.com/gpu",
-                    unschedulable_seconds=5,
+                    unschedulable_since=NOW - 5,
                 ),
             ),
         ),
@@ -315,3 +323,11 @@ def test_summarize_error_keeps_sentence_and_exception() -> None:
     )
     assert summarize_error("") == ""
     assert summarize_error("one line") == "one line"
+
+
+def test_next_capacity_check_counts_down_the_grace() -> None:
+    waiting = worker("a", ready=False, unschedulable_message="x", unschedulable_since=NOW - 20)
+    assert next_capacity_check(observe(pods=(waiting,))) == pytest.approx(40)
+    late = worker("b", ready=False, unschedulable_message="x", unschedulable_since=NOW - 90)
+    assert next_capacity_check(observe(pods=(late,))) is None
+    assert next_capacity_check(observe(pods=(worker("c"),))) is None

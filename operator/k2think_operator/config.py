@@ -22,6 +22,9 @@ class OperatorConfig:
     verbose: bool = False
     #: Watch namespaces/CRDs appearing at run time (needs list/watch on them cluster-wide).
     cluster_scan: bool = True
+    unschedulable_grace_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_UNSCHEDULABLE_GRACE_SECONDS", 60)
+    )
     resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))
     watch_timeout_seconds: int = field(default_factory=lambda: _env_int("K2T_WATCH_TIMEOUT", 300))

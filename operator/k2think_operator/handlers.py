@@ -50,7 +50,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.batching.worker_limit = config.worker_limit
     settings.execution.max_workers = config.worker_limit
     settings.scanning.disabled = not config.cluster_scan
-    reconciler = Reconciler(await Kube.connect())
+    reconciler = Reconciler(
+        await Kube.connect(), unschedulable_grace=config.unschedulable_grace_seconds
+    )
     memo.reconciler = reconciler
     # A slow safety net for missed events. Not a kopf timer: kopf puts a finalizer on every
     # object that has timers, and a finalizer would block deletion once the operator is gone.

@@ -30,9 +30,11 @@ from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, COMPONENT_LABEL, POOL_LABEL
 from k2think_operator.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
 from k2think_operator.status import (
+    UNSCHEDULABLE_GRACE_SECONDS,
     Observation,
     PodSummary,
     build_status,
+    next_capacity_check,
     read_rayservice,
     status_changed,
 )
@@ -125,10 +127,10 @@ def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
     scheduled = conditions.get("PodScheduled") or {}
     ready = (conditions.get("Ready") or {}).get("status") == "True"
     unschedulable = None
-    since = 0.0
+    since: float | None = None
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         unschedulable = str(scheduled.get("message") or "Unschedulable")
-        since = _age_seconds(scheduled.get("lastTransitionTime"))
+        since = _epoch(scheduled.get("lastTransitionTime"))
     return PodSummary(
         name=str(meta.get("name")),
         component=str(labels.get(COMPONENT_LABEL) or labels.get("ray.io/node-type", "")),
@@ -136,20 +138,19 @@ def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
         phase=str(status.get("phase") or "Pending"),
         ready=ready,
         unschedulable_message=unschedulable,
-        unschedulable_seconds=since,
+        unschedulable_since=since,
         node=(pod.get("spec") or {}).get("nodeName"),
     )
 
 
-def _age_seconds(timestamp: Any) -> float:
-    """Seconds since an RFC 3339 timestamp; the wall clock is the only input here."""
+def _epoch(timestamp: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp (None when absent or malformed)."""
     if not timestamp:
-        return 0.0
+        return None
     try:
-        then = dt.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+        return dt.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
     except ValueError:
-        return 0.0
-    return max(0.0, (dt.datetime.now(dt.UTC) - then).total_seconds())
+        return None
 
 
 def now_rfc3339() -> str:
@@ -195,6 +196,8 @@ def observe(
     pods: Iterable[PodSummary],
     apply_error: str | None,
     apply_error_reason: str,
+    *,
+    unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
 ) -> Observation:
     """Gather everything status is computed from, once."""
     spec = decision.spec
@@ -210,23 +213,57 @@ def observe(
         suspended=suspended,
         name=decision.name,
         namespace=decision.namespace,
+        now=time.time(),
+        unschedulable_grace=unschedulable_grace,
     )
 
 
 class Reconciler:
     """Holds the API facade and per-object locks; everything else is passed in."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(
+        self, kube: Kube, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+    ) -> None:
         self.kube = kube
+        self.unschedulable_grace = unschedulable_grace
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pods: dict[tuple[str, str], tuple[PodSummary, ...]] = {}
+        self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._rechecks: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Outcome]] = set()
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
-        self._locks.pop((namespace, name), None)
-        self._pods.pop((namespace, name), None)
+        key = (namespace, name)
+        self._locks.pop(key, None)
+        self._pods.pop(key, None)
+        self._bodies.pop(key, None)
+        handle = self._rechecks.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _schedule_recheck(self, observation: Observation) -> None:
+        """Re-evaluate status when a waiting pod crosses the CapacityBlocked grace period.
+
+        A pod the scheduler keeps refusing may never change again, so no event would come.
+        """
+        delay = next_capacity_check(observation)
+        key = (observation.namespace, observation.name)
+        if delay is None or key in self._rechecks:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._rechecks.pop(key, None)
+            body = self._bodies.get(key)
+            if body is not None:
+                task = loop.create_task(self.reconcile(body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        self._rechecks[key] = loop.call_later(delay + 1.0, fire)
 
     async def reconcile(
         self,
@@ -244,6 +281,7 @@ class Reconciler:
         key = (decision.namespace, decision.name)
         seen = self._pods.get(key, ()) if pods is None else tuple(pods)
         self._pods[key] = seen
+        self._bodies[key] = body
         async with self._lock(decision.namespace, decision.name):
             try:
                 outcome = await self._reconcile_locked(body, decision, list(seen), apply=apply)
@@ -299,7 +337,16 @@ class Reconciler:
                 verb = "Updated" if existed else "Created"
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
-        observation = observe(decision, body, live, pods, apply_error, apply_reason)
+        observation = observe(
+            decision,
+            body,
+            live,
+            pods,
+            apply_error,
+            apply_reason,
+            unschedulable_grace=self.unschedulable_grace,
+        )
+        self._schedule_recheck(observation)
         status = build_status(observation, current_status, now_rfc3339())
         wrote = await self._write_status(decision, current_status, status)
         for warning, reason, message in events:
@@ -324,13 +371,23 @@ class Reconciler:
         decision = decide(body)
         pods = tuple(pods)
         self._pods[(decision.namespace, decision.name)] = pods
+        self._bodies[(decision.namespace, decision.name)] = body
         async with self._lock(decision.namespace, decision.name):
             current_status = dict(body.get("status") or {})
             # A still-standing apply failure stays visible while the child is absent.
             error, reason = _previous_apply_error(current_status)
             if rayservice is not None:
                 error = None
-            observation = observe(decision, body, rayservice, pods, error, reason)
+            observation = observe(
+                decision,
+                body,
+                rayservice,
+                pods,
+                error,
+                reason,
+                unschedulable_grace=self.unschedulable_grace,
+            )
+            self._schedule_recheck(observation)
             status = build_status(observation, current_status, now_rfc3339())
             metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
             return await self._write_status(decision, current_status, status)

@@ -46,7 +46,9 @@ class PodSummary:
     phase: str
     ready: bool
     unschedulable_message: str | None = None
-    unschedulable_seconds: float = 0.0
+    #: When the scheduler first said Unschedulable (epoch seconds), so the age is computed at
+    #: status time: a pod stuck for an hour may not change at all in that hour.
+    unschedulable_since: float | None = None
     node: str | None = None
 
 
@@ -81,6 +83,8 @@ class Observation:
     suspended: bool = False
     name: str = ""
     namespace: str = ""
+    now: float = 0.0
+    unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
 
 
 def read_rayservice(obj: Mapping[str, Any] | None) -> RayServiceView | None:
@@ -163,11 +167,25 @@ def _workers(obs: Observation) -> list[PodSummary]:
 
 
 def blocked_pods(obs: Observation) -> list[PodSummary]:
+    """Pods the scheduler has refused for longer than the grace period."""
     return [
         p
         for p in obs.pods
-        if p.unschedulable_message and p.unschedulable_seconds >= UNSCHEDULABLE_GRACE_SECONDS
+        if p.unschedulable_message
+        and p.unschedulable_since is not None
+        and obs.now - p.unschedulable_since >= obs.unschedulable_grace
     ]
+
+
+def next_capacity_check(obs: Observation) -> float | None:
+    """Seconds until a waiting pod crosses the grace period (None: nothing to wait for)."""
+    waits = [
+        p.unschedulable_since + obs.unschedulable_grace - obs.now
+        for p in obs.pods
+        if p.unschedulable_message and p.unschedulable_since is not None
+    ]
+    pending = [w for w in waits if w > 0]
+    return min(pending) if pending else None
 
 
 def invalid_spec_condition(obs: Observation) -> dict[str, Any]:
