@@ -236,9 +236,15 @@ def test_extra_args_pass_through_and_reasoning_parser_can_be_off() -> None:
     assert "reasoning_parser" not in kwargs
 
 
-def test_suspend_reaches_the_ray_cluster() -> None:
+def test_suspend_reaches_the_ray_cluster_without_reshaping_it() -> None:
     assert _cluster(minimal_doc(suspend=True))["suspend"] is True
-    assert "suspend" not in _cluster(minimal_doc())
+    # Explicit false: KubeRay resumes a suspended cluster only on `suspend: false`.
+    assert _cluster(minimal_doc())["suspend"] is False
+    on, off = rayservice_of(minimal_doc(suspend=True)), rayservice_of(minimal_doc())
+    assert (
+        on["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+        == off["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    )
 
 
 def test_graceful_shutdown_outlives_serve_drain() -> None:

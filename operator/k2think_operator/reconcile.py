@@ -231,6 +231,7 @@ class Reconciler:
         self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._rechecks: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
+        self._announced: dict[tuple[str, str], dict[str, str]] = {}
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -240,9 +241,29 @@ class Reconciler:
         self._locks.pop(key, None)
         self._pods.pop(key, None)
         self._bodies.pop(key, None)
+        self._announced.pop(key, None)
         handle = self._rechecks.pop(key, None)
         if handle is not None:
             handle.cancel()
+
+    def _unannounced(
+        self, decision: Decision, events: list[tuple[bool, str, str]]
+    ) -> list[tuple[bool, str, str]]:
+        """Drop a decision event already told for this object.
+
+        Event handlers reconcile with the body from an index, whose status may predate our last
+        write, so "the plan changed" can look true twice for one change.
+        """
+        last = self._announced.setdefault((decision.namespace, decision.name), {})
+        fresh: list[tuple[bool, str, str]] = []
+        for event in events:
+            _, reason, message = event
+            if reason in ("Planned", "PlanWarning", "InvalidSpec"):
+                if last.get(reason) == message:
+                    continue
+                last[reason] = message
+            fresh.append(event)
+        return fresh
 
     def _schedule_recheck(self, observation: Observation) -> None:
         """Re-evaluate status when a waiting pod crosses the CapacityBlocked grace period.
@@ -349,6 +370,7 @@ class Reconciler:
         self._schedule_recheck(observation)
         status = build_status(observation, current_status, now_rfc3339())
         wrote = await self._write_status(decision, current_status, status)
+        events = self._unannounced(decision, events)
         for warning, reason, message in events:
             emit_event(body, warning=warning, reason=reason, message=message)
         metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)

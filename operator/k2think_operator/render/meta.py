@@ -64,12 +64,13 @@ def cluster_hash(ray_cluster_config: dict[str, Any]) -> str:
     """Hash of rayClusterConfig with the fields KubeRay ignores when it decides on a new cluster.
 
     KubeRay (GenerateHashWithoutReplicasAndWorkersToDelete) mutes worker replicas/min/max,
-    workersToDelete, pod tolerations and schedulingGates and upgradeStrategy; a change anywhere
-    else makes it build a whole second Ray cluster. We mirror that, so the operator can say in
+    workersToDelete, pod tolerations and schedulingGates and upgradeStrategy, and applies a
+    suspend toggle in place; a change anywhere else makes it build a whole second Ray cluster. We mirror that, so the operator can say in
     advance which edits cost a switch-over.
     """
     muted = json.loads(canonical_json(ray_cluster_config))
     muted.pop("upgradeStrategy", None)
+    muted.pop("suspend", None)  # KubeRay suspends/resumes the running cluster in place
     head_spec = muted.get("headGroupSpec", {}).get("template", {}).get("spec", {})
     head_spec.pop("tolerations", None)
     head_spec.pop("schedulingGates", None)

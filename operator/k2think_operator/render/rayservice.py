@@ -215,8 +215,9 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
             build_worker_group(spec, plan, pools_by_name[p.name], p, name) for p in plan.pools
         ],
     }
-    if spec.suspend:
-        config["suspend"] = True
+    # Always explicit: a suspended RayCluster resumes only on `suspend: false`, not on an absent
+    # field (KubeRay v1.6), and KubeRay toggles it in place on the running cluster.
+    config["suspend"] = spec.suspend
     return config
 
 
