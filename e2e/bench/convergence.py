@@ -95,27 +95,32 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=300,
             )
             before = writes_counter(op)
-            watch = subprocess.Popen(
-                [
-                    str(cluster.bindir / "kubectl"),
-                    "get",
-                    "k2t,rayservices.ray.io",
-                    "-n",
-                    ns_op,
-                    "--watch-only",
-                    "--output-watch-events",
-                    "-o",
-                    "name",
-                ],
-                env=cluster.env(),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            watches = [
+                subprocess.Popen(
+                    [
+                        str(cluster.bindir / "kubectl"),
+                        "get",
+                        kind,
+                        "-n",
+                        ns_op,
+                        "--watch-only",
+                        "--output-watch-events",
+                        "-o",
+                        "name",
+                    ],
+                    env=cluster.env(),
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for kind in ("k2thinkdeployments.k2think.dev", "rayservices.ray.io")
+            ]
             deadline = time.monotonic() + args.idle
             while time.monotonic() < deadline:  # the idle window is what is measured
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            watch.terminate()
-            seen, _ = watch.communicate(timeout=10)
+            seen = ""
+            for watch in watches:
+                watch.terminate()
+                seen += watch.communicate(timeout=10)[0]
             idle_writes = writes_counter(op) - before
             idle_events = [line for line in seen.splitlines() if line.startswith("MODIFIED")]
             rss = peak_rss_mib(op.proc.pid) if op.proc else float("nan")

@@ -28,7 +28,9 @@ class OperatorConfig:
     resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))
     watch_timeout_seconds: int = field(default_factory=lambda: _env_int("K2T_WATCH_TIMEOUT", 300))
-    worker_limit: int = field(default_factory=lambda: _env_int("K2T_WORKER_LIMIT", 20))
+    #: Concurrent per-object workers; 0 means unbounded (kopf's default). A small bound
+    #: serialises a burst of applies: each worker also waits for its own patch to come back.
+    worker_limit: int = field(default_factory=lambda: _env_int("K2T_WORKER_LIMIT", 0))
 
     @property
     def liveness_endpoint(self) -> str:

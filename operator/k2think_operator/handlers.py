@@ -47,8 +47,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = config.watch_timeout_seconds
     settings.watching.client_timeout = config.watch_timeout_seconds + 30
-    settings.batching.worker_limit = config.worker_limit
-    settings.execution.max_workers = config.worker_limit
+    settings.batching.worker_limit = config.worker_limit or None
     settings.scanning.disabled = not config.cluster_scan
     reconciler = Reconciler(
         await Kube.connect(), unschedulable_grace=config.unschedulable_grace_seconds
