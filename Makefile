@@ -84,7 +84,7 @@ e2e: venv binaries
 
 ## demo: the README's main job: a simulated GPU campus serving K2-Think through the operator
 demo: venv binaries
-	$(PY) e2e/demo.py --name demo
+	$(PY) e2e/demo.py --name $(CLUSTER)
 
 ## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, data plane
 test: venv system-deps binaries

@@ -1,8 +1,8 @@
 """``make demo``: a simulated GPU campus serving K2-Think through the operator.
 
-Starts (or reuses) the local control plane named ``demo`` with KWOK GPU pools and KubeRay's
-operator, runs k2think-operator as a recorded process of that cluster (so ``make cluster-down
-CLUSTER=demo`` stops it too), applies ``crds/examples/k2think.yaml`` and waits until KubeRay's
+Starts (or reuses) the local control plane (``make`` cluster name, ``default`` unless
+``CLUSTER=`` says otherwise) with KWOK GPU pools and KubeRay's operator, runs k2think-operator as
+a recorded process of that cluster (so ``make cluster-down`` stops it too), applies ``crds/examples/k2think.yaml`` and waits until KubeRay's
 worker pods are scheduled on nodes of the planned pool. Then prints what runs and the plan, and
 leaves everything running.
 """
@@ -28,7 +28,6 @@ from harness import (  # noqa: E402
 )
 from harness.cluster import STATE_ROOT  # noqa: E402
 
-OPERATOR = Path(sys.executable).parent / "k2think-operator"
 EXAMPLE = ROOT / "crds" / "examples" / "k2think.yaml"
 NAMESPACE = "k2think-demo"
 
@@ -55,8 +54,12 @@ def start_operator(cluster: Cluster) -> int:
         say("k2think-operator already running")
         return int(cluster.ports.get("k2think-health", 0))
     health, metrics = processes.free_ports(2)
+    # The interpreter itself is argv[0]: the harness checks /proc/<pid>/exe against it before it
+    # stops a recorded process, and a console script's exe is the interpreter.
     argv = [
-        str(OPERATOR),
+        sys.executable,
+        "-m",
+        "k2think_operator.cli",
         "run",
         "--all-namespaces",
         "--health-host=127.0.0.1",
@@ -101,7 +104,7 @@ def worker_pods_on_pool(cluster: Cluster, pool: str) -> list[dict[str, Any]] | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--name", default="demo")
+    parser.add_argument("--name", default="default", help="cluster name (as make CLUSTER=...)")
     parser.add_argument("--campus", default=str(E2E / "campus" / "small.yaml"))
     args = parser.parse_args(argv)
 
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(plan, indent=2))
     print()
     print(f"export KUBECONFIG={cluster.kubeconfig}")
-    print(f"# everything keeps running; stop it with: make cluster-down CLUSTER={args.name}")
+    suffix = "" if args.name == "default" else f" CLUSTER={args.name}"
+    print(f"# everything keeps running; stop it with: make cluster-down{suffix}")
     return 0
 
 
