@@ -19,6 +19,7 @@ from k2think_operator.status import (
     read_rayservice,
     set_condition,
     status_changed,
+    status_patch,
     summarize_error,
 )
 from tests.conftest import minimal_doc
@@ -331,3 +332,10 @@ def test_next_capacity_check_counts_down_the_grace() -> None:
     late = worker("b", ready=False, unschedulable_message="x", unschedulable_since=NOW - 90)
     assert next_capacity_check(observe(pods=(late,))) is None
     assert next_capacity_check(observe(pods=(worker("c"),))) is None
+
+
+def test_status_patch_removes_only_fields_we_own() -> None:
+    current = {"phase": "Serving", "applicationStatus": "RUNNING", "someoneElse": 1}
+    desired = {"phase": "Deploying"}
+    assert status_patch(current, desired) == {"phase": "Deploying", "applicationStatus": None}
+    assert status_patch({"phase": "Deploying", "someoneElse": 1}, desired) is None

@@ -36,7 +36,7 @@ from k2think_operator.status import (
     build_status,
     next_capacity_check,
     read_rayservice,
-    status_changed,
+    status_patch,
 )
 
 log = logging.getLogger(__name__)
@@ -417,12 +417,9 @@ class Reconciler:
     async def _write_status(
         self, decision: Decision, current: Mapping[str, Any], desired: Mapping[str, Any]
     ) -> bool:
-        if not status_changed(current, desired):
+        patch = status_patch(current, desired)
+        if patch is None:
             return False
-        patch: dict[str, Any] = dict(desired)
-        for key in current:
-            if key not in desired and key in _OWNED_STATUS_KEYS:
-                patch[key] = None  # merge-patch removes it
         try:
             await self.kube.patch_status(decision.namespace, decision.name, patch)
         except KubeError as error:
@@ -430,22 +427,6 @@ class Reconciler:
             return False
         metrics.API_WRITES.labels("status").inc()
         return True
-
-
-_OWNED_STATUS_KEYS = frozenset(
-    {
-        "observedGeneration",
-        "conditions",
-        "phase",
-        "replicas",
-        "readyReplicas",
-        "selector",
-        "rayServiceName",
-        "plan",
-        "endpoint",
-        "applicationStatus",
-    }
-)
 
 
 def _previous_apply_error(status: Mapping[str, Any]) -> tuple[str | None, str]:

@@ -341,9 +341,41 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
     return status
 
 
-def status_changed(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+#: The ``status`` fields this operator writes (and may therefore remove).
+OWNED_STATUS_KEYS = frozenset(
+    {
+        "observedGeneration",
+        "conditions",
+        "phase",
+        "replicas",
+        "readyReplicas",
+        "selector",
+        "rayServiceName",
+        "plan",
+        "endpoint",
+        "applicationStatus",
+    }
+)
+
+
+def status_patch(
+    current: Mapping[str, Any] | None, desired: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The merge patch taking ``current`` to ``desired``, or None when nothing changed.
+
+    Fields we own that ``desired`` no longer has are set to null (merge-patch removal); fields
+    of others (none today) are left alone.
+    """
     current = current or {}
-    return any(current.get(key) != value for key, value in desired.items())
+    stale = {key: None for key in current if key in OWNED_STATUS_KEYS and key not in desired}
+    changed = any(current.get(key) != value for key, value in desired.items())
+    if not changed and not stale:
+        return None
+    return {**desired, **stale}
+
+
+def status_changed(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    return status_patch(current, desired) is not None
 
 
 def _camel(value: str) -> str:
