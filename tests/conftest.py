@@ -13,6 +13,27 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "crds" / "examples").glob("*.yaml"))
 
 
+#: A custom model shaped like the data-plane suite's tiny K2-Think (CPU profile tests).
+TINY_MODEL: dict[str, Any] = {
+    "preset": "custom",
+    "source": "file:///models/tiny-k2think",
+    "servedModelName": "tiny-k2think",
+    "maxModelLen": 2048,
+    "architecture": {
+        "family": "qwen2",
+        "parametersBillions": 0.02,
+        "layers": 2,
+        "hiddenSize": 512,
+        "attentionHeads": 4,
+        "kvHeads": 2,
+        "headDim": 128,
+        "vocabSize": 4096,
+        "maxPositionEmbeddings": 4096,
+    },
+}
+CPU_POOL: dict[str, Any] = {"name": "cpu", "gpuType": "CPU", "gpusPerNode": 1}
+
+
 def load_example(name: str) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "crds" / "examples" / name).read_text())
     return data

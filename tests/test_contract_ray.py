@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import load_example, minimal_doc
+from tests.conftest import CPU_POOL, TINY_MODEL, load_example, minimal_doc
 from tests.test_render import rayservice_of
 
 pytestmark = pytest.mark.contract
@@ -25,24 +25,6 @@ import ray.serve.config as serve_config_mod  # noqa: E402
 import ray.serve.schema as serve_schema  # noqa: E402
 from ray.llm._internal.serve.core.configs import llm_config as llm_config_mod  # noqa: E402
 
-TINY = {
-    "preset": "custom",
-    "source": "file:///models/tiny-k2think",
-    "servedModelName": "tiny-k2think",
-    "maxModelLen": 2048,
-    "architecture": {
-        "family": "qwen2",
-        "parametersBillions": 0.02,
-        "layers": 2,
-        "hiddenSize": 512,
-        "attentionHeads": 4,
-        "kvHeads": 2,
-        "headDim": 128,
-        "vocabSize": 4096,
-        "maxPositionEmbeddings": 4096,
-    },
-}
-
 CASES: dict[str, dict[str, Any]] = {
     "k2think.yaml": load_example("k2think.yaml"),
     "k2think-v2.yaml": load_example("k2think-v2.yaml"),
@@ -53,8 +35,8 @@ CASES: dict[str, dict[str, Any]] = {
         model={"preset": "k2-think", "source": "s3://bucket/k2"}, engine={"kvCacheDtype": "fp8"}
     ),
     "cpu-profile": minimal_doc(
-        model=TINY,
-        pools=[{"name": "cpu", "gpuType": "CPU", "gpusPerNode": 1}],
+        model=TINY_MODEL,
+        pools=[CPU_POOL],
         autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetOngoingRequests": 2},
     ),
     "mi300x": minimal_doc(

@@ -14,7 +14,7 @@ from k2think_operator.planner import (
     plan_deployment,
 )
 from k2think_operator.spec import parse_spec
-from tests.conftest import minimal_doc
+from tests.conftest import CPU_POOL, TINY_MODEL, minimal_doc
 
 
 def plan_of(**spec: Any) -> Any:
@@ -226,24 +226,7 @@ def test_default_target_is_explicit_and_bounded() -> None:
 
 
 def test_cpu_profile() -> None:
-    plan = plan_of(
-        model={
-            "preset": "custom",
-            "source": "file:///models/tiny",
-            "maxModelLen": 2048,
-            "architecture": {
-                "parametersBillions": 0.02,
-                "layers": 2,
-                "hiddenSize": 512,
-                "attentionHeads": 4,
-                "kvHeads": 2,
-                "headDim": 128,
-                "vocabSize": 2048,
-                "maxPositionEmbeddings": 4096,
-            },
-        },
-        pools=[{"name": "cpu", "gpuType": "CPU", "gpusPerNode": 1}],
-    )
+    plan = plan_of(model=TINY_MODEL, pools=[CPU_POOL])
     assert plan.cpu_profile
     assert plan.dtype == "float32"
     assert plan.tensor_parallel == 1 and plan.pipeline_parallel == 1

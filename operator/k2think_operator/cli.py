@@ -140,39 +140,48 @@ def _replica_text(plan: Plan) -> str:
     return f"fixed {plan.initial_replicas}"
 
 
-def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    docs = _documents_or_exit(args.file, err)
+def _planned(path: str, err: TextIO) -> tuple[list[tuple[dict[str, Any], Plan]], int] | None:
+    """Every document of a file with its plan; problems go to ``err`` and set the exit code."""
+    docs = _documents_or_exit(path, err)
     if docs is None:
-        return EXIT_USAGE
-    results: list[dict[str, Any]] = []
+        return None
+    planned: list[tuple[dict[str, Any], Plan]] = []
     status = 0
     for doc in docs:
         plan = _plan_or_report(doc, err)
-        name, namespace = _meta(doc)
         if plan is None:
             status = EXIT_INVALID
-            continue
-        if args.output == "json":
-            results.append({"name": name, "namespace": namespace, "plan": plan.to_status()})
         else:
-            print(format_plan_table(name, plan), file=out)
-            print(file=out)
-    if args.output == "json" and results:
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=2), file=out)
+            planned.append((doc, plan))
+    return planned, status
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    result = _planned(args.file, err)
+    if result is None:
+        return EXIT_USAGE
+    planned, status = result
+    if args.output == "json":
+        results = [
+            {"name": _meta(doc)[0], "namespace": _meta(doc)[1], "plan": plan.to_status()}
+            for doc, plan in planned
+        ]
+        if results:
+            print(json.dumps(results[0] if len(results) == 1 else results, indent=2), file=out)
+        return status
+    for doc, plan in planned:
+        print(format_plan_table(_meta(doc)[0], plan), file=out)
+        print(file=out)
     return status
 
 
 def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    docs = _documents_or_exit(args.file, err)
-    if docs is None:
+    result = _planned(args.file, err)
+    if result is None:
         return EXIT_USAGE
+    planned, status = result
     manifests: list[dict[str, Any]] = []
-    status = 0
-    for doc in docs:
-        plan = _plan_or_report(doc, err)
-        if plan is None:
-            status = EXIT_INVALID
-            continue
+    for doc, plan in planned:
         name, namespace = _meta(doc)
         uid = (doc.get("metadata") or {}).get("uid")
         spec = parse_spec(doc.get("spec") or {})
