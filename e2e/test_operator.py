@@ -303,6 +303,41 @@ def test_bounds_change_serve_config_in_place_tp_change_reshapes(
     assert cr is not None and cr["status"]["plan"]["tensorParallel"] == 8
 
 
+def test_kubectl_scale_drives_a_fixed_count_in_place(
+    cluster: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    doc = load_example("k2think-v2.yaml", namespace=ns)  # fixed replicas: 2
+    apply_doc(cluster, doc)
+    before = wait_rayservice(cluster, "k2think-v2", ns)
+    wait_observed(cluster, "k2think-v2", ns, 1)
+    cluster.kubectl("scale", "k2t/k2think-v2", "-n", ns, "--replicas=3")
+    after = eventually(
+        "num_replicas 3 in serveConfigV2",
+        lambda: (
+            (r := rayservice(cluster, "k2think-v2", ns))
+            and "num_replicas: 3" in r["spec"]["serveConfigV2"]
+            and r
+        ),
+    )
+    assert (
+        after["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+        == before["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    )
+    path = f"/apis/k2think.dev/v1alpha1/namespaces/{ns}/k2thinkdeployments/k2think-v2/scale"
+    scale = json.loads(cluster.kubectl("get", "--raw", path).stdout)
+    assert scale["spec"]["replicas"] == 3
+    assert (
+        scale["status"]["selector"]
+        == "app.kubernetes.io/instance=k2think-v2,app.kubernetes.io/name=k2think"
+    )
+
+    # An autoscaled deployment refuses a fixed count, with the CEL rule's message.
+    apply_doc(cluster, load_example("k2think.yaml", namespace=ns))
+    refused = cluster.kubectl("scale", "k2t/k2think", "-n", ns, "--replicas=3", check=False)
+    assert refused.returncode != 0
+    assert "replicas and autoscaling are mutually exclusive" in refused.stderr
+
+
 # --- 5. bad input -------------------------------------------------------------------------------
 
 
