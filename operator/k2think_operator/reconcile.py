@@ -290,8 +290,6 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         pods: Iterable[PodSummary] | None = (),
-        *,
-        apply: bool = True,
     ) -> Outcome:
         """Converge the children of one K2ThinkDeployment and write its status.
 
@@ -299,13 +297,10 @@ class Reconciler:
         """
         started = time.monotonic()
         decision = decide(body)
-        key = (decision.namespace, decision.name)
-        seen = self._pods.get(key, ()) if pods is None else tuple(pods)
-        self._pods[key] = seen
-        self._bodies[key] = body
+        seen = self._remember(decision, body, pods)
         async with self._lock(decision.namespace, decision.name):
             try:
-                outcome = await self._reconcile_locked(body, decision, list(seen), apply=apply)
+                outcome = await self._reconcile_locked(body, decision, seen)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
                 raise
@@ -321,8 +316,6 @@ class Reconciler:
         body: Mapping[str, Any],
         decision: Decision,
         pods: Sequence[PodSummary],
-        *,
-        apply: bool,
     ) -> Outcome:
         current_status = dict(body.get("status") or {})
         apply_error: str | None = None
@@ -339,7 +332,7 @@ class Reconciler:
 
         events = decision_events(decision, current_status, live) if retry is None else []
         existed = live is not None
-        if apply and retry is None and not decision.problems:
+        if retry is None and not decision.problems:
             for child in decision.children:
                 if not needs_apply(child, live):
                     continue
@@ -358,22 +351,11 @@ class Reconciler:
                 verb = "Updated" if existed else "Created"
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
-        observation = observe(
-            decision,
-            body,
-            live,
-            pods,
-            apply_error,
-            apply_reason,
-            unschedulable_grace=self.unschedulable_grace,
-        )
-        self._schedule_recheck(observation)
-        status = build_status(observation, current_status, now_rfc3339())
+        status = self._desired_status(decision, body, live, pods, apply_error, apply_reason)
         wrote = await self._write_status(decision, current_status, status)
         events = self._unannounced(decision, events)
         for warning, reason, message in events:
             emit_event(body, warning=warning, reason=reason, message=message)
-        metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
         return Outcome(
             status=status,
             applied=applied,
@@ -391,28 +373,54 @@ class Reconciler:
     ) -> bool:
         """Recompute status from observed children only (no apply); True if it was written."""
         decision = decide(body)
-        pods = tuple(pods)
-        self._pods[(decision.namespace, decision.name)] = pods
-        self._bodies[(decision.namespace, decision.name)] = body
+        seen = self._remember(decision, body, pods)
         async with self._lock(decision.namespace, decision.name):
             current_status = dict(body.get("status") or {})
             # A still-standing apply failure stays visible while the child is absent.
             error, reason = _previous_apply_error(current_status)
             if rayservice is not None:
                 error = None
-            observation = observe(
-                decision,
-                body,
-                rayservice,
-                pods,
-                error,
-                reason,
-                unschedulable_grace=self.unschedulable_grace,
-            )
-            self._schedule_recheck(observation)
-            status = build_status(observation, current_status, now_rfc3339())
-            metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+            status = self._desired_status(decision, body, rayservice, seen, error, reason)
             return await self._write_status(decision, current_status, status)
+
+    def _remember(
+        self,
+        decision: Decision,
+        body: Mapping[str, Any],
+        pods: Iterable[PodSummary] | None,
+    ) -> tuple[PodSummary, ...]:
+        """Keep the latest body and pods per object for the resync loop and delayed re-checks;
+        ``pods=None`` means "the ones last seen"."""
+        key = (decision.namespace, decision.name)
+        seen = self._pods.get(key, ()) if pods is None else tuple(pods)
+        self._pods[key] = seen
+        self._bodies[key] = body
+        return seen
+
+    def _desired_status(
+        self,
+        decision: Decision,
+        body: Mapping[str, Any],
+        rayservice: Mapping[str, Any] | None,
+        pods: Iterable[PodSummary],
+        apply_error: str | None,
+        apply_error_reason: str,
+    ) -> dict[str, Any]:
+        """Observe, compute the status, and arm the capacity re-check (one path for both)."""
+        observation = observe(
+            decision,
+            body,
+            rayservice,
+            pods,
+            apply_error,
+            apply_error_reason,
+            unschedulable_grace=self.unschedulable_grace,
+        )
+        self._schedule_recheck(observation)
+        current = body.get("status") or {}
+        status = build_status(observation, current, now_rfc3339())
+        metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+        return status
 
     async def _write_status(
         self, decision: Decision, current: Mapping[str, Any], desired: Mapping[str, Any]
