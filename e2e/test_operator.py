@@ -575,7 +575,7 @@ def test_kuberay_builds_the_cluster_on_the_planned_pool_then_gc_removes_it(
     )
 
     # 6. Delete: the garbage collector removes the RayService, then KubeRay's children.
-    cluster.kubectl("delete", "k2t", "k2think", "-n", ns, "--wait=true", timeout=120)
+    delete_and_wait_for_pods_gone(cluster, "k2think", ns)
     eventually(
         "RayService collected", lambda: rayservice(cluster, "k2think", ns) is None, timeout=120
     )
@@ -585,9 +585,14 @@ def test_kuberay_builds_the_cluster_on_the_planned_pool_then_gc_removes_it(
         return get(cluster, "rayclusters.ray.io", cluster_name, ns) is None
 
     eventually("RayCluster collected", raycluster_gone, timeout=120)
+
+
+def delete_and_wait_for_pods_gone(cluster: Cluster, name: str, ns: str) -> None:
+    """Delete a K2ThinkDeployment and wait until the garbage collector took its Ray pods."""
+    cluster.kubectl("delete", "k2t", name, "-n", ns, "--wait=true", timeout=120)
     eventually(
-        "Ray pods gone",
-        lambda: not items(cluster, "pods", ns, "app.kubernetes.io/instance=k2think"),
+        f"Ray pods of {name} gone",
+        lambda: not items(cluster, "pods", ns, f"app.kubernetes.io/instance={name}"),
         timeout=120,
     )
 
@@ -614,12 +619,7 @@ def test_pods_waiting_for_gpus_surface_as_capacity_blocked(
     assert cr is not None and cr["status"]["phase"] == "CapacityBlocked"
     assert cr["status"]["replicas"] == 12 and cr["status"]["readyReplicas"] == 0
 
-    cluster.kubectl("delete", "k2t", "k2think-big", "-n", ns, "--wait=true", timeout=120)
-    eventually(
-        "big deployment's pods gone",
-        lambda: not items(cluster, "pods", ns, "app.kubernetes.io/instance=k2think-big"),
-        timeout=120,
-    )
+    delete_and_wait_for_pods_gone(cluster, "k2think-big", ns)
 
 
 def test_suspend_frees_the_gpus_in_place_and_resume_brings_them_back(
@@ -658,8 +658,7 @@ def test_suspend_frees_the_gpus_in_place_and_resume_brings_them_back(
     eventually("pods back after resume", running_pods, timeout=180)
     (after,) = clusters_of_this_deployment()
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
-    cluster.kubectl("delete", "k2t", name, "-n", ns, "--wait=true", timeout=120)
-    eventually("pods gone", lambda: not items(cluster, "pods", ns, selector), timeout=120)
+    delete_and_wait_for_pods_gone(cluster, name, ns)
 
 
 def test_example_files_are_what_users_apply() -> None:
