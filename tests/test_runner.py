@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -38,3 +40,93 @@ async def test_namespaces_are_passed_through(monkeypatch: pytest.MonkeyPatch) ->
     await runner.supervise(OperatorConfig(namespaces=("a", "b")))
     assert seen["namespaces"] == ["a", "b"] and seen["clusterwide"] is False
     assert seen["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+
+
+async def _a_watcher_dies_in_kopf(resource: str) -> None:
+    """Make kopf's own task guard log a dead watcher, exactly as its orchestrator does."""
+    from kopf._cogs.aiokits import aiotasks
+    from kopf._core.reactor import orchestration
+
+    async def failing_watch() -> None:
+        raise RuntimeError("('rayservices.ray.io not found', {'code': 404})")
+
+    task = aiotasks.create_guarded_task(
+        name=f"watcher for {resource}@None",
+        coro=failing_watch(),
+        cancellable=True,
+        logger=orchestration.logger,
+    )
+    with pytest.raises(RuntimeError):
+        await task
+
+
+async def test_kopfs_dead_watcher_log_line_is_recognised() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logging.getLogger("kopf").addHandler(keep)
+    try:
+        await _a_watcher_dies_in_kopf("rayservices.v1.ray.io")
+    finally:
+        logging.getLogger("kopf").removeHandler(keep)
+    assert [runner.is_dead_watcher_record(r) for r in records] == [True]
+
+
+@pytest.mark.parametrize(
+    ("name", "level", "message", "dead"),
+    [
+        (
+            "kopf._core.reactor.orchestration",
+            logging.WARNING,
+            "Watcher for pods.v1@None has finished unexpectedly.",
+            True,
+        ),
+        (
+            "kopf._core.reactor.orchestration",
+            logging.DEBUG,
+            "Watcher for pods.v1@None is cancelled.",
+            False,
+        ),
+        ("kopf.objects", logging.ERROR, "Handler 'reconcile-create' failed temporarily: x", False),
+        ("k2think_operator.reconcile", logging.ERROR, "Watcher for x has failed: y", False),
+    ],
+)
+def test_only_kopfs_dead_watcher_lines_count(
+    name: str, level: int, message: str, dead: bool
+) -> None:
+    record = logging.LogRecord(name, level, __file__, 1, message, None, None)
+    assert runner.is_dead_watcher_record(record) is dead
+
+
+async def test_a_dead_watcher_stops_and_restarts_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf only logs a dead watcher and keeps running (nolar/kopf#1077); we must restart it."""
+    runs: list[str] = []
+
+    async def fake_operator(*, stop_flag: asyncio.Event, **_: Any) -> None:
+        runs.append("started")
+        if len(runs) == 1:
+            await _a_watcher_dies_in_kopf("rayservices.v1.ray.io")
+            await asyncio.wait_for(stop_flag.wait(), timeout=5)  # the supervisor asks it to stop
+            runs.append("stopped by supervisor")
+        # the second run returns normally, as kopf does on SIGTERM
+
+    monkeypatch.setattr(runner.kopf, "operator", fake_operator)
+    monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
+    before = _restarts("dead-watcher")
+    code = await runner.supervise(OperatorConfig(all_namespaces=True))
+    assert code == 0
+    assert runs == ["started", "stopped by supervisor", "started"]
+    assert _restarts("dead-watcher") == before + 1
+    assert not any(
+        isinstance(h, runner.DeadWatcherAlarm) for h in logging.getLogger("kopf").handlers
+    )
+
+
+def _restarts(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("k2think_kopf_restarts_total", {"reason": reason}) or 0.0

@@ -71,3 +71,10 @@ def forget_deployment(namespace: str, name: str) -> None:
     ):
         with contextlib.suppress(KeyError):
             metric.remove(namespace, name)
+
+
+KOPF_RESTARTS = Counter(
+    "k2think_kopf_restarts_total",
+    "Times the supervisor restarted kopf's loop in-process (it failed, or a watcher died).",
+    ["reason"],
+)
