@@ -9,7 +9,7 @@ cluster with ``KUBECONFIG`` (see docs/testing.md).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ for path in (str(E2E), str(ROOT)):
         sys.path.insert(0, path)
 
 from harness import Cluster  # noqa: E402
+from support import STARTED  # noqa: E402
 
 LOG_DIR = E2E / ".state" / "logs"
 
@@ -30,6 +31,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.fspath))
         if E2E in path.parents and "dataplane" not in path.parts:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    item.stash[_FIRST_OPERATOR] = len(STARTED)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """Attach the tail of every operator log the failed test started to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for op in STARTED[item.stash.get(_FIRST_OPERATOR, len(STARTED)) :]:
+        report.sections.append(
+            (f"operator log {op.log_path.name}", op.log_tail(OPERATOR_LOG_LINES))
+        )
+
+
+_FIRST_OPERATOR = pytest.StashKey[int]()
+OPERATOR_LOG_LINES = 80
 
 
 @pytest.fixture(scope="session")

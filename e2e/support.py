@@ -32,6 +32,10 @@ OPERATOR_BIN = Path(sys.executable).parent / "k2think-operator"
 
 T = TypeVar("T")
 
+# Every operator process the suite started, in order: a failing test's report shows the logs of
+# the ones it started (conftest.py), so a CI failure explains itself without the state directory.
+STARTED: list[OperatorProcess] = []
+
 
 @dataclass
 class OperatorProcess:
@@ -63,6 +67,7 @@ class OperatorProcess:
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         log.close()
+        STARTED.append(self)
         wait_for(f"operator /healthz ({self.log_path})", self._healthy, timeout=timeout)
         return self
 
