@@ -138,7 +138,16 @@ async def _reconcile(
 ) -> None:
     reconciler: Reconciler = memo.reconciler
     key = (str(body.metadata.namespace), str(body.metadata.name))
-    outcome = await reconciler.reconcile(body, _pods_of(ray_pods, key))
+    try:
+        outcome = await reconciler.reconcile(body, _pods_of(ray_pods, key))
+    except Exception as error:
+        # kopf's own answer to an unexpected error is a 60 s backoff stored on the object, which
+        # outlives a kopf restart: one request that failed while kopf was stopping (our client
+        # already closed) held the next reconcile back for a minute. Retry on our cadence.
+        log.exception("reconcile of %s/%s failed", *key)
+        raise kopf.TemporaryError(
+            f"reconcile failed: {error}", delay=current_config().retry_seconds
+        ) from error
     if outcome.invalid:
         raise kopf.PermanentError("invalid spec; see the InvalidSpec condition")
     if outcome.retry_reason:
