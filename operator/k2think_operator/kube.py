@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, cast
 
+import aiohttp
 import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -74,11 +75,19 @@ def _classify(error: ApiException, kind: str) -> KubeError:
     return TransientApiError(f"{kind}: HTTP {error.status}: {message}")
 
 
+_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+def _unreachable(error: BaseException, kind: str) -> TransientApiError:
+    return TransientApiError(f"{kind}: no answer from the API server: {error!r}")
+
+
 class Kube:
     """A thin async facade over the API calls the operator makes."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
+        self._closed = False
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
 
@@ -95,7 +104,13 @@ class Kube:
         return cls(api)
 
     async def close(self) -> None:
+        self._closed = True
         await self._api.close()
+
+    def _check_open(self, kind: str) -> None:
+        # kopf still runs handlers for a few seconds after its cleanup closed this client.
+        if self._closed:
+            raise TransientApiError(f"{kind}: the operator is stopping")
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply one namespaced custom object, taking ownership of its fields."""
@@ -103,6 +118,7 @@ class Kube:
         kind = obj["kind"]
         plural = _PLURALS[(group, kind)]
         meta = obj["metadata"]
+        self._check_open(kind)
         try:
             result = await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
                 group,
@@ -117,6 +133,8 @@ class Kube:
             )
         except ApiException as error:
             raise _classify(error, kind) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, kind) from error
         if result is None:
             # The generated client only decodes HTTP 200; an apply that creates answers 201.
             return await self._get(group, version, meta["namespace"], plural, meta["name"])
@@ -125,16 +143,20 @@ class Kube:
     async def _get(
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> dict[str, Any]:
+        self._check_open(plural)
         try:
             result = await self._custom.get_namespaced_custom_object(
                 group, version, namespace, plural, name
             )
         except ApiException as error:
             raise _classify(error, plural) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, plural) from error
         return dict(result)
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """K2ThinkDeployments in the given namespaces (all of them when empty)."""
+        self._check_open("K2ThinkDeployment list")
         try:
             if not namespaces:
                 found = await self._custom.list_cluster_custom_object(
@@ -150,8 +172,11 @@ class Kube:
             return objects
         except ApiException as error:
             raise _classify(error, "K2ThinkDeployment list") from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, "K2ThinkDeployment list") from error
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._check_open("RayService")
         try:
             result = await self._custom.get_namespaced_custom_object(
                 "ray.io", "v1", namespace, "rayservices", name
@@ -161,10 +186,13 @@ class Kube:
                 # "rayservices.ray.io "x" not found": the object is missing, the API is not.
                 return None
             raise _classify(error, "RayService") from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, "RayService") from error
         return dict(result)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""
+        self._check_open("K2ThinkDeployment status")
         try:
             await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
                 API_GROUP,
@@ -181,6 +209,8 @@ class Kube:
                 log.info("%s/%s is gone; status not written", namespace, name)
                 return
             raise _classify(error, "K2ThinkDeployment status") from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, "K2ThinkDeployment status") from error
 
 
 def emit_event(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:

@@ -1,0 +1,53 @@
+"""Failures below HTTP are retries, not crashes: an API server that does not answer, and calls
+kopf still makes for a few seconds after its cleanup closed our client.
+
+No API server is involved: the port below has nobody listening, which is exactly the case.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from kubernetes_asyncio import client
+
+from k2think_operator.kube import Kube, TransientApiError
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[Kube]:
+    configuration = client.Configuration(host=f"https://127.0.0.1:{_closed_port()}")
+    configuration.verify_ssl = False
+    facade = Kube(client.ApiClient(configuration))
+    yield facade
+    await facade.close()
+
+
+async def test_an_unreachable_api_server_is_a_transient_error(kube: Kube) -> None:
+    with pytest.raises(TransientApiError, match="no answer from the API server"):
+        await kube.get_rayservice("ns", "k2think")
+    with pytest.raises(TransientApiError, match="K2ThinkDeployment status"):
+        await kube.patch_status("ns", "k2think", {"phase": "Pending"})
+    with pytest.raises(TransientApiError, match="K2ThinkDeployment list"):
+        await kube.list_deployments(())
+
+
+async def test_calls_after_close_are_transient_not_session_errors(kube: Kube) -> None:
+    await kube.close()
+    with pytest.raises(TransientApiError, match="the operator is stopping"):
+        await kube.get_rayservice("ns", "k2think")
+    with pytest.raises(TransientApiError, match="the operator is stopping"):
+        await kube.apply(
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayService",
+                "metadata": {"name": "k2think", "namespace": "ns"},
+            }
+        )
