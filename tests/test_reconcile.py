@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.kube import KubeRayMissing
+from k2think_operator.kube import KubeRayMissing, TransientApiError
 from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
 from tests.conftest import minimal_doc
 
@@ -21,6 +21,7 @@ class RecordingKube:
 
     def __init__(self, *, kuberay: bool = True) -> None:
         self.kuberay = kuberay
+        self.unreachable = False
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.applies: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
@@ -28,6 +29,8 @@ class RecordingKube:
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         if not self.kuberay:
             raise KubeRayMissing("the RayService API is not available")
+        if self.unreachable:
+            raise TransientApiError("RayService: no answer from the API server")
         found = self.objects.get((namespace, name))
         return copy.deepcopy(found) if found else None
 
@@ -106,6 +109,18 @@ async def test_missing_kuberay_is_a_condition_and_a_retry() -> None:
     conds = {c["type"]: c for c in outcome.status["conditions"]}
     assert conds["Degraded"]["status"] == "True"
     assert conds["Degraded"]["reason"] == "KubeRayMissing"
+
+
+async def test_a_failed_read_of_the_rayservice_leaves_status_alone() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    doc = with_status(minimal_doc(), {})
+    settled = with_status(doc, (await reconciler.reconcile(doc)).status)
+    kube.unreachable = True
+    outcome = await reconciler.reconcile(settled)
+    assert outcome.retry_reason and "no answer" in outcome.retry_reason
+    assert not outcome.applied and not outcome.wrote_status
+    assert outcome.status == settled["status"] and len(kube.status_patches) == 1
 
 
 async def test_cluster_reshape_is_announced() -> None:

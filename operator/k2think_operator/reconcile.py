@@ -328,7 +328,11 @@ class Reconciler:
         except KubeRayMissing as error:
             apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
         except TransientApiError as error:
-            retry = str(error)
+            # We learned nothing about the child: leave status as it is rather than report a
+            # serving deployment as "RayService not found" because one GET failed.
+            return Outcome(
+                status=current_status, invalid=bool(decision.problems), retry_reason=str(error)
+            )
 
         events = decision_events(decision, current_status, live) if retry is None else []
         existed = live is not None
