@@ -6,6 +6,7 @@ cluster, then puts KubeRay's CRDs back).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness import Cluster
@@ -47,6 +48,31 @@ def test_missing_kuberay_crd_is_reported_then_healed(cluster: Cluster, log_dir: 
                 return bool(cond and cond["status"] == "False")
 
             eventually("Degraded cleared", healed, timeout=60)
+
+            # The RayService watch itself must be alive again, not only the K2ThinkDeployment's
+            # retries: a watcher that died while the CRD came back leaves kopf holding back every
+            # handler. Drift is repaired only through that watch (the resync runs every 600 s).
+            original = get(cluster, "rayservices.ray.io", "k2think", ns)
+            assert original is not None
+            cluster.kubectl(
+                "patch",
+                "rayservices.ray.io",
+                "k2think",
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"serveConfigV2": "applications: []\n"}}),
+            )
+            eventually(
+                "serveConfigV2 restored through the re-established RayService watch",
+                lambda: (
+                    (live := get(cluster, "rayservices.ray.io", "k2think", ns))
+                    and live["spec"]["serveConfigV2"] == original["spec"]["serveConfigV2"]
+                ),
+                timeout=60,
+            )
+            assert op.proc is not None and op.proc.poll() is None, "the operator crashed"
     finally:
         op.stop()
         cluster.install_crds([])

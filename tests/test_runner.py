@@ -121,12 +121,81 @@ async def test_a_dead_watcher_stops_and_restarts_kopf(monkeypatch: pytest.Monkey
     assert code == 0
     assert runs == ["started", "stopped by supervisor", "started"]
     assert _restarts("dead-watcher") == before + 1
-    assert not any(
-        isinstance(h, runner.DeadWatcherAlarm) for h in logging.getLogger("kopf").handlers
-    )
+    assert not any(isinstance(h, runner.KopfAlarm) for h in logging.getLogger("kopf").handlers)
 
 
 def _restarts(reason: str) -> float:
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value("k2think_kopf_restarts_total", {"reason": reason}) or 0.0
+
+
+def _kopf_reports_unresolved(*selectors: tuple[str, str, str]) -> None:
+    """Make kopf's own discovery code log its "Unresolved resources" line for ``selectors``."""
+    from kopf._cogs.structs import references
+    from kopf._core.reactor import observation
+
+    observation._disable_mismatched_selectors(
+        resources=set(),
+        selectors=frozenset(references.Selector(g, v, p) for g, v, p in selectors),
+    )
+
+
+def test_kopfs_unresolved_line_names_our_apis() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logging.getLogger("kopf").addHandler(keep)
+    try:
+        _kopf_reports_unresolved(("ray.io", "v1", "rayservices"), ("", "v1", "pods"))
+    finally:
+        logging.getLogger("kopf").removeHandler(keep)
+    assert [runner.unresolved_apis(r) for r in records] == [(("ray.io", "v1", "rayservices"),)]
+    assert not runner.is_dead_watcher_record(records[0])
+
+
+class DiscoveryThatComesBack:
+    """Our Kube facade's discovery answer: RayServices absent twice, then served."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, str]] = []
+        self.closed = False
+
+    async def api_served(self, group: str, version: str, plural: str) -> bool:
+        self.asked.append((group, version, plural))
+        return len(self.asked) > 2
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_an_api_kopf_gave_up_on_restarts_kopf_once_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf's last discovery scan missed rayservices and it never rescans by itself."""
+    discovery = DiscoveryThatComesBack()
+    runs: list[str] = []
+
+    async def connect() -> DiscoveryThatComesBack:
+        return discovery
+
+    async def fake_operator(*, stop_flag: asyncio.Event, **_: Any) -> None:
+        runs.append("started")
+        if len(runs) == 1:
+            _kopf_reports_unresolved(("ray.io", "v1", "rayservices"))
+            await asyncio.wait_for(stop_flag.wait(), timeout=5)
+            runs.append("stopped by supervisor")
+
+    monkeypatch.setattr(runner.kopf, "operator", fake_operator)
+    monkeypatch.setattr(runner, "connect_kube", connect)
+    monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
+    monkeypatch.setattr(runner, "DISCOVERY_POLL_SECONDS", 0.01)
+    before = _restarts("rescan")
+    assert await runner.supervise(OperatorConfig(all_namespaces=True)) == 0
+    assert runs == ["started", "stopped by supervisor", "started"]
+    assert discovery.asked == [("ray.io", "v1", "rayservices")] * 3 and discovery.closed
+    assert _restarts("rescan") == before + 1

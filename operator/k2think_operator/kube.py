@@ -112,6 +112,20 @@ class Kube:
         if self._closed:
             raise TransientApiError(f"{kind}: the operator is stopping")
 
+    async def api_served(self, group: str, version: str, plural: str) -> bool:
+        """Whether discovery lists ``plural`` in ``group/version`` (a CRD installed and served)."""
+        kind = f"{plural}.{group} discovery"
+        self._check_open(kind)
+        try:
+            found = await self._custom.get_api_resources(group, version)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise _classify(error, kind) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, kind) from error
+        return any(resource.name == plural for resource in (found.resources or []))
+
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply one namespaced custom object, taking ownership of its fields."""
         group, version = _split_api_version(obj["apiVersion"])

@@ -1,19 +1,25 @@
 """Start the operator process: logging, metrics endpoint, then kopf's event loop.
 
-kopf can stop in two bad ways when an API it watches goes away and comes back — KubeRay's
-CRDs removed and reinstalled while we run:
+kopf can be left in three bad states when an API it watches goes away and comes back (KubeRay's
+CRDs removed and reinstalled while we run, or installed after us):
 
 * it raises out of ``kopf.operator()`` (a root task failed);
 * one watcher fails (for instance a 404 when it lists RayServices in the moment between the
   CRD reappearing in discovery and its endpoint serving) and kopf only *logs* it: the dead
   watcher is never respawned, and because our RayService index never finishes its listing,
   kopf holds back every other handler too — the operator looks alive and does nothing
-  (nolar/kopf#1077).
+  (nolar/kopf#1077);
+* it rescans discovery on each CRD event, and when the last scan of a burst of events (four
+  KubeRay CRDs arriving) ran before discovery listed ``rayservices``, kopf logs "Unresolved
+  resources cannot be served" and never watches RayServices again: no status from KubeRay, no
+  drift repair.
 
 A missing KubeRay must be a condition and a retry, not an exit or a hang, so kopf runs under a
-small supervisor here: a failed kopf, or a kopf that logged a dead watcher, is stopped and
-started again in-process after a backoff. Everything it re-lists is reconciled idempotently
-(resume handlers; no write when nothing differs), so a restart costs reads, not churn.
+small supervisor here. A failed kopf, or one that logged a dead watcher, is stopped and started
+again in-process after a backoff. When kopf says one of our APIs is unresolved, the supervisor
+polls discovery for it and restarts kopf once it is served, so the fresh start's scan finds it.
+Everything kopf re-lists is reconciled idempotently (resume handlers; no write when nothing
+differs), so a restart costs reads, not churn.
 """
 
 from __future__ import annotations
@@ -27,12 +33,22 @@ from prometheus_client import start_http_server
 
 from k2think_operator import metrics
 from k2think_operator.config import OperatorConfig, set_config
+from k2think_operator.kube import Kube, KubeError
+from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A run this long counts as healthy: the next failure starts the backoff from the beginning.
 HEALTHY_RUN_SECONDS = 300.0
+# How often discovery is polled for an API kopf reported unresolved.
+DISCOVERY_POLL_SECONDS = 5.0
+
+#: (group, version, plural) of the custom resources our handlers watch.
+WATCHED_APIS: tuple[tuple[str, str, str], ...] = (
+    ("ray.io", "v1", "rayservices"),
+    (API_GROUP, API_VERSION, PLURAL),
+)
 
 
 def run_operator(config: OperatorConfig) -> int:
@@ -68,21 +84,79 @@ def is_dead_watcher_record(record: logging.LogRecord) -> bool:
     )
 
 
-class DeadWatcherAlarm(logging.Handler):
-    """Turn kopf's "watcher died" log line into a restart request for the supervisor."""
+def unresolved_apis(record: logging.LogRecord) -> tuple[tuple[str, str, str], ...]:
+    """Which of our APIs kopf's "Unresolved resources cannot be served" line names.
+
+    kopf logs it after each discovery scan for every handler selector the scan did not resolve,
+    as ``Selector(group='ray.io', version='v1', any_name='rayservices')``.
+    """
+    if not record.name.startswith("kopf.") or record.levelno < logging.WARNING:
+        return ()
+    message = record.getMessage()
+    if not message.startswith("Unresolved resources cannot be served"):
+        return ()
+    return tuple(
+        api
+        for api in WATCHED_APIS
+        if f"group='{api[0]}', version='{api[1]}', any_name='{api[2]}'" in message
+    )
+
+
+class KopfAlarm(logging.Handler):
+    """Reads kopf's log for the states it does not recover from by itself (module docstring)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, restart: asyncio.Event) -> None:
         super().__init__(level=logging.WARNING)
         self.loop = loop
         self.restart = restart
-        self.reason: str | None = None
+        #: Why a restart was asked for: (metric label, text for the log); the first cause wins.
+        self.cause: tuple[str, str] | None = None
+        self.unresolved: set[tuple[str, str, str]] = set()
+        self.unresolved_seen = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not is_dead_watcher_record(record):
+        if is_dead_watcher_record(record):
+            self.ask_restart("dead-watcher", record.getMessage().split(":", 1)[0])
             return
-        if self.reason is None:
-            self.reason = record.getMessage().split(":", 1)[0]
+        apis = unresolved_apis(record)
+        if apis:
+            self.unresolved.update(apis)
+            self.loop.call_soon_threadsafe(self.unresolved_seen.set)
+
+    def ask_restart(self, label: str, text: str) -> None:
+        if self.cause is None:
+            self.cause = (label, text)
         self.loop.call_soon_threadsafe(self.restart.set)
+
+
+async def connect_kube() -> Kube:
+    return await Kube.connect()
+
+
+async def _restart_once_served(alarm: KopfAlarm) -> None:
+    """Poll discovery for the APIs kopf gave up on; restart kopf when one is served."""
+    await alarm.unresolved_seen.wait()
+    try:
+        kube = await connect_kube()
+    except Exception:
+        log.exception("cannot poll discovery; a KubeRay installed later needs an operator restart")
+        return
+    try:
+        while True:
+            for group, version, plural in sorted(alarm.unresolved):
+                try:
+                    served = await kube.api_served(group, version, plural)
+                except KubeError as error:
+                    log.debug("discovery of %s.%s: %s", plural, group, error)
+                    continue
+                if served:
+                    alarm.ask_restart(
+                        "rescan", f"{plural}.{group} is served and kopf gave up on it"
+                    )
+                    return
+            await asyncio.sleep(DISCOVERY_POLL_SECONDS)
+    finally:
+        await kube.close()
 
 
 async def _stop_when(restart: asyncio.Event, stop_flag: asyncio.Event) -> None:
@@ -94,7 +168,8 @@ async def supervise(config: OperatorConfig) -> int:
     """Run kopf until it stops because of a signal, restarting it when it fails or hangs.
 
     kopf returns normally on SIGTERM/SIGINT (it installs its own handlers) and raises when a
-    root task failed; a dead watcher makes us stop it through its ``stop_flag``. Only a signal
+    root task failed; a dead watcher, or an API it gave up on being served, makes us stop it
+    through its ``stop_flag``. Only a signal
     ends the process. Between attempts our own signal handlers are in place, so a signal during
     the backoff still stops the process promptly. The backoff resets after a healthy run.
     """
@@ -105,9 +180,12 @@ async def supervise(config: OperatorConfig) -> int:
     while True:
         restart = asyncio.Event()
         kopf_stop = asyncio.Event()
-        alarm = DeadWatcherAlarm(loop, restart)
+        alarm = KopfAlarm(loop, restart)
         kopf_logger.addHandler(alarm)
-        relay = asyncio.create_task(_stop_when(restart, kopf_stop))
+        helpers = [
+            asyncio.create_task(_stop_when(restart, kopf_stop)),
+            asyncio.create_task(_restart_once_served(alarm)),
+        ]
         started = loop.time()
         reason: str
         try:
@@ -120,13 +198,15 @@ async def supervise(config: OperatorConfig) -> int:
             )
             if not restart.is_set():
                 return 0
-            reason = "dead-watcher"
-            log.warning("kopf stopped after a dead watcher (%s)", alarm.reason)
+            reason, text = alarm.cause or ("unknown", "restart requested")
+            log.warning("kopf stopped for a restart: %s", text)
         except Exception:
             reason = "failed"
             log.exception("kopf stopped with an error")
         finally:
-            relay.cancel()
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             kopf_logger.removeHandler(alarm)
         metrics.KOPF_RESTARTS.labels(reason).inc()
         for signum in (signal.SIGTERM, signal.SIGINT):
