@@ -75,6 +75,6 @@ def forget_deployment(namespace: str, name: str) -> None:
 
 KOPF_RESTARTS = Counter(
     "k2think_kopf_restarts_total",
-    "Times the supervisor restarted kopf's loop in-process (it failed, or a watcher died).",
+    "Times the supervisor restarted kopf's loop in-process (failed, dead watcher, rescan).",
     ["reason"],
 )
