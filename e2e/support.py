@@ -167,6 +167,29 @@ def get(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any] | Non
     return result
 
 
+def merge_patch_rayservice(
+    cluster: Cluster, name: str, ns: str, patch: dict[str, Any], subresource: str | None = None
+) -> None:
+    """Change a RayService as someone else would: by hand, or as KubeRay writes its status."""
+    extra = [f"--subresource={subresource}"] if subresource else []
+    cluster.kubectl(
+        "patch",
+        "rayservices.ray.io",
+        name,
+        "-n",
+        ns,
+        *extra,
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+    )
+
+
+def overwrite_serve_config(cluster: Cluster, name: str, ns: str, value: str) -> None:
+    """Edit a field the operator owns on its RayService by hand (a drift to be repaired)."""
+    merge_patch_rayservice(cluster, name, ns, {"spec": {"serveConfigV2": value}})
+
+
 def items(cluster: Cluster, kind: str, ns: str, *selector: str) -> list[dict[str, Any]]:
     args = ["get", kind, "-n", ns]
     if selector:

@@ -31,7 +31,9 @@ from support import (
     get,
     items,
     load_example,
+    merge_patch_rayservice,
     namespace,
+    overwrite_serve_config,
     unique_namespace,
 )
 
@@ -194,17 +196,7 @@ def write_rayservice_status(cluster: Cluster, name: str, ns: str, app_status: st
             },
         }
     }
-    cluster.kubectl(
-        "patch",
-        "rayservices.ray.io",
-        name,
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(patch),
-    )
+    merge_patch_rayservice(cluster, name, ns, patch, subresource="status")
 
 
 def test_ready_follows_the_rayservice_and_kubectl_wait_returns(
@@ -430,16 +422,7 @@ def test_drift_is_repaired(cluster: Cluster, operator: OperatorProcess, ns: str)
     original = wait_rayservice(cluster, "k2think", ns)
     wait_observed(cluster, "k2think", ns, 1)
 
-    cluster.kubectl(
-        "patch",
-        "rayservices.ray.io",
-        "k2think",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"serveConfigV2": "applications: []\n"}}),
-    )
+    overwrite_serve_config(cluster, "k2think", ns, "applications: []\n")
     restored = eventually(
         "serveConfigV2 restored",
         lambda: (

@@ -6,11 +6,19 @@ cluster, then puts KubeRay's CRDs back).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from harness import Cluster
-from support import OperatorProcess, apply_doc, condition, eventually, get, load_example, namespace
+from support import (
+    OperatorProcess,
+    apply_doc,
+    condition,
+    eventually,
+    get,
+    load_example,
+    namespace,
+    overwrite_serve_config,
+)
 
 RAYSERVICE_CRD = "rayservices.ray.io"
 
@@ -54,16 +62,7 @@ def test_missing_kuberay_crd_is_reported_then_healed(cluster: Cluster, log_dir: 
             # handler. Drift is repaired only through that watch (the resync runs every 600 s).
             original = get(cluster, "rayservices.ray.io", "k2think", ns)
             assert original is not None
-            cluster.kubectl(
-                "patch",
-                "rayservices.ray.io",
-                "k2think",
-                "-n",
-                ns,
-                "--type=merge",
-                "-p",
-                json.dumps({"spec": {"serveConfigV2": "applications: []\n"}}),
-            )
+            overwrite_serve_config(cluster, "k2think", ns, "applications: []\n")
             eventually(
                 "serveConfigV2 restored through the re-established RayService watch",
                 lambda: (

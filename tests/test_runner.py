@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +44,23 @@ async def test_namespaces_are_passed_through(monkeypatch: pytest.MonkeyPatch) ->
     assert seen["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
 
 
+@contextlib.contextmanager
+def kopf_records() -> Iterator[list[logging.LogRecord]]:
+    """Collect what kopf logs inside the block, as the supervisor's handler would see it."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logging.getLogger("kopf").addHandler(keep)
+    try:
+        yield records
+    finally:
+        logging.getLogger("kopf").removeHandler(keep)
+
+
 async def _a_watcher_dies_in_kopf(resource: str) -> None:
     """Make kopf's own task guard log a dead watcher, exactly as its orchestrator does."""
     from kopf._cogs.aiokits import aiotasks
@@ -61,18 +80,8 @@ async def _a_watcher_dies_in_kopf(resource: str) -> None:
 
 
 async def test_kopfs_dead_watcher_log_line_is_recognised() -> None:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    keep = Keep()
-    logging.getLogger("kopf").addHandler(keep)
-    try:
+    with kopf_records() as records:
         await _a_watcher_dies_in_kopf("rayservices.v1.ray.io")
-    finally:
-        logging.getLogger("kopf").removeHandler(keep)
     assert [runner.is_dead_watcher_record(r) for r in records] == [True]
 
 
@@ -142,18 +151,8 @@ def _kopf_reports_unresolved(*selectors: tuple[str, str, str]) -> None:
 
 
 def test_kopfs_unresolved_line_names_our_apis() -> None:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    keep = Keep()
-    logging.getLogger("kopf").addHandler(keep)
-    try:
+    with kopf_records() as records:
         _kopf_reports_unresolved(("ray.io", "v1", "rayservices"), ("", "v1", "pods"))
-    finally:
-        logging.getLogger("kopf").removeHandler(keep)
     assert [runner.unresolved_apis(r) for r in records] == [(("ray.io", "v1", "rayservices"),)]
     assert not runner.is_dead_watcher_record(records[0])
 
