@@ -105,10 +105,10 @@ def unresolved_apis(record: logging.LogRecord) -> tuple[tuple[str, str, str], ..
 class KopfAlarm(logging.Handler):
     """Reads kopf's log for the states it does not recover from by itself (module docstring)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, restart: asyncio.Event) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, kopf_stop: asyncio.Event) -> None:
         super().__init__(level=logging.WARNING)
         self.loop = loop
-        self.restart = restart
+        self.kopf_stop = kopf_stop
         #: Why a restart was asked for: (metric label, text for the log); the first cause wins.
         self.cause: tuple[str, str] | None = None
         self.unresolved: set[tuple[str, str, str]] = set()
@@ -126,7 +126,7 @@ class KopfAlarm(logging.Handler):
     def ask_restart(self, label: str, text: str) -> None:
         if self.cause is None:
             self.cause = (label, text)
-        self.loop.call_soon_threadsafe(self.restart.set)
+        self.loop.call_soon_threadsafe(self.kopf_stop.set)
 
 
 async def connect_kube() -> Kube:
@@ -159,33 +159,24 @@ async def _restart_once_served(alarm: KopfAlarm) -> None:
         await kube.close()
 
 
-async def _stop_when(restart: asyncio.Event, stop_flag: asyncio.Event) -> None:
-    await restart.wait()
-    stop_flag.set()
-
-
 async def supervise(config: OperatorConfig) -> int:
     """Run kopf until it stops because of a signal, restarting it when it fails or hangs.
 
     kopf returns normally on SIGTERM/SIGINT (it installs its own handlers) and raises when a
     root task failed; a dead watcher, or an API it gave up on being served, makes us stop it
-    through its ``stop_flag``. Only a signal
-    ends the process. Between attempts our own signal handlers are in place, so a signal during
-    the backoff still stops the process promptly. The backoff resets after a healthy run.
+    through its ``stop_flag``. Only a signal ends the process. Between attempts our own signal
+    handlers are in place, so a signal during the backoff still stops the process promptly. The
+    backoff resets after a healthy run.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     kopf_logger = logging.getLogger("kopf")
     attempt = 0
     while True:
-        restart = asyncio.Event()
-        kopf_stop = asyncio.Event()
-        alarm = KopfAlarm(loop, restart)
+        kopf_stop = asyncio.Event()  # set only by the alarm: a signal stops kopf by itself
+        alarm = KopfAlarm(loop, kopf_stop)
         kopf_logger.addHandler(alarm)
-        helpers = [
-            asyncio.create_task(_stop_when(restart, kopf_stop)),
-            asyncio.create_task(_restart_once_served(alarm)),
-        ]
+        poller = asyncio.create_task(_restart_once_served(alarm))
         started = loop.time()
         reason: str
         try:
@@ -196,17 +187,16 @@ async def supervise(config: OperatorConfig) -> int:
                 liveness_endpoint=config.liveness_endpoint,
                 stop_flag=kopf_stop,
             )
-            if not restart.is_set():
+            if alarm.cause is None:
                 return 0
-            reason, text = alarm.cause or ("unknown", "restart requested")
+            reason, text = alarm.cause
             log.warning("kopf stopped for a restart: %s", text)
         except Exception:
             reason = "failed"
             log.exception("kopf stopped with an error")
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
             kopf_logger.removeHandler(alarm)
         metrics.KOPF_RESTARTS.labels(reason).inc()
         for signum in (signal.SIGTERM, signal.SIGINT):
