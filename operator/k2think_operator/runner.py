@@ -69,6 +69,13 @@ def run_operator(config: OperatorConfig) -> int:
     return asyncio.run(supervise(config))
 
 
+def _kopf_warning(record: logging.LogRecord) -> str:
+    """The message of a kopf warning or error; empty for anything else."""
+    if not record.name.startswith("kopf.") or record.levelno < logging.WARNING:
+        return ""
+    return record.getMessage()
+
+
 def is_dead_watcher_record(record: logging.LogRecord) -> bool:
     """True for kopf's log line about a watcher task that died and will not be respawned.
 
@@ -76,9 +83,7 @@ def is_dead_watcher_record(record: logging.LogRecord) -> bool:
     finished unexpectedly."`` (WARNING); watcher tasks are named ``"watcher for <resource>@<ns>"``.
     Cancelled watchers (a CRD removed, a namespace gone, shutdown) log nothing at these levels.
     """
-    if not record.name.startswith("kopf.") or record.levelno < logging.WARNING:
-        return False
-    message = record.getMessage()
+    message = _kopf_warning(record)
     return message.startswith("Watcher for ") and (
         " has failed" in message or " has finished unexpectedly" in message
     )
@@ -90,9 +95,7 @@ def unresolved_apis(record: logging.LogRecord) -> tuple[tuple[str, str, str], ..
     kopf logs it after each discovery scan for every handler selector the scan did not resolve,
     as ``Selector(group='ray.io', version='v1', any_name='rayservices')``.
     """
-    if not record.name.startswith("kopf.") or record.levelno < logging.WARNING:
-        return ()
-    message = record.getMessage()
+    message = _kopf_warning(record)
     if not message.startswith("Unresolved resources cannot be served"):
         return ()
     return tuple(
