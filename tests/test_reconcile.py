@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.kube import KubeRayMissing, TransientApiError
+from k2think_operator.kube import ApplyRejected, KubeRayMissing, TransientApiError
 from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
 from tests.conftest import minimal_doc
 
@@ -25,6 +25,9 @@ class RecordingKube:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.applies: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
+        self.supporting: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.supporting_writes: list[tuple[str, str]] = []
+        self.refuse_supporting: str | None = None
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         if not self.kuberay:
@@ -46,6 +49,24 @@ class RecordingKube:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.status_patches.append(copy.deepcopy(status))
+
+    async def apply_namespaced(self, obj: dict[str, Any]) -> None:
+        if self.refuse_supporting:
+            raise ApplyRejected(self.refuse_supporting)
+        meta = obj["metadata"]
+        self.supporting[(obj["kind"], meta["namespace"], meta["name"])] = copy.deepcopy(obj)
+        self.supporting_writes.append((obj["kind"], meta["name"]))
+
+    async def create_secret_if_absent(self, obj: dict[str, Any], generated: dict[str, str]) -> bool:
+        if self.refuse_supporting:
+            raise ApplyRejected(self.refuse_supporting)
+        meta = obj["metadata"]
+        key = ("Secret", meta["namespace"], meta["name"])
+        self.supporting_writes.append(("Secret", meta["name"]))
+        if key in self.supporting:
+            return False
+        self.supporting[key] = {**copy.deepcopy(obj), "stringData": dict(generated)}
+        return True
 
 
 def with_status(doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +177,7 @@ def test_is_subset(desired: Any, live: Any, expected: bool) -> None:
 
 
 def test_needs_apply_checks_owner_references() -> None:
-    (child,) = decide(minimal_doc()).children
+    child = decide(minimal_doc()).children[0]
     live = copy.deepcopy(child)
     assert not needs_apply(child, live)
     live["metadata"]["ownerReferences"] = []

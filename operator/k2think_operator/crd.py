@@ -470,6 +470,78 @@ def ray_schema() -> Schema:
                 "ServiceAccount of the Ray pods (e.g. for workload identity to s3/gs).",
                 pattern=DNS_LABEL,
             ),
+            "auth": _o(
+                "Ray token authentication (KubeRay authOptions); on by default.",
+                {
+                    "enabled": _b(
+                        "Require Ray's token on the dashboard (job submission, Serve REST API), "
+                        "the GCS and every Ray RPC. Turn it off only for clusters isolated "
+                        "otherwise; the operator then posts a Warning event (RayAuthDisabled).",
+                        default=True,
+                    ),
+                    "secretName": _s(
+                        "Secret (key auth_token) holding the token. Default: the operator "
+                        "creates <name>-ray-token with a random token once and never rewrites "
+                        "it. Pointing this at a new Secret rotates the token through a new Ray "
+                        "cluster (zero-downtime upgrade).",
+                        pattern=DNS_LABEL,
+                        maxLength=253,
+                    ),
+                },
+            ),
+            "workerServiceAccountToken": _b(
+                "Mount the ServiceAccount token into worker pods. Off by default: code run on a "
+                "worker (a Serve replica, a job) then holds no Kubernetes credentials. Workload "
+                "identity webhooks (IRSA, GKE) inject their own projected token and need no "
+                "change.",
+                default=False,
+            ),
+        },
+    )
+
+
+def _peer(description: str, namespace: str, labels: str, **extra: Any) -> Schema:
+    return _o(
+        description,
+        {
+            "namespace": _s(namespace, pattern=DNS_LABEL, maxLength=63),
+            "podLabels": {**_map(labels, max_properties=16), **extra},
+        },
+    )
+
+
+def network_policy_schema() -> Schema:
+    return _o(
+        "NetworkPolicies around the Ray pods (owned by this resource).",
+        {
+            "enabled": _b(
+                "Render NetworkPolicies around the Ray pods. They take effect only with a "
+                "policy-enforcing CNI (Calico, Cilium, ...).",
+                default=True,
+            ),
+            "serveFrom": {
+                "type": "array",
+                "description": "Who may reach the OpenAI endpoint (port 8000). Empty: every pod "
+                "of the deployment's namespace.",
+                "maxItems": 16,
+                "items": _peer(
+                    "Who may call the serve port: pods in a namespace, optionally only those "
+                    "with labels.",
+                    "Namespace of the callers; default the deployment's own namespace.",
+                    "Only pods with all these labels; empty means every pod of the namespace.",
+                ),
+            },
+            "monitoringNamespace": _s(
+                "Namespace whose pods may scrape Ray's metrics port (8080); none if unset.",
+                pattern=DNS_LABEL,
+                maxLength=63,
+            ),
+            "kuberay": _peer(
+                "KubeRay's operator pods, the only callers of the dashboard from outside.",
+                "Namespace of KubeRay's operator; default any namespace (narrow it).",
+                "Labels of KubeRay's operator pods (its Helm chart's default).",
+                default={"app.kubernetes.io/name": "kuberay-operator"},
+            ),
         },
     )
 
@@ -493,6 +565,13 @@ def serving_schema() -> Schema:
             "maxQueuedRequests": _i(
                 "Requests a caller may queue before Serve answers 503; -1 for no limit.",
                 minimum=-1,
+            ),
+            "apiKeysSecret": _s(
+                "Secret whose values are the API keys the OpenAI endpoint accepts (one key per "
+                "data entry, as `Authorization: Bearer <key>`); without a valid key a request "
+                "gets 401. Edits of the Secret are picked up without a restart.",
+                pattern=DNS_LABEL,
+                maxLength=253,
             ),
         },
     )
@@ -532,6 +611,7 @@ def spec_schema() -> Schema:
             "engine": engine_schema(),
             "ray": ray_schema(),
             "serving": serving_schema(),
+            "networkPolicy": network_policy_schema(),
             "upgradeStrategy": _s(
                 "How KubeRay rolls out changes that need a new Ray cluster (image, layout, "
                 "pools): NewCluster (zero downtime, temporarily needs the GPUs twice), "

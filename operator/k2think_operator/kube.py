@@ -75,6 +75,14 @@ def _classify(error: ApiException, kind: str) -> KubeError:
     return TransientApiError(f"{kind}: HTTP {error.status}: {message}")
 
 
+def _classify_plain(error: ApiException, kind: str) -> KubeError:
+    """Like ``_classify`` for built-in kinds, whose API is always served."""
+    message = _message(error)
+    if error.status in (400, 403, 404, 422):
+        return ApplyRejected(f"the API server refused the {kind}: {message}")
+    return TransientApiError(f"{kind}: HTTP {error.status}: {message}")
+
+
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
@@ -90,6 +98,7 @@ class Kube:
         self._closed = False
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._networking = client.NetworkingV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -153,6 +162,56 @@ class Kube:
             # The generated client only decodes HTTP 200; an apply that creates answers 201.
             return await self._get(group, version, meta["namespace"], plural, meta["name"])
         return dict(result)
+
+    async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply a ConfigMap or NetworkPolicy we own (no read of the object)."""
+        kind = obj["kind"]
+        meta = obj["metadata"]
+        self._check_open(kind)
+        options: dict[str, Any] = {
+            "field_manager": FIELD_MANAGER,
+            "force": True,
+            "_content_type": APPLY_CONTENT_TYPE,
+        }
+        try:
+            if kind == "ConfigMap":
+                await self._core.patch_namespaced_config_map(
+                    meta["name"], meta["namespace"], dict(obj), **options
+                )
+            elif kind == "NetworkPolicy":
+                await self._networking.patch_namespaced_network_policy(
+                    meta["name"], meta["namespace"], dict(obj), **options
+                )
+            else:
+                raise ValueError(f"apply_namespaced does not handle {kind}")
+        except ApiException as error:
+            raise _classify_plain(error, kind) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, kind) from error
+
+    async def create_secret_if_absent(
+        self, obj: Mapping[str, Any], generated: Mapping[str, str]
+    ) -> bool:
+        """Create a Secret with ``generated`` as its data unless one of that name exists.
+
+        Only ``create`` is needed (the operator may never read a Secret): HTTP 409 means it is
+        there already, and it is left alone, so a token is never rotated by a reconcile.
+        True when this call created it. The values are never logged.
+        """
+        meta = obj["metadata"]
+        body = {**dict(obj), "stringData": dict(generated)}
+        self._check_open("Secret")
+        try:
+            await self._core.create_namespaced_secret(
+                meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise _classify_plain(error, "Secret") from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, "Secret") from error
+        return True
 
     async def _get(
         self, group: str, version: str, namespace: str, plural: str, name: str

@@ -38,6 +38,7 @@ from k2think_operator.status import (
     read_rayservice,
     status_patch,
 )
+from k2think_operator.supporting import SupportingObjects
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,15 @@ def decision_events(
         events.append((False, "Planned", plan.explanation))
     for warning in plan.warnings:
         events.append((True, "PlanWarning", warning))
+    if decision.spec is not None and not decision.spec.ray.auth.enabled:
+        events.append(
+            (
+                True,
+                "RayAuthDisabled",
+                "spec.ray.auth.enabled is false: anyone who reaches the Ray pods can submit "
+                "jobs (run code) through the dashboard and talk to the GCS",
+            )
+        )
     if live is not None and decision.children:
         want = (decision.children[0].get("metadata") or {}).get("annotations") or {}
         have = (live.get("metadata") or {}).get("annotations") or {}
@@ -232,6 +242,7 @@ class Reconciler:
         self._rechecks: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
         self._announced: dict[tuple[str, str], dict[str, str]] = {}
+        self.supporting = SupportingObjects(kube)
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -242,6 +253,7 @@ class Reconciler:
         self._pods.pop(key, None)
         self._bodies.pop(key, None)
         self._announced.pop(key, None)
+        self.supporting.forget(namespace, name)
         handle = self._rechecks.pop(key, None)
         if handle is not None:
             handle.cancel()
@@ -258,7 +270,7 @@ class Reconciler:
         fresh: list[tuple[bool, str, str]] = []
         for event in events:
             _, reason, message = event
-            if reason in ("Planned", "PlanWarning", "InvalidSpec"):
+            if reason in ("Planned", "PlanWarning", "InvalidSpec", "RayAuthDisabled"):
                 if last.get(reason) == message:
                     continue
                 last[reason] = message
@@ -300,7 +312,7 @@ class Reconciler:
         seen = self._remember(decision, body, pods)
         async with self._lock(decision.namespace, decision.name):
             try:
-                outcome = await self._reconcile_locked(body, decision, seen)
+                outcome = await self._reconcile_locked(body, decision, seen, resync=pods is None)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
                 raise
@@ -316,6 +328,8 @@ class Reconciler:
         body: Mapping[str, Any],
         decision: Decision,
         pods: Sequence[PodSummary],
+        *,
+        resync: bool = False,
     ) -> Outcome:
         current_status = dict(body.get("status") or {})
         apply_error: str | None = None
@@ -337,8 +351,16 @@ class Reconciler:
         events = decision_events(decision, current_status, live) if retry is None else []
         existed = live is not None
         if retry is None and not decision.problems:
+            # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods that need them.
+            try:
+                events += await self.supporting.converge(decision.children, force=resync)
+            except (ApplyRejected, KubeRayMissing) as error:
+                apply_error, apply_reason, retry = str(error), "ApplyRejected", str(error)
+            except TransientApiError as error:
+                retry = str(error)
+        if retry is None and not decision.problems:
             for child in decision.children:
-                if not needs_apply(child, live):
+                if child.get("kind") != "RayService" or not needs_apply(child, live):
                     continue
                 try:
                     live = await self.kube.apply(child)

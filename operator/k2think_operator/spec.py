@@ -287,18 +287,111 @@ class EnvVar(_Model):
     value: str
 
 
+class RayAuthSpec(_Model):
+    """Ray token authentication (KubeRay ``authOptions``, Ray 2.52+)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Require Ray's token on the dashboard (job submission, Serve REST API), the "
+        "GCS and every Ray RPC. Turn it off only for clusters isolated otherwise; the operator "
+        "then posts a Warning event (RayAuthDisabled).",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Secret (key auth_token) holding the token. Default: the operator creates "
+        "<name>-ray-token with a random token once and never rewrites it. Pointing this at a "
+        "new Secret rotates the token through a new Ray cluster (zero-downtime upgrade).",
+    )
+
+
 class RaySpec(_Model):
     image: str = DEFAULT_RAY_IMAGE
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     head: HeadSpec = Field(default_factory=HeadSpec)
     env: list[EnvVar] = Field(default_factory=list)
     service_account_name: str | None = Field(default=None, pattern=DNS_LABEL)
+    auth: RayAuthSpec = Field(
+        default_factory=RayAuthSpec,
+        description="Ray token authentication; on by default.",
+    )
+    worker_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount token into worker pods. Off by default: code run "
+        "on a worker (a Serve replica, a job) then holds no Kubernetes credentials. Workload "
+        "identity webhooks (IRSA, GKE) inject their own projected token and need no change.",
+    )
+
+
+class ServePeer(_Model):
+    """Who may call the serve port: pods in a namespace, optionally only those with labels."""
+
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of the callers; default the deployment's own namespace.",
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Only pods with all these labels; empty means every pod of the namespace.",
+    )
+
+
+class KubeRayPeer(_Model):
+    """Where KubeRay's operator runs: it calls the dashboard (8265) and the serve health check."""
+
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of KubeRay's operator; default any namespace (narrow it).",
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"},
+        max_length=16,
+        description="Labels of KubeRay's operator pods (its Helm chart's default).",
+    )
+
+
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(
+        default=True,
+        description="Render NetworkPolicies around the Ray pods. They take effect only with a "
+        "policy-enforcing CNI (Calico, Cilium, ...).",
+    )
+    serve_from: list[ServePeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Who may reach the OpenAI endpoint (port 8000). Empty: every pod of the "
+        "deployment's namespace.",
+    )
+    monitoring_namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace whose pods may scrape Ray's metrics port (8080); none if unset.",
+    )
+    kuberay: KubeRayPeer = Field(
+        default_factory=KubeRayPeer,
+        description="KubeRay's operator pods, the only callers of the dashboard from outside.",
+    )
 
 
 class ServingSpec(_Model):
     graceful_shutdown_seconds: int = Field(default=600, ge=0, le=86400)
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = Field(default=None, ge=-1)
+    api_keys_secret: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Secret whose values are the API keys the OpenAI endpoint accepts (one "
+        "key per data entry, as `Authorization: Bearer <key>`); without a valid key a request "
+        "gets 401. Edits of the Secret are picked up without a restart.",
+    )
 
 
 class K2ThinkDeploymentSpec(_Model):
@@ -310,6 +403,7 @@ class K2ThinkDeploymentSpec(_Model):
     engine: EngineSpec = Field(default_factory=EngineSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     upgrade_strategy: Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"] = (
         "NewCluster"
     )
