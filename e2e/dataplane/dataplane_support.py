@@ -41,6 +41,16 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
 }
 
+#: Headers every dashboard call of the suite sends: ``x-ray-authorization: Bearer <token>`` once
+#: the head runs with Ray token auth, exactly as KubeRay's dashboard client does
+#: (``controllers/ray/utils/dashboardclient/dashboard_httpclient.go``).
+_DASHBOARD_HEADERS: dict[str, str] = {}
+
+
+def dashboard_headers() -> dict[str, str]:
+    return dict(_DASHBOARD_HEADERS)
+
+
 #: Names of the processes a Ray head and Serve LLM replicas run as.
 RAY_PROCESS_MARKERS = ("ray", "raylet", "gcs_server", "VLLM::", "ray::")
 
@@ -153,6 +163,9 @@ class RayHead:
     resources: dict[str, float] = field(default_factory=dict)
     object_store_bytes: int = 512 * 1024 * 1024
     env: dict[str, str] = field(default_factory=dict)
+    #: Ray token auth as KubeRay configures a pod for ``authOptions.mode: token``:
+    #: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (from the Secret) in the Ray container's env.
+    auth_token: str | None = None
 
     gcs_port: int = 0
     dashboard_port: int = 0
@@ -182,6 +195,9 @@ class RayHead:
         # The suite's own venv must come first: ray start spawns `python` from PATH for workers.
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         env.pop("RAY_ADDRESS", None)
+        if self.auth_token is not None:
+            env["RAY_AUTH_MODE"] = "token"
+            env["RAY_AUTH_TOKEN"] = self.auth_token
         return env
 
     def start(self, timeout: float = 180.0) -> None:
@@ -191,6 +207,9 @@ class RayHead:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.http_port = free_port()
+        _DASHBOARD_HEADERS.clear()
+        if self.auth_token is not None:
+            _DASHBOARD_HEADERS["x-ray-authorization"] = f"Bearer {self.auth_token}"
         cmd = [
             str(self.bin_dir / "ray"),
             "start",
@@ -225,7 +244,10 @@ class RayHead:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"ray start exited {self.proc.returncode}: {self.log_tail()}")
-            return httpx.get(self.dashboard_url + SERVE_API, timeout=5).status_code == 200
+            response = httpx.get(
+                self.dashboard_url + SERVE_API, headers=dashboard_headers(), timeout=5
+            )
+            return response.status_code == 200
 
         poll(ready, timeout=timeout, interval=1.0, what="the Ray dashboard's Serve API")
 
@@ -324,6 +346,12 @@ class ServedApp:
     model_dir: Path
     serve_config_v2: str
     running_status: dict[str, Any]
+    #: The key the endpoint accepts (the operator renders the API-key ingress for the suite).
+    api_key: str = ""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     @property
     def base_url(self) -> str:
@@ -339,7 +367,7 @@ class ServedApp:
 
 
 def get_serve_status(dashboard_url: str) -> dict[str, Any]:
-    response = httpx.get(dashboard_url + SERVE_API, timeout=30)
+    response = httpx.get(dashboard_url + SERVE_API, headers=dashboard_headers(), timeout=30)
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data
@@ -351,13 +379,13 @@ def put_serve_config_v2(dashboard_url: str, serve_config_v2: str) -> httpx.Respo
     return httpx.put(
         dashboard_url + SERVE_API,
         content=json.dumps(body),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **dashboard_headers()},
         timeout=60,
     )
 
 
 def delete_serve_applications(dashboard_url: str) -> httpx.Response:
-    return httpx.delete(dashboard_url + SERVE_API, timeout=120)
+    return httpx.delete(dashboard_url + SERVE_API, headers=dashboard_headers(), timeout=120)
 
 
 def app_status(data: dict[str, Any], app: str) -> str | None:

@@ -51,6 +51,13 @@ EXPECTED_RULES = [
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]},
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["create", "patch"],
+    },
 ]
 NS_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
 CRD_RULE = {
@@ -133,7 +140,9 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
         assert [r["rules"] for r in cluster_roles] == ([[CRD_RULE, NS_RULE]] if observe else [])
     for role in cluster_roles + roles:
         for rule in role["rules"]:
-            assert "secrets" not in rule["resources"] and "*" not in rule["verbs"]
+            # Secrets: create only (the Ray token), never read.
+            assert "secrets" not in rule["resources"] or rule["verbs"] == ["create"]
+            assert "*" not in rule["verbs"]
             assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
 
     kinds = {o["kind"] for o in objs}

@@ -101,4 +101,15 @@ Least privilege, derived from what the operator does (docs/install.md, "RBAC"):
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Security objects of each deployment (docs/security.md). Secrets: create only, never read: the
+# Ray token Secret is created once (HTTP 409 when it exists) and never rewritten.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
 {{- end }}
