@@ -30,7 +30,13 @@ if _missing:
     # Collected from another venv (e.g. a plain `pytest e2e`): nothing here can run there.
     collect_ignore_glob = ["test_*.py"]
 else:
-    from dataplane_config import APP_NAME, HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY, serve_config_for
+    from dataplane_config import (
+        APP_NAME,
+        HEAD_RESOURCE,
+        HEAD_RESOURCE_CAPACITY,
+        INGRESS_MODULE_DIR,
+        serve_config_for,
+    )
     from dataplane_support import (
         OFFLINE_ENV,
         RayHead,
@@ -44,8 +50,6 @@ else:
 SERVED_NAME = "k2-think-tiny"
 #: The key the suite's endpoint accepts (a test value; real keys live only in a Secret).
 API_KEY = "sk-k2t-dataplane-0f3c9a"
-#: Where the operator's package keeps the Ray-side ingress module it ships in a ConfigMap.
-INGRESS_MODULE_DIR = HERE.parents[1] / "operator" / "k2think_operator" / "data"
 
 # Generous bounds: this is a behaviour test on 2 shared cores, not a benchmark.
 DEPLOY_TIMEOUT_S = float(os.environ.get("K2T_DEPLOY_TIMEOUT_S", "600"))

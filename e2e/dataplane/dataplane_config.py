@@ -17,6 +17,9 @@ APP_NAME = "llm"
 #: Custom resource the renderer pins the OpenAI ingress to; the suite's Ray head advertises it.
 HEAD_RESOURCE = "k2think_head"
 HEAD_RESOURCE_CAPACITY = 1000
+#: Where the operator's package keeps the Ray-side API-key ingress module it ships in a ConfigMap
+#: (mounted on PYTHONPATH in a pod; the suite puts this directory there instead).
+INGRESS_MODULE_DIR = Path(__file__).resolve().parents[2] / "operator" / "k2think_operator" / "data"
 
 
 def serve_config_for(

@@ -62,14 +62,20 @@ def test_operator_reads_the_live_status_as_serving(served_app: ServedApp) -> Non
     assert operator_status(live)["phase"] == "Serving"
 
 
-def test_rendered_args_pass_rays_own_llm_serving_args(served_app: ServedApp) -> None:
-    """With vLLM importable (only here), Ray's LLMServingArgs checks the whole ``args`` block."""
+def test_rendered_args_pass_rays_own_llm_serving_args(
+    served_app: ServedApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With vLLM importable (only here), Ray's LLMServingArgs checks the whole ``args`` block,
+    including the API-key ingress class (importable from the ConfigMap's path in a pod)."""
     import yaml
+    from dataplane_config import INGRESS_MODULE_DIR
     from ray.llm._internal.serve.core.ingress.builder import LLMServingArgs
 
+    monkeypatch.syspath_prepend(str(INGRESS_MODULE_DIR))
     config = yaml.safe_load(served_app.serve_config_v2)
     parsed = LLMServingArgs.model_validate(config["applications"][0]["args"])
     assert [c.model_id for c in parsed.llm_configs] == [served_app.served_name]
+    assert parsed.ingress_cls_config.ingress_cls.__name__ == "ApiKeyOpenAiIngress"
 
 
 def test_models_lists_the_served_name(served_app: ServedApp) -> None:
