@@ -34,6 +34,9 @@ unit: venv
 CAMPUS ?= e2e/campus/small.yaml
 CLUSTER ?= default
 KUBERAY ?= 1
+# KUEUE=1: also run Kueue and the GPU bin-packing scheduler profile (docs/scheduling.md)
+KUEUE ?= 0
+BINPACK ?= $(KUEUE)
 HARNESS := PYTHONPATH=$(CURDIR)/e2e $(PY) -m harness
 
 .PHONY: binaries bindir cluster-up cluster-down cluster-status harness-smoke
@@ -46,9 +49,10 @@ binaries:
 bindir:
 	@bash e2e/scripts/build-binaries.sh
 
-## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
+## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, KUEUE=0|1, BINPACK=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
 cluster-up: venv
-	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,)
+	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,) \
+		$(if $(filter 1,$(KUEUE)),--with-kueue,) $(if $(filter 1,$(BINPACK)),--gpu-binpacking,)
 
 ## cluster-down: stop every process of the campus and remove its state
 cluster-down: venv

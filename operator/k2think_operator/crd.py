@@ -17,8 +17,12 @@ from k2think_operator.spec import (
     API_VERSION,
     DEFAULT_RAY_IMAGE,
     KIND,
+    KUEUE_MAX_WORKER_GROUPS,
+    KUEUE_RESERVED_GROUP,
     PLANNED_ENGINE_ARGS,
     PLURAL,
+    PRIORITY_CLASS_DESCRIPTION,
+    QUEUE_NAME_DESCRIPTION,
 )
 
 Schema = dict[str, Any]
@@ -498,6 +502,30 @@ def serving_schema() -> Schema:
     )
 
 
+def scheduling_schema() -> Schema:
+    return _o(
+        "Fleet scheduling: admission through Kueue (docs/scheduling.md). Without queueName the "
+        "deployment is not queued and runs as soon as it is applied.",
+        {
+            "queueName": _s(QUEUE_NAME_DESCRIPTION, pattern=DNS_LABEL, maxLength=63),
+            "priorityClassName": _s(
+                PRIORITY_CLASS_DESCRIPTION,
+                pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                maxLength=253,
+            ),
+        },
+        **{
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.priorityClassName) || has(self.queueName)",
+                    "message": "priorityClassName needs queueName: Kueue only orders and "
+                    "preempts the workloads it queues",
+                }
+            ]
+        },
+    )
+
+
 def spec_schema() -> Schema:
     return _o(
         "Desired state of a K2 Think serving fleet.",
@@ -541,9 +569,12 @@ def spec_schema() -> Schema:
                 default="NewCluster",
             ),
             "suspend": _b(
-                "Stop the Ray cluster and free its GPUs, keeping the resource and its plan.",
+                "Stop the Ray cluster and free its GPUs, keeping the resource and its plan. "
+                "Under Kueue (scheduling.queueName) the operator deactivates the deployment's "
+                "Workload instead, which gives its quota back.",
                 default=False,
             ),
+            "scheduling": scheduling_schema(),
         },
         required=["pools"],
         **{
@@ -552,7 +583,20 @@ def spec_schema() -> Schema:
                     "rule": "!(has(self.replicas) && has(self.autoscaling))",
                     "message": "replicas and autoscaling are mutually exclusive: set replicas for "
                     "a fixed count, or autoscaling bounds",
-                }
+                },
+                {
+                    "rule": "!has(self.scheduling) || !has(self.scheduling.queueName) || "
+                    f"size(self.pools) <= {KUEUE_MAX_WORKER_GROUPS}",
+                    "message": f"with scheduling.queueName at most {KUEUE_MAX_WORKER_GROUPS} "
+                    "pools: Kueue admits at most 8 PodSets (the head and one worker group per "
+                    "pool)",
+                },
+                {
+                    "rule": "!has(self.scheduling) || !has(self.scheduling.queueName) || "
+                    f"self.pools.all(p, p.name != '{KUEUE_RESERVED_GROUP}')",
+                    "message": f"with scheduling.queueName no pool may be named "
+                    f"'{KUEUE_RESERVED_GROUP}': Kueue reserves it for the Ray head",
+                },
             ]
         },
     )
@@ -562,7 +606,10 @@ def _condition_schema() -> Schema:
     return _o(
         "A condition in Kubernetes API conventions.",
         {
-            "type": _s("Ready, Progressing, Degraded, InvalidSpec or CapacityBlocked."),
+            "type": _s(
+                "Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked or (under Kueue) "
+                "Admitted."
+            ),
             "status": _s("True, False or Unknown.", enum=["True", "False", "Unknown"]),
             "reason": _s("CamelCase reason."),
             "message": _s("Human-readable detail."),
@@ -615,14 +662,17 @@ def status_schema() -> Schema:
             "observedGeneration": _i("Generation last reconciled.", format="int64"),
             "conditions": {
                 "type": "array",
-                "description": "Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked.",
+                "description": "Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked "
+                "and, for a deployment queued through Kueue, Admitted (reasons Queued, Admitted, "
+                "Preempted, Evicted, Deactivated).",
                 "items": _condition_schema(),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
             "phase": _s(
                 "One-word summary for kubectl get: Deploying, Serving, Upgrading, Degraded, "
-                "CapacityBlocked, InvalidSpec or Suspended. Conditions are the API."
+                "CapacityBlocked, InvalidSpec, Suspended or (under Kueue) Queued and Preempted. "
+                "Conditions are the API."
             ),
             "replicas": _i("Model replicas with worker pods (scale subresource)."),
             "readyReplicas": _i("Replicas whose worker pods are ready while the app RUNNING."),
@@ -630,6 +680,16 @@ def status_schema() -> Schema:
             "rayServiceName": _s("Name of the RayService the operator owns."),
             "endpoint": _s("OpenAI base URL inside the cluster."),
             "applicationStatus": _s("Ray Serve application status as KubeRay reports it."),
+            "queue": _o(
+                "Kueue's view of the deployment (only with scheduling.queueName).",
+                {
+                    "state": _s("Queued, Admitted, Preempted, Evicted or Deactivated."),
+                    "localQueue": _s("The LocalQueue the deployment is queued in."),
+                    "clusterQueue": _s("The ClusterQueue behind it (admitting it, once admitted)."),
+                    "workload": _s("Name of the Kueue Workload of the RayService."),
+                    "message": _s("Kueue's last word on the workload."),
+                },
+            ),
             "plan": plan,
         },
     )
@@ -688,6 +748,17 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+                        {
+                            "name": "Queue",
+                            "type": "string",
+                            "jsonPath": ".spec.scheduling.queueName",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Admission",
+                            "type": "string",
+                            "jsonPath": ".status.queue.state",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -20,12 +20,15 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from k2think_operator.queueing import JOB_UID_LABEL
 from k2think_operator.render.meta import FIELD_MANAGER
 from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
 
 
@@ -203,6 +206,65 @@ class Kube:
         except _NETWORK_ERRORS as error:
             raise _unreachable(error, "RayService") from error
         return dict(result)
+
+    # --- Kueue (read its Workloads and LocalQueues; (de)activate our own Workload) -----------
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        """Kueue Workloads of one RayService (by Kueue's job-uid label); None: no Kueue API."""
+        kind = "Kueue Workload list"
+        self._check_open(kind)
+        try:
+            found = await self._custom.list_namespaced_custom_object(
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                "workloads",
+                label_selector=f"{JOB_UID_LABEL}={job_uid}",
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _classify(error, kind) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, kind) from error
+        return [dict(item) for item in found.get("items", [])]
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        """The ClusterQueue a LocalQueue points at (None when it or Kueue's API is absent)."""
+        kind = "Kueue LocalQueue"
+        self._check_open(kind)
+        try:
+            found = await self._custom.get_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "localqueues", name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _classify(error, kind) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, kind) from error
+        target = (found.get("spec") or {}).get("clusterQueue")
+        return str(target) if target else None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's way to stop and restart a workload: ``spec.active`` (merge patch)."""
+        kind = "Kueue Workload"
+        self._check_open(kind)
+        try:
+            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                "workloads",
+                name,
+                {"spec": {"active": active}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_CONTENT_TYPE,
+            )
+        except ApiException as error:
+            raise _classify(error, kind) from error
+        except _NETWORK_ERRORS as error:
+            raise _unreachable(error, kind) from error
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k2think_operator import metrics
+from k2think_operator.config import current_config
 from k2think_operator.kube import (
     ApplyRejected,
     Kube,
@@ -26,6 +27,14 @@ from k2think_operator.kube import (
     emit_event,
 )
 from k2think_operator.planner import Plan, PlanError, plan_deployment
+from k2think_operator.queueing import (
+    KUEUE_MISSING,
+    QueueView,
+    queue_events,
+    read_queue,
+    view_from_status,
+    workload_activation,
+)
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, COMPONENT_LABEL, POOL_LABEL
 from k2think_operator.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
@@ -198,6 +207,7 @@ def observe(
     apply_error_reason: str,
     *,
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
+    queue: QueueView | None = None,
 ) -> Observation:
     """Gather everything status is computed from, once."""
     spec = decision.spec
@@ -215,6 +225,7 @@ def observe(
         namespace=decision.namespace,
         now=time.time(),
         unschedulable_grace=unschedulable_grace,
+        queue=queue if spec is not None and spec.queued else None,
     )
 
 
@@ -232,6 +243,9 @@ class Reconciler:
         self._rechecks: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
         self._announced: dict[tuple[str, str], dict[str, str]] = {}
+        #: Kueue's last view per queued deployment (pod events refresh status without API reads).
+        self._queues: dict[tuple[str, str], QueueView] = {}
+        self._queue_rechecks: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -242,9 +256,11 @@ class Reconciler:
         self._pods.pop(key, None)
         self._bodies.pop(key, None)
         self._announced.pop(key, None)
-        handle = self._rechecks.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        self._queues.pop(key, None)
+        for timers in (self._rechecks, self._queue_rechecks):
+            handle = timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
 
     def _unannounced(
         self, decision: Decision, events: list[tuple[bool, str, str]]
@@ -355,6 +371,12 @@ class Reconciler:
                 verb = "Updated" if existed else "Created"
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
+        if retry is None and decision.spec is not None and decision.spec.queued:
+            queue_retry = await self._observe_queue(decision, live)
+            retry = retry or queue_retry
+            view = self._queues.get((decision.namespace, decision.name))
+            if view is not None:
+                events += queue_events(current_status.get("queue"), view)
         status = self._desired_status(decision, body, live, pods, apply_error, apply_reason)
         wrote = await self._write_status(decision, current_status, status)
         events = self._unannounced(decision, events)
@@ -386,6 +408,64 @@ class Reconciler:
                 error = None
             status = self._desired_status(decision, body, rayservice, seen, error, reason)
             return await self._write_status(decision, current_status, status)
+
+    async def _observe_queue(
+        self, decision: Decision, live: Mapping[str, Any] | None
+    ) -> str | None:
+        """Read Kueue's Workload(s) of the RayService; (de)activate them for spec.suspend.
+
+        Returns a retry reason when the API failed (the last view is kept meanwhile).
+        """
+        spec = decision.spec
+        assert spec is not None and spec.scheduling.queue_name is not None
+        key = (decision.namespace, decision.name)
+        queue_name = spec.scheduling.queue_name
+        uid = ((live or {}).get("metadata") or {}).get("uid")
+        try:
+            target = await self.kube.local_queue_target(decision.namespace, queue_name)
+            workloads = await self.kube.list_workloads(decision.namespace, uid) if uid else []
+        except KubeError as error:
+            return str(error)
+        if workloads is None:
+            view = QueueView(
+                KUEUE_MISSING,
+                "the kueue.x-k8s.io Workload API is not served: install Kueue, or remove "
+                "spec.scheduling.queueName",
+                queue_name,
+            )
+        else:
+            view = read_queue(queue_name, workloads, target)
+        change = workload_activation(view, spec.suspend)
+        if change is not None:
+            try:
+                await self.kube.set_workload_active(decision.namespace, change[0], change[1])
+            except KubeError as error:
+                return str(error)
+            metrics.API_WRITES.labels("workload").inc()
+        self._queues[key] = view
+        self._schedule_queue_recheck(key, view)
+        return None
+
+    def _schedule_queue_recheck(self, key: tuple[str, str], view: QueueView) -> None:
+        """Look at Kueue again while the deployment waits for it.
+
+        Kueue's verdicts that matter (admission, preemption) also toggle the RayService's
+        suspend, which wakes us; its reasons while queued (quota messages) change only the
+        Workload, which the operator does not watch (so it needs no watch on Kueue's API).
+        """
+        if view.admitted or key in self._queue_rechecks:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._queue_rechecks.pop(key, None)
+            body = self._bodies.get(key)
+            if body is not None:
+                task = loop.create_task(self.reconcile(body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        self._queue_rechecks[key] = loop.call_later(current_config().queue_recheck_seconds, fire)
 
     def _remember(
         self,
@@ -419,6 +499,8 @@ class Reconciler:
             apply_error,
             apply_error_reason,
             unschedulable_grace=self.unschedulable_grace,
+            queue=self._queues.get((decision.namespace, decision.name))
+            or view_from_status((body.get("status") or {}).get("queue")),
         )
         self._schedule_recheck(observation)
         current = body.get("status") or {}
