@@ -84,7 +84,13 @@ system-deps:
 
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
-	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench
+	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench \
+		--ignore=e2e/test_fleet.py
+
+## test-fleet: Kueue quotas/queueing/borrowing/preemption and GPU bin-packing on their own campus
+.PHONY: test-fleet
+test-fleet: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_fleet.py
 
 ## demo: the README's main job: a simulated GPU campus serving K2-Think through the operator
 demo: venv binaries
@@ -94,6 +100,7 @@ demo: venv binaries
 test: venv system-deps binaries
 	$(MAKE) lint typecheck unit
 	$(MAKE) e2e
+	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
 
 # ---------------------------------------------------------------- chart, raw manifests, install e2e

@@ -238,6 +238,24 @@ CASES: list[tuple[str, list[dict[str, Any]], str, str]] = [
         QUEUED,
         "insufficient quota for the new slice",
     ),
+    (
+        "a scale-up slice waits while the admitted one keeps serving",
+        [
+            workload(
+                cond("Admitted", True, "Admitted", "The workload is admitted"),
+                name="old",
+                created="2026-12-01T10:00:00Z",
+                cq="tenant-a",
+            ),
+            workload(
+                cond("QuotaReserved", False, "Pending", "insufficient unused quota"),
+                name="new",
+                created="2026-12-01T10:05:00Z",
+            ),
+        ],
+        ADMITTED,
+        "a scale-up slice (new) waits: insufficient unused quota",
+    ),
 ]
 
 

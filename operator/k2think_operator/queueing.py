@@ -102,6 +102,17 @@ def current_workload(workloads: Sequence[Mapping[str, Any]]) -> Mapping[str, Any
     )
 
 
+def _admitted_slice(workloads: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    admitted = [
+        w
+        for w in workloads
+        if not _finished(w)
+        and _true(_conditions(w).get(ADMITTED))
+        and not _true(_conditions(w).get("Evicted"))
+    ]
+    return current_workload(admitted)
+
+
 def read_queue(
     queue_name: str,
     workloads: Sequence[Mapping[str, Any]],
@@ -112,6 +123,20 @@ def read_queue(
     ``cluster_queue``: the LocalQueue's ClusterQueue, when known (used until admission names it).
     """
     workload = current_workload(workloads)
+    running = _admitted_slice(workloads)
+    if running is not None and workload is not None and running is not workload:
+        # Elastic scale-up: the old slice keeps the deployment admitted while the new one waits.
+        view = read_queue(queue_name, [running], cluster_queue)
+        waiting = read_queue(queue_name, [workload], cluster_queue)
+        if view.admitted and not waiting.admitted:
+            return QueueView(
+                view.state,
+                f"{view.message}; a scale-up slice ({waiting.workload}) waits: {waiting.message}",
+                view.local_queue,
+                view.cluster_queue,
+                view.workload,
+                view.active,
+            )
     if workload is None:
         return QueueView(
             QUEUED,
