@@ -126,16 +126,17 @@ def read_queue(
     running = _admitted_slice(workloads)
     if running is not None and workload is not None and running is not workload:
         # Elastic scale-up: the old slice keeps the deployment admitted while the new one waits.
-        view = read_queue(queue_name, [running], cluster_queue)
+        serving = read_queue(queue_name, [running], cluster_queue)
         waiting = read_queue(queue_name, [workload], cluster_queue)
-        if view.admitted and not waiting.admitted:
+        if serving.admitted and not waiting.admitted:
             return QueueView(
-                view.state,
-                f"{view.message}; a scale-up slice ({waiting.workload}) waits: {waiting.message}",
-                view.local_queue,
-                view.cluster_queue,
-                view.workload,
-                view.active,
+                serving.state,
+                f"{serving.message}; a scale-up slice ({waiting.workload}) waits: "
+                f"{waiting.message}",
+                serving.local_queue,
+                serving.cluster_queue,
+                serving.workload,
+                serving.active,
             )
     if workload is None:
         return QueueView(

@@ -31,6 +31,7 @@ from k2think_operator.queueing import (
     KUEUE_MISSING,
     QueueView,
     queue_events,
+    queue_status,
     read_queue,
     view_from_status,
     workload_activation,
@@ -372,11 +373,9 @@ class Reconciler:
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
         if retry is None and decision.spec is not None and decision.spec.queued:
-            queue_retry = await self._observe_queue(decision, live)
+            queue_retry, queue_news = await self._observe_queue(decision, live, current_status)
             retry = retry or queue_retry
-            view = self._queues.get((decision.namespace, decision.name))
-            if view is not None:
-                events += queue_events(current_status.get("queue"), view)
+            events += queue_news
         status = self._desired_status(decision, body, live, pods, apply_error, apply_reason)
         wrote = await self._write_status(decision, current_status, status)
         events = self._unannounced(decision, events)
@@ -410,11 +409,16 @@ class Reconciler:
             return await self._write_status(decision, current_status, status)
 
     async def _observe_queue(
-        self, decision: Decision, live: Mapping[str, Any] | None
-    ) -> str | None:
+        self,
+        decision: Decision,
+        live: Mapping[str, Any] | None,
+        current_status: Mapping[str, Any],
+    ) -> tuple[str | None, list[tuple[bool, str, str]]]:
         """Read Kueue's Workload(s) of the RayService; (de)activate them for spec.suspend.
 
-        Returns a retry reason when the API failed (the last view is kept meanwhile).
+        Returns a retry reason when the API failed (the last view is kept meanwhile) and the
+        Events Kueue's verdict is worth (compared with the last view this process saw: the
+        body's status may predate our own last write).
         """
         spec = decision.spec
         assert spec is not None and spec.scheduling.queue_name is not None
@@ -425,7 +429,7 @@ class Reconciler:
             target = await self.kube.local_queue_target(decision.namespace, queue_name)
             workloads = await self.kube.list_workloads(decision.namespace, uid) if uid else []
         except KubeError as error:
-            return str(error)
+            return str(error), []
         if workloads is None:
             view = QueueView(
                 KUEUE_MISSING,
@@ -440,11 +444,13 @@ class Reconciler:
             try:
                 await self.kube.set_workload_active(decision.namespace, change[0], change[1])
             except KubeError as error:
-                return str(error)
+                return str(error), []
             metrics.API_WRITES.labels("workload").inc()
+        before = self._queues.get(key)
+        previous = queue_status(before) if before else current_status.get("queue")
         self._queues[key] = view
         self._schedule_queue_recheck(key, view)
-        return None
+        return None, queue_events(previous, view)
 
     def _schedule_queue_recheck(self, key: tuple[str, str], view: QueueView) -> None:
         """Look at Kueue again while the deployment waits for it.
