@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 KUEUE_NAMESPACE = "kueue-system"
 PROCESS = "kueue"
 FRAMEWORKS = ("ray.io/rayservice",)
-FEATURE_GATES: dict[str, bool] = {"ElasticJobsViaWorkloadSlices": True}
+#: VisibilityOnDemand (beta, on by default) serves an aggregated API with a certificate it reads
+#: from the fixed path /visibility (pkg/visibility/server.go, certDir) and exits without it;
+#: nothing here uses that API.
+FEATURE_GATES: dict[str, bool] = {"ElasticJobsViaWorkloadSlices": True, "VisibilityOnDemand": False}
 #: API groups whose webhooks we install (rules matching only these groups are kept).
 WEBHOOK_GROUPS = frozenset({"kueue.x-k8s.io"})
 WEBHOOK_RAY_RESOURCES = frozenset({"rayservices"})
