@@ -208,6 +208,18 @@ CASES: list[tuple[str, list[dict[str, Any]], str, str]] = [
         "The workload is deactivated",
     ),
     (
+        "reactivated after spec.suspend: waiting again",
+        [
+            workload(
+                cond("QuotaReserved", False, "Pending", "insufficient unused quota"),
+                cond("Evicted", True, "Deactivated", "The workload is deactivated"),
+                active=True,
+            )
+        ],
+        QUEUED,
+        "insufficient unused quota",
+    ),
+    (
         "re-admitted after preemption",
         [
             workload(

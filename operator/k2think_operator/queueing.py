@@ -165,7 +165,10 @@ def read_queue(
     if _true(admitted) and not _true(evicted):
         where = f"ClusterQueue {cq}" if cq else "its ClusterQueue"
         return view(ADMITTED, _message(admitted) or f"admitted by {where}")
-    if _true(evicted) or _true(preempted):
+    # Reactivated (spec.suspend back to false): Kueue keeps "Evicted: Deactivated" until the
+    # next admission, but the workload is simply waiting in its queue again.
+    reactivated = (evicted or {}).get("reason") in (DEACTIVATED, "InactiveWorkload")
+    if (_true(evicted) and not reactivated) or _true(preempted):
         reason = str((evicted or {}).get("reason") or "")
         state = PREEMPTED if _true(preempted) or reason == "Preempted" else EVICTED
         text = _message(preempted) or _message(evicted) or f"evicted by Kueue ({reason})"
