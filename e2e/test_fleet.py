@@ -421,6 +421,47 @@ def test_spec_suspend_gives_the_quota_back_through_kueue(
     admission(campus, "a", ns, "Admitted")
 
 
+def test_scale_up_before_the_first_cluster_serves_is_not_a_new_slice(
+    campus: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    """What Kueue v0.17 does with an autoscaler scale-up of a RayService whose first Ray cluster
+    is not serving yet (always the case on KWOK: no Ray answers KubeRay's Serve probes).
+
+    Kueue sizes an elastic RayService's PodSets from the *active* RayCluster only
+    (``raycluster.UpdatePodSets`` with ``status.activeServiceStatus.rayClusterName``); before
+    KubeRay promotes the first cluster there is none, so the Workload keeps its first size, and
+    the new worker pods carry the admitted slice's annotation, so Kueue ungates them
+    (``workloadslicing.StartWorkloadSlicePods``): they run outside the quota. docs/scheduling.md
+    says so. The slice path after promotion needs a serving Ray cluster (not on this ground).
+    """
+    cq = f"{ns}-cq"
+    apply_doc(campus, cluster_queue(cq, ns, h100_gpus=8))
+    apply_doc(campus, local_queue("team", ns, cq))
+    apply_doc(
+        campus,
+        deployment("auto", ns, queue="team", autoscaling={"minReplicas": 1, "maxReplicas": 3}),
+    )
+    admission(campus, "auto", ns, "Admitted")
+    running_workers(campus, "auto", ns, 1)
+    rs = rayservice(campus, "auto", ns)
+    assert rs is not None
+    assert not (rs.get("status") or {}).get("activeServiceStatus", {}).get("rayClusterName")
+    (raycluster,) = items(campus, "rayclusters.ray.io", ns)
+
+    # The Ray autoscaler scales a group by writing the RayCluster's replicas; do what it does:
+    # 3 replicas x 4 GPUs = 12 GPUs, beyond the ClusterQueue's 8.
+    campus.kubectl(
+        "patch", "rayclusters.ray.io", raycluster["metadata"]["name"], "-n", ns, "--type=json",
+        "-p", '[{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}]',
+    )  # fmt: skip
+    running_workers(campus, "auto", ns, 3)
+    (wl,) = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
+    counts = {ps["name"]: ps["count"] for ps in wl["spec"]["podSets"]}
+    assert counts == {"head": 1, "h100": 1}, counts
+    obj = k2t(campus, "auto", ns)
+    assert condition(obj, "Admitted")["status"] == "True"
+
+
 def test_worked_example_is_admitted_by_tenant_a(
     campus: Cluster, operator: OperatorProcess, ns: str
 ) -> None:
