@@ -12,10 +12,11 @@ from typing import Any, TextIO
 import yaml
 
 from k2think_operator import __version__
+from k2think_operator.apis import K2THINK
 from k2think_operator.config import OperatorConfig
 from k2think_operator.planner import Plan, PlanError, plan_deployment
 from k2think_operator.render import build_children, render_yaml
-from k2think_operator.spec import API_GROUP, KIND, InvalidSpec, SpecError, parse_spec
+from k2think_operator.spec import InvalidSpec, SpecError, parse_spec
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -39,10 +40,11 @@ def load_documents(path: str) -> list[dict[str, Any]]:
     for doc in docs:
         if not isinstance(doc, dict):
             raise InputError(f"{path}: a document is not a mapping")
-        if doc.get("kind") == KIND and str(doc.get("apiVersion", "")).startswith(API_GROUP + "/"):
+        api_version = str(doc.get("apiVersion", ""))
+        if doc.get("kind") == K2THINK.kind and api_version.startswith(K2THINK.group + "/"):
             found.append(doc)
     if not found:
-        raise InputError(f"{path}: no {KIND} ({API_GROUP}) document found")
+        raise InputError(f"{path}: no {K2THINK.kind} ({K2THINK.group}) document found")
     return found
 
 

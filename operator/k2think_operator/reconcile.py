@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k2think_operator import metrics
+from k2think_operator import reasons as r
 from k2think_operator.kube import (
     ApplyRejected,
-    Kube,
+    KubeApi,
     KubeError,
     KubeRayMissing,
     TransientApiError,
@@ -163,15 +164,15 @@ def decision_events(
     """Events worth telling a human: a new plan, a costly cluster switch-over, a bad spec."""
     events: list[tuple[bool, str, str]] = []
     if decision.problems:
-        events.append((True, "InvalidSpec", "; ".join(decision.problems)))
+        events.append((True, r.EVENT_INVALID_SPEC, "; ".join(decision.problems)))
         return events
     plan = decision.plan
     assert plan is not None
     previous = current_status.get("plan") or {}
     if previous.get("explanation") != plan.explanation:
-        events.append((False, "Planned", plan.explanation))
+        events.append((False, r.EVENT_PLANNED, plan.explanation))
     for warning in plan.warnings:
-        events.append((True, "PlanWarning", warning))
+        events.append((True, r.EVENT_PLAN_WARNING, warning))
     if live is not None and decision.children:
         want = (decision.children[0].get("metadata") or {}).get("annotations") or {}
         have = (live.get("metadata") or {}).get("annotations") or {}
@@ -185,7 +186,9 @@ def decision_events(
                 if strategy != "None"
                 else "upgradeStrategy None: the running cluster keeps its old shape"
             )
-            events.append((False, "NewRayCluster", f"the change reshapes the Ray cluster: {cost}"))
+            events.append(
+                (False, r.EVENT_NEW_RAY_CLUSTER, f"the change reshapes the Ray cluster: {cost}")
+            )
     return events
 
 
@@ -222,7 +225,7 @@ class Reconciler:
     """Holds the API facade and per-object locks; everything else is passed in."""
 
     def __init__(
-        self, kube: Kube, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+        self, kube: KubeApi, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
     ) -> None:
         self.kube = kube
         self.unschedulable_grace = unschedulable_grace
@@ -258,7 +261,7 @@ class Reconciler:
         fresh: list[tuple[bool, str, str]] = []
         for event in events:
             _, reason, message = event
-            if reason in ("Planned", "PlanWarning", "InvalidSpec"):
+            if reason in r.ANNOUNCED_ONCE:
                 if last.get(reason) == message:
                     continue
                 last[reason] = message
@@ -319,14 +322,14 @@ class Reconciler:
     ) -> Outcome:
         current_status = dict(body.get("status") or {})
         apply_error: str | None = None
-        apply_reason = "ApplyFailed"
+        apply_reason = ""
         retry: str | None = None
         applied = False
         live: dict[str, Any] | None = None
         try:
             live = await self.kube.get_rayservice(decision.namespace, decision.name)
         except KubeRayMissing as error:
-            apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
+            apply_error, apply_reason, retry = str(error), r.KUBERAY_MISSING, str(error)
         except TransientApiError as error:
             # We learned nothing about the child: leave status as it is rather than report a
             # serving deployment as "RayService not found" because one GET failed.
@@ -345,14 +348,14 @@ class Reconciler:
                     applied = True
                     metrics.API_WRITES.labels("apply").inc()
                 except KubeRayMissing as error:
-                    apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
+                    apply_error, apply_reason, retry = str(error), r.KUBERAY_MISSING, str(error)
                 except ApplyRejected as error:
-                    apply_error, apply_reason = str(error), "ApplyRejected"
+                    apply_error, apply_reason = str(error), r.APPLY_REJECTED
                     retry = str(error)
                 except TransientApiError as error:
                     retry = str(error)
             if applied:
-                verb = "Updated" if existed else "Created"
+                verb = r.EVENT_UPDATED if existed else r.EVENT_CREATED
                 events.append((False, verb, f"applied RayService {decision.name}"))
 
         status = self._desired_status(decision, body, live, pods, apply_error, apply_reason)
@@ -445,9 +448,9 @@ def _previous_apply_error(status: Mapping[str, Any]) -> tuple[str | None, str]:
     """Keep a still-standing apply failure visible when only children changed."""
     for cond in status.get("conditions") or []:
         if (
-            cond.get("type") == "Degraded"
+            cond.get("type") == r.DEGRADED
             and cond.get("status") == "True"
-            and cond.get("reason") in ("KubeRayMissing", "ApplyRejected", "ApplyFailed")
+            and cond.get("reason") in r.APPLY_FAILURES
         ):
             return str(cond.get("message")), str(cond.get("reason"))
-    return None, "ApplyFailed"
+    return None, ""
