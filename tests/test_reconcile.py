@@ -12,8 +12,16 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.kube import KubeApi, KubeRayMissing, TransientApiError
-from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
+from k2think_operator.kube import ApplyRejected, KubeApi, KubeRayMissing, TransientApiError
+from k2think_operator.reconcile import (
+    ApplyFailure,
+    Reconciler,
+    apply_children,
+    decide,
+    is_subset,
+    needs_apply,
+    previous_apply_failure,
+)
 from tests.conftest import minimal_doc
 
 
@@ -169,3 +177,28 @@ def test_needs_apply_checks_owner_references() -> None:
     live["metadata"]["ownerReferences"] = []
     assert needs_apply(child, live)
     assert needs_apply(child, None)
+
+
+class RejectingKube(RecordingKube):
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        raise ApplyRejected("the API server refused the RayService: denied by policy")
+
+
+async def test_apply_step_reports_a_rejection_as_a_typed_failure() -> None:
+    result = await apply_children(RejectingKube(), decide(minimal_doc()), None)
+    assert not result.applied and result.live is None
+    assert result.failure == ApplyFailure(
+        "ApplyRejected", "the API server refused the RayService: denied by policy"
+    )
+    assert result.retry == result.failure.message
+
+
+async def test_status_step_keeps_a_standing_apply_failure_while_the_child_is_absent() -> None:
+    kube = RejectingKube()
+    reconciler = Reconciler(kube)
+    doc = with_status(minimal_doc(), {})
+    outcome = await reconciler.reconcile(doc)
+    failure = previous_apply_failure(outcome.status)
+    assert failure is not None and failure.reason == "ApplyRejected"
+    # Recomputed without an apply, the status still says Degraded/ApplyRejected: nothing to write.
+    assert await reconciler.refresh_status(with_status(doc, outcome.status), None, ()) is False
