@@ -80,3 +80,41 @@ def test_kuberay_binds_loopback_and_passes_extra_args_last() -> None:
     assert "watch-namespace" not in flags(
         commands.build_kuberay_argv(BIN, metrics_port=1, probe_port=2)
     )
+
+
+def test_operator_runs_from_this_interpreter_on_loopback_ports() -> None:
+    from harness.operator_process import build_operator_argv
+
+    argv = build_operator_argv(["--namespace=a"], health_port=1, metrics_port=2, python="/py")
+    assert argv[:5] == ["/py", "-m", "k2think_operator.cli", "run", "--namespace=a"]
+    f = flags(argv)
+    assert f["health-host"] == "127.0.0.1" and f["health-port"] == "1" and f["metrics-port"] == "2"
+
+
+def test_free_ports_are_distinct() -> None:
+    from harness.processes import free_port, free_ports
+
+    ports = free_ports(5)
+    assert len(set(ports)) == 5 and all(p > 0 for p in ports) and free_port() > 0
+
+
+def test_wait_for_is_bounded_and_reports_the_last_error() -> None:
+    import pytest
+
+    from harness.polling import WaitTimeoutError, wait_for
+
+    values = iter([None, False, 0, "done"])
+    assert wait_for("x", lambda: next(values), timeout=5, interval=0.01) == 0
+    truthy = iter([0, [], "done"])
+    assert wait_for("y", lambda: next(truthy), timeout=5, interval=0.01, done=bool) == "done"
+
+    def failing() -> None:
+        raise ConnectionError("refused")
+
+    with pytest.raises(WaitTimeoutError, match=r"waiting for z \(last error: refused\)"):
+        wait_for("z", failing, timeout=0.05, interval=0.01)
+    with pytest.raises(KeyError):  # not in retry_on: propagates at once
+        wait_for("k", lambda: {}["k"], timeout=5, retry_on=(ConnectionError,))
+    assert issubclass(WaitTimeoutError, AssertionError) and issubclass(
+        WaitTimeoutError, TimeoutError
+    )

@@ -445,18 +445,16 @@ class Cluster:
                     )
             return probe()
 
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return wait_for(what, checked, timeout=max(0.1, deadline - time.monotonic()))
-            except HarnessError:
-                raise
-            except TimeoutError as exc:
-                # the last probe error may hide a dead process: report that instead
-                for n in names:
-                    if not self.procs[n].alive():
-                        checked()
-                raise HarnessError(str(exc)) from exc
+        try:
+            return wait_for(what, checked, timeout=timeout)
+        except HarnessError:
+            raise
+        except TimeoutError as exc:
+            # the last probe error may hide a dead process: report that instead
+            for n in names:
+                if not self.procs[n].alive():
+                    checked()
+            raise HarnessError(str(exc)) from exc
 
     def _boot(self, timeout: float) -> None:
         assert self.state_dir is not None
