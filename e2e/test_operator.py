@@ -66,6 +66,12 @@ def rayservice(cluster: Cluster, name: str, ns: str) -> dict[str, Any] | None:
     return get(cluster, "rayservices.ray.io", name, ns)
 
 
+def rayservice_serving(cluster: Cluster, name: str, ns: str, text: str) -> dict[str, Any] | None:
+    """The RayService once its serveConfigV2 contains ``text``."""
+    rs = rayservice(cluster, name, ns)
+    return rs if rs is not None and text in rs["spec"]["serveConfigV2"] else None
+
+
 def k2t(cluster: Cluster, name: str, ns: str) -> dict[str, Any] | None:
     return get(cluster, "k2thinkdeployments.k2think.dev", name, ns)
 
@@ -254,11 +260,7 @@ def test_bounds_change_serve_config_in_place_tp_change_reshapes(
     wait_observed(cluster, "k2think", ns, 2)
     after = eventually(
         "serveConfigV2 with the new bounds",
-        lambda: (
-            (r := rayservice(cluster, "k2think", ns))
-            and "max_replicas: 16" in r["spec"]["serveConfigV2"]
-            and r
-        ),
+        lambda: rayservice_serving(cluster, "k2think", ns, "max_replicas: 16"),
     )
     assert "target_ongoing_requests: 9" in after["spec"]["serveConfigV2"]
     annotations = after["metadata"]["annotations"]
@@ -268,7 +270,7 @@ def test_bounds_change_serve_config_in_place_tp_change_reshapes(
     )
 
     def without_replicas(spec: dict[str, Any]) -> dict[str, Any]:
-        cluster_config = copy.deepcopy(spec["rayClusterConfig"])
+        cluster_config: dict[str, Any] = copy.deepcopy(spec["rayClusterConfig"])
         for group in cluster_config["workerGroupSpecs"]:
             for key in ("replicas", "minReplicas", "maxReplicas"):
                 group.pop(key, None)
@@ -308,11 +310,7 @@ def test_kubectl_scale_drives_a_fixed_count_in_place(
     cluster.kubectl("scale", "k2t/k2think-v2", "-n", ns, "--replicas=3")
     after = eventually(
         "num_replicas 3 in serveConfigV2",
-        lambda: (
-            (r := rayservice(cluster, "k2think-v2", ns))
-            and "num_replicas: 3" in r["spec"]["serveConfigV2"]
-            and r
-        ),
+        lambda: rayservice_serving(cluster, "k2think-v2", ns, "num_replicas: 3"),
     )
     assert (
         after["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]

@@ -114,7 +114,8 @@ def test_wait_for_is_bounded_and_reports_the_last_error() -> None:
     with pytest.raises(WaitTimeoutError, match=r"waiting for z \(last error: refused\)"):
         wait_for("z", failing, timeout=0.05, interval=0.01)
     with pytest.raises(KeyError):  # not in retry_on: propagates at once
-        wait_for("k", lambda: {}["k"], timeout=5, retry_on=(ConnectionError,))
+        empty: dict[str, int] = {}
+        wait_for("k", lambda: empty["k"], timeout=5, retry_on=(ConnectionError,))
     assert issubclass(WaitTimeoutError, AssertionError) and issubclass(
         WaitTimeoutError, TimeoutError
     )

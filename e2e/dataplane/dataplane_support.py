@@ -218,7 +218,7 @@ class RayHead:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"ray start exited {self.proc.returncode}: {self.log_tail()}")
-            return httpx.get(self.dashboard_url + SERVE_API, timeout=5).status_code == 200
+            return bool(httpx.get(self.dashboard_url + SERVE_API, timeout=5).status_code == 200)
 
         poll(ready, timeout=timeout, interval=1.0, what="the Ray dashboard's Serve API")
 

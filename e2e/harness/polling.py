@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ def wait_for(
         try:
             last = probe()
             if done(last):
-                return last  # type: ignore[return-value]
+                return cast(T, last)
         except retry_on as exc:
             last_error = exc
         if time.monotonic() >= deadline:
