@@ -24,6 +24,7 @@ from k2think_operator.planner import plan_deployment
 from k2think_operator.reconcile import is_subset
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
+from k2think_operator.schema_check import schema_errors
 from k2think_operator.spec import parse_spec
 from support import (
     ROOT,
@@ -355,6 +356,39 @@ def test_api_server_refuses_schema_and_cel_violations(
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
     assert k2t(cluster, "k2think", ns) is None
+
+
+def test_api_server_agrees_with_offline_cel_on_every_rule(cluster: Cluster, ns: str) -> None:
+    """Each case of the offline CEL table (tests/test_cel_rules.py), sent to the real API server
+    as a server-side dry run: the same verdict, the same field path, the same message."""
+    from tests.conftest import minimal_doc
+    from tests.test_cel_rules import ACCEPTED, VIOLATIONS
+
+    def dry_run(change: dict[str, Any]) -> Any:
+        doc = minimal_doc(**change)
+        doc["metadata"] = {"name": "cel-probe", "namespace": ns}
+        return cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=e2e-user",
+            "-f",
+            "-",
+            input=json.dumps(doc),
+            check=False,
+        )
+
+    for change, path, _ in VIOLATIONS:
+        proc = dry_run(change)
+        offline = schema_errors(minimal_doc(**change))
+        assert proc.returncode != 0, (change, proc.stdout)
+        assert len(offline) == 1 and offline[0].field == path, offline
+        assert f"{path}: Invalid value" in proc.stderr, proc.stderr
+        assert offline[0].message in proc.stderr, (offline[0].message, proc.stderr)
+    for change in ACCEPTED:
+        proc = dry_run(change)
+        assert proc.returncode == 0, (change, proc.stderr)
+        assert schema_errors(minimal_doc(**change)) == []
 
 
 @pytest.mark.parametrize(
