@@ -61,6 +61,7 @@ __all__ = [
     "is_subset",
     "needs_apply",
     "observe",
+    "previous_apply_failure",
     "summarize_pod",
     "write_status",
 ]
