@@ -256,11 +256,17 @@ def event_reasons(campus: Cluster, name: str, ns: str) -> list[str]:
 
 
 def has_event(campus: Cluster, name: str, ns: str, reason: str) -> list[str]:
-    return eventually(
-        f"Event {reason} on {ns}/{name}",
-        lambda: (r := event_reasons(campus, name, ns)) and reason in r and r,
-        timeout=60,
-    )
+    def probe() -> list[str] | None:
+        found = event_reasons(campus, name, ns)
+        return found if reason in found else None
+
+    return eventually(f"Event {reason} on {ns}/{name}", probe, timeout=60)
+
+
+def cond(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    found = condition(obj, kind)
+    assert found is not None, f"no {kind} condition in {json.dumps((obj or {}).get('status'))}"
+    return found
 
 
 def delete_k2t(campus: Cluster, name: str, ns: str) -> None:
@@ -279,7 +285,7 @@ def test_beyond_quota_waits_queued_until_the_first_is_deleted(
 
     apply_doc(campus, deployment("first", ns, queue="team", replicas=2))  # 8 GPUs: the quota
     first = admission(campus, "first", ns, "Admitted")
-    assert condition(first, "Admitted")["status"] == "True"
+    assert cond(first, "Admitted")["status"] == "True"
     assert first["status"]["queue"]["clusterQueue"] == cq
     rs = rayservice(campus, "first", ns)
     assert rs is not None
@@ -299,11 +305,11 @@ def test_beyond_quota_waits_queued_until_the_first_is_deleted(
 
     apply_doc(campus, deployment("second", ns, queue="team", replicas=1))  # 4 more: over quota
     second = admission(campus, "second", ns, "Queued")
-    cond = condition(second, "Admitted")
-    assert cond["status"] == "False"
-    assert "quota" in cond["message"] and cq in cond["message"], cond
+    admitted = cond(second, "Admitted")
+    assert admitted["status"] == "False"
+    assert "quota" in admitted["message"] and cq in admitted["message"], admitted
     assert second["status"]["phase"] == "Queued"
-    assert condition(second, "Degraded")["status"] == "False"  # waiting for quota is not failing
+    assert cond(second, "Degraded")["status"] == "False"  # waiting for quota is not failing
     assert suspended_by_kueue(campus, "second", ns) is True
     assert worker_pods(campus, "second", ns) == []
     has_event(campus, "second", ns, "Queued")
@@ -355,7 +361,7 @@ def test_borrowing_from_the_cohort_and_reclaim(
     loser = eventually("one of A's deployments reports Preempted", preempted_one, timeout=WAIT)
     obj = k2t(campus, loser, ns)
     assert obj is not None and obj["status"]["phase"] == "Preempted"
-    assert condition(obj, "Degraded")["status"] == "False"
+    assert cond(obj, "Degraded")["status"] == "False"
     eventually(f"{loser} suspended", lambda: suspended_by_kueue(campus, loser, ns) is True)
     has_event(campus, loser, ns, "Preempted")
 
@@ -381,10 +387,10 @@ def test_high_priority_preempts_low_priority_which_comes_back(
     apply_doc(campus, deployment("prod", ns, queue="team", priority="production", replicas=2))
     admission(campus, "prod", ns, "Admitted")
     low = admission(campus, "eval", ns, "Preempted")
-    cond = condition(low, "Admitted")
-    assert cond["status"] == "False" and "queued again" in cond["message"], cond
+    admitted = cond(low, "Admitted")
+    assert admitted["status"] == "False" and "queued again" in admitted["message"], admitted
     assert low["status"]["phase"] == "Preempted"
-    assert condition(low, "Ready")["reason"] == "Preempted"
+    assert cond(low, "Ready")["reason"] == "Preempted"
     eventually("eval suspended as a whole", lambda: suspended_by_kueue(campus, "eval", ns))
     eventually("eval's workers are gone", lambda: worker_pods(campus, "eval", ns) == [])
     running_workers(campus, "prod", ns, 2)
@@ -459,7 +465,7 @@ def test_scale_up_before_the_first_cluster_serves_is_not_a_new_slice(
     counts = {ps["name"]: ps["count"] for ps in wl["spec"]["podSets"]}
     assert counts == {"head": 1, "h100": 1}, counts
     obj = k2t(campus, "auto", ns)
-    assert condition(obj, "Admitted")["status"] == "True"
+    assert cond(obj, "Admitted")["status"] == "True"
 
 
 def test_worked_example_is_admitted_by_tenant_a(

@@ -39,7 +39,7 @@ def test_kueue_configuration_is_local_and_enables_rayservice_elastic_jobs() -> N
 
 
 def test_webhooks_point_at_loopback_and_skip_other_kinds() -> None:
-    docs = [
+    docs: list[dict[str, Any]] = [
         {
             "kind": "MutatingWebhookConfiguration",
             "webhooks": [

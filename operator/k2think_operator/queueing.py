@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from k2think_operator import reasons as r
+
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 ELASTIC_ANNOTATION = "kueue.x-k8s.io/elastic-job"
@@ -32,13 +34,13 @@ ELASTIC_GATE = "kueue.x-k8s.io/elastic-job"
 #: Kueue labels each Workload with the UID of the job it was made for (constants.JobUIDLabel).
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
-ADMITTED = "Admitted"
-# Reasons of our Admitted condition (and values of status.queue.state).
-QUEUED = "Queued"
-PREEMPTED = "Preempted"
-EVICTED = "Evicted"
-DEACTIVATED = "Deactivated"
-KUEUE_MISSING = "KueueMissing"
+# Our Admitted condition and its reasons (= values of status.queue.state) live in reasons.py.
+ADMITTED = r.ADMITTED
+QUEUED = r.QUEUED
+PREEMPTED = r.PREEMPTED
+EVICTED = r.EVICTED
+DEACTIVATED = r.DEACTIVATED
+KUEUE_MISSING = r.KUEUE_MISSING
 
 
 def kueue_labels(queue_name: str | None, priority_class: str | None) -> dict[str, str]:
@@ -229,7 +231,7 @@ def queue_events(
         return []
     warning = view.state in (PREEMPTED, EVICTED)
     if view.state == ADMITTED:
-        verb = "Resumed" if before in (PREEMPTED, EVICTED, DEACTIVATED) else ADMITTED
+        verb = r.EVENT_RESUMED if before in (PREEMPTED, EVICTED, DEACTIVATED) else ADMITTED
         where = f" by ClusterQueue {view.cluster_queue}" if view.cluster_queue else ""
         return [(False, verb, f"Kueue admitted the RayService{where}")]
     return [(warning, view.state, view.message)]
