@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -24,11 +26,12 @@ from k2think_operator.queueing import (
     view_from_status,
     workload_activation,
 )
-from k2think_operator.reconcile import decide, is_subset, needs_apply
+from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
 from k2think_operator.render import build_children
 from k2think_operator.spec import InvalidSpec, parse_spec
 from k2think_operator.status import Observation, build_status
 from tests.conftest import minimal_doc
+from tests.test_reconcile import RecordingKube
 
 QUEUED_DOC = minimal_doc(
     scheduling={"queueName": "tenant-a", "priorityClassName": "production"},
@@ -361,3 +364,65 @@ def test_unqueued_status_has_no_admitted_condition() -> None:
     status = build_status(obs, None, "2026-12-01T10:00:00Z")
     assert "Admitted" not in {c["type"] for c in status["conditions"]}
     assert "queue" not in status
+
+
+# --- the reconcile sequence with Kueue (an in-memory API) ----------------------------------------
+
+
+class KueueKube(RecordingKube):
+    """RecordingKube plus Kueue's Workloads and LocalQueues."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workloads: list[dict[str, Any]] = []
+        self.activations: list[tuple[str, bool]] = []
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        stored = await super().apply(obj)
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self.objects[key]["metadata"]["uid"] = "rs-uid"
+        return {**stored, "metadata": {**stored["metadata"], "uid": "rs-uid"}}
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        assert job_uid == "rs-uid"
+        return copy.deepcopy(self.workloads)
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        return "tenant-a-cq"
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        self.activations.append((name, active))
+
+
+async def test_reconcile_reports_kueue_and_deactivates_on_suspend() -> None:
+    kube = KueueKube()
+    reconciler = Reconciler(kube)
+    doc = copy.deepcopy(QUEUED_DOC)
+    doc["metadata"]["generation"] = 1
+    try:
+        queued = await reconciler.reconcile(doc)
+        assert queued.applied and "suspend" not in kube.applies[0]["spec"]["rayClusterConfig"]
+        assert queued.status["phase"] == "Queued"
+        assert queued.status["queue"]["clusterQueue"] == "tenant-a-cq"
+        assert ("Queued" in [e[1] for e in queued.events]) and not queued.retry_reason
+
+        kube.workloads = [
+            workload(
+                cond("Admitted", True, "Admitted", "The workload is admitted"), cq="tenant-a-cq"
+            )
+        ]
+        doc["status"] = queued.status
+        admitted = await reconciler.reconcile(doc)
+        assert not admitted.applied  # Kueue's side of the RayService is not drift
+        assert {c["type"]: c["status"] for c in admitted.status["conditions"]}["Admitted"] == "True"
+        assert [e[1] for e in admitted.events] == ["Admitted"]
+
+        doc = copy.deepcopy(doc)
+        doc["spec"]["suspend"] = True
+        doc["metadata"]["generation"] = 2
+        doc["status"] = admitted.status
+        await reconciler.reconcile(doc)
+        assert kube.activations == [("rayservice-demo-1a2b3", False)]
+        assert "suspend" not in kube.applies[-1]["spec"]["rayClusterConfig"]
+    finally:
+        reconciler.forget("team-a", "demo")
