@@ -484,6 +484,8 @@ def test_worked_example_is_admitted_by_tenant_a(
     (wl,) = workloads
     assert wl["spec"]["priorityClassRef"]["name"] == "production", wl["spec"]
     assert [ps["name"] for ps in wl["spec"]["podSets"]] == ["head", "h100"]
+    explained = campus.kubectl("explain", "k2t.spec.scheduling.queueName").stdout
+    assert "Kueue LocalQueue" in explained, explained
 
 
 def test_more_than_seven_pools_is_refused_before_kueue_sees_it(
