@@ -87,7 +87,7 @@ def test_auth_off_renders_no_auth_and_warns() -> None:
     items = children(doc)
     assert "authOptions" not in cluster(items)
     assert of_kind(items, "Secret") == []
-    outcome = asyncio.run(Reconciler(RecordingKube()).reconcile(doc))  # type: ignore[arg-type]
+    outcome = asyncio.run(Reconciler(RecordingKube()).reconcile(doc))
     warnings = [e for e in outcome.events if e[0] and e[1] == "RayAuthDisabled"]
     assert len(warnings) == 1
 
@@ -257,7 +257,7 @@ def test_supporting_objects_come_first_in_apply_order() -> None:
 
 async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     doc = with_status(minimal_doc(serving={"apiKeysSecret": "k"}), {})
     first = await reconciler.reconcile(doc)
     assert first.applied
@@ -283,7 +283,7 @@ async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> N
 async def test_a_refused_supporting_object_holds_the_rayservice_back() -> None:
     kube = RecordingKube()
     kube.refuse_supporting = "secrets is forbidden"
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     outcome = await reconciler.reconcile(with_status(minimal_doc(), {}))
     assert not outcome.applied and kube.applies == []
     assert outcome.retry_reason

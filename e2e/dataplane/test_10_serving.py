@@ -7,7 +7,7 @@ the SSE framing of a stream and the status codes of malformed requests.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -74,8 +74,10 @@ def test_rendered_args_pass_rays_own_llm_serving_args(
     monkeypatch.syspath_prepend(str(INGRESS_MODULE_DIR))
     config = yaml.safe_load(served_app.serve_config_v2)
     parsed = LLMServingArgs.model_validate(config["applications"][0]["args"])
-    assert [c.model_id for c in parsed.llm_configs] == [served_app.served_name]
-    assert parsed.ingress_cls_config.ingress_cls.__name__ == "ApiKeyOpenAiIngress"
+    # llm_configs is typed str | dict | LLMConfig; validation made each an LLMConfig.
+    assert [cast(Any, c).model_id for c in parsed.llm_configs] == [served_app.served_name]
+    ingress = cast(Any, parsed.ingress_cls_config).ingress_cls  # validated into the class
+    assert ingress.__name__ == "ApiKeyOpenAiIngress"
 
 
 def test_models_lists_the_served_name(served_app: ServedApp) -> None:

@@ -9,19 +9,28 @@ worth hammering) and ``TransientApiError`` (everything worth retrying).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, cast
 
 import aiohttp
 import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from k2think_operator.apis import (
+    APPLIED,
+    K2THINK,
+    KUEUE_LOCALQUEUE,
+    KUEUE_WORKLOAD,
+    RAYSERVICE,
+    Api,
+)
+from k2think_operator.queueing import JOB_UID_LABEL
 from k2think_operator.render.meta import FIELD_MANAGER
-from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +54,6 @@ class TransientApiError(KubeError):
     """Conflicts, timeouts, 5xx: try again later."""
 
 
-_PLURALS = {("ray.io", "RayService"): "rayservices"}
-
-
-def _split_api_version(api_version: str) -> tuple[str, str]:
-    group, _, version = api_version.rpartition("/")
-    return group, version
-
-
 def _message(error: ApiException) -> str:
     raw = error.body
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
@@ -63,35 +64,60 @@ def _message(error: ApiException) -> str:
     return str(parsed.get("message") or error.reason) if isinstance(parsed, dict) else text
 
 
-def _classify(error: ApiException, kind: str) -> KubeError:
+def _classify(error: ApiException, what: str) -> KubeError:
     message = _message(error)
     if error.status == 404:
         return KubeRayMissing(
-            f"the {kind} API is not available: {message}; install KubeRay's CRDs "
-            "(ray.io/v1) and its operator"
+            f"the {what} API is not available: {message}; install KubeRay's CRDs "
+            f"({RAYSERVICE.api_version}) and its operator"
         )
     if error.status in (400, 403, 422):
-        return ApplyRejected(f"the API server refused the {kind}: {message}")
-    return TransientApiError(f"{kind}: HTTP {error.status}: {message}")
-
-
-def _classify_plain(error: ApiException, kind: str) -> KubeError:
-    """Like ``_classify`` for built-in kinds, whose API is always served."""
-    message = _message(error)
-    if error.status in (400, 403, 404, 422):
-        return ApplyRejected(f"the API server refused the {kind}: {message}")
-    return TransientApiError(f"{kind}: HTTP {error.status}: {message}")
+        return ApplyRejected(f"the API server refused the {what}: {message}")
+    return TransientApiError(f"{what}: HTTP {error.status}: {message}")
 
 
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-def _unreachable(error: BaseException, kind: str) -> TransientApiError:
-    return TransientApiError(f"{kind}: no answer from the API server: {error!r}")
+def _object_missing(error: ApiException, api: Api) -> bool:
+    """A 404 naming the object ("rayservices.ray.io "x" not found"), not a missing API."""
+    return error.status == 404 and api.plural in _message(error).lower()
+
+
+class KubeApi(Protocol):
+    """What the reconciler and the handlers need from the API; ``Kube`` is the real one, the
+    unit tests' fakes are others (``tests/test_reconcile.py``)."""
+
+    async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]: ...
+
+    # Security objects (supporting.py): apply without reading, create a Secret only if absent.
+    async def apply_namespaced(self, obj: Mapping[str, Any]) -> None: ...
+
+    async def create_secret_if_absent(
+        self, obj: Mapping[str, Any], generated: Mapping[str, str]
+    ) -> bool: ...
+
+    # Kueue: defaults for an API without it (fakes need not implement them).
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        return None
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        return None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        return None
+
+    async def close(self) -> None: ...
 
 
 class Kube:
-    """A thin async facade over the API calls the operator makes."""
+    """A thin async facade over the API calls the operator makes (implements ``KubeApi``)."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
@@ -116,78 +142,85 @@ class Kube:
         self._closed = True
         await self._api.close()
 
-    def _check_open(self, kind: str) -> None:
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Translate every failure of one API call into the reconciler's ``KubeError``s.
+
+        Inside the block, catch ``ApiException`` only for the answers that are not errors
+        (a 404 meaning "no such object") and re-raise the rest to this translation.
+        """
         # kopf still runs handlers for a few seconds after its cleanup closed this client.
         if self._closed:
-            raise TransientApiError(f"{kind}: the operator is stopping")
+            raise TransientApiError(f"{what}: the operator is stopping")
+        try:
+            yield
+        except ApiException as error:
+            raise _classify(error, what) from error
+        except _NETWORK_ERRORS as error:
+            raise TransientApiError(f"{what}: no answer from the API server: {error!r}") from error
 
     async def api_served(self, group: str, version: str, plural: str) -> bool:
         """Whether discovery lists ``plural`` in ``group/version`` (a CRD installed and served)."""
-        kind = f"{plural}.{group} discovery"
-        self._check_open(kind)
-        try:
-            found = await self._custom.get_api_resources(group, version)
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise _classify(error, kind) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, kind) from error
+        with self._call(f"{plural}.{group} discovery"):
+            try:
+                found = await self._custom.get_api_resources(group, version)
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
         return any(resource.name == plural for resource in (found.resources or []))
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply one namespaced custom object, taking ownership of its fields."""
-        group, version = _split_api_version(obj["apiVersion"])
-        kind = obj["kind"]
-        plural = _PLURALS[(group, kind)]
+        api = APPLIED[(obj["apiVersion"], obj["kind"])]
         meta = obj["metadata"]
-        self._check_open(kind)
-        try:
+        with self._call(api.kind):
             result = await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
-                group,
-                version,
+                api.group,
+                api.version,
                 meta["namespace"],
-                plural,
+                api.plural,
                 meta["name"],
                 dict(obj),
                 field_manager=FIELD_MANAGER,
                 force=True,
                 _content_type=APPLY_CONTENT_TYPE,
             )
-        except ApiException as error:
-            raise _classify(error, kind) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, kind) from error
         if result is None:
             # The generated client only decodes HTTP 200; an apply that creates answers 201.
-            return await self._get(group, version, meta["namespace"], plural, meta["name"])
+            with self._call(api.plural):
+                result = await self._custom.get_namespaced_custom_object(
+                    api.group, api.version, meta["namespace"], api.plural, meta["name"]
+                )
         return dict(result)
 
     async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply a ConfigMap or NetworkPolicy we own (no read of the object)."""
         kind = obj["kind"]
         meta = obj["metadata"]
-        self._check_open(kind)
         options: dict[str, Any] = {
             "field_manager": FIELD_MANAGER,
             "force": True,
             "_content_type": APPLY_CONTENT_TYPE,
         }
-        try:
-            if kind == "ConfigMap":
-                await self._core.patch_namespaced_config_map(
-                    meta["name"], meta["namespace"], dict(obj), **options
-                )
-            elif kind == "NetworkPolicy":
-                await self._networking.patch_namespaced_network_policy(
-                    meta["name"], meta["namespace"], dict(obj), **options
-                )
-            else:
-                raise ValueError(f"apply_namespaced does not handle {kind}")
-        except ApiException as error:
-            raise _classify_plain(error, kind) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, kind) from error
+        with self._call(kind):
+            try:
+                if kind == "ConfigMap":
+                    await self._core.patch_namespaced_config_map(
+                        meta["name"], meta["namespace"], dict(obj), **options
+                    )
+                elif kind == "NetworkPolicy":
+                    await self._networking.patch_namespaced_network_policy(
+                        meta["name"], meta["namespace"], dict(obj), **options
+                    )
+                else:
+                    raise ValueError(f"apply_namespaced does not handle {kind}")
+            except ApiException as error:
+                if error.status == 404:  # built-in APIs are always served: not KubeRayMissing
+                    raise ApplyRejected(
+                        f"the API server refused the {kind}: {_message(error)}"
+                    ) from error
+                raise
 
     async def create_secret_if_absent(
         self, obj: Mapping[str, Any], generated: Mapping[str, str]
@@ -200,90 +233,114 @@ class Kube:
         """
         meta = obj["metadata"]
         body = {**dict(obj), "stringData": dict(generated)}
-        self._check_open("Secret")
-        try:
-            await self._core.create_namespaced_secret(
-                meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER
-            )
-        except ApiException as error:
-            if error.status == 409:
-                return False
-            raise _classify_plain(error, "Secret") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "Secret") from error
+        with self._call("Secret"):
+            try:
+                await self._core.create_namespaced_secret(
+                    meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER
+                )
+            except ApiException as error:
+                if error.status == 409:
+                    return False
+                if error.status == 404:
+                    raise ApplyRejected(
+                        f"the API server refused the Secret: {_message(error)}"
+                    ) from error
+                raise
         return True
-
-    async def _get(
-        self, group: str, version: str, namespace: str, plural: str, name: str
-    ) -> dict[str, Any]:
-        self._check_open(plural)
-        try:
-            result = await self._custom.get_namespaced_custom_object(
-                group, version, namespace, plural, name
-            )
-        except ApiException as error:
-            raise _classify(error, plural) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, plural) from error
-        return dict(result)
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """K2ThinkDeployments in the given namespaces (all of them when empty)."""
-        self._check_open("K2ThinkDeployment list")
-        try:
+        group, version, plural = K2THINK.gvp
+        with self._call(f"{K2THINK.kind} list"):
             if not namespaces:
-                found = await self._custom.list_cluster_custom_object(
-                    API_GROUP, API_VERSION, PLURAL
-                )
+                found = await self._custom.list_cluster_custom_object(group, version, plural)
                 return [dict(item) for item in found.get("items", [])]
             objects: list[dict[str, Any]] = []
             for namespace in namespaces:
                 found = await self._custom.list_namespaced_custom_object(
-                    API_GROUP, API_VERSION, namespace, PLURAL
+                    group, version, namespace, plural
                 )
                 objects += [dict(item) for item in found.get("items", [])]
             return objects
-        except ApiException as error:
-            raise _classify(error, "K2ThinkDeployment list") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "K2ThinkDeployment list") from error
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._check_open("RayService")
-        try:
-            result = await self._custom.get_namespaced_custom_object(
-                "ray.io", "v1", namespace, "rayservices", name
-            )
-        except ApiException as error:
-            if error.status == 404 and "rayservices" in _message(error).lower():
-                # "rayservices.ray.io "x" not found": the object is missing, the API is not.
-                return None
-            raise _classify(error, "RayService") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "RayService") from error
+        group, version, plural = RAYSERVICE.gvp
+        with self._call(RAYSERVICE.kind):
+            try:
+                result = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            except ApiException as error:
+                if _object_missing(error, RAYSERVICE):
+                    return None
+                raise
         return dict(result)
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""
-        self._check_open("K2ThinkDeployment status")
-        try:
-            await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                API_GROUP,
-                API_VERSION,
+    # --- Kueue: read its Workloads and LocalQueues; (de)activate our own Workload -------------
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        """Kueue Workloads of one RayService (by Kueue's job-uid label); None: no Kueue API."""
+        group, version, plural = KUEUE_WORKLOAD.gvp
+        with self._call(f"{KUEUE_WORKLOAD.kind} list"):
+            try:
+                found = await self._custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, label_selector=f"{JOB_UID_LABEL}={job_uid}"
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return [dict(item) for item in found.get("items", [])]
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        """The ClusterQueue a LocalQueue points at (None when it or Kueue's API is absent)."""
+        group, version, plural = KUEUE_LOCALQUEUE.gvp
+        with self._call(KUEUE_LOCALQUEUE.kind):
+            try:
+                found = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        target = (found.get("spec") or {}).get("clusterQueue")
+        return str(target) if target else None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's way to stop and restart a workload: ``spec.active`` (merge patch)."""
+        group, version, plural = KUEUE_WORKLOAD.gvp
+        with self._call(KUEUE_WORKLOAD.kind):
+            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                group,
+                version,
                 namespace,
-                PLURAL,
+                plural,
                 name,
-                {"status": dict(status)},
+                {"spec": {"active": active}},
                 field_manager=FIELD_MANAGER,
                 _content_type=MERGE_CONTENT_TYPE,
             )
-        except ApiException as error:
-            if error.status == 404:
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""
+        group, version, plural = K2THINK.gvp
+        with self._call(f"{K2THINK.kind} status"):
+            try:
+                await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": dict(status)},
+                    field_manager=FIELD_MANAGER,
+                    _content_type=MERGE_CONTENT_TYPE,
+                )
+            except ApiException as error:
+                if error.status != 404:
+                    raise
                 log.info("%s/%s is gone; status not written", namespace, name)
-                return
-            raise _classify(error, "K2ThinkDeployment status") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "K2ThinkDeployment status") from error
 
 
 def emit_event(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:

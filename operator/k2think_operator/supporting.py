@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from k2think_operator.kube import Kube
+from k2think_operator import reasons as r
+from k2think_operator.kube import KubeApi
 from k2think_operator.render.meta import digest
 from k2think_operator.render.security import RAY_TOKEN_KEY
 
@@ -46,7 +47,7 @@ def _key(child: Mapping[str, Any]) -> tuple[str, str, str]:
 class SupportingObjects:
     """Applies supporting children; remembers what it applied so unchanged ones cost nothing."""
 
-    kube: Kube
+    kube: KubeApi
     _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def forget(self, namespace: str, owner: str) -> None:
@@ -74,7 +75,11 @@ class SupportingObjects:
                 )
                 if created:
                     events.append(
-                        (False, "RayTokenCreated", f"created Secret {name} with a new Ray token")
+                        (
+                            False,
+                            r.EVENT_RAY_TOKEN_CREATED,
+                            f"created Secret {name} with a new Ray token",
+                        )
                     )
                     log.info("created Secret %s/%s (Ray token)", key[1], name)
             else:

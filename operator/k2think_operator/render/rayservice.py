@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from k2think_operator.apis import RAYSERVICE
 from k2think_operator.planner import Plan, PoolPlan
+from k2think_operator.queueing import kueue_annotations, kueue_labels
 from k2think_operator.render.meta import (
     CLUSTER_HASH_ANNOTATION,
     COMPONENT_LABEL,
@@ -48,7 +50,6 @@ from k2think_operator.render.serve_config import (
 )
 from k2think_operator.spec import K2ThinkDeploymentSpec, PoolSpec, Toleration
 
-RAY_API_VERSION = "ray.io/v1"
 #: Upper bound on worker pods per group when a pool has no maxNodes: KubeRay needs a number, and
 #: the Serve autoscaling bounds are what actually limit replicas.
 UNBOUNDED_WORKERS = 1000
@@ -253,7 +254,10 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
         config["authOptions"] = auth
     # Always explicit: a suspended RayCluster resumes only on `suspend: false`, not on an absent
     # field (KubeRay v1.6), and KubeRay toggles it in place on the running cluster.
-    config["suspend"] = spec.suspend
+    # Under Kueue the field is Kueue's (it suspends until admission and on preemption): leaving
+    # it out keeps it out of our apply and our drift check (queueing.py).
+    if not spec.queued:
+        config["suspend"] = spec.suspend
     return config
 
 
@@ -277,20 +281,22 @@ def build_rayservice(
         "serveConfigV2": render_serve_config(spec, plan, name),
         "rayClusterConfig": cluster_config,
     }
+    queue, priority = spec.scheduling.queue_name, spec.scheduling.priority_class_name
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": standard_labels(name),
+        "labels": {**standard_labels(name), **kueue_labels(queue, priority)},
         "annotations": {
             SPEC_HASH_ANNOTATION: digest(body),
             CLUSTER_HASH_ANNOTATION: cluster_hash(cluster_config),
+            **kueue_annotations(queue),
         },
     }
     if uid is not None:
         metadata["ownerReferences"] = [owner_reference(name, uid)]
     return {
-        "apiVersion": RAY_API_VERSION,
-        "kind": "RayService",
+        "apiVersion": RAYSERVICE.api_version,
+        "kind": RAYSERVICE.kind,
         "metadata": metadata,
         "spec": body,
     }
