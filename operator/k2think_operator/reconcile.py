@@ -423,7 +423,9 @@ class Reconciler:
         self._schedule_recheck(observation)
         current = body.get("status") or {}
         status = build_status(observation, current, now_rfc3339())
-        metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+        metrics.observe_deployment(
+            decision.namespace, decision.name, decision.plan, status, observation.pods
+        )
         return status
 
     async def _write_status(
