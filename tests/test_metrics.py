@@ -90,6 +90,7 @@ def test_observe_exports_every_series_and_forget_removes_them() -> None:
     pods = [worker("w1", "h100", "n1"), worker("w2", "h100", "n2")]
     metrics.observe_deployment(ns, name, PLAN, status, pods)
     base = {"namespace": ns, "name": name}
+    assert value("k2think_reconcile_errors_total", **base) == 0
     assert value("k2think_replicas", **base) == 2
     assert value("k2think_ready_replicas", **base) == 1
     assert value("k2think_deployment_condition", **base, type="Ready") == 1

@@ -248,11 +248,12 @@ def build() -> dict[str, Any]:
         ),
         series(
             "Serve application status",
-            "1 for the status KubeRay reports for the Ray Serve application "
-            "(k2think_serve_application_status): RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY...",
+            "1 for the status KubeRay reports for the Ray Serve application, 0 for the others "
+            "(k2think_serve_application_status): RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY... "
+            "All at 0: no status reported yet (no RayService, or KubeRay has not reached Serve).",
             [
                 (
-                    f"k2think_serve_application_status{{{DEPLOYMENT}}} == 1",
+                    f"k2think_serve_application_status{{{DEPLOYMENT}}}",
                     "{{status}} {{namespace}}/{{name}}",
                 )
             ],

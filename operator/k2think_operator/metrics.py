@@ -148,6 +148,10 @@ def observe_deployment(
     pods: Iterable[PodSummary] = (),
 ) -> None:
     key = (namespace, name)
+    # Exported at 0 before the first error: `increase()` (the K2ThinkReconcileErrors alert)
+    # cannot see a counter's first increment from "absent", and the dashboard's error rate
+    # should read 0, not "no data".
+    RECONCILE_ERRORS.labels(namespace, name)
     READY_REPLICAS.labels(namespace, name).set(int(status.get("readyReplicas") or 0))
     REPLICAS.labels(namespace, name).set(int(status.get("replicas") or 0))
     for kind, value in condition_values(status).items():
