@@ -32,6 +32,7 @@ from support import (
     condition,
     eventually,
     get,
+    items,
     load_example,
     namespace,
 )
@@ -69,8 +70,12 @@ def operator(cluster: Cluster, ns: str, log_dir: Path) -> Iterator[OperatorProce
 
 
 @pytest.fixture(scope="module")
-def fleet(cluster: Cluster, ns: str, kuberay: None, operator: OperatorProcess) -> str:
-    """One deployment whose worker pod KWOK runs on an H100 node, one with an invalid spec."""
+def fleet(cluster: Cluster, ns: str, kuberay: None, operator: OperatorProcess) -> Iterator[str]:
+    """One deployment whose worker pod KWOK runs on an H100 node, one with an invalid spec.
+
+    Torn down while KubeRay still runs: KubeRay puts its finalizer on the RayService it
+    reconciles (``ray.io/rayservice-finalizer``), and a RayService left behind with nobody to
+    remove it would block any later deletion of KubeRay's CRD (test_zz_kuberay_missing.py)."""
     apply_doc(cluster, load_example("k2think.yaml", namespace=ns))
     bad = load_example("k2think.yaml", namespace=ns, rename=INVALID)
     bad["spec"]["parallelism"] = {"tensor": 3}  # does not divide K2-Think's 40 attention heads
@@ -81,7 +86,13 @@ def fleet(cluster: Cluster, ns: str, kuberay: None, operator: OperatorProcess) -
         return bool(cond and cond["status"] == "True")
 
     eventually("InvalidSpec on the invalid deployment", invalid, timeout=60)
-    return ns
+    yield ns
+    cluster.kubectl("delete", "k2thinkdeployments.k2think.dev", "--all", "-n", ns, "--wait=true")
+    eventually(
+        f"no RayService left in {ns}",
+        lambda: not items(cluster, "rayservices.ray.io", ns),
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
