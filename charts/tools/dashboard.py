@@ -190,7 +190,7 @@ def build() -> dict[str, Any]:
             "Deployments not Ready (now)",
             "Each K2ThinkDeployment whose Ready condition is not True, with its plan "
             "(pool, GPU type, tensor and pipeline parallelism).",
-            "k2think_deployment_info * on (namespace, name) group_left () "
+            "k2think_deployment_info and on (namespace, name) "
             '(k2think_deployment_condition{type="Ready"} == 0)',
         ),
         series(
