@@ -12,7 +12,8 @@ must return at least one series; an alert expression must parse and evaluate (it
 nothing: no alert). Each query reads one source, the operator's /metrics or Ray's metrics export
 port; the control-plane e2e suite proves the operator's, the data-plane suite Ray's and vLLM's.
 
-Standard library and PyPI's PyYAML only: it runs in both the test venv and .venv-dataplane.
+Standard library, PyYAML and the harness's polling and port helpers: it runs in both the test
+venv and .venv-dataplane (e2e/ is on sys.path there too).
 """
 
 from __future__ import annotations
@@ -22,19 +23,20 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from harness.polling import wait_for
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "charts" / "k2think-operator" / "files" / "dashboards" / "k2think-fleet.json"
@@ -116,26 +118,18 @@ class PromQLError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _poll(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Bounded polling (no bare sleeps): the probe's first truthy result, or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-        except (OSError, PromQLError) as error:
-            last = error
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {last}")
-        time.sleep(interval)
+def _poll(what: str, probe: Any, timeout: float, interval: float = 0.5) -> Any:
+    """The harness's bounded polling: the first truthy result; connection and PromQL errors
+    (a server still starting, a series not there yet) count as "not yet"."""
+    return wait_for(
+        what,
+        probe,
+        timeout=timeout,
+        interval=interval,
+        max_interval=2.0,
+        retry_on=(OSError, PromQLError),
+        done=bool,
+    )
 
 
 @dataclass
@@ -175,7 +169,7 @@ class Prometheus:
         self.workdir = Path(tempfile.mkdtemp(prefix="k2t-prom-"))
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = self.workdir / "prometheus.log"
         argv = [
             found,

@@ -16,7 +16,8 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from k2think_operator.planner import Plan
-from k2think_operator.status import CONDITION_TYPES, PodSummary
+from k2think_operator.reasons import CONDITION_TYPES
+from k2think_operator.status import PodSummary
 
 #: Ray Serve's ApplicationStatus values (``ray.serve.schema.ApplicationStatus``, Ray 2.60),
 #: each exported as its own 0/1 series so that alerts and panels always find a series.
