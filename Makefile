@@ -74,6 +74,19 @@ harness-smoke: venv
 test-dataplane:
 	bash e2e/dataplane/run.sh
 
+## test-observability: alert rules under promtool, dashboard drift, a real Prometheus against the
+## operator (e2e) and the Ray head serving a completion (data plane), the chart's monitors on a
+## real API server. `make test` runs all of it through unit, e2e and test-dataplane.
+.PHONY: test-observability dashboard
+test-observability: venv system-deps binaries
+	$(PY) -m pytest -q tests/test_alert_rules.py tests/test_dashboard.py tests/test_metrics.py
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_observability.py e2e/install/test_helm_monitoring.py
+	bash e2e/dataplane/run.sh -k observability
+
+## dashboard: regenerate the Grafana dashboard JSON (chart + docs) from charts/tools/dashboard.py
+dashboard: venv
+	$(PY) charts/tools/dashboard.py
+
 # ---------------------------------------------------------------- operator e2e, demo, CI
 .PHONY: e2e demo test crds system-deps
 
@@ -82,7 +95,7 @@ crds: venv
 	$(VENV)/bin/k2think-operator crd > crds/k2think.dev_k2thinkdeployments.yaml
 	$(MAKE) manifests
 
-## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check)
+## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check, prometheus)
 system-deps:
 	@bash e2e/scripts/install-system-deps.sh
 

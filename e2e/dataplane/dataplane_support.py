@@ -163,6 +163,9 @@ class RayHead:
     gcs_port: int = 0
     dashboard_port: int = 0
     http_port: int = 0
+    #: Ray's metrics export port (KubeRay sets --metrics-export-port=8080 in pods; here a free
+    #: port): Ray's metrics agent serves Ray, Serve and vLLM series there for Prometheus.
+    metrics_port: int = 0
     temp_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -203,6 +206,7 @@ class RayHead:
         _DASHBOARD_HEADERS.clear()
         if self.auth_token is not None:
             _DASHBOARD_HEADERS["x-ray-authorization"] = f"Bearer {self.auth_token}"
+        self.metrics_port = free_port()
         cmd = [
             str(self.bin_dir / "ray"),
             "start",
@@ -214,6 +218,7 @@ class RayHead:
             f"--dashboard-port={self.dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
+            f"--metrics-export-port={self.metrics_port}",
             f"--num-cpus={self.num_cpus}",
             "--num-gpus=0",
             f"--object-store-memory={self.object_store_bytes}",

@@ -89,12 +89,15 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
     scope = settings["rbac"]["scope"]
     observe = settings["rbac"].get("observeCluster", True)
 
+    # The dashboard ConfigMap may go where the Grafana sidecar looks (metrics.dashboard.namespace).
+    dashboard_ns = settings.get("metrics", {}).get("dashboard", {}).get("namespace")
     for obj in objs:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "k2think-operator", obj["metadata"]
         assert labels["app.kubernetes.io/instance"] == "t"
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
-            assert obj["metadata"]["namespace"] in ["ops", *watch], obj["metadata"]
+            allowed = ["ops", *watch, *([dashboard_ns] if dashboard_ns else [])]
+            assert obj["metadata"]["namespace"] in allowed, obj["metadata"]
 
     (deployment,) = _by_kind(objs, "Deployment")
     spec = deployment["spec"]
@@ -155,6 +158,7 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
     assert {"ServiceAccount", "Deployment", "Service"} <= kinds
     if values.stem.startswith("everything"):
         assert {"ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+        assert {"PodMonitor", "PrometheusRule", "ConfigMap"} <= kinds
 
 
 @pytest.mark.parametrize(

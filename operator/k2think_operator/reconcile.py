@@ -424,7 +424,9 @@ class Reconciler:
         )
         self._schedule_recheck(observation, state)
         status = build_status(observation, body.get("status") or {}, now_rfc3339())
-        metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+        metrics.observe_deployment(
+            decision.namespace, decision.name, decision.plan, status, observation.pods
+        )
         return status
 
     @staticmethod
