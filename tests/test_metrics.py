@@ -6,6 +6,7 @@ from prometheus_client import REGISTRY
 
 from k2think_operator import metrics
 from k2think_operator.planner import plan_deployment
+from k2think_operator.reasons import CONDITION_TYPES
 from k2think_operator.spec import parse_spec
 from k2think_operator.status import PodSummary
 from tests.conftest import minimal_doc
@@ -40,13 +41,12 @@ def test_condition_values_one_per_type() -> None:
             {"type": "InvalidSpec", "status": "Unknown"},
         ]
     }
+    # Every condition type the operator reports has a series (0 when absent or not True).
     assert metrics.condition_values(status) == {
-        "Ready": 0,
-        "Progressing": 0,
-        "Degraded": 0,
-        "InvalidSpec": 0,
+        **{condition: 0 for condition in CONDITION_TYPES},
         "CapacityBlocked": 1,
     }
+    assert {"Ready", "Progressing", "Degraded", "InvalidSpec", "Admitted"} <= set(CONDITION_TYPES)
 
 
 def test_application_status_is_one_hot_and_zero_when_unknown() -> None:
