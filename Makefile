@@ -76,6 +76,7 @@ test-dataplane:
 ## crds: regenerate crds/ from the code (a unit test fails when they drift)
 crds: venv
 	$(VENV)/bin/k2think-operator crd > crds/k2think.dev_k2thinkdeployments.yaml
+	$(VENV)/bin/k2think-operator crd --cache > crds/k2think.dev_k2thinkmodelcaches.yaml
 	$(MAKE) manifests
 
 ## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check)

@@ -34,6 +34,11 @@ class RecordingKube(KubeApi):
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.applies: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
+        self.caches: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.caches.get((namespace, name))
+        return copy.deepcopy(found) if found else None
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         if not self.kuberay:

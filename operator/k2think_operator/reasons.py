@@ -48,3 +48,17 @@ EVENT_CREATED: Final = "Created"
 EVENT_UPDATED: Final = "Updated"
 #: Events told once per message per object (the rest are told each time they happen).
 ANNOUNCED_ONCE: Final = (EVENT_PLANNED, EVENT_PLAN_WARNING, EVENT_INVALID_SPEC)
+
+# The model cache (K2ThinkModelCache) and the gate it puts on deployments that use it.
+#: Condition type on a K2ThinkModelCache, and on a K2ThinkDeployment with spec.model.cacheRef.
+CACHE_READY: Final = "CacheReady"
+CLAIM_PENDING: Final = "ClaimPending"
+CACHE_DOWNLOADING: Final = "Downloading"
+DOWNLOAD_FAILED: Final = "DownloadFailed"
+VERIFY_FAILED: Final = "VerifyFailed"
+#: CacheReady's reason when the revision is complete and verified (and cachefill's report).
+CACHE_FILLED: Final = "Ready"
+#: On a deployment: the cache it names has no ready revision yet (or does not exist).
+CACHE_NOT_READY: Final = "CacheNotReady"
+EVENT_FILL_STARTED: Final = "FillStarted"
+EVENT_CACHE_READY: Final = "CacheReady"
