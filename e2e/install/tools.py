@@ -258,6 +258,13 @@ ALLOWED = [
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "events"),
+    # The model cache: its status, the fill Jobs and the claim it may create.
+    ("watch", "k2thinkmodelcaches.k2think.dev"),
+    ("patch", "k2thinkmodelcaches.k2think.dev/status"),
+    ("create", "jobs.batch"),
+    ("watch", "jobs.batch"),
+    ("get", "persistentvolumeclaims"),
+    ("create", "persistentvolumeclaims"),
 ]
 #: What it must never be able to do, wherever it is asked.
 DENIED = [
@@ -279,6 +286,12 @@ DENIED = [
     ("create", "rayclusters.ray.io"),
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
+    # Weights are never deleted by the operator (the fill Job prunes old revisions itself).
+    ("delete", "persistentvolumeclaims"),
+    ("patch", "persistentvolumeclaims"),
+    ("delete", "jobs.batch"),
+    ("update", "jobs.batch"),
+    ("delete", "k2thinkmodelcaches.k2think.dev"),
 ]
 #: Cluster-scoped things it must never do.
 DENIED_CLUSTER = [

@@ -48,7 +48,7 @@ RAYSERVICE = Api("ray.io", "v1", "RayService", "rayservices")
 PODS = Api("", "v1", "Pod", "pods")
 
 #: Custom resources our handlers watch (the runner polls discovery for them).
-WATCHED = (RAYSERVICE, K2THINK)
+WATCHED = (RAYSERVICE, K2THINK, MODELCACHE)
 
 #: Children we apply, by (apiVersion, kind) of the rendered object.
 APPLIED = {(RAYSERVICE.api_version, RAYSERVICE.kind): RAYSERVICE}

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from k2think_operator import reasons as r
 from k2think_operator.cachejob import CacheDecision, decide_cache, fill_job_name, fill_report
 from k2think_operator.kube import Kube, KubeError, emit_event
 from k2think_operator.modelcache import claim_of, parse_cache_spec
@@ -57,7 +58,17 @@ async def reconcile_cache(kube: Kube, body: Mapping[str, Any]) -> CacheDecision:
     return decision
 
 
+def _ready_reason(status: Mapping[str, Any]) -> Any:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == r.CACHE_READY:
+            return (cond.get("status"), cond.get("reason"))
+    return None
+
+
 def revision_moved(before: Mapping[str, Any], decision: CacheDecision) -> bool:
-    """Whether deployments using the cache must re-render (the served revision changed)."""
+    """Whether deployments using the cache must look again: the served revision changed, or the
+    cache's readiness did (their CacheReady condition quotes it)."""
     keys = ("currentRevision", "path", "claimName")
-    return any((before.get(k) != decision.status.get(k)) for k in keys)
+    if any(before.get(k) != decision.status.get(k) for k in keys):
+        return True
+    return bool(_ready_reason(before) != _ready_reason(decision.status))

@@ -155,6 +155,9 @@ def build_fill_job(
     if downloader.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": downloader.credentials_secret}}]
     labels = cache_labels(name)
+    pod_metadata: dict[str, Any] = {"labels": {**downloader.pod_labels, **labels}}
+    if downloader.pod_annotations:
+        pod_metadata["annotations"] = dict(downloader.pod_annotations)
     metadata: dict[str, Any] = {
         "name": fill_job_name(name, spec),
         "namespace": namespace,
@@ -171,7 +174,7 @@ def build_fill_job(
             "backoffLimit": downloader.backoff_limit,
             "activeDeadlineSeconds": downloader.active_deadline_seconds,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": pod_metadata,
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [container],
@@ -238,6 +241,9 @@ class CacheDecision:
     status: dict[str, Any]
     events: list[tuple[bool, str, str]] = field(default_factory=list)
     invalid: bool = False
+    #: Nothing we watch will change next (a claim being created, or one the user has yet to
+    #: create): the handler retries after a delay.
+    retry: bool = False
 
     @property
     def ready(self) -> bool:
@@ -333,7 +339,13 @@ def decide_cache(
             else f"claim {claim_name} does not exist in {namespace}"
         )
         return done(
-            False, r.CLAIM_PENDING, message, base, claim_to_create=to_create, job_to_create=None
+            False,
+            r.CLAIM_PENDING,
+            message,
+            base,
+            claim_to_create=to_create,
+            job_to_create=None,
+            retry=True,
         )
 
     job_name = fill_job_name(name, spec)

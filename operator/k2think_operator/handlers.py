@@ -246,13 +246,15 @@ async def _reconcile_cache(
         decision = await reconcile_cache(reconciler.kube, body)
     except KubeError as error:
         raise kopf.TemporaryError(str(error), delay=current_config().retry_seconds) from error
-    if decision.invalid or not revision_moved(before, decision):
-        return
-    for key, bodies in deployments.items():
-        for dep in bodies:
-            ref = ((dep.get("spec") or {}).get("model") or {}).get("cacheRef")
-            if key[0] == decision.namespace and ref == decision.name:
-                await reconciler.reconcile(dep, _pods_of(ray_pods, key))
+    if not decision.invalid and revision_moved(before, decision):
+        for key, bodies in deployments.items():
+            for dep in bodies:
+                ref = ((dep.get("spec") or {}).get("model") or {}).get("cacheRef")
+                if key[0] == decision.namespace and ref == decision.name:
+                    await reconciler.reconcile(dep, _pods_of(ray_pods, key))
+    if decision.retry:
+        # The claim is being created (or is yet to be): we do not watch claims, so look again.
+        raise kopf.TemporaryError("waiting for the claim", delay=current_config().retry_seconds)
 
 
 @kopf.on.resume(*MODELCACHE.gvp, id="cache-resume")

@@ -21,6 +21,7 @@ from k2think_operator.apischema import Int64, cel
 from k2think_operator.resource import Condition
 from k2think_operator.spec import (
     DNS_LABEL,
+    MAX_MAP_ENTRIES,
     InvalidSpec,
     Quantity,
     ResourceRequirements,
@@ -116,6 +117,16 @@ class DownloaderSpec(_Model):
     )
     max_workers: int = Field(
         default=8, ge=1, le=64, description="Parallel file downloads (hf download --max-workers)."
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Extra labels of the fill pod (e.g. for cost allocation or a mesh opt-out).",
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description='Extra annotations of the fill pod (e.g. sidecar.istio.io/inject: "false").',
     )
     backoff_limit: int = Field(
         default=3, ge=0, le=20, description="Retries of a failed fill before it is reported failed."
