@@ -65,6 +65,11 @@ cluster-status: venv
 harness-smoke: venv
 	$(PY) -m pytest -q -p no:cacheprovider e2e/test_harness_smoke.py
 
+## test-cache: the model cache on the local control plane (static PV, fill Jobs completed/failed by KWOK)
+.PHONY: test-cache
+test-cache: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_model_cache.py
+
 ## test-dataplane: serve for real on CPU (Ray Serve LLM + vLLM, tiny model); installs .venv-dataplane
 .PHONY: test-dataplane
 test-dataplane:

@@ -399,3 +399,16 @@ def test_offline_render_shows_the_deployment_as_it_runs_once_the_cache_is_ready(
     err = io.StringIO()
     assert main(["render", "-f", str(alone)], io.StringIO(), err) == 1
     assert "no K2ThinkModelCache named k2" in err.getvalue()
+
+
+def test_the_campus_cache_example_is_shared_by_both_models() -> None:
+    path = ROOT / "crds" / "examples" / "model-cache" / "k2think-campus-cache.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    caches = {d["metadata"]["name"]: d for d in docs if d["kind"] == "K2ThinkModelCache"}
+    assert {c["spec"]["storage"]["claimName"] for c in caches.values()} == {"k2think-weights"}
+    deployments = [d for d in docs if d["kind"] == "K2ThinkDeployment"]
+    assert {d["spec"]["model"]["preset"] for d in deployments} == {"k2-think", "k2-think-v2"}
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["validate", "-f", str(path)], out, err) == 0, err.getvalue()
+    assert main(["render", "-f", str(path)], out, err) == 0, err.getvalue()
+    assert "/mnt/models/k2think-weights/LLM360--K2-Think-V2/main" in out.getvalue()
