@@ -412,3 +412,15 @@ def test_the_campus_cache_example_is_shared_by_both_models() -> None:
     assert main(["validate", "-f", str(path)], out, err) == 0, err.getvalue()
     assert main(["render", "-f", str(path)], out, err) == 0, err.getvalue()
     assert "/mnt/models/k2think-weights/LLM360--K2-Think-V2/main" in out.getvalue()
+
+
+def test_deployments_are_woken_when_the_served_revision_or_readiness_moves() -> None:
+    from k2think_operator.cachecontrol import revision_moved
+
+    first = decide_cache(cache_doc(), None, None, None, NOW)
+    assert revision_moved({}, first)  # claimName appears
+    assert not revision_moved(first.status, decide_cache(cache_doc(), None, None, None, NOW))
+    done = decide_cache(cache_doc(), bound_claim(), job("Complete"), None, NOW)
+    assert revision_moved(first.status, done)
+    failed = decide_cache(cache_doc(), bound_claim(), job("Failed"), None, NOW)
+    assert revision_moved(first.status, failed)  # the reason the deployments quote changed
