@@ -265,6 +265,9 @@ ALLOWED = [
     ("watch", "jobs.batch"),
     ("get", "persistentvolumeclaims"),
     ("create", "persistentvolumeclaims"),
+    ("list", "workloads.kueue.x-k8s.io"),
+    ("patch", "workloads.kueue.x-k8s.io"),
+    ("get", "localqueues.kueue.x-k8s.io"),
 ]
 #: What it must never be able to do, wherever it is asked.
 DENIED = [
@@ -292,6 +295,10 @@ DENIED = [
     ("delete", "jobs.batch"),
     ("update", "jobs.batch"),
     ("delete", "k2thinkmodelcaches.k2think.dev"),
+    ("delete", "workloads.kueue.x-k8s.io"),
+    ("create", "workloads.kueue.x-k8s.io"),
+    ("patch", "localqueues.kueue.x-k8s.io"),
+    ("create", "clusterqueues.kueue.x-k8s.io"),
 ]
 #: Cluster-scoped things it must never do.
 DENIED_CLUSTER = [
