@@ -69,6 +69,11 @@ cluster-status: venv
 harness-smoke: venv
 	$(PY) -m pytest -q -p no:cacheprovider e2e/test_harness_smoke.py
 
+## test-cache: the model cache on the local control plane (static PV, fill Jobs completed/failed by KWOK)
+.PHONY: test-cache
+test-cache: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_model_cache.py
+
 ## test-dataplane: serve for real on CPU (Ray Serve LLM + vLLM, tiny model); installs .venv-dataplane
 .PHONY: test-dataplane
 test-dataplane:
@@ -93,6 +98,7 @@ dashboard: venv
 ## crds: regenerate crds/ from the code (a unit test fails when they drift)
 crds: venv
 	$(VENV)/bin/k2think-operator crd > crds/k2think.dev_k2thinkdeployments.yaml
+	$(VENV)/bin/k2think-operator crd --cache > crds/k2think.dev_k2thinkmodelcaches.yaml
 	$(MAKE) manifests
 
 ## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check, prometheus)

@@ -27,6 +27,8 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
     ({"model": {"preset": "custom", "source": "hf://a/b"}}, "spec.model", "self.preset =="),
     ({"model": {"preset": "custom", "architecture": ARCH}}, "spec.model", "self.preset =="),
     ({"model": {"preset": "k2-think", "architecture": ARCH}}, "spec.model", "self.preset =="),
+    ({"model": {"cacheRef": "c", "source": "hf://a/b"}}, "spec.model", "!has(self.cacheRef)"),
+    ({"model": {"cacheRef": "c", "revision": "main"}}, "spec.model", "!has(self.cacheRef)"),
     (
         {"model": {**TINY_MODEL, "architecture": {**ARCH, "attentionHeads": 6, "kvHeads": 4}}},
         "spec.model.architecture",
@@ -74,6 +76,8 @@ ACCEPTED: list[dict[str, Any]] = [
     {"parallelism": {"tensor": "auto", "pipeline": "auto"}},
     {"pools": [CPU_POOL], "model": TINY_MODEL},
     {"model": {"preset": "k2-think-v2"}},
+    {"model": {"preset": "k2-think", "cacheRef": "weights"}},
+    {"pools": [CPU_POOL], "model": {"preset": "custom", "architecture": ARCH, "cacheRef": "c"}},
     {"scheduling": {"queueName": "q", "priorityClassName": "production"}},
     {"scheduling": {}},
     # Without a queue, 8 pools and a pool named head are fine (Kueue's limits do not apply).
@@ -133,7 +137,7 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    assert len(all_rules()) == 11  # 8, plus 3 for spec.scheduling (Kueue)
+    assert len(all_rules()) == 12  # 8, 3 for spec.scheduling (Kueue), 1 for cacheRef
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

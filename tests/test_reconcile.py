@@ -37,6 +37,11 @@ class RecordingKube(KubeApi):
         self.supporting: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.supporting_writes: list[tuple[str, str]] = []
         self.refuse_supporting: str | None = None
+        self.caches: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.caches.get((namespace, name))
+        return copy.deepcopy(found) if found else None
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         if not self.kuberay:

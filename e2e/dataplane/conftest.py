@@ -9,7 +9,9 @@ file order: serving -> autoscaling -> broken configs -> shutdown.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +76,32 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cache_fill(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny model filled into a model-cache directory by the real fill code path: the
+    command the cache's Job runs (``python -m k2think_operator.cachefill``), from a ``file://``
+    source, as a separate process. The suite's application serves from the result (offline)."""
+    root = tmp_path_factory.mktemp("model-cache")
+    report = root / "termination-log"
+    subprocess.run(
+        [
+            sys.executable, "-m", "k2think_operator.cachefill",
+            "--source", f"file://{tiny_model_dir}", "--revision", "r1",
+            "--root", str(root), "--termination-log", str(report),
+        ],
+        check=True,
+        timeout=300,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(report.read_text())
+    result["root"] = str(root)
+    return result
+
+
+@pytest.fixture(scope="session")
+def cached_model_dir(cache_fill: dict[str, Any]) -> Path:
+    return Path(cache_fill["root"]) / str(cache_fill["path"])
+
+
+@pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("serve_status")
 
@@ -123,11 +151,12 @@ def ray_head(ray_token: str) -> Iterator[RayHead]:
 
 @pytest.fixture(scope="session")
 def served_app(
-    ray_head: RayHead, tiny_model_dir: Path, samples_dir: Path, api_keys_dir: Path
+    ray_head: RayHead, cached_model_dir: Path, samples_dir: Path, api_keys_dir: Path
 ) -> ServedApp:
     """The tiny model deployed through the dashboard's Serve REST API and RUNNING, behind the
-    operator's API-key ingress."""
-    serve_config_v2 = serve_config_for(tiny_model_dir, SERVED_NAME, api_keys_dir=api_keys_dir)
+    operator's API-key ingress, served from its model-cache directory (what a deployment with
+    spec.model.cacheRef loads) with the hub off (``OFFLINE_ENV``: HF_HUB_OFFLINE=1)."""
+    serve_config_v2 = serve_config_for(cached_model_dir, SERVED_NAME, api_keys_dir=api_keys_dir)
     response = put_serve_config_v2(ray_head.dashboard_url, serve_config_v2)
     assert response.status_code == 200, response.text
     first: dict[str, Any] = {}
@@ -148,5 +177,5 @@ def served_app(
     )
     capture_status("running", running, samples_dir)
     return ServedApp(
-        ray_head, APP_NAME, SERVED_NAME, tiny_model_dir, serve_config_v2, running, API_KEY
+        ray_head, APP_NAME, SERVED_NAME, cached_model_dir, serve_config_v2, running, API_KEY
     )

@@ -56,12 +56,17 @@ def kuberay_crds(bindir: Path) -> list[Path]:
     return crds
 
 
+#: Stage files kept in the repo (KWOK's opt-in chaos stages, copied from its module): a pod
+#: labelled for one fails instead of completing (the model cache's failed-fill test).
+REPO_KWOK_STAGES = Path(__file__).resolve().parent / "kwok-stages"
+
+
 def kwok_stages(bindir: Path) -> list[Path]:
     paths = [bindir / "kwok-stages" / f"{s}.yaml" for s in KWOK_STAGES]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise BinariesMissingError(f"missing KWOK stage files: {missing}")
-    return paths
+    return paths + sorted(REPO_KWOK_STAGES.glob("*.yaml"))
 
 
 def our_crds() -> list[Path]:

@@ -45,6 +45,19 @@ EXPECTED_RULES = [
         "verbs": ["update"],
     },
     {
+        "apiGroups": ["k2think.dev"],
+        "resources": ["k2thinkmodelcaches"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {"apiGroups": ["k2think.dev"], "resources": ["k2thinkmodelcaches/status"], "verbs": ["patch"]},
+    {
+        "apiGroups": ["k2think.dev"],
+        "resources": ["k2thinkmodelcaches/finalizers"],
+        "verbs": ["update"],
+    },
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
+    {
         "apiGroups": ["ray.io"],
         "resources": ["rayservices"],
         "verbs": ["get", "list", "watch", "create", "patch"],

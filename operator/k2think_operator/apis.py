@@ -37,6 +37,11 @@ class Api:
 
 #: Our own API (the CRD is generated from ``resource.K2ThinkDeployment``).
 K2THINK = Api("k2think.dev", "v1alpha1", "K2ThinkDeployment", "k2thinkdeployments")
+#: The model cache (``modelcache.K2ThinkModelCache``), filled once per campus by a Job.
+MODELCACHE = Api("k2think.dev", "v1alpha1", "K2ThinkModelCache", "k2thinkmodelcaches")
+#: The cache's fill Jobs and its claim.
+JOBS = Api("batch", "v1", "Job", "jobs")
+PVCS = Api("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 #: KubeRay's RayService, the one child we render.
 RAYSERVICE = Api("ray.io", "v1", "RayService", "rayservices")
 #: Core pods: the Ray pods KubeRay creates for a RayService (read only, for status).
@@ -48,7 +53,7 @@ KUEUE_WORKLOAD = Api("kueue.x-k8s.io", "v1beta2", "Workload", "workloads")
 KUEUE_LOCALQUEUE = Api("kueue.x-k8s.io", "v1beta2", "LocalQueue", "localqueues")
 
 #: Custom resources our handlers watch (the runner polls discovery for them).
-WATCHED = (RAYSERVICE, K2THINK)
+WATCHED = (RAYSERVICE, K2THINK, MODELCACHE)
 
 #: Children we apply, by (apiVersion, kind) of the rendered object.
 APPLIED = {(RAYSERVICE.api_version, RAYSERVICE.kind): RAYSERVICE}

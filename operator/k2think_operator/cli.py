@@ -12,11 +12,14 @@ from typing import Any, TextIO
 import yaml
 
 from k2think_operator import __version__
-from k2think_operator.apis import K2THINK
+from k2think_operator.apis import K2THINK, MODELCACHE
+from k2think_operator.cacheuse import planned_cache_view
 from k2think_operator.config import OperatorConfig
 from k2think_operator.decision import Decision, decide
+from k2think_operator.modelcache import parse_cache_spec
 from k2think_operator.planner import Plan
 from k2think_operator.render import render_yaml
+from k2think_operator.spec import InvalidSpec
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -26,8 +29,9 @@ class InputError(Exception):
     """The file could not be read as K2ThinkDeployment YAML."""
 
 
-def load_documents(path: str) -> list[dict[str, Any]]:
-    """K2ThinkDeployment documents of a YAML file (``-`` for stdin); others are skipped."""
+def load_all(path: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The K2ThinkDeployment documents of a YAML file (``-`` for stdin) and its
+    K2ThinkModelCaches by name (what ``spec.model.cacheRef`` resolves to offline)."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as error:
@@ -37,15 +41,23 @@ def load_documents(path: str) -> list[dict[str, Any]]:
     except yaml.YAMLError as error:
         raise InputError(f"{path}: not valid YAML: {error}") from None
     found: list[dict[str, Any]] = []
+    caches: dict[str, dict[str, Any]] = {}
     for doc in docs:
         if not isinstance(doc, dict):
             raise InputError(f"{path}: a document is not a mapping")
         api_version = str(doc.get("apiVersion", ""))
         if doc.get("kind") == K2THINK.kind and api_version.startswith(K2THINK.group + "/"):
             found.append(doc)
+        elif doc.get("kind") == MODELCACHE.kind and api_version.startswith(MODELCACHE.group + "/"):
+            caches[str((doc.get("metadata") or {}).get("name"))] = doc
     if not found:
         raise InputError(f"{path}: no {K2THINK.kind} ({K2THINK.group}) document found")
-    return found
+    return found, caches
+
+
+def load_documents(path: str) -> list[dict[str, Any]]:
+    """K2ThinkDeployment documents of a YAML file (``-`` for stdin); others are skipped."""
+    return load_all(path)[0]
 
 
 def _meta(doc: dict[str, Any]) -> tuple[str, str]:
@@ -53,9 +65,14 @@ def _meta(doc: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("name") or "k2think"), str(meta.get("namespace") or "default")
 
 
-def check_document(doc: dict[str, Any]) -> tuple[list[str], Decision | None]:
+def check_document(
+    doc: dict[str, Any], caches: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[str], Decision | None]:
     """Every problem with one document (CRD schema and CEL, then models and planner), or the
-    operator's own decision for it: the same ``decide()`` the running operator calls."""
+    operator's own decision for it: the same ``decide()`` the running operator calls.
+
+    A deployment with ``spec.model.cacheRef`` is decided as it will run once the cache (a
+    K2ThinkModelCache of the same file) has filled its revision."""
     from k2think_operator.schema_check import schema_errors
 
     problems = schema_errors(doc)
@@ -64,15 +81,26 @@ def check_document(doc: dict[str, Any]) -> tuple[list[str], Decision | None]:
     name, namespace = _meta(doc)
     body = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": name}}
     body["metadata"]["namespace"] = namespace
-    decision = decide(body)
+    ref = ((doc.get("spec") or {}).get("model") or {}).get("cacheRef")
+    view = None
+    if ref:
+        cache = (caches or {}).get(str(ref))
+        if cache is None:
+            return [f"spec.model.cacheRef: no {MODELCACHE.kind} named {ref} in the file"], None
+        view = planned_cache_view(cache)
+        if view is None:
+            return [f"spec.model.cacheRef: {MODELCACHE.kind} {ref} is invalid"], None
+    decision = decide(body, view)
     if decision.problems:
         return list(decision.problems), None
     return [], decision
 
 
-def _documents_or_exit(path: str, err: TextIO) -> list[dict[str, Any]] | None:
+def _documents_or_exit(
+    path: str, err: TextIO
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None:
     try:
-        return load_documents(path)
+        return load_all(path)
     except InputError as error:
         print(f"error: {error}", file=err)
         return None
@@ -85,12 +113,22 @@ def _report(doc: dict[str, Any], problems: list[str], err: TextIO) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    docs = _documents_or_exit(args.file, err)
-    if docs is None:
+    loaded = _documents_or_exit(args.file, err)
+    if loaded is None:
         return EXIT_USAGE
+    docs, caches = loaded
     failed = False
+    for cache in caches.values():
+        try:
+            parse_cache_spec(dict(cache.get("spec") or {}))
+        except InvalidSpec as error:
+            failed = True
+            _report(cache, [str(p) for p in error.problems], err)
+        else:
+            name, namespace = _meta(cache)
+            print(f"{namespace}/{name}: valid", file=out)
     for doc in docs:
-        problems, _ = check_document(doc)
+        problems, _ = check_document(doc, caches)
         if problems:
             failed = True
             _report(doc, problems, err)
@@ -139,13 +177,14 @@ def _replica_text(plan: Plan) -> str:
 
 def _decided(path: str, err: TextIO) -> tuple[list[Decision], int] | None:
     """The decision for every document of a file; problems go to ``err`` and set the exit code."""
-    docs = _documents_or_exit(path, err)
-    if docs is None:
+    loaded = _documents_or_exit(path, err)
+    if loaded is None:
         return None
+    docs, caches = loaded
     decisions: list[Decision] = []
     status = 0
     for doc in docs:
-        problems, decision = check_document(doc)
+        problems, decision = check_document(doc, caches)
         if decision is None:
             _report(doc, problems, err)
             status = EXIT_INVALID
@@ -186,9 +225,9 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_crd(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from k2think_operator.crd import build_crd
+    from k2think_operator.crd import build_cache_crd, build_crd
 
-    out.write(render_yaml([build_crd()]))
+    out.write(render_yaml([build_cache_crd() if args.cache else build_crd()]))
     return 0
 
 
@@ -252,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
 
     crd = sub.add_parser("crd", help="print the K2ThinkDeployment CRD")
+    crd.add_argument("--cache", action="store_true", help="print the K2ThinkModelCache CRD instead")
     crd.set_defaults(func=cmd_crd)
     return parser
 

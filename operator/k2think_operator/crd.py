@@ -13,8 +13,9 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-from k2think_operator.apis import K2THINK
+from k2think_operator.apis import K2THINK, MODELCACHE
 from k2think_operator.apischema import Schema, crd_schema
+from k2think_operator.modelcache import K2ThinkModelCache
 from k2think_operator.resource import K2ThinkDeployment
 
 
@@ -105,3 +106,36 @@ def openapi_schema() -> Schema:
     """The version's openAPIV3Schema (for offline validation with jsonschema)."""
     schema: Schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
+
+
+@lru_cache(maxsize=1)
+def _cache_schema() -> Schema:
+    schema = crd_schema(K2ThinkModelCache)
+    schema["required"] = ["spec"]
+    return schema
+
+
+def build_cache_crd() -> dict[str, Any]:
+    """The K2ThinkModelCache CRD: same conventions as ``build_crd`` (no scale subresource)."""
+    crd = build_crd()
+    crd["metadata"]["name"] = MODELCACHE.resource
+    spec = crd["spec"]
+    spec["names"] = {
+        "kind": MODELCACHE.kind,
+        "listKind": f"{MODELCACHE.kind}List",
+        "plural": MODELCACHE.plural,
+        "singular": MODELCACHE.kind.lower(),
+        "shortNames": ["k2tcache"],
+        "categories": ["k2think", "ai"],
+    }
+    (version,) = spec["versions"]
+    version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = [
+        {"name": "Source", "type": "string", "jsonPath": ".spec.source"},
+        {"name": "Revision", "type": "string", "jsonPath": ".status.currentRevision"},
+        {"name": "Claim", "type": "string", "jsonPath": ".status.claimName"},
+        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    version["schema"] = {"openAPIV3Schema": copy.deepcopy(_cache_schema())}
+    return crd

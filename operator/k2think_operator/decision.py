@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from k2think_operator import reasons as r
+from k2think_operator.cacheuse import CacheView, serve_from_cache
 from k2think_operator.planner import Plan, PlanError, plan_deployment
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
@@ -30,10 +31,23 @@ class Decision:
     plan: Plan | None
     children: tuple[dict[str, Any], ...]
     problems: tuple[str, ...]
+    #: Set while ``spec.model.cacheRef`` names a cache with no verified revision: no children
+    #: are rendered (so nothing running is changed) and the message goes in CacheReady.
+    waiting_for_cache: str | None = None
+    #: The cache revision served (None without cacheRef).
+    cache: CacheView | None = None
 
 
-def decide(body: Mapping[str, Any]) -> Decision:
-    """Parse, plan and render one K2ThinkDeployment body (a dict as the API returns it)."""
+def decide(
+    body: Mapping[str, Any],
+    cache: CacheView | None = None,
+    cache_waiting: str | None = None,
+) -> Decision:
+    """Parse, plan and render one K2ThinkDeployment body (a dict as the API returns it).
+
+    ``cache`` is the verified revision of the cache ``spec.model.cacheRef`` names
+    (``cacheuse.cache_view``); without it such a deployment waits (``cache_waiting`` says why).
+    """
     meta = body.get("metadata") or {}
     name = str(meta.get("name"))
     namespace = str(meta.get("namespace") or "default")
@@ -47,8 +61,13 @@ def decide(body: Mapping[str, Any]) -> Decision:
         )
     except PlanError as error:
         return Decision(name, namespace, generation, None, None, (), (str(error),))
+    if spec.model.cache_ref is not None:
+        if cache is None:
+            waiting = cache_waiting or f"K2ThinkModelCache {spec.model.cache_ref} is not ready"
+            return Decision(name, namespace, generation, spec, plan, (), (), waiting, None)
+        spec = serve_from_cache(spec, cache)
     children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
-    return Decision(name, namespace, generation, spec, plan, tuple(children), ())
+    return Decision(name, namespace, generation, spec, plan, tuple(children), (), None, cache)
 
 
 def is_subset(desired: Any, live: Any) -> bool:

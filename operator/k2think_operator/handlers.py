@@ -16,7 +16,9 @@ from typing import Any
 import kopf
 
 from k2think_operator import metrics
-from k2think_operator.apis import K2THINK, PODS, RAYSERVICE
+from k2think_operator.apis import JOBS, K2THINK, MODELCACHE, PODS, RAYSERVICE
+from k2think_operator.cachecontrol import reconcile_cache, revision_moved
+from k2think_operator.cachejob import CACHE_LABEL
 from k2think_operator.config import OperatorConfig, current_config
 from k2think_operator.kube import Kube, KubeError
 from k2think_operator.reconcile import Reconciler, summarize_pod
@@ -219,3 +221,67 @@ async def pod_event(
         return
     reconciler: Reconciler = memo.reconciler
     await reconciler.refresh_status(owner, _only(rayservices, key), _pods_of(ray_pods, key))
+
+
+# --- the model cache ---------------------------------------------------------------------------
+
+
+@kopf.index(*MODELCACHE.gvp)
+def caches(
+    name: str, namespace: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): dict(body)}
+
+
+async def _reconcile_cache(
+    memo: kopf.Memo,
+    body: Mapping[str, Any],
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+) -> None:
+    """Fill the cache; when the revision to serve moved, re-render the deployments using it."""
+    reconciler: Reconciler = memo.reconciler
+    before = dict(body.get("status") or {})
+    try:
+        decision = await reconcile_cache(reconciler.kube, body)
+    except KubeError as error:
+        raise kopf.TemporaryError(str(error), delay=current_config().retry_seconds) from error
+    if not decision.invalid and revision_moved(before, decision):
+        for key, bodies in deployments.items():
+            for dep in bodies:
+                ref = ((dep.get("spec") or {}).get("model") or {}).get("cacheRef")
+                if key[0] == decision.namespace and ref == decision.name:
+                    await reconciler.reconcile(dep, _pods_of(ray_pods, key))
+    if decision.retry:
+        # The claim is being created (or is yet to be): we do not watch claims, so look again.
+        raise kopf.TemporaryError("waiting for the claim", delay=current_config().retry_seconds)
+
+
+@kopf.on.resume(*MODELCACHE.gvp, id="cache-resume")
+@kopf.on.create(*MODELCACHE.gvp, id="cache-create")
+@kopf.on.update(*MODELCACHE.gvp, id="cache-update", field="spec")
+async def reconcile_modelcache(
+    memo: kopf.Memo,
+    body: kopf.Body,
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+    **_: Any,
+) -> None:
+    await _reconcile_cache(memo, dict(body), deployments, ray_pods)
+
+
+@kopf.on.event(*JOBS.gvp, labels={**OURS, CACHE_LABEL: kopf.PRESENT}, id="fill-job-event")
+async def fill_job_event(
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    caches: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+    **_: Any,
+) -> None:
+    """A fill Job moved (started, retried, finished): the cache's status follows at once."""
+    cache_name = (meta.get("labels") or {}).get(CACHE_LABEL)
+    owner = _only(caches, (str(meta.get("namespace")), str(cache_name)))
+    if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    await _reconcile_cache(memo, owner, deployments, ray_pods)

@@ -23,9 +23,13 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from k2think_operator.apis import (
     APPLIED,
+    JOBS,
     K2THINK,
     KUEUE_LOCALQUEUE,
     KUEUE_WORKLOAD,
+    MODELCACHE,
+    PODS,
+    PVCS,
     RAYSERVICE,
     Api,
 )
@@ -113,6 +117,10 @@ class KubeApi(Protocol):
     async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         return None
 
+    # The model cache (``cacheuse``): a default for fakes without caches.
+    async def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
     async def close(self) -> None: ...
 
 
@@ -125,6 +133,7 @@ class Kube:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._networking = client.NetworkingV1Api(api)
+        self._batch = client.BatchV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -341,6 +350,95 @@ class Kube:
                 if error.status != 404:
                     raise
                 log.info("%s/%s is gone; status not written", namespace, name)
+
+    # --- the model cache (cachecontrol.py) ----------------------------------------------------
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        """A generated client model as the API's JSON (camelCase keys), like custom objects."""
+        return cast(dict[str, Any], self._api.sanitize_for_serialization(obj))
+
+    async def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        group, version, plural = MODELCACHE.gvp
+        with self._call(MODELCACHE.kind):
+            try:
+                result = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return dict(result)
+
+    async def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._call(PVCS.kind):
+            try:
+                found = await self._core.read_namespaced_persistent_volume_claim(name, namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return self._plain(found)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._call(JOBS.kind):
+            try:
+                found = await self._batch.read_namespaced_job(name, namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return self._plain(found)
+
+    async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods of a Job (the Job controller labels them ``job-name``)."""
+        with self._call(f"{PODS.kind} list"):
+            found = await self._core.list_namespaced_pod(
+                namespace, label_selector=f"job-name={job}"
+            )
+        return [self._plain(item) for item in found.items or []]
+
+    async def create(self, obj: Mapping[str, Any]) -> None:
+        """Create a claim or a Job; one that already exists is left as it is (both are
+        immutable in the fields we set, and a Job's name says what it fills)."""
+        namespace = obj["metadata"]["namespace"]
+        with self._call(obj["kind"]):
+            try:
+                if obj["kind"] == JOBS.kind:
+                    await self._batch.create_namespaced_job(
+                        namespace,
+                        dict(obj),  # type: ignore[arg-type]  # a dict body is sent as JSON
+                        field_manager=FIELD_MANAGER,
+                    )
+                else:
+                    await self._core.create_namespaced_persistent_volume_claim(
+                        namespace,
+                        dict(obj),  # type: ignore[arg-type]  # a dict body is sent as JSON
+                        field_manager=FIELD_MANAGER,
+                    )
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+
+    async def patch_cache_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        group, version, plural = MODELCACHE.gvp
+        with self._call(f"{MODELCACHE.kind} status"):
+            try:
+                await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": dict(status)},
+                    field_manager=FIELD_MANAGER,
+                    _content_type=MERGE_CONTENT_TYPE,
+                )
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
 
 def emit_event(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:

@@ -69,3 +69,17 @@ ANNOUNCED_ONCE: Final = (
     EVENT_INVALID_SPEC,
     EVENT_RAY_AUTH_DISABLED,
 )
+
+# The model cache (K2ThinkModelCache) and the gate it puts on deployments that use it.
+#: Condition type on a K2ThinkModelCache, and on a K2ThinkDeployment with spec.model.cacheRef.
+CACHE_READY: Final = "CacheReady"
+CLAIM_PENDING: Final = "ClaimPending"
+CACHE_DOWNLOADING: Final = "Downloading"
+DOWNLOAD_FAILED: Final = "DownloadFailed"
+VERIFY_FAILED: Final = "VerifyFailed"
+#: CacheReady's reason when the revision is complete and verified (and cachefill's report).
+CACHE_FILLED: Final = "Ready"
+#: On a deployment: the cache it names has no ready revision yet (or does not exist).
+CACHE_NOT_READY: Final = "CacheNotReady"
+EVENT_FILL_STARTED: Final = "FillStarted"
+EVENT_CACHE_READY: Final = "CacheReady"

@@ -28,6 +28,7 @@ from typing import Any
 from k2think_operator import metrics
 from k2think_operator import reasons as r
 from k2think_operator.apis import RAYSERVICE
+from k2think_operator.cacheuse import CacheView, cache_view, waiting_message, with_cache_condition
 from k2think_operator.config import current_config
 from k2think_operator.decision import Decision, decide, decision_events, is_subset, needs_apply
 from k2think_operator.kube import (
@@ -255,6 +256,9 @@ class DeploymentState:
     recheck: asyncio.TimerHandle | None = None
     #: Last message told per once-only event reason (see ``Reconciler._unannounced``).
     announced: dict[str, str] = field(default_factory=dict)
+    #: The cache revision last seen for ``spec.model.cacheRef`` and why there was none
+    #: (pod events refresh status without reading the cache again).
+    cache: tuple[CacheView | None, str | None] = (None, None)
     #: Kueue's last view of a queued deployment (pod events refresh status without API reads)
     #: and the armed look at Kueue while it waits (``Reconciler._schedule_queue_recheck``).
     queue: QueueView | None = None
@@ -302,9 +306,14 @@ class Reconciler:
         ``pods=None`` reuses the pods last seen for this object (the resync loop has no index).
         """
         started = time.monotonic()
-        decision = decide(body)
+        try:
+            view, waiting = await self._cache_of(body)
+        except TransientApiError as error:
+            return Outcome(status=dict(body.get("status") or {}), retry_reason=str(error))
+        decision = decide(body, view, waiting)
         state = self._state(decision)
         state.remember(body, pods)
+        state.cache = (view, waiting)
         async with state.lock:
             try:
                 outcome = await self._converge(body, decision, state, resync=pods is None)
@@ -394,7 +403,12 @@ class Reconciler:
         pods: Iterable[PodSummary],
     ) -> bool:
         """Recompute status from observed children only (no apply); True if it was written."""
-        decision = decide(body)
+        key = (
+            str((body.get("metadata") or {}).get("namespace") or "default"),
+            str((body.get("metadata") or {}).get("name")),
+        )
+        cached = self._states[key].cache if key in self._states else (None, None)
+        decision = decide(body, *cached)
         state = self._state(decision)
         state.remember(body, pods)
         async with state.lock:
@@ -403,6 +417,17 @@ class Reconciler:
             failure = previous_apply_failure(current) if rayservice is None else None
             status = self._desired_status(decision, body, rayservice, state, failure)
             return await write_status(self.kube, decision, current, status)
+
+    async def _cache_of(self, body: Mapping[str, Any]) -> tuple[CacheView | None, str | None]:
+        """The verified revision of the cache ``spec.model.cacheRef`` names, or why there is
+        none (a deployment without cacheRef: neither)."""
+        ref = ((body.get("spec") or {}).get("model") or {}).get("cacheRef")
+        if not ref:
+            return None, None
+        namespace = str((body.get("metadata") or {}).get("namespace") or "default")
+        cache = await self.kube.get_modelcache(namespace, str(ref))
+        view = cache_view(cache)
+        return view, (None if view is not None else waiting_message(str(ref), cache))
 
     def _desired_status(
         self,
@@ -424,6 +449,7 @@ class Reconciler:
         )
         self._schedule_recheck(observation, state)
         status = build_status(observation, body.get("status") or {}, now_rfc3339())
+        status = with_cache_condition(status, decision, now_rfc3339())
         metrics.observe_deployment(
             decision.namespace, decision.name, decision.plan, status, observation.pods
         )

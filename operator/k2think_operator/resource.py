@@ -21,8 +21,8 @@ class Condition(_Model):
     """A condition in Kubernetes API conventions."""
 
     type: str = Field(
-        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked or (under Kueue) "
-        "Admitted."
+        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, (under Kueue) "
+        "Admitted, or (with spec.model.cacheRef, and on a K2ThinkModelCache) CacheReady."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(default=None, description="CamelCase reason.")

@@ -208,6 +208,17 @@ class ModelSpec(_Model):
         description="Name of a Secret in this namespace whose keys become environment variables "
         "of the Ray pods (e.g. HF_TOKEN, AWS_ACCESS_KEY_ID).",
     )
+    cache_ref: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Name of a K2ThinkModelCache in this namespace to load the weights from. "
+        "While the cache has no verified revision the deployment waits (condition CacheReady, "
+        "no RayService); then workers mount the cache's claim read-only, load the newest "
+        "verified revision from its local path with HF_HUB_OFFLINE=1, and switch to a new "
+        "revision only once it is verified. Excludes source and revision (the cache has them); "
+        "several deployments may share one cache.",
+    )
 
     @field_validator("preset")
     @classmethod
@@ -237,20 +248,27 @@ class ModelSpec(_Model):
 
     @model_validator(mode="after")
     @cel(
-        "self.preset == 'custom' ? (has(self.architecture) && has(self.source)) "
+        "self.preset == 'custom' ? (has(self.architecture) && (has(self.source) || "
+        "has(self.cacheRef))) "
         ": !has(self.architecture)",
-        "preset custom needs architecture and source; presets k2-think and k2-think-v2 do not "
+        "preset custom needs architecture and source (or cacheRef); presets k2-think and k2-think-v2 do not "
         "take an architecture",
     )
+    @cel(
+        "!has(self.cacheRef) || (!has(self.source) && !has(self.revision))",
+        "cacheRef excludes source and revision: the cache names the weights",
+    )
     def _architecture_only_for_custom(self) -> ModelSpec:
+        if self.cache_ref is not None and (self.source is not None or self.revision is not None):
+            raise ValueError("cacheRef excludes source and revision: the cache names the weights")
         if self.preset == "custom" and self.architecture is None:
             raise ValueError("preset custom needs an architecture block")
         if self.preset != "custom" and self.architecture is not None:
             raise ValueError(
                 f"architecture is only allowed with preset custom; {self.preset} has its own"
             )
-        if self.preset == "custom" and self.source is None:
-            raise ValueError("preset custom needs a source")
+        if self.preset == "custom" and self.source is None and self.cache_ref is None:
+            raise ValueError("preset custom needs a source (or a cacheRef)")
         return self
 
     @property
