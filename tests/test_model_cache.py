@@ -344,9 +344,7 @@ def test_without_a_ready_cache_nothing_is_rendered() -> None:
 
 
 def test_with_a_ready_cache_workers_mount_it_read_only_and_stay_offline() -> None:
-    (rayservice,) = [
-        c for c in decide(cached_doc(), VIEW).children if c["kind"] == "RayService"
-    ]
+    (rayservice,) = [c for c in decide(cached_doc(), VIEW).children if c["kind"] == "RayService"]
     serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     llm = serve["applications"][0]["args"]["llm_configs"][0]
     path = f"/mnt/models/k2-weights/LLM360--K2-Think/{SHA_A}"
