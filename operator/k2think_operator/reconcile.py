@@ -222,10 +222,16 @@ class Reconciler:
     """Holds the API facade and per-object locks; everything else is passed in."""
 
     def __init__(
-        self, kube: Kube, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+        self,
+        kube: Kube,
+        *,
+        unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
+        status_retry_seconds: float = 5.0,
     ) -> None:
         self.kube = kube
         self.unschedulable_grace = unschedulable_grace
+        self.status_retry_seconds = status_retry_seconds
+        self._status_retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pods: dict[tuple[str, str], tuple[PodSummary, ...]] = {}
         self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -242,9 +248,10 @@ class Reconciler:
         self._pods.pop(key, None)
         self._bodies.pop(key, None)
         self._announced.pop(key, None)
-        handle = self._rechecks.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        for timers in (self._rechecks, self._status_retries):
+            handle = timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
 
     def _unannounced(
         self, decision: Decision, events: list[tuple[bool, str, str]]
@@ -285,6 +292,29 @@ class Reconciler:
                 task.add_done_callback(self._background.discard)
 
         self._rechecks[key] = loop.call_later(delay + 1.0, fire)
+
+    def _schedule_status_retry(self, namespace: str, name: str) -> None:
+        """Reconcile again soon after a status write failed (e.g. a 503 from the API server).
+
+        Without it the status stayed stale until the next event or the slow resync: event
+        handlers are not retried by kopf, and the reconcile that failed to write had nothing
+        else to retry. The retry re-reads the latest body the handlers saw, so it writes what is
+        true then, not what was true when the write failed.
+        """
+        key = (namespace, name)
+        if key in self._status_retries:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._status_retries.pop(key, None)
+            body = self._bodies.get(key)
+            if body is not None:
+                task = loop.create_task(self.reconcile(body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        self._status_retries[key] = loop.call_later(self.status_retry_seconds, fire)
 
     async def reconcile(
         self,
@@ -435,7 +465,15 @@ class Reconciler:
         try:
             await self.kube.patch_status(decision.namespace, decision.name, patch)
         except KubeError as error:
-            log.warning("status of %s/%s not written: %s", decision.namespace, decision.name, error)
+            log.warning(
+                "status of %s/%s not written (retrying in %.0f s): %s",
+                decision.namespace,
+                decision.name,
+                self.status_retry_seconds,
+                error,
+            )
+            metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+            self._schedule_status_retry(decision.namespace, decision.name)
             return False
         metrics.API_WRITES.labels("status").inc()
         return True

@@ -329,12 +329,43 @@ class K2ThinkDeploymentSpec(_Model):
         kinds = {ACCELERATORS[p.gpu_type].is_cpu for p in self.pools}
         if len(kinds) > 1:
             raise ValueError("pools mix the CPU profile with GPU types; use one or the other")
+        problem = vendor_problem(self.pools, self.ray.image)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
     def fixed_replicas(self) -> int:
         """Replica count when autoscaling is off (1 when neither is set)."""
         return 1 if self.replicas is None else self.replicas
+
+
+def vendor_problem(pools: list[PoolSpec], image: str) -> str | None:
+    """Why these pools cannot share one Ray image, or None.
+
+    One K2ThinkDeployment renders one ``spec.ray.image`` for every pool, and a Ray/vLLM image is
+    built for one GPU stack (CUDA or ROCm): a B200 pool and an MI300X pool in one deployment would
+    run the CUDA build on AMD boards. Refusing is simpler and safer than per-pool images (which
+    would also need per-pool engine builds and a cross-vendor tensor/pipeline layout vLLM does not
+    offer); the fix is one deployment per vendor.
+    """
+    vendors: dict[str, list[str]] = {}
+    for pool in pools:
+        accelerator = ACCELERATORS[pool.gpu_type]
+        if not accelerator.is_cpu:
+            vendors.setdefault(accelerator.vendor, []).append(f"{pool.name} ({pool.gpu_type})")
+    if len(vendors) > 1:
+        listed = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(vendors.items()))
+        return (
+            f"pools mix GPU vendors ({listed}); one deployment runs one Ray image, built for "
+            "either CUDA or ROCm: split them into one K2ThinkDeployment per vendor"
+        )
+    if "amd.com" in vendors and image == DEFAULT_RAY_IMAGE:
+        return (
+            f"AMD pools ({', '.join(vendors['amd.com'])}) need a ROCm build of Ray and vLLM; "
+            f"the default spec.ray.image {DEFAULT_RAY_IMAGE} is a CUDA build: set spec.ray.image"
+        )
+    return None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
