@@ -211,3 +211,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
 
 def accelerator_names() -> list[str]:
     return sorted(ACCELERATORS)
+
+
+def preset_names() -> list[str]:
+    return sorted(MODEL_PRESETS)
