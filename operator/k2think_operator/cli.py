@@ -53,12 +53,16 @@ def _meta(doc: dict[str, Any]) -> tuple[str, str]:
 
 def check_document(doc: dict[str, Any]) -> list[SpecError]:
     """Every problem with one document: CRD schema, then models, then the planner."""
+    from k2think_operator.limits import name_problems
     from k2think_operator.schema_check import schema_errors
 
     problems = schema_errors(doc)
     if problems:
         return problems
     name, _ = _meta(doc)
+    named = name_problems(doc.get("metadata") or {})
+    if named:
+        return named
     try:
         plan_deployment(parse_spec(doc.get("spec") or {}), name)
     except InvalidSpec as error:

@@ -25,6 +25,7 @@ from k2think_operator.kube import (
     TransientApiError,
     emit_event,
 )
+from k2think_operator.limits import name_problems
 from k2think_operator.planner import Plan, PlanError, plan_deployment
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, COMPONENT_LABEL, POOL_LABEL
@@ -73,6 +74,9 @@ def decide(body: Mapping[str, Any]) -> Decision:
     name = str(meta.get("name"))
     namespace = str(meta.get("namespace") or "default")
     generation = int(meta.get("generation") or 0)
+    named = name_problems(meta)
+    if named:
+        return Decision(name, namespace, generation, None, None, (), tuple(map(str, named)))
     try:
         spec = parse_spec(dict(body.get("spec") or {}))
         plan = plan_deployment(spec, name)

@@ -130,5 +130,15 @@ def schema_errors(document: dict[str, Any]) -> list[SpecError]:
     errors = sorted(
         _validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
     )
-    problems = [SpecError(_path(list(e.absolute_path)), e.message) for e in errors]
+    problems: list[SpecError] = []
+    for e in errors:
+        path = list(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            # Name the unknown field itself, as the API server does (strict field validation:
+            # ".spec.replica: field not declared in schema").
+            known = set((e.schema.get("properties") or {}) if isinstance(e.schema, dict) else ())
+            for key in sorted(set(e.instance) - known):
+                problems.append(SpecError(_path([*path, key]), "field not declared in schema"))
+            continue
+        problems.append(SpecError(_path(path), e.message))
     return problems or cel_errors(document)

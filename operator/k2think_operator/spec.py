@@ -73,6 +73,13 @@ Quantity = Annotated[
     IntOrString(description="A resource quantity."),
 ]
 
+#: Git revisions (branches, tags, commits): no spaces, newlines or shell syntax.
+REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+#: OpenAI model ids as vLLM serves them (e.g. LLM360/K2-Think, org/model:tag).
+SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
+#: vLLM EngineArgs keywords.
+ENGINE_ARG_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+
 SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
 #: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
 SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
@@ -172,14 +179,17 @@ class ModelSpec(_Model):
         default=None,
         min_length=1,
         max_length=256,
+        pattern=REVISION_PATTERN,
         description="Model revision (branch, tag or commit) for hf:// sources.",
     )
     served_model_name: str | None = Field(
         default=None,
         min_length=1,
         max_length=256,
+        pattern=SERVED_NAME_PATTERN,
         description="The model name clients send in OpenAI requests. Defaults to the preset's "
-        "Hugging Face id (e.g. LLM360/K2-Think), or the resource name for custom models.",
+        "Hugging Face id (e.g. LLM360/K2-Think), or the resource name for custom models. "
+        "Letters, digits and . _ / : @ + - only (it is passed on to vLLM and appears in URLs).",
     )
     max_model_len: int = Field(
         default=32768,
@@ -231,6 +241,10 @@ class ModelSpec(_Model):
             raise ValueError(f"{value!r}: a pvc source needs a claim and a path, pvc://CLAIM/PATH")
         if scheme == "file" and not rest.startswith("/"):
             raise ValueError(f"{value!r}: a file source needs an absolute path, file:///PATH")
+        if ".." in rest.split("/"):
+            # pvc:// paths are joined under the claim's mount point and file:// paths are read
+            # by vLLM as they are: a '..' segment would reach outside what the user named.
+            raise ValueError(f"{value!r}: '..' path segments are not allowed")
         return value
 
     @model_validator(mode="after")
@@ -490,6 +504,7 @@ class EngineSpec(_Model):
     reasoning_parser: str | None = Field(
         default=None,
         max_length=64,
+        pattern=r"^[a-z0-9_]*$",
         description="vLLM reasoning parser that splits <think>...</think> into "
         "reasoning_content. Defaults to deepseek_r1 for the K2 Think presets; empty string "
         "disables.",
@@ -523,6 +538,14 @@ class EngineSpec(_Model):
             if key in PLANNED_ENGINE_ARGS:
                 raise ValueError(
                     f"{key} is set by the operator; use {PLANNED_ENGINE_ARGS[key]} instead"
+                )
+            if not ENGINE_ARG_KEY.match(key):
+                # Ray Serve LLM passes engine_kwargs to vLLM's EngineArgs by keyword: a flag
+                # spelling ("--enforce-eager") or a dashed name would make every replica fail.
+                raise ValueError(
+                    f"{key!r} is not a vLLM engine argument name; use the snake_case keyword "
+                    f"(e.g. {key.lstrip('-').replace('-', '_') or 'enforce_eager'!r}), not a "
+                    "command-line flag"
                 )
         return value
 
