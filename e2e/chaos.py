@@ -1,5 +1,5 @@
 """Fault injection shared by the chaos suite (``e2e/test_chaos.py``) and its benchmark
-(``e2e/bench/chaos.py``): the same scenarios, a CI size and a campus size.
+(``e2e/bench/faults.py``): the same scenarios, a CI size and a campus size.
 
 Each scenario puts N K2ThinkDeployments to work, injects one kind of fault while they reconcile,
 and waits (bounded polling) until the namespace is *converged*:
