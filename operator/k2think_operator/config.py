@@ -38,15 +38,15 @@ class OperatorConfig:
     lease_namespace: str = ""
     #: Empty: the pod name plus a random suffix.
     lease_identity: str = ""
-    lease_duration_seconds: float = field(
-        default_factory=lambda: float(_env_int("K2T_LEASE_DURATION_SECONDS", 15))
+    #: Whole seconds: the Lease's leaseDurationSeconds is an integer (the elector stores
+    #: str(duration) and parses it back with int()).
+    lease_duration_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_LEASE_DURATION_SECONDS", 15)
     )
-    lease_renew_deadline_seconds: float = field(
-        default_factory=lambda: float(_env_int("K2T_LEASE_RENEW_DEADLINE_SECONDS", 10))
+    lease_renew_deadline_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_LEASE_RENEW_DEADLINE_SECONDS", 10)
     )
-    lease_retry_seconds: float = field(
-        default_factory=lambda: float(_env_int("K2T_LEASE_RETRY_SECONDS", 2))
-    )
+    lease_retry_seconds: int = field(default_factory=lambda: _env_int("K2T_LEASE_RETRY_SECONDS", 2))
 
     @property
     def liveness_endpoint(self) -> str:

@@ -159,6 +159,7 @@ class _Term:
         self.health: web.AppRunner | None = None
         self.leading: asyncio.Task[None] | None = None
         self.exit_code = 0
+        self.failed = False
 
     async def lead(self) -> None:
         self.leading = asyncio.current_task()
@@ -196,6 +197,7 @@ class _Term:
             await elector
         if not elector.cancelled() and elector.exception() is not None:
             log.warning("leader election failed: %r", elector.exception())
+            self.failed = True
         if self.leading is not None and not self.leading.done():
             # The lease was lost: stop reconciling now, before it can expire and a standby
             # take over.
@@ -241,6 +243,10 @@ async def run_as_leader(settings: OperatorConfig, work: Callable[[], Awaitable[i
             term = _Term(lock, stop, work)
             await term.run(settings)
             exit_code = term.exit_code
+            if term.failed:
+                # Not a tight loop on an error the next term would hit again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=settings.lease_retry_seconds)
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(lock.release(), timeout=5)
