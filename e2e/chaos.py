@@ -232,8 +232,12 @@ def kill_storm(
     try:
         for i in range(kills):
             done = progress(cluster, ns)
+            if done >= 2 * n:  # all caught up: give it new work to be killed in the middle of
+                bump(cluster, ns, rng.sample(names, k=max(1, n // 4)), rng)
+                done = progress(cluster, ns)
             remaining = max(1, 2 * n - done)
-            wait_progress(cluster, ns, done + rng.randint(1, max(1, remaining // 2)), timeout)
+            target = min(2 * n, done + rng.randint(1, max(1, remaining // 2)))
+            wait_progress(cluster, ns, target, timeout)
             op.kill()
             # New work for the next operator while nobody runs: the edits land mid-flight.
             bump(cluster, ns, rng.sample(names, k=max(1, n // 4)), rng)
