@@ -224,9 +224,11 @@ def kill_storm(
     """SIGKILL the operator ``kills`` times at random progress points while edits keep coming."""
     objs = docs(ns, n)
     names = [o["metadata"]["name"] for o in objs]
-    start = lambda i: OperatorProcess(  # noqa: E731
-        cluster, ["--all-namespaces"], log_dir / f"chaos-kill-{ns}-{i}.log"
-    ).start()
+
+    def start(i: int) -> OperatorProcess:
+        log = log_dir / f"chaos-kill-{ns}-{i}.log"
+        return OperatorProcess(cluster, ["--all-namespaces"], log).start()
+
     op = start(0)
     apply_all(cluster, objs)
     try:
@@ -244,7 +246,7 @@ def kill_storm(
             op = start(i + 1)
         restarted = time.monotonic()
         seconds = wait_converged(cluster, ns, names, timeout=timeout, since=restarted)
-        assert op.proc is not None and op.proc.poll() is None
+        assert op.alive()
         return Result(
             "sigkill", n, kills, seconds, kopf_restarts=metric(op, "k2think_kopf_restarts_total")
         )
@@ -276,7 +278,7 @@ def restart_mid_reconcile(
         back = time.monotonic()
         bump(cluster, ns, rng.sample(names, k=max(1, n // 4)), rng)
         seconds = wait_converged(cluster, ns, names, timeout=timeout, since=back)
-        assert op.proc is not None and op.proc.poll() is None and op.proc.pid == pid, (
+        assert op.proc is not None and op.alive() and op.proc.pid == pid, (
             "the operator process did not survive"
         )
         return Result(
@@ -409,7 +411,7 @@ def throttled(
         lifted = True
         back = time.monotonic()
         seconds = wait_converged(cluster, ns, names, timeout=timeout, since=back)
-        assert op.proc is not None and op.proc.poll() is None and op.proc.pid == pid
+        assert op.proc is not None and op.alive() and op.proc.pid == pid
         return Result(
             "apf-throttle",
             n,

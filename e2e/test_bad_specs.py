@@ -110,15 +110,12 @@ def test_operator_refuses_admitted_bad_edits_leaves_rayservice_and_heals(
     names = {c.slug: f"c{c.slug[:3]}" for c in edits}
     with namespace(cluster, "bad-specs-operator") as ns:
         _apply_all(cluster, [c.good_document(namespace=ns, name=names[c.slug]) for c in edits])
-        before = eventually(
-            f"{len(edits)} RayServices",
-            lambda: (
-                (found := _by_name(cluster, "rayservices.ray.io", ns))
-                and len(found) == len(edits)
-                and found
-            ),
-            timeout=120,
-        )
+
+        def all_children() -> dict[str, dict[str, Any]] | None:
+            found = _by_name(cluster, "rayservices.ray.io", ns)
+            return found if len(found) == len(edits) else None
+
+        before = eventually(f"{len(edits)} RayServices", all_children, timeout=120)
         eventually(
             "every deployment observed",
             lambda: all(

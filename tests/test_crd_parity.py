@@ -231,7 +231,7 @@ def test_root_fields() -> None:
 
 
 def _with_field(model: type[BaseModel], **fields: Any) -> type[BaseModel]:
-    extended: type[BaseModel] = create_model(model.__name__, __base__=model, **fields)  # type: ignore[call-overload]
+    extended: type[BaseModel] = create_model(model.__name__, __base__=model, **fields)
     return extended
 
 

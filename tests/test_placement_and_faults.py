@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -201,7 +202,7 @@ class FlakyStatusKube(RecordingKube):
         self.attempts = 0
         self.patched = asyncio.Event()
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise TransientApiError("K2ThinkDeployment status: HTTP 503: the server is busy")
@@ -211,7 +212,7 @@ class FlakyStatusKube(RecordingKube):
 
 async def test_failed_status_write_is_retried_without_a_new_event() -> None:
     kube = FlakyStatusKube(failures=2)
-    reconciler = Reconciler(kube, status_retry_seconds=0.05)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube, status_retry_seconds=0.05)
     outcome = await reconciler.reconcile(minimal_doc(), ())
     assert outcome.applied and not outcome.wrote_status
     # No event, no resync: the retry alone writes the status (after a second 503).
@@ -223,9 +224,11 @@ async def test_failed_status_write_is_retried_without_a_new_event() -> None:
 
 async def test_forget_cancels_a_pending_status_retry() -> None:
     kube = FlakyStatusKube(failures=1)
-    reconciler = Reconciler(kube, status_retry_seconds=0.2)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube, status_retry_seconds=0.2)
     await reconciler.reconcile(minimal_doc(), ())
-    [handle] = reconciler._status_retries.values()
+    [state] = reconciler._states.values()
+    handle = state.status_retry
+    assert handle is not None
     reconciler.forget("team-a", "demo")
     assert handle.cancelled()
-    assert not reconciler._status_retries
+    assert not reconciler._states

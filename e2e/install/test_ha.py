@@ -15,8 +15,6 @@ the chart grants is exactly what they have. What is proven:
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -27,10 +25,10 @@ import pytest
 import yaml
 
 from harness import wait_for
+from harness.operator_process import OperatorProcess as LocalOperator
 
 from .tools import (
     CHART,
-    LocalOperator,
     Tools,
     apply_example,
     assert_reconciled,
@@ -57,7 +55,7 @@ def _identity(op: LocalOperator) -> str | None:
     """The identity a replica logged when it started its election."""
     for line in op.log().splitlines():
         if "leader election: lease" in line and " as " in line:
-            return line.split(" as ", 1)[1].split(" ", 1)[0]
+            return str(line.split(" as ", 1)[1].split(" ", 1)[0])
     return None
 
 
@@ -132,7 +130,7 @@ def test_two_replicas_one_active_and_the_standby_takes_over(
         assert not _writes(second), _writes(second)
 
         # SIGKILL the active replica, then edit while nobody is active.
-        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.kill()  # SIGKILL of its process group
         killed = time.monotonic()
         tools.kubectl(
             "patch",
@@ -162,7 +160,7 @@ def test_two_replicas_one_active_and_the_standby_takes_over(
         third = replicas(kubeconfig, "c", election)
         assert ACQUIRED not in third.log()
         stopped = time.monotonic()
-        second.proc.stop(timeout=20)
+        second.stop(timeout=20)  # SIGTERM
         assert "released lease" in second.log(), second.log()[-2000:]
         wait_for("replica c holds the lease", lambda: ACQUIRED in third.log(), timeout=60)
         handover = time.monotonic() - stopped

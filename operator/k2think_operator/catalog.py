@@ -53,7 +53,6 @@ class ModelPreset:
     architecture: Architecture
     default_dtype: str
     reasoning_parser: str
-    license: str
 
 
 K2_THINK: Final = ModelPreset(
@@ -72,7 +71,6 @@ K2_THINK: Final = ModelPreset(
     ),
     default_dtype="bfloat16",
     reasoning_parser="deepseek_r1",
-    license="Apache-2.0",
 )
 
 K2_THINK_V2: Final = ModelPreset(
@@ -91,7 +89,6 @@ K2_THINK_V2: Final = ModelPreset(
     ),
     default_dtype="bfloat16",
     reasoning_parser="deepseek_r1",
-    license="Apache-2.0",
 )
 
 MODEL_PRESETS: Final[dict[str, ModelPreset]] = {p.name: p for p in (K2_THINK, K2_THINK_V2)}
@@ -113,6 +110,8 @@ class Accelerator:
 
     name: str
     memory_gib: float
+    #: HBM bandwidth: decode is bandwidth bound (design §4); kept as catalog data for the
+    #: planner's explanation, which does not quote it yet.
     bandwidth_tb_s: float
     resource_name: str | None
     ray_accelerator_type: str | None
@@ -121,7 +120,6 @@ class Accelerator:
     runtime_reserve_gib: float = 4.0
     default_dtype: str | None = None
     enforce_eager: bool = False
-    supports_bf16: bool = True
 
     @property
     def is_cpu(self) -> bool:
@@ -203,7 +201,6 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             runtime_reserve_gib=0.0,
             default_dtype="float32",
             enforce_eager=True,
-            supports_bf16=False,
         ),
     )
 }

@@ -13,9 +13,9 @@ import copy
 from functools import lru_cache
 from typing import Any
 
+from k2think_operator.apis import K2THINK
 from k2think_operator.apischema import Schema, crd_schema
 from k2think_operator.resource import K2ThinkDeployment
-from k2think_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 
 @lru_cache(maxsize=1)
@@ -30,7 +30,7 @@ def build_crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{API_GROUP}",
+            "name": K2THINK.resource,
             "labels": {
                 "app.kubernetes.io/name": "k2think-operator",
                 "app.kubernetes.io/part-of": "k2think",
@@ -44,19 +44,19 @@ def build_crd() -> dict[str, Any]:
             },
         },
         "spec": {
-            "group": API_GROUP,
+            "group": K2THINK.group,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
+                "kind": K2THINK.kind,
+                "listKind": f"{K2THINK.kind}List",
+                "plural": K2THINK.plural,
+                "singular": K2THINK.kind.lower(),
                 "shortNames": ["k2t"],
                 "categories": ["k2think", "ai"],
             },
             "scope": "Namespaced",
             "versions": [
                 {
-                    "name": API_VERSION,
+                    "name": K2THINK.version,
                     "served": True,
                     "storage": True,
                     "subresources": {

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from k2think_operator.apis import K2THINK
 from k2think_operator.apischema import Cel, IntOrString, cel
 from k2think_operator.catalog import (
     ACCELERATORS,
@@ -31,10 +32,11 @@ from k2think_operator.catalog import (
     preset_names,
 )
 
-API_GROUP = "k2think.dev"
-API_VERSION = "v1alpha1"
-KIND = "K2ThinkDeployment"
-PLURAL = "k2thinkdeployments"
+# Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
+API_GROUP = K2THINK.group
+API_VERSION = K2THINK.version
+KIND = K2THINK.kind
+PLURAL = K2THINK.plural
 
 DEFAULT_RAY_IMAGE = "rayproject/ray-llm:2.60.0-py311-cu128"
 
