@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             result.notes["wall_s"] = round(time.monotonic() - started, 1)
             print(result.line(), flush=True)
             results.append(result.__dict__)
-            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+            # Wait until it is gone: an all-namespaces operator in the next scenario would
+            # otherwise also resume this scenario's deployments while they are being deleted.
+            cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=600s", check=False)
     finally:
         cluster.close()
     print(json.dumps({"seed": seed, "results": results}, indent=1))
