@@ -38,6 +38,9 @@ unit: venv
 CAMPUS ?= e2e/campus/small.yaml
 CLUSTER ?= default
 KUBERAY ?= 1
+# KUEUE=1: also run Kueue and the GPU bin-packing scheduler profile (docs/scheduling.md)
+KUEUE ?= 0
+BINPACK ?= $(KUEUE)
 HARNESS := PYTHONPATH=$(CURDIR)/e2e $(PY) -m harness
 
 .PHONY: binaries bindir cluster-up cluster-down cluster-status harness-smoke
@@ -50,9 +53,10 @@ binaries:
 bindir:
 	@bash e2e/scripts/build-binaries.sh
 
-## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
+## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, KUEUE=0|1, BINPACK=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
 cluster-up: venv
-	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,)
+	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,) \
+		$(if $(filter 1,$(KUEUE)),--with-kueue,) $(if $(filter 1,$(BINPACK)),--gpu-binpacking,)
 
 ## cluster-down: stop every process of the campus and remove its state
 cluster-down: venv
@@ -84,7 +88,13 @@ system-deps:
 
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
-	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench
+	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench \
+		--ignore=e2e/test_fleet.py
+
+## test-fleet: Kueue quotas/queueing/borrowing/preemption and GPU bin-packing on their own campus
+.PHONY: test-fleet
+test-fleet: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_fleet.py
 
 ## test-chaos: the chaos suite alone (e2e/test_chaos.py, own cluster; K2T_CHAOS_N/KILLS/SEED)
 .PHONY: test-chaos
@@ -99,6 +109,7 @@ demo: venv binaries
 test: venv system-deps binaries
 	$(MAKE) lint typecheck unit
 	$(MAKE) e2e
+	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
 
 # ---------------------------------------------------------------- chart, raw manifests, install e2e

@@ -258,6 +258,9 @@ ALLOWED = [
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "events"),
+    ("list", "workloads.kueue.x-k8s.io"),
+    ("patch", "workloads.kueue.x-k8s.io"),
+    ("get", "localqueues.kueue.x-k8s.io"),
 ]
 #: What it must never be able to do, wherever it is asked.
 DENIED = [
@@ -279,6 +282,10 @@ DENIED = [
     ("create", "rayclusters.ray.io"),
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("delete", "workloads.kueue.x-k8s.io"),
+    ("create", "workloads.kueue.x-k8s.io"),
+    ("patch", "localqueues.kueue.x-k8s.io"),
+    ("create", "clusterqueues.kueue.x-k8s.io"),
 ]
 #: Cluster-scoped things it must never do.
 DENIED_CLUSTER = [

@@ -21,7 +21,15 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from k2think_operator.apis import APPLIED, K2THINK, RAYSERVICE, Api
+from k2think_operator.apis import (
+    APPLIED,
+    K2THINK,
+    KUEUE_LOCALQUEUE,
+    KUEUE_WORKLOAD,
+    RAYSERVICE,
+    Api,
+)
+from k2think_operator.queueing import JOB_UID_LABEL
 from k2think_operator.render.meta import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,16 @@ class KubeApi(Protocol):
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]: ...
+
+    # Kueue: defaults for an API without it (fakes need not implement them).
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        return None
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        return None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        return None
 
     async def close(self) -> None: ...
 
@@ -194,6 +212,52 @@ class Kube:
                     return None
                 raise
         return dict(result)
+
+    # --- Kueue: read its Workloads and LocalQueues; (de)activate our own Workload -------------
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        """Kueue Workloads of one RayService (by Kueue's job-uid label); None: no Kueue API."""
+        group, version, plural = KUEUE_WORKLOAD.gvp
+        with self._call(f"{KUEUE_WORKLOAD.kind} list"):
+            try:
+                found = await self._custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, label_selector=f"{JOB_UID_LABEL}={job_uid}"
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return [dict(item) for item in found.get("items", [])]
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        """The ClusterQueue a LocalQueue points at (None when it or Kueue's API is absent)."""
+        group, version, plural = KUEUE_LOCALQUEUE.gvp
+        with self._call(KUEUE_LOCALQUEUE.kind):
+            try:
+                found = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        target = (found.get("spec") or {}).get("clusterQueue")
+        return str(target) if target else None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's way to stop and restart a workload: ``spec.active`` (merge patch)."""
+        group, version, plural = KUEUE_WORKLOAD.gvp
+        with self._call(KUEUE_WORKLOAD.kind):
+            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                {"spec": {"active": active}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_CONTENT_TYPE,
+            )
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""

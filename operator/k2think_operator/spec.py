@@ -640,6 +640,52 @@ class ServingSpec(_Model):
     )
 
 
+#: Kueue admits one workload of at most 8 PodSets: the Ray head and 7 worker groups (one per pool)
+#: (sigs.k8s.io/kueue v0.17 pkg/controller/jobs/raycluster/common.go, ValidateCreate).
+KUEUE_MAX_WORKER_GROUPS = 7
+#: Kueue names the head's PodSet "head" and refuses a worker group of that name (same function).
+KUEUE_RESERVED_GROUP = "head"
+QUEUE_NAME_DESCRIPTION = (
+    "Kueue LocalQueue (in this namespace) the deployment is admitted through. The RayService "
+    "gets the label kueue.x-k8s.io/queue-name and waits, suspended, until Kueue admits it as "
+    "one workload (head and every worker group, all or nothing) against the ClusterQueue's "
+    "quota; the Admitted condition says where it stands. Changing it re-queues the deployment "
+    "only while it is suspended (Kueue keeps the queue of a running workload)."
+)
+PRIORITY_CLASS_DESCRIPTION = (
+    "Kueue WorkloadPriorityClass of the deployment (label kueue.x-k8s.io/priority-class): "
+    "decides the order in the queue and which workloads Kueue preempts for it. A preempted "
+    "deployment is suspended as a whole and queued again."
+)
+
+
+class SchedulingSpec(_Model):
+    """Admission through Kueue (docs/scheduling.md)."""
+
+    queue_name: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63, description=QUEUE_NAME_DESCRIPTION
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description=PRIORITY_CLASS_DESCRIPTION,
+    )
+
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.priorityClassName) || has(self.queueName)",
+        "priorityClassName needs queueName: Kueue only orders and preempts the workloads it queues",
+    )
+    def _priority_needs_queue(self) -> SchedulingSpec:
+        if self.priority_class_name is not None and self.queue_name is None:
+            raise ValueError(
+                "spec.scheduling.priorityClassName needs spec.scheduling.queueName: Kueue only "
+                "orders and preempts the workloads it queues"
+            )
+        return self
+
+
 class K2ThinkDeploymentSpec(_Model):
     """Desired state of a K2 Think serving fleet."""
 
@@ -688,8 +734,49 @@ class K2ThinkDeploymentSpec(_Model):
     )
     suspend: bool = Field(
         default=False,
-        description="Stop the Ray cluster and free its GPUs, keeping the resource and its plan.",
+        description="Stop the Ray cluster and free its GPUs, keeping the resource and its plan. "
+        "Under Kueue (scheduling.queueName) the operator deactivates the deployment's Workload "
+        "instead, which gives its quota back.",
     )
+    scheduling: SchedulingSpec = Field(
+        default_factory=lambda: SchedulingSpec(),
+        description="Fleet scheduling: admission through Kueue (docs/scheduling.md). Without "
+        "queueName the deployment is not queued and runs as soon as it is applied.",
+    )
+
+    @property
+    def queued(self) -> bool:
+        """Admitted through Kueue (spec.scheduling.queueName set)."""
+        return self.scheduling.queue_name is not None
+
+    @model_validator(mode="after")
+    @cel(
+        f"!has(self.scheduling) || !has(self.scheduling.queueName) || "
+        f"size(self.pools) <= {KUEUE_MAX_WORKER_GROUPS}",
+        f"with scheduling.queueName at most {KUEUE_MAX_WORKER_GROUPS} pools: Kueue admits at "
+        "most 8 PodSets (the head and one worker group per pool)",
+    )
+    @cel(
+        f"!has(self.scheduling) || !has(self.scheduling.queueName) || "
+        f"self.pools.all(p, p.name != '{KUEUE_RESERVED_GROUP}')",
+        f"with scheduling.queueName no pool may be named '{KUEUE_RESERVED_GROUP}': Kueue "
+        "reserves it for the Ray head",
+    )
+    def _kueue_limits(self) -> K2ThinkDeploymentSpec:
+        if not self.queued:
+            return self
+        if len(self.pools) > KUEUE_MAX_WORKER_GROUPS:
+            raise ValueError(
+                f"with spec.scheduling.queueName at most {KUEUE_MAX_WORKER_GROUPS} pools: Kueue "
+                f"admits a RayService as one workload of at most 8 PodSets (the head and one "
+                f"worker group per pool); this spec has {len(self.pools)} pools"
+            )
+        if any(p.name == KUEUE_RESERVED_GROUP for p in self.pools):
+            raise ValueError(
+                f"with spec.scheduling.queueName no pool may be named {KUEUE_RESERVED_GROUP!r}: "
+                "Kueue reserves that name for the Ray head's PodSet"
+            )
+        return self
 
     @model_validator(mode="after")
     @cel(

@@ -112,4 +112,12 @@ Least privilege, derived from what the operator does (docs/install.md, "RBAC"):
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Kueue (spec.scheduling, docs/scheduling.md): read the RayService's Workloads and its LocalQueue
+# for status; patch a Workload's spec.active for spec.suspend. Harmless without Kueue installed.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["localqueues"]
+  verbs: ["get"]
 {{- end }}

@@ -17,6 +17,7 @@ import yaml
 
 from k2think_operator.apis import RAYSERVICE
 from k2think_operator.planner import Plan, PoolPlan
+from k2think_operator.queueing import kueue_annotations, kueue_labels
 from k2think_operator.render.meta import (
     CLUSTER_HASH_ANNOTATION,
     COMPONENT_LABEL,
@@ -219,7 +220,10 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
     }
     # Always explicit: a suspended RayCluster resumes only on `suspend: false`, not on an absent
     # field (KubeRay v1.6), and KubeRay toggles it in place on the running cluster.
-    config["suspend"] = spec.suspend
+    # Under Kueue the field is Kueue's (it suspends until admission and on preemption): leaving
+    # it out keeps it out of our apply and our drift check (queueing.py).
+    if not spec.queued:
+        config["suspend"] = spec.suspend
     return config
 
 
@@ -243,13 +247,15 @@ def build_rayservice(
         "serveConfigV2": render_serve_config(spec, plan, name),
         "rayClusterConfig": cluster_config,
     }
+    queue, priority = spec.scheduling.queue_name, spec.scheduling.priority_class_name
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": standard_labels(name),
+        "labels": {**standard_labels(name), **kueue_labels(queue, priority)},
         "annotations": {
             SPEC_HASH_ANNOTATION: digest(body),
             CLUSTER_HASH_ANNOTATION: cluster_hash(cluster_config),
+            **kueue_annotations(queue),
         },
     }
     if uid is not None:
