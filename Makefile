@@ -115,6 +115,11 @@ e2e: venv binaries
 test-fleet: venv binaries
 	$(PY) -m pytest -q -p no:cacheprovider e2e/test_fleet.py
 
+## test-chaos: the chaos suite alone (e2e/test_chaos.py, own cluster; K2T_CHAOS_N/KILLS/SEED)
+.PHONY: test-chaos
+test-chaos: venv binaries
+	$(PY) -m pytest -q -s -p no:cacheprovider e2e/test_chaos.py
+
 ## demo: the README's main job: a simulated GPU campus serving K2-Think through the operator
 demo: venv binaries
 	$(PY) e2e/demo.py --name $(CLUSTER)

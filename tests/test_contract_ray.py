@@ -42,6 +42,7 @@ CASES: dict[str, dict[str, Any]] = {
     "mi300x": minimal_doc(
         model={"preset": "k2-think-v2", "maxModelLen": 131072},
         pools=[{"name": "amd", "gpuType": "MI300X-192GB"}],
+        ray={"image": "registry.example/ray-llm:2.60.0-py311-rocm"},
     ),
 }
 

@@ -83,7 +83,7 @@ def test_examples_validate_against_the_schema(example_name: str) -> None:
     [
         ({"pools": [{"name": "x", "gpuType": "H900"}]}, ["spec", "pools", 0, "gpuType"]),
         ({"replicas": -1}, ["spec", "replicas"]),
-        ({"bogus": True}, ["spec"]),
+        ({"bogus": True}, ["spec", "bogus"]),
         ({"model": {"maxModelLen": 10}}, ["spec", "model", "maxModelLen"]),
         (
             {"pools": [{"name": "x", "gpuType": "H100-80GB", "cpuPerGpu": "lots"}]},

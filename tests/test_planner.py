@@ -84,10 +84,13 @@ def test_k2think_on_h100_never_gets_tp1(max_len: int, utilization: float, min_se
     ],
 )
 def test_layout_table(preset: str, gpu: str, max_len: int, kv: str, expected_tp: int) -> None:
+    # AMD pools need a ROCm image (spec.vendor_problem); the image does not change the plan.
+    image = {"image": "registry.example/ray-llm:rocm"} if gpu.startswith("MI") else {}
     plan = plan_of(
         model={"preset": preset, "maxModelLen": max_len},
         pools=pool(gpu),
         engine={"kvCacheDtype": kv},
+        ray=image,
     )
     assert plan.tensor_parallel == expected_tp, plan.explanation
     assert plan.pipeline_parallel == 1

@@ -114,7 +114,13 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
 
     (deployment,) = _by_kind(objs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    leader = settings.get("leaderElection", {}).get("enabled", True)
+    if leader:
+        # Two replicas, one Lease (docs/operations.md, "High availability").
+        assert spec["replicas"] == settings.get("replicaCount", 2)
+        assert spec["strategy"]["type"] == "RollingUpdate"
+    else:
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -142,10 +148,34 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
     assert "--health-port=8080" in args and "--metrics-port=9090" in args
     assert f"--log-format={settings.get('operator', {}).get('logFormat', 'json')}" in args
 
+    if leader:
+        assert "--leader-elect" in args
+        assert "--leader-elect-lease=t-k2think-operator" in args
+        assert "--leader-elect-namespace=ops" in args
     cluster_roles = _by_kind(objs, "ClusterRole")
-    roles = _by_kind(objs, "Role")
+    election = [
+        r for r in _by_kind(objs, "Role") if r["metadata"]["name"].endswith("-leader-election")
+    ]
+    roles = [r for r in _by_kind(objs, "Role") if r not in election]
+    if leader:
+        (lease_role,) = election
+        assert lease_role["metadata"]["namespace"] == "ops"
+        assert lease_role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": ["t-k2think-operator"],
+                "verbs": ["get", "update"],
+            },
+        ]
+    else:
+        assert not election
     if scope == "cluster":
-        assert not roles and not _by_kind(objs, "RoleBinding")
+        assert not roles
+        assert [b["metadata"]["name"] for b in _by_kind(objs, "RoleBinding")] == (
+            ["t-k2think-operator-leader-election"] if leader else []
+        )
         (role,) = cluster_roles
         assert role["rules"] == EXPECTED_RULES + ([CRD_RULE] if observe else [])
         (binding,) = _by_kind(objs, "ClusterRoleBinding")
@@ -155,12 +185,16 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
     else:
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(set(watch))
         assert all(r["rules"] == EXPECTED_RULES for r in roles)
-        bindings = _by_kind(objs, "RoleBinding")
+        bindings = [
+            b
+            for b in _by_kind(objs, "RoleBinding")
+            if not b["metadata"]["name"].endswith("-leader-election")
+        ]
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(set(watch))
         assert all(b["subjects"][0]["namespace"] == "ops" for b in bindings)
         # The only cluster-scoped grant is the optional read-only observation of CRDs/namespaces.
         assert [r["rules"] for r in cluster_roles] == ([[CRD_RULE, NS_RULE]] if observe else [])
-    for role in cluster_roles + roles:
+    for role in cluster_roles + roles + election:
         for rule in role["rules"]:
             # Secrets: create only (the Ray token), never read.
             assert "secrets" not in rule["resources"] or rule["verbs"] == ["create"]
@@ -259,7 +293,7 @@ def test_helm_install_cluster_mode(
         # that the "restricted" Pod Security Standard admitted; --wait saw it Available.
         assert tools.exists("crd", CRD_NAME)
         deployment = tools.kubectl_json("get", "deployment", sa, "-n", system)
-        assert deployment["status"].get("availableReplicas") == 1
+        assert deployment["status"].get("availableReplicas") == 2  # active + standby
 
         kubeconfig = tools.sa_kubeconfig(system, sa, workdir / "sa.kubeconfig")
         assert_least_privilege(

@@ -103,6 +103,9 @@ class Accelerator:
     memory" is the share of host RAM vLLM's CPU backend gives to weights and KV cache.
     ``ray_accelerator_type`` is the string Ray Serve LLM's ``accelerator_type`` accepts (and the
     suffix of the ``accelerator_type:<X>`` resource Ray advertises on such nodes).
+    ``gpu_products`` are the values the vendor's node labeller puts in ``product_label`` on nodes
+    with this GPU (every board variant of the same memory size): the worker pods of a pool are
+    bound to them, so a plan made for 80 GB never lands on a 40 GB board.
     """
 
     name: str
@@ -112,6 +115,7 @@ class Accelerator:
     bandwidth_tb_s: float
     resource_name: str | None
     ray_accelerator_type: str | None
+    gpu_products: tuple[str, ...]
     default_memory_utilization: float = 0.90
     runtime_reserve_gib: float = 4.0
     default_dtype: str | None = None
@@ -121,20 +125,69 @@ class Accelerator:
     def is_cpu(self) -> bool:
         return self.resource_name is None
 
+    @property
+    def vendor(self) -> str:
+        """``nvidia.com`` / ``amd.com`` (the resource's domain), ``cpu`` for the CPU profile."""
+        return self.resource_name.split("/", 1)[0] if self.resource_name else "cpu"
+
+    @property
+    def product_label(self) -> str | None:
+        """The node label naming the GPU model, as the vendor's labeller publishes it."""
+        return PRODUCT_LABELS.get(self.vendor)
+
 
 NVIDIA: Final = "nvidia.com/gpu"
 AMD: Final = "amd.com/gpu"
 
+#: The node label each vendor's labeller sets to the GPU model. NVIDIA GPU feature discovery
+#: (k8s-device-plugin, ``gpu-feature-discovery``) publishes ``nvidia.com/gpu.product`` as the
+#: NVML product name with spaces turned into dashes (``NVIDIA-H100-80GB-HBM3``) and
+#: ``nvidia.com/gpu.memory`` in MiB; AMD's node labeller (ROCm/k8s-device-plugin) publishes
+#: ``amd.com/gpu.product-name`` (``AMD_Instinct_MI300X_OAM``) and ``amd.com/gpu.vram``.
+PRODUCT_LABELS: Final[dict[str, str]] = {
+    "nvidia.com": "nvidia.com/gpu.product",
+    "amd.com": "amd.com/gpu.product-name",
+}
+#: Other labels that bind a pod to a GPU model: a pool whose own nodeSelector or affinity names
+#: one of them has chosen its nodes itself, and the operator adds nothing.
+GPU_BINDING_LABELS: Final[frozenset[str]] = frozenset(
+    {
+        *PRODUCT_LABELS.values(),
+        "nvidia.com/gpu.memory",
+        "amd.com/gpu.vram",
+        "amd.com/gpu.device-id",
+        "beta.amd.com/gpu.product-name",
+    }
+)
+
 ACCELERATORS: Final[dict[str, Accelerator]] = {
     a.name: a
     for a in (
-        Accelerator("A100-40GB", 40.0, 1.555, NVIDIA, "A100-40G"),
-        Accelerator("A100-80GB", 80.0, 2.039, NVIDIA, "A100-80G"),
-        Accelerator("H100-80GB", 79.6, 3.35, NVIDIA, "H100"),
-        Accelerator("H200-141GB", 140.4, 4.8, NVIDIA, "H200"),
-        Accelerator("B200-180GB", 178.4, 8.0, NVIDIA, "B200"),
-        Accelerator("L40S-48GB", 44.4, 0.864, NVIDIA, "L40S"),
-        Accelerator("MI300X-192GB", 191.5, 5.3, AMD, "AMD-Instinct-MI300X-OAM"),
+        Accelerator(
+            "A100-40GB",
+            40.0,
+            1.555,
+            NVIDIA,
+            "A100-40G",
+            ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB"),
+        ),
+        Accelerator(
+            "A100-80GB",
+            80.0,
+            2.039,
+            NVIDIA,
+            "A100-80G",
+            ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"),
+        ),
+        Accelerator(
+            "H100-80GB", 79.6, 3.35, NVIDIA, "H100", ("NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe")
+        ),
+        Accelerator("H200-141GB", 140.4, 4.8, NVIDIA, "H200", ("NVIDIA-H200", "NVIDIA-H200-NVL")),
+        Accelerator("B200-180GB", 178.4, 8.0, NVIDIA, "B200", ("NVIDIA-B200",)),
+        Accelerator("L40S-48GB", 44.4, 0.864, NVIDIA, "L40S", ("NVIDIA-L40S",)),
+        Accelerator(
+            "MI300X-192GB", 191.5, 5.3, AMD, "AMD-Instinct-MI300X-OAM", ("AMD_Instinct_MI300X_OAM",)
+        ),
         # Development profile: vLLM's CPU backend. Memory is what we let the engine plan with
         # (the KV share of host RAM); float32 and eager mode because the CPU kernels want them.
         Accelerator(
@@ -143,6 +196,7 @@ ACCELERATORS: Final[dict[str, Accelerator]] = {
             0.05,
             None,
             None,
+            (),
             default_memory_utilization=0.10,
             runtime_reserve_gib=0.0,
             default_dtype="float32",

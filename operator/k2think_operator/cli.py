@@ -249,6 +249,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         log_format=args.log_format,
         verbose=args.verbose,
         cluster_scan=not args.no_cluster_scan,
+        leader_election=bool(args.leader_elect),
+        lease_name=args.leader_elect_lease,
+        lease_namespace=args.leader_elect_namespace or "",
     )
     return run_operator(config)
 
@@ -275,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve only the listed namespaces and the CRDs present at start-up; needs no "
         "cluster-wide list/watch of namespaces and CRDs (least-privilege namespaced mode)",
+    )
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="reconcile only while holding a coordination.k8s.io Lease (run several replicas; "
+        "one is active, the others stand by)",
+    )
+    run.add_argument("--leader-elect-lease", default="k2think-operator", help="name of the Lease")
+    run.add_argument(
+        "--leader-elect-namespace",
+        default=None,
+        help="namespace of the Lease (default: POD_NAMESPACE, else the service account's)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=cmd_run)

@@ -35,6 +35,22 @@ class OperatorConfig:
     #: Concurrent per-object workers; 0 means unbounded (kopf's default). A small bound
     #: serialises a burst of applies: each worker also waits for its own patch to come back.
     worker_limit: int = field(default_factory=lambda: _env_int("K2T_WORKER_LIMIT", 0))
+    #: Leader election (k2think_operator.leader): only the holder of the Lease reconciles.
+    leader_election: bool = False
+    lease_name: str = "k2think-operator"
+    #: Empty: POD_NAMESPACE, else the service account's namespace.
+    lease_namespace: str = ""
+    #: Empty: the pod name plus a random suffix.
+    lease_identity: str = ""
+    #: Whole seconds: the Lease's leaseDurationSeconds is an integer (the elector stores
+    #: str(duration) and parses it back with int()).
+    lease_duration_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_LEASE_DURATION_SECONDS", 15)
+    )
+    lease_renew_deadline_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_LEASE_RENEW_DEADLINE_SECONDS", 10)
+    )
+    lease_retry_seconds: int = field(default_factory=lambda: _env_int("K2T_LEASE_RETRY_SECONDS", 2))
 
     @property
     def liveness_endpoint(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from k2think_operator import reasons as r
 from k2think_operator.cacheuse import CacheView, serve_from_cache
+from k2think_operator.limits import name_problems
 from k2think_operator.planner import Plan, PlanError, plan_deployment
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
@@ -52,6 +53,9 @@ def decide(
     name = str(meta.get("name"))
     namespace = str(meta.get("namespace") or "default")
     generation = int(meta.get("generation") or 0)
+    named = name_problems(meta)
+    if named:
+        return Decision(name, namespace, generation, None, None, (), tuple(map(str, named)))
     try:
         spec = parse_spec(dict(body.get("spec") or {}))
         plan = plan_deployment(spec, name)

@@ -52,7 +52,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.batching.worker_limit = config.worker_limit or None
     settings.scanning.disabled = not config.cluster_scan
     reconciler = Reconciler(
-        await Kube.connect(), unschedulable_grace=config.unschedulable_grace_seconds
+        await Kube.connect(),
+        unschedulable_grace=config.unschedulable_grace_seconds,
+        status_retry_seconds=config.retry_seconds,
     )
     memo.reconciler = reconciler
     # A slow safety net for missed events. Not a kopf timer: kopf puts a finalizer on every

@@ -21,7 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,9 +226,17 @@ def previous_apply_failure(status: Mapping[str, Any]) -> ApplyFailure | None:
 
 
 async def write_status(
-    kube: KubeApi, decision: Decision, current: Mapping[str, Any], desired: Mapping[str, Any]
+    kube: KubeApi,
+    decision: Decision,
+    current: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    on_failure: Callable[[], None] | None = None,
 ) -> bool:
-    """Merge-patch the status when it differs; True when it was written."""
+    """Merge-patch the status when it differs; True when it was written.
+
+    ``on_failure`` runs when the write failed (e.g. a 503): the caller arms a retry, because
+    nothing else would write this status before the next event or the slow resync.
+    """
     patch = status_patch(current, desired)
     if patch is None:
         return False
@@ -236,6 +244,9 @@ async def write_status(
         await kube.patch_status(decision.namespace, decision.name, patch)
     except KubeError as error:
         log.warning("status of %s/%s not written: %s", decision.namespace, decision.name, error)
+        metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+        if on_failure is not None:
+            on_failure()
         return False
     metrics.API_WRITES.labels("status").inc()
     return True
@@ -254,6 +265,8 @@ class DeploymentState:
     pods: tuple[PodSummary, ...] = ()
     #: The armed CapacityBlocked re-check, if any.
     recheck: asyncio.TimerHandle | None = None
+    #: The armed retry of a status write that failed, if any.
+    status_retry: asyncio.TimerHandle | None = None
     #: Last message told per once-only event reason (see ``Reconciler._unannounced``).
     announced: dict[str, str] = field(default_factory=dict)
     #: The cache revision last seen for ``spec.model.cacheRef`` and why there was none
@@ -278,10 +291,15 @@ class Reconciler:
     """
 
     def __init__(
-        self, kube: KubeApi, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+        self,
+        kube: KubeApi,
+        *,
+        unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
+        status_retry_seconds: float = 5.0,
     ) -> None:
         self.kube = kube
         self.unschedulable_grace = unschedulable_grace
+        self.status_retry_seconds = status_retry_seconds
         self._states: dict[tuple[str, str], DeploymentState] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
         self.supporting = SupportingObjects(kube)
@@ -292,7 +310,9 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         state = self._states.pop((namespace, name), None)
         self.supporting.forget(namespace, name)
-        for timer in (state.recheck, state.queue_recheck) if state is not None else ():
+        for timer in (
+            (state.recheck, state.queue_recheck, state.status_retry) if state is not None else ()
+        ):
             if timer is not None:
                 timer.cancel()
 
@@ -363,7 +383,9 @@ class Reconciler:
                     result = ApplyResult(result.live, result.applied, result.failure, queue_retry)
         # status
         status = self._desired_status(decision, body, result.live, state, result.failure)
-        wrote = await write_status(self.kube, decision, current, status)
+        wrote = await write_status(
+            self.kube, decision, current, status, lambda: self._schedule_status_retry(state)
+        )
         events = self._unannounced(state, events)
         for warning, reason, message in events:
             emit_event(body, warning=warning, reason=reason, message=message)
@@ -416,7 +438,9 @@ class Reconciler:
             # A still-standing apply failure stays visible while the child is absent.
             failure = previous_apply_failure(current) if rayservice is None else None
             status = self._desired_status(decision, body, rayservice, state, failure)
-            return await write_status(self.kube, decision, current, status)
+            return await write_status(
+                self.kube, decision, current, status, lambda: self._schedule_status_retry(state)
+            )
 
     async def _cache_of(self, body: Mapping[str, Any]) -> tuple[CacheView | None, str | None]:
         """The verified revision of the cache ``spec.model.cacheRef`` names, or why there is
@@ -557,3 +581,24 @@ class Reconciler:
                 task.add_done_callback(self._background.discard)
 
         state.queue_recheck = loop.call_later(current_config().queue_recheck_seconds, fire)
+
+    def _schedule_status_retry(self, state: DeploymentState) -> None:
+        """Reconcile again soon after a status write failed (e.g. a 503 from the API server).
+
+        Without it the status stayed stale until the next event or the slow resync: event
+        handlers are not retried by kopf, and the reconcile that failed to write had nothing
+        else to retry. The retry reconciles the latest body the handlers saw, so it writes what
+        is true then, not what was true when the write failed.
+        """
+        if state.status_retry is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            state.status_retry = None
+            if state.body is not None:
+                task = loop.create_task(self.reconcile(state.body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        state.status_retry = loop.call_later(self.status_retry_seconds, fire)

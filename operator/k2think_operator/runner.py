@@ -63,6 +63,10 @@ def run_operator(config: OperatorConfig) -> int:
         "k2think-operator watching %s",
         "all namespaces" if config.all_namespaces else ", ".join(config.namespaces),
     )
+    if config.leader_election:
+        from k2think_operator.leader import run_as_leader
+
+        return asyncio.run(run_as_leader(config, lambda: supervise(config)))
     return asyncio.run(supervise(config))
 
 

@@ -121,6 +121,32 @@ def cel_errors(document: dict[str, Any], schema: Schema | None = None) -> list[S
     return problems
 
 
+def list_map_errors(value: Any, schema: Schema, path: list[Any]) -> Iterator[SpecError]:
+    """Duplicate keys in ``x-kubernetes-list-type: map`` lists, worded as the API server's
+    structured-merge-diff does (``duplicate entries for key [name="h100"]``)."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        values = schema.get("additionalProperties")
+        for key, child in value.items():
+            sub = props.get(key) or (values if isinstance(values, dict) else None)
+            if sub is not None:
+                yield from list_map_errors(child, sub, [*path, key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        if schema.get("x-kubernetes-list-type") == "map" and keys:
+            seen: set[tuple[Any, ...]] = set()
+            for item in value:
+                if not isinstance(item, dict):
+                    continue
+                key = tuple(item.get(k) for k in keys)
+                if key in seen:
+                    text = ",".join(f'{k}="{v}"' for k, v in zip(keys, key, strict=True))
+                    yield SpecError(_path(path), f"duplicate entries for key [{text}]")
+                seen.add(key)
+        for index, item in enumerate(value):
+            yield from list_map_errors(item, schema["items"], [*path, index])
+
+
 def schema_errors(document: dict[str, Any]) -> list[SpecError]:
     """Every schema violation, each with the path of the offending field; then the CEL rules.
 
@@ -130,5 +156,17 @@ def schema_errors(document: dict[str, Any]) -> list[SpecError]:
     errors = sorted(
         _validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
     )
-    problems = [SpecError(_path(list(e.absolute_path)), e.message) for e in errors]
+    problems: list[SpecError] = []
+    for e in errors:
+        path = list(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            # Name the unknown field itself, as the API server does (strict field validation:
+            # ".spec.replica: field not declared in schema").
+            known = set((e.schema.get("properties") or {}) if isinstance(e.schema, dict) else ())
+            for key in sorted(set(e.instance) - known):
+                problems.append(SpecError(_path([*path, key]), "field not declared in schema"))
+            continue
+        problems.append(SpecError(_path(path), e.message))
+    if not problems:
+        problems = list(list_map_errors(document, openapi_schema(), []))
     return problems or cel_errors(document)

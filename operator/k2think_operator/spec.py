@@ -75,6 +75,13 @@ Quantity = Annotated[
     IntOrString(description="A resource quantity."),
 ]
 
+#: Git revisions (branches, tags, commits): no spaces, newlines or shell syntax.
+REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+#: OpenAI model ids as vLLM serves them (e.g. LLM360/K2-Think, org/model:tag).
+SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
+#: vLLM EngineArgs keywords.
+ENGINE_ARG_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+
 SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
 #: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
 SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
@@ -174,14 +181,17 @@ class ModelSpec(_Model):
         default=None,
         min_length=1,
         max_length=256,
+        pattern=REVISION_PATTERN,
         description="Model revision (branch, tag or commit) for hf:// sources.",
     )
     served_model_name: str | None = Field(
         default=None,
         min_length=1,
         max_length=256,
+        pattern=SERVED_NAME_PATTERN,
         description="The model name clients send in OpenAI requests. Defaults to the preset's "
-        "Hugging Face id (e.g. LLM360/K2-Think), or the resource name for custom models.",
+        "Hugging Face id (e.g. LLM360/K2-Think), or the resource name for custom models. "
+        "Letters, digits and . _ / : @ + - only (it is passed on to vLLM and appears in URLs).",
     )
     max_model_len: int = Field(
         default=32768,
@@ -244,6 +254,10 @@ class ModelSpec(_Model):
             raise ValueError(f"{value!r}: a pvc source needs a claim and a path, pvc://CLAIM/PATH")
         if scheme == "file" and not rest.startswith("/"):
             raise ValueError(f"{value!r}: a file source needs an absolute path, file:///PATH")
+        if ".." in rest.split("/"):
+            # pvc:// paths are joined under the claim's mount point and file:// paths are read
+            # by vLLM as they are: a '..' segment would reach outside what the user named.
+            raise ValueError(f"{value!r}: '..' path segments are not allowed")
         return value
 
     @model_validator(mode="after")
@@ -510,6 +524,7 @@ class EngineSpec(_Model):
     reasoning_parser: str | None = Field(
         default=None,
         max_length=64,
+        pattern=r"^[a-z0-9_]*$",
         description="vLLM reasoning parser that splits <think>...</think> into "
         "reasoning_content. Defaults to deepseek_r1 for the K2 Think presets; empty string "
         "disables.",
@@ -543,6 +558,14 @@ class EngineSpec(_Model):
             if key in PLANNED_ENGINE_ARGS:
                 raise ValueError(
                     f"{key} is set by the operator; use {PLANNED_ENGINE_ARGS[key]} instead"
+                )
+            if not ENGINE_ARG_KEY.match(key):
+                # Ray Serve LLM passes engine_kwargs to vLLM's EngineArgs by keyword: a flag
+                # spelling ("--enforce-eager") or a dashed name would make every replica fail.
+                raise ValueError(
+                    f"{key!r} is not a vLLM engine argument name; use the snake_case keyword "
+                    f"(e.g. {key.lstrip('-').replace('-', '_') or 'enforce_eager'!r}), not a "
+                    "command-line flag"
                 )
         return value
 
@@ -897,12 +920,43 @@ class K2ThinkDeploymentSpec(_Model):
         kinds = {ACCELERATORS[p.gpu_type].is_cpu for p in self.pools}
         if len(kinds) > 1:
             raise ValueError("pools mix the CPU profile with GPU types; use one or the other")
+        problem = vendor_problem(self.pools, self.ray.image)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
     def fixed_replicas(self) -> int:
         """Replica count when autoscaling is off (1 when neither is set)."""
         return 1 if self.replicas is None else self.replicas
+
+
+def vendor_problem(pools: list[PoolSpec], image: str) -> str | None:
+    """Why these pools cannot share one Ray image, or None.
+
+    One K2ThinkDeployment renders one ``spec.ray.image`` for every pool, and a Ray/vLLM image is
+    built for one GPU stack (CUDA or ROCm): a B200 pool and an MI300X pool in one deployment would
+    run the CUDA build on AMD boards. Refusing is simpler and safer than per-pool images (which
+    would also need per-pool engine builds and a cross-vendor tensor/pipeline layout vLLM does not
+    offer); the fix is one deployment per vendor.
+    """
+    vendors: dict[str, list[str]] = {}
+    for pool in pools:
+        accelerator = ACCELERATORS[pool.gpu_type]
+        if not accelerator.is_cpu:
+            vendors.setdefault(accelerator.vendor, []).append(f"{pool.name} ({pool.gpu_type})")
+    if len(vendors) > 1:
+        listed = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(vendors.items()))
+        return (
+            f"pools mix GPU vendors ({listed}); one deployment runs one Ray image, built for "
+            "either CUDA or ROCm: split them into one K2ThinkDeployment per vendor"
+        )
+    if "amd.com" in vendors and image == DEFAULT_RAY_IMAGE:
+        return (
+            f"AMD pools ({', '.join(vendors['amd.com'])}) need a ROCm build of Ray and vLLM; "
+            f"the default spec.ray.image {DEFAULT_RAY_IMAGE} is a CUDA build: set spec.ray.image"
+        )
+    return None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -67,6 +67,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable" }}
 {{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled (two operators without a lease would both write)" }}
+{{- end }}
+{{- if and .Values.leaderElection.enabled (le (int .Values.leaderElection.leaseDurationSeconds) (int .Values.leaderElection.renewDeadlineSeconds)) }}
+{{- fail "leaderElection.renewDeadlineSeconds must be below leaseDurationSeconds" }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the leader-election Lease. */}}
+{{- define "k2think-operator.leaseName" -}}
+{{- default (include "k2think-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/*

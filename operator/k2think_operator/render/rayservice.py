@@ -29,6 +29,7 @@ from k2think_operator.render.meta import (
     owner_reference,
     standard_labels,
 )
+from k2think_operator.render.placement import worker_affinity
 from k2think_operator.render.security import (
     add_api_keys,
     add_ingress_module,
@@ -200,8 +201,9 @@ def build_worker_group(
         pod_spec["nodeSelector"] = dict(pool.node_selector)
     if pool.tolerations:
         pod_spec["tolerations"] = _tolerations(pool.tolerations)
-    if pool.affinity:
-        pod_spec["affinity"] = pool.affinity
+    affinity = worker_affinity(pool)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = spec.ray.service_account_name
 
