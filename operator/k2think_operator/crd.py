@@ -19,6 +19,8 @@ from k2think_operator.spec import (
     KIND,
     PLANNED_ENGINE_ARGS,
     PLURAL,
+    POOL_FALLBACK_DESCRIPTION,
+    POOL_FALLBACK_SECONDS,
 )
 
 Schema = dict[str, Any]
@@ -358,6 +360,12 @@ def autoscaling_schema() -> Schema:
                 maximum=86400,
                 default=60,
             ),
+            "poolFallbackSeconds": _i(
+                POOL_FALLBACK_DESCRIPTION,
+                minimum=30,
+                maximum=86400,
+                default=POOL_FALLBACK_SECONDS,
+            ),
         },
         required=["maxReplicas"],
         **{
@@ -630,6 +638,22 @@ def status_schema() -> Schema:
             "rayServiceName": _s("Name of the RayService the operator owns."),
             "endpoint": _s("OpenAI base URL inside the cluster."),
             "applicationStatus": _s("Ray Serve application status as KubeRay reports it."),
+            "poolReplicas": {
+                "type": "array",
+                "description": "Model replicas per pool, from the worker pods that really run "
+                "there (Running) and those still waiting (Pending: no room yet, or starting). "
+                "The Ray autoscaler fills pools in spec order and spills over when one is full.",
+                "items": _o(
+                    "Replicas of one pool.",
+                    {
+                        "name": _s("Pool name."),
+                        "running": _i("Replicas whose worker pods are Running."),
+                        "pending": _i("Replicas whose worker pods are not Running yet."),
+                    },
+                ),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
             "plan": plan,
         },
     )

@@ -223,6 +223,17 @@ class ParallelismSpec(_Model):
     tp_gain_threshold: float = Field(default=0.25, ge=0, le=10)
 
 
+#: Default of ``autoscaling.poolFallbackSeconds`` (also used for fixed replica counts).
+POOL_FALLBACK_SECONDS = 600
+POOL_FALLBACK_DESCRIPTION = (
+    "How long a new worker pod may take to become a running Ray node (waiting for room in its "
+    "pool, pulling the image, starting Ray) before the Ray autoscaler gives it up and scales the "
+    "next pool in spec order instead. Rendered as Ray autoscaler v2's "
+    "RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S (Ray's default: one hour). Keep it above "
+    "a pod's real start-up time on a node that has room."
+)
+
+
 class AutoscalingSpec(_Model):
     min_replicas: int = Field(default=1, ge=0, le=10000)
     max_replicas: int = Field(ge=1, le=10000)
@@ -231,6 +242,12 @@ class AutoscalingSpec(_Model):
     upscale_delay_seconds: float = Field(default=30, ge=0, le=3600)
     downscale_delay_seconds: float = Field(default=600, ge=0, le=86400)
     idle_timeout_seconds: int = Field(default=60, ge=0, le=86400)
+    pool_fallback_seconds: int = Field(
+        default=POOL_FALLBACK_SECONDS,
+        ge=30,
+        le=86400,
+        description=POOL_FALLBACK_DESCRIPTION,
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:
