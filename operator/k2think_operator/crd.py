@@ -650,6 +650,7 @@ def status_schema() -> Schema:
                         "running": _i("Replicas whose worker pods are Running."),
                         "pending": _i("Replicas whose worker pods are not Running yet."),
                     },
+                    required=["name"],
                 ),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["name"],
