@@ -66,6 +66,11 @@ harness-smoke: venv
 test-dataplane:
 	bash e2e/dataplane/run.sh
 
+## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
+.PHONY: test-chain
+test-chain: venv binaries
+	bash e2e/chain/run.sh
+
 # ---------------------------------------------------------------- operator e2e, demo, CI
 .PHONY: e2e demo test crds system-deps
 
@@ -80,7 +85,7 @@ system-deps:
 
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
-	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench
+	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench --ignore=e2e/chain
 
 ## demo: the README's main job: a simulated GPU campus serving K2-Think through the operator
 demo: venv binaries
@@ -91,6 +96,7 @@ test: venv system-deps binaries
 	$(MAKE) lint typecheck unit
 	$(MAKE) e2e
 	$(MAKE) test-dataplane
+	$(MAKE) test-chain
 
 # ---------------------------------------------------------------- chart, raw manifests, install e2e
 # charts/k2think-operator is the source; manifests/ and the chart's CRD copy are generated from it

@@ -195,6 +195,10 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     api: KubeAPI | None = None
     procs: dict[str, processes.Proc] = field(default_factory=dict)
+    #: KWOK's pod IP range and the apiserver's bind address. The chain suite (its own network
+    #: namespace, harness/netns.py) uses a routable pod range and binds every address there.
+    pod_cidr: str = POD_CIDR
+    apiserver_bind: str = NODE_IP
     _t0: float = field(default=0.0, repr=False)
 
     # ----------------------------------------------------------------- construction
@@ -210,6 +214,8 @@ class Cluster:
         bindir: str | Path | None = None,
         detach: bool = False,
         timeout: float = 180.0,
+        pod_cidr: str = POD_CIDR,
+        apiserver_bind: str = NODE_IP,
     ) -> Cluster:
         """Start a fresh control plane and return it once it is usable.
 
@@ -239,6 +245,8 @@ class Cluster:
             owned=True,
             detached=detach,
             campus=camp,
+            pod_cidr=pod_cidr,
+            apiserver_bind=apiserver_bind,
         )
         if not detach:
             atexit.register(cluster.close)
@@ -496,7 +504,7 @@ class Cluster:
             [
                 str(bd / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
+                f"--bind-address={self.apiserver_bind}",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={p['apiserver']}",
                 f"--cert-dir={sd / 'apiserver'}",
@@ -581,7 +589,7 @@ class Cluster:
             f"--kubeconfig={self.kubeconfig}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-label-selector={KWOK_LABEL[0]}={KWOK_LABEL[1]}",
-            f"--cidr={POD_CIDR}",
+            f"--cidr={self.pod_cidr}",
             f"--node-ip={NODE_IP}",
         ]
         for stage in kwok_stages(bd):
