@@ -230,12 +230,20 @@ def serve_url(ns: str, name: str) -> str:
 
 
 def dashboard(ns: str, name: str) -> str:
+    """The Ray dashboard through a head Service: the RayService's own (``<rayservice>-head-svc``,
+    created once it is Ready) or, given a RayCluster's name, that cluster's."""
     return f"http://{name}-head-svc.{ns}.svc.cluster.local:8265"
 
 
 def http_json(url: str, timeout: float = 10.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read().decode())
+
+
+def cluster_of(ground: Ground, ns: str) -> str:
+    """The RayCluster behind the deployment (its head Service exists from the start)."""
+    heads = pods(ground, ns, "ray.io/node-type=head")
+    return str(heads[0]["metadata"]["labels"]["ray.io/cluster"]) if heads else ""
 
 
 def ray_nodes(ns: str, name: str) -> list[dict[str, Any]]:
@@ -263,7 +271,9 @@ def app_status(ground: Ground, ns: str, name: str) -> str | None:
 
 
 def wait(what: str, probe: Any, timeout: float) -> Any:
-    return eventually(what, probe, timeout=timeout)
+    """Bounded polling until ``probe`` returns something truthy (``wait_for`` alone would take
+    an empty list for an answer), which is returned."""
+    return eventually(what, lambda: probe() or None, timeout=timeout)
 
 
 def stamp() -> float:

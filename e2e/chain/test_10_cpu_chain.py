@@ -29,6 +29,7 @@ from chain_support import (
     app_status,
     apply,
     chain_deployment,
+    cluster_of,
     cpu_pool,
     k2t,
     node_pool,
@@ -61,7 +62,8 @@ def deployed(ground: Ground) -> Iterator[Ground]:
             "targetOngoingRequests": 2,
             "upscaleDelaySeconds": 5,
             "downscaleDelaySeconds": 10,
-            "idleTimeoutSeconds": 20,
+            # Long enough that a fresh worker is not removed before Serve places its replica.
+            "idleTimeoutSeconds": 60,
             "poolFallbackSeconds": FALLBACK_S,
         },
         graceful_shutdown=300,
@@ -94,10 +96,10 @@ def _pending(g: Ground) -> list[dict]:
     return [p for p in worker_pods(g, NS) if not p.get("spec", {}).get("nodeName")]
 
 
-def _running_replicas_on(pod_names: set[str]) -> list[dict]:
+def _running_replicas_on(g: Ground, pod_names: set[str]) -> list[dict]:
     return [
         r
-        for r in serve_replicas(NS, NAME)
+        for r in serve_replicas(NS, cluster_of(g, NS))
         if r.get("state") == "RUNNING" and r.get("node_instance_id") in pod_names
     ]
 
@@ -115,10 +117,13 @@ def test_first_replica_serves_from_the_first_pool(deployed: Ground) -> None:
     assert [node_pool(g, p["spec"]["nodeName"]) for p in workers] == ["cpu-a"]
     wait(
         "the cpu-a pod's Ray node in Ray's own node list (through the head Service)",
-        lambda: workers[0]["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, NAME)},
+        lambda: (
+            workers[0]["status"]["podIP"]
+            in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+        ),
         timeout=120,
     )
-    assert _running_replicas_on({workers[0]["metadata"]["name"]})
+    assert _running_replicas_on(g, {workers[0]["metadata"]["name"]})
 
     ready = wait(
         "the K2ThinkDeployment to be Ready",
@@ -165,12 +170,14 @@ def test_load_spills_over_to_the_second_pool_when_the_first_is_full(deployed: Gr
     name_b = pod_b["metadata"]["name"]
     wait(
         "the cpu-b pod's Ray node to join the cluster",
-        lambda: pod_b["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, NAME)},
+        lambda: (
+            pod_b["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+        ),
         timeout=180,
     )
     wait(
         "a Serve replica RUNNING on the cpu-b pod",
-        lambda: _running_replicas_on({name_b}),
+        lambda: _running_replicas_on(g, {name_b}),
         timeout=420,
     )
     TIMES["load_to_second_replica_serving"] = time.monotonic() - t0
@@ -222,7 +229,7 @@ def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: 
         "Serve to stop a replica (scale-in) while the streams run",
         lambda: [
             r
-            for r in serve_replicas(NS, NAME)
+            for r in serve_replicas(NS, cluster_of(g, NS))
             if r.get("state") == "STOPPING" and r.get("node_instance_id")
         ],
         timeout=240,
@@ -235,12 +242,12 @@ def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: 
     wait(
         f"the autoscaler to remove the idle worker pod {removed} and every pending pod",
         lambda: len(ws := worker_pods(g, NS)) == 1 and ws[0]["metadata"]["name"] != removed,
-        timeout=300,
+        timeout=480,
     )
     TIMES["load_stop_to_pod_gone"] = time.monotonic() - t0
     wait(
         "Ray to have the head and one worker node left",
-        lambda: len(ray_nodes(NS, NAME)) == 2,
+        lambda: len(ray_nodes(NS, cluster_of(g, NS))) == 2,
         timeout=180,
     )
     wait(

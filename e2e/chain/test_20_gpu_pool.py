@@ -109,7 +109,7 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
         pod = workers[0]
         assert pod["metadata"]["labels"]["ray.io/group"] == "h100"
         assert node_pool(g, pod["spec"]["nodeName"]) == "h100"
-        nodes = {n["node_id"]: n for n in ray_nodes(NS, NAME)}
+        nodes = {n["node_id"]: n for n in ray_nodes(NS, _cluster(head))}
         (node_id,) = placed["nodes"]
         node = nodes[node_id]
         assert node["node_ip"] == pod["status"]["podIP"]
@@ -131,8 +131,14 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
     )
 
 
+def _cluster(head: dict) -> str:
+    """The RayCluster's name: its head Service exists before the RayService is Ready (this
+    deployment's Serve app cannot start: K2-Think's weights are not here)."""
+    return str(head["metadata"]["labels"]["ray.io/cluster"])
+
+
 def _alive(head: dict) -> bool:
     try:
-        return bool(ray_nodes(NS, NAME))
+        return bool(ray_nodes(NS, _cluster(head)))
     except OSError:
         return False

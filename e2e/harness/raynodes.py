@@ -562,8 +562,10 @@ class Kubelet:
             self._tick_pod(run)
         services = self.api.get("/api/v1/services")["items"]
         slices = self.api.get("/apis/discovery.k8s.io/v1/endpointslices")["items"]
-        if self.hosts.update(service_hosts(services, slices, tcp_open)):
-            _log("hosts updated")
+        entries = service_hosts(services, slices, tcp_open)
+        if self.hosts.update(entries):
+            names = sorted(n for n in entries if n.endswith(".cluster.local"))
+            _log(f"hosts: {', '.join(f'{n}={entries[n]}' for n in names) or '(no services)'}")
 
     def run(self, interval: float = 1.0) -> None:
         self.hosts.install()
