@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from harness import (  # noqa: E402
     wait_for,
 )
 from harness.cluster import STATE_ROOT  # noqa: E402
+from harness.operator_process import OperatorProcess  # noqa: E402
 
 EXAMPLE = ROOT / "crds" / "examples" / "k2think.yaml"
 NAMESPACE = "k2think-demo"
@@ -53,35 +53,13 @@ def start_operator(cluster: Cluster) -> int:
     if existing is not None and existing.alive():
         say("k2think-operator already running")
         return int(cluster.ports.get("k2think-health", 0))
-    health, metrics = processes.free_ports(2)
-    # The interpreter itself is argv[0]: the harness checks /proc/<pid>/exe against it before it
-    # stops a recorded process, and a console script's exe is the interpreter.
-    argv = [
-        sys.executable,
-        "-m",
-        "k2think_operator.cli",
-        "run",
-        "--all-namespaces",
-        "--health-host=127.0.0.1",
-        f"--health-port={health}",
-        f"--metrics-port={metrics}",
-    ]
-    processes.start(
-        "k2think-operator",
-        argv,
-        cluster.state_dir,
+    op = OperatorProcess(
+        args=["--all-namespaces"],
+        state_dir=cluster.state_dir,
         env={"KUBECONFIG": str(cluster.kubeconfig)},
         detach=True,
-    )
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    wait_for("k2think-operator /healthz", healthy, timeout=60)
+    ).start(timeout=60)
+    health, metrics = op.health_port, op.metrics_port
     say(f"k2think-operator running (health :{health}, metrics :{metrics}/metrics)")
     return health
 

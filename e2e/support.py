@@ -8,27 +8,20 @@ cluster's kubectl, so everything asserted here went through a real kube-apiserve
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from harness import Cluster, wait_for
-from harness.processes import free_ports
+from harness import holds_for as holds_for  # the tests import it from here
+from harness import operator_process as harness_operator
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "crds" / "examples"
-OPERATOR_BIN = Path(sys.executable).parent / "k2think-operator"
 
 T = TypeVar("T")
 
@@ -37,88 +30,30 @@ T = TypeVar("T")
 STARTED: list[OperatorProcess] = []
 
 
-@dataclass
-class OperatorProcess:
-    """One ``k2think-operator run`` subprocess with its own ports and log file."""
+class OperatorProcess(harness_operator.OperatorProcess):
+    """The harness's operator runner, set up for the e2e suite: the cluster's kubeconfig, a fast
+    retry, ``--verbose``, the log at ``log_path`` (``<state>/logs/<name>.log``), and listed in
+    ``STARTED`` so a failing test's report carries its log."""
 
-    cluster: Cluster
-    args: Sequence[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    health_port: int = 0
-    metrics_port: int = 0
+    def __init__(
+        self,
+        cluster: Cluster,
+        args: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            args=[*args, "--verbose"],
+            state_dir=log_path.parent.parent,
+            name=log_path.stem,
+            env={"KUBECONFIG": str(cluster.kubeconfig), "K2T_RETRY_SECONDS": "3", **(env or {})},
+        )
+        self.cluster = cluster
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
-        self.health_port, self.metrics_port = free_ports(2)
-        argv = [
-            str(OPERATOR_BIN),
-            "run",
-            *self.args,
-            "--health-host=127.0.0.1",
-            f"--health-port={self.health_port}",
-            f"--metrics-port={self.metrics_port}",
-            "--verbose",
-        ]
-        env = {**self.cluster.env(), "K2T_RETRY_SECONDS": "3", **self.env}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        log.close()
         STARTED.append(self)
-        wait_for(f"operator /healthz ({self.log_path})", self._healthy, timeout=timeout)
+        super().start(timeout)
         return self
-
-    def _healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited; see {self.log_path}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
-            ) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as response:
-            return str(response.read().decode())
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as a crashed or OOM-killed pod would stop."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-@contextmanager
-def running_operator(
-    cluster: Cluster, *args: str, log_dir: Path, name: str = "operator"
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, args, log_dir / f"{name}.log").start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 def unique_namespace(prefix: str) -> str:
@@ -208,17 +143,3 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
 def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
     """Bounded polling with a readable failure (never a bare sleep)."""
     return wait_for(what, probe, timeout=timeout, interval=0.2, max_interval=1.0)
-
-
-def holds_for(what: str, probe: Callable[[], bool], seconds: float, interval: float = 0.5) -> None:
-    """Assert something stays true over a bounded window, checking it every ``interval``.
-
-    For negatives ("the other namespace gets nothing") after a positive control has shown the
-    operator is live and fast: the window is several times its observed reaction time.
-    """
-    deadline = time.monotonic() + seconds
-    while True:
-        assert probe(), f"{what} stopped holding"
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(interval)

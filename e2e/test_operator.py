@@ -8,6 +8,7 @@ test's namespace is outside the KubeRay operator's watch.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +19,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Cluster
+from k2think_operator.cli import main as cli_main
 from k2think_operator.planner import plan_deployment
 from k2think_operator.reconcile import is_subset
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
+from k2think_operator.schema_check import schema_errors
 from k2think_operator.spec import parse_spec
 from support import (
+    ROOT,
     OperatorProcess,
     apply_doc,
     condition,
@@ -61,6 +65,12 @@ def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
 
 def rayservice(cluster: Cluster, name: str, ns: str) -> dict[str, Any] | None:
     return get(cluster, "rayservices.ray.io", name, ns)
+
+
+def rayservice_serving(cluster: Cluster, name: str, ns: str, text: str) -> dict[str, Any] | None:
+    """The RayService once its serveConfigV2 contains ``text``."""
+    rs = rayservice(cluster, name, ns)
+    return rs if rs is not None and text in rs["spec"]["serveConfigV2"] else None
 
 
 def k2t(cluster: Cluster, name: str, ns: str) -> dict[str, Any] | None:
@@ -251,11 +261,7 @@ def test_bounds_change_serve_config_in_place_tp_change_reshapes(
     wait_observed(cluster, "k2think", ns, 2)
     after = eventually(
         "serveConfigV2 with the new bounds",
-        lambda: (
-            (r := rayservice(cluster, "k2think", ns))
-            and "max_replicas: 16" in r["spec"]["serveConfigV2"]
-            and r
-        ),
+        lambda: rayservice_serving(cluster, "k2think", ns, "max_replicas: 16"),
     )
     assert "target_ongoing_requests: 9" in after["spec"]["serveConfigV2"]
     annotations = after["metadata"]["annotations"]
@@ -265,7 +271,7 @@ def test_bounds_change_serve_config_in_place_tp_change_reshapes(
     )
 
     def without_replicas(spec: dict[str, Any]) -> dict[str, Any]:
-        cluster_config = copy.deepcopy(spec["rayClusterConfig"])
+        cluster_config: dict[str, Any] = copy.deepcopy(spec["rayClusterConfig"])
         for group in cluster_config["workerGroupSpecs"]:
             for key in ("replicas", "minReplicas", "maxReplicas"):
                 group.pop(key, None)
@@ -305,11 +311,7 @@ def test_kubectl_scale_drives_a_fixed_count_in_place(
     cluster.kubectl("scale", "k2t/k2think-v2", "-n", ns, "--replicas=3")
     after = eventually(
         "num_replicas 3 in serveConfigV2",
-        lambda: (
-            (r := rayservice(cluster, "k2think-v2", ns))
-            and "num_replicas: 3" in r["spec"]["serveConfigV2"]
-            and r
-        ),
+        lambda: rayservice_serving(cluster, "k2think-v2", ns, "num_replicas: 3"),
     )
     assert (
         after["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
@@ -354,6 +356,39 @@ def test_api_server_refuses_schema_and_cel_violations(
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
     assert k2t(cluster, "k2think", ns) is None
+
+
+def test_api_server_agrees_with_offline_cel_on_every_rule(cluster: Cluster, ns: str) -> None:
+    """Each case of the offline CEL table (tests/test_cel_rules.py), sent to the real API server
+    as a server-side dry run: the same verdict, the same field path, the same message."""
+    from tests.conftest import minimal_doc
+    from tests.test_cel_rules import ACCEPTED, VIOLATIONS
+
+    def dry_run(change: dict[str, Any]) -> Any:
+        doc = minimal_doc(**change)
+        doc["metadata"] = {"name": "cel-probe", "namespace": ns}
+        return cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=e2e-user",
+            "-f",
+            "-",
+            input=json.dumps(doc),
+            check=False,
+        )
+
+    for change, path, _ in VIOLATIONS:
+        proc = dry_run(change)
+        offline = schema_errors(minimal_doc(**change))
+        assert proc.returncode != 0, (change, proc.stdout)
+        assert len(offline) == 1 and offline[0].field == path, offline
+        assert f"{path}: Invalid value" in proc.stderr, proc.stderr
+        assert offline[0].message in proc.stderr, (offline[0].message, proc.stderr)
+    for change in ACCEPTED:
+        proc = dry_run(change)
+        assert proc.returncode == 0, (change, proc.stderr)
+        assert schema_errors(minimal_doc(**change)) == []
 
 
 @pytest.mark.parametrize(
@@ -645,9 +680,19 @@ def test_suspend_frees_the_gpus_in_place_and_resume_brings_them_back(
 
 
 def test_example_files_are_what_users_apply() -> None:
-    """The examples used above are the published ones (guards against test-only edits)."""
+    """The examples the tests above apply are the published files users apply: ``load_example``
+    changes only the namespace, each file passes the offline ``validate`` users run first, and
+    the README points users at it."""
+    readme = (ROOT / "README.md").read_text()
     for name in ("k2think.yaml", "k2think-v2.yaml", "k2think-multipool.yaml"):
-        doc = yaml.safe_load(
-            (Path(__file__).resolve().parent.parent / "crds" / "examples" / name).read_text()
-        )
-        assert doc["kind"] == "K2ThinkDeployment"
+        path = ROOT / "crds" / "examples" / name
+        published = yaml.safe_load(path.read_text())
+        applied = load_example(name, namespace="users-namespace")
+        assert applied["kind"] == published["kind"] == "K2ThinkDeployment"
+        assert {k: v for k, v in applied.items() if k != "metadata"} == {
+            k: v for k, v in published.items() if k != "metadata"
+        }
+        assert applied["metadata"] == {**published["metadata"], "namespace": "users-namespace"}
+        out, err = io.StringIO(), io.StringIO()
+        assert cli_main(["validate", "-f", str(path)], out, err) == 0, err.getvalue()
+        assert f"crds/examples/{name}" in readme

@@ -23,7 +23,9 @@ from ray.autoscaler._private.kuberay.autoscaling_config import (
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig, InstanceReconcileConfig
 from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
 from ray.autoscaler.v2.utils import ResourceRequestUtil
-from ray.core.generated.autoscaler_pb2 import GangResourceRequest
+from ray.core.generated.autoscaler_pb2 import (  # type: ignore[attr-defined]
+    GangResourceRequest,
+)
 
 from k2think_operator.reconcile import decide
 from k2think_operator.render.rayservice import ALLOCATE_TIMEOUT_ENV

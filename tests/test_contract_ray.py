@@ -74,7 +74,7 @@ def test_autoscaling_config_accepts_it(serve_config: dict[str, Any]) -> None:
         assert deployment["num_replicas"] >= 0
         return
     auto = serve_config_mod.AutoscalingConfig.model_validate(deployment["autoscaling_config"])
-    assert auto.target_ongoing_requests < 1e9
+    assert auto.target_ongoing_requests is not None and auto.target_ongoing_requests < 1e9
     assert auto.min_replicas <= (auto.initial_replicas or auto.min_replicas) <= auto.max_replicas
 
 

@@ -12,6 +12,7 @@ from jsonschema import Draft4Validator
 from k2think_operator.crd import build_crd, openapi_schema
 from k2think_operator.planner import plan_deployment
 from k2think_operator.render import render_yaml
+from k2think_operator.resource import K2ThinkDeploymentStatus
 from k2think_operator.schema_check import schema_errors
 from k2think_operator.spec import parse_spec
 from k2think_operator.status import Observation, PodSummary, RayServiceView, build_status
@@ -122,3 +123,5 @@ def test_status_we_write_is_fully_declared() -> None:
     status = build_status(obs, None, "2026-11-28T00:00:00Z")
     assert _undeclared(status, _status_schema()) == []
     assert list(Draft4Validator(_status_schema()).iter_errors(status)) == []
+    # The status models (which the schema is generated from) accept it too, extra keys refused.
+    K2ThinkDeploymentStatus.model_validate(status)

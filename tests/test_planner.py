@@ -36,7 +36,7 @@ def test_kv_bytes_per_token_matches_design_numbers() -> None:
 def test_worked_example_of_the_design() -> None:
     """K2-Think on 80 GB H100 at 0.9: TP=1 cannot hold one 32k sequence; TP=2/4 grow fast."""
     h100 = ACCELERATORS["H100-80GB"]
-    common = {
+    common: dict[str, Any] = {
         "arch": K2_THINK.architecture,
         "accelerator": h100,
         "memory_gib": h100.memory_gib,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_env_resolves_fieldrefs_values_and_earlier_variables() -> None:
 
 
 def test_a_missing_secret_is_an_error_unless_optional() -> None:
-    container = {
+    container: dict[str, Any] = {
         "name": "c",
         "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
     }
@@ -97,7 +98,7 @@ def test_hosts_map_services_to_the_pods_behind_them() -> None:
         },
     ]
 
-    def eps(svc: str, *addrs: str) -> dict:
+    def eps(svc: str, *addrs: str) -> dict[str, Any]:
         return {
             "metadata": {"namespace": "ns", "labels": {"kubernetes.io/service-name": svc}},
             "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addrs],

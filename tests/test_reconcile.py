@@ -7,17 +7,26 @@ spec may touch). What the API server does with our writes is proven in e2e/ agai
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from k2think_operator.kube import KubeRayMissing, TransientApiError
-from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
+from k2think_operator.kube import ApplyRejected, KubeApi, KubeRayMissing, TransientApiError
+from k2think_operator.reconcile import (
+    ApplyFailure,
+    Reconciler,
+    apply_children,
+    decide,
+    is_subset,
+    needs_apply,
+    previous_apply_failure,
+)
 from tests.conftest import minimal_doc
 
 
-class RecordingKube:
-    """Stores applied objects and status patches in dicts; nothing more."""
+class RecordingKube(KubeApi):
+    """Stores applied objects and status patches in dicts; nothing more (a ``KubeApi``)."""
 
     def __init__(self, *, kuberay: bool = True) -> None:
         self.kuberay = kuberay
@@ -34,18 +43,24 @@ class RecordingKube:
         found = self.objects.get((namespace, name))
         return copy.deepcopy(found) if found else None
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         if not self.kuberay:
             raise KubeRayMissing("the RayService API is not available")
-        self.applies.append(copy.deepcopy(obj))
+        self.applies.append(copy.deepcopy(dict(obj)))
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-        stored = copy.deepcopy(obj)
+        stored = copy.deepcopy(dict(obj))
         stored["metadata"]["resourceVersion"] = str(len(self.applies))
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.status_patches.append(copy.deepcopy(status))
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.status_patches.append(copy.deepcopy(dict(status)))
+
+    async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        return []
+
+    async def close(self) -> None:
+        pass
 
 
 def with_status(doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +72,7 @@ def with_status(doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
 
 async def test_valid_spec_applies_once_then_idles() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     doc = with_status(minimal_doc(), {})
     first = await reconciler.reconcile(doc)
     assert first.applied and len(kube.applies) == 1 and first.wrote_status
@@ -70,7 +85,7 @@ async def test_valid_spec_applies_once_then_idles() -> None:
 
 async def test_invalid_spec_never_touches_the_rayservice() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     good = with_status(minimal_doc(), {})
     outcome = await reconciler.reconcile(good)
     before = copy.deepcopy(kube.objects)
@@ -88,7 +103,7 @@ async def test_invalid_spec_never_touches_the_rayservice() -> None:
 
 async def test_drift_is_repaired() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     doc = with_status(minimal_doc(), {})
     outcome = await reconciler.reconcile(doc)
     live = kube.objects[("team-a", "demo")]
@@ -103,7 +118,7 @@ async def test_drift_is_repaired() -> None:
 
 async def test_missing_kuberay_is_a_condition_and_a_retry() -> None:
     kube = RecordingKube(kuberay=False)
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     outcome = await reconciler.reconcile(with_status(minimal_doc(), {}))
     assert outcome.retry_reason and "not available" in outcome.retry_reason
     conds = {c["type"]: c for c in outcome.status["conditions"]}
@@ -113,7 +128,7 @@ async def test_missing_kuberay_is_a_condition_and_a_retry() -> None:
 
 async def test_a_failed_read_of_the_rayservice_leaves_status_alone() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     doc = with_status(minimal_doc(), {})
     settled = with_status(doc, (await reconciler.reconcile(doc)).status)
     kube.unreachable = True
@@ -125,7 +140,7 @@ async def test_a_failed_read_of_the_rayservice_leaves_status_alone() -> None:
 
 async def test_cluster_reshape_is_announced() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube)
     doc = with_status(minimal_doc(), {})
     outcome = await reconciler.reconcile(doc)
     changed = with_status(minimal_doc(parallelism={"tensor": 8}), outcome.status)
@@ -162,3 +177,28 @@ def test_needs_apply_checks_owner_references() -> None:
     live["metadata"]["ownerReferences"] = []
     assert needs_apply(child, live)
     assert needs_apply(child, None)
+
+
+class RejectingKube(RecordingKube):
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        raise ApplyRejected("the API server refused the RayService: denied by policy")
+
+
+async def test_apply_step_reports_a_rejection_as_a_typed_failure() -> None:
+    result = await apply_children(RejectingKube(), decide(minimal_doc()), None)
+    assert not result.applied and result.live is None
+    assert result.failure == ApplyFailure(
+        "ApplyRejected", "the API server refused the RayService: denied by policy"
+    )
+    assert result.retry == result.failure.message
+
+
+async def test_status_step_keeps_a_standing_apply_failure_while_the_child_is_absent() -> None:
+    kube = RejectingKube()
+    reconciler = Reconciler(kube)
+    doc = with_status(minimal_doc(), {})
+    outcome = await reconciler.reconcile(doc)
+    failure = previous_apply_failure(outcome.status)
+    assert failure is not None and failure.reason == "ApplyRejected"
+    # Recomputed without an apply, the status still says Degraded/ApplyRejected: nothing to write.
+    assert await reconciler.refresh_status(with_status(doc, outcome.status), None, ()) is False

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import kopf
 import pytest
 
 from k2think_operator import runner
@@ -24,7 +25,7 @@ async def test_failed_kopf_is_restarted_and_a_normal_stop_ends(
         if len(calls) < 3:
             raise RuntimeError("Watcher for rayservices.v1.ray.io has failed: 404")
 
-    monkeypatch.setattr(runner.kopf, "operator", fake_operator)
+    monkeypatch.setattr(kopf, "operator", fake_operator)
     monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
     code = await runner.supervise(OperatorConfig(all_namespaces=True))
     assert code == 0
@@ -38,7 +39,7 @@ async def test_namespaces_are_passed_through(monkeypatch: pytest.MonkeyPatch) ->
     async def fake_operator(**kwargs: Any) -> None:
         seen.update(kwargs)
 
-    monkeypatch.setattr(runner.kopf, "operator", fake_operator)
+    monkeypatch.setattr(kopf, "operator", fake_operator)
     await runner.supervise(OperatorConfig(namespaces=("a", "b")))
     assert seen["namespaces"] == ["a", "b"] and seen["clusterwide"] is False
     assert seen["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
@@ -123,7 +124,7 @@ async def test_a_dead_watcher_stops_and_restarts_kopf(monkeypatch: pytest.Monkey
             runs.append("stopped by supervisor")
         # the second run returns normally, as kopf does on SIGTERM
 
-    monkeypatch.setattr(runner.kopf, "operator", fake_operator)
+    monkeypatch.setattr(kopf, "operator", fake_operator)
     monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
     before = _restarts("dead-watcher")
     code = await runner.supervise(OperatorConfig(all_namespaces=True))
@@ -189,7 +190,7 @@ async def test_an_api_kopf_gave_up_on_restarts_kopf_once_served(
             await asyncio.wait_for(stop_flag.wait(), timeout=5)
             runs.append("stopped by supervisor")
 
-    monkeypatch.setattr(runner.kopf, "operator", fake_operator)
+    monkeypatch.setattr(kopf, "operator", fake_operator)
     monkeypatch.setattr(runner, "connect_kube", connect)
     monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
     monkeypatch.setattr(runner, "DISCOVERY_POLL_SECONDS", 0.01)

@@ -18,7 +18,6 @@ from k2think_operator.status import (
     next_capacity_check,
     read_rayservice,
     set_condition,
-    status_changed,
     status_patch,
     summarize_error,
 )
@@ -220,8 +219,8 @@ def test_unchanged_world_means_no_write() -> None:
     obs = observe(rayservice=rs("RUNNING", ready=True), pods=(worker("a"),))
     first = build_status(obs, None, T0)
     second = build_status(obs, first, T1)
-    assert not status_changed(first, second)
-    assert status_changed(first, build_status(observe(rayservice=rs("DEPLOYING")), first, T1))
+    assert status_patch(first, second) is None
+    assert status_patch(first, build_status(observe(rayservice=rs("DEPLOYING")), first, T1))
 
 
 def test_plan_survives_an_invalid_spec() -> None:

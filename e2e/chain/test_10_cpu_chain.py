@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from chain_support import (
@@ -82,7 +83,7 @@ def deployed(ground: Ground) -> Iterator[Ground]:
     )
 
 
-def _running_in(g: Ground, pool: str) -> list[dict]:
+def _running_in(g: Ground, pool: str) -> list[dict[str, Any]]:
     return [
         p
         for p in worker_pods(g, NS)
@@ -92,11 +93,11 @@ def _running_in(g: Ground, pool: str) -> list[dict]:
     ]
 
 
-def _pending(g: Ground) -> list[dict]:
+def _pending(g: Ground) -> list[dict[str, Any]]:
     return [p for p in worker_pods(g, NS) if not p.get("spec", {}).get("nodeName")]
 
 
-def _running_replicas_on(g: Ground, pod_names: set[str]) -> list[dict]:
+def _running_replicas_on(g: Ground, pod_names: set[str]) -> list[dict[str, Any]]:
     return [
         r
         for r in serve_replicas(NS, cluster_of(g, NS))

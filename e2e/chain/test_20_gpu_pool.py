@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from typing import Any
 
 from chain_support import (
     PG_DRIVER,
@@ -131,13 +132,13 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
     )
 
 
-def _cluster(head: dict) -> str:
+def _cluster(head: dict[str, Any]) -> str:
     """The RayCluster's name: its head Service exists before the RayService is Ready (this
     deployment's Serve app cannot start: K2-Think's weights are not here)."""
     return str(head["metadata"]["labels"]["ray.io/cluster"])
 
 
-def _alive(head: dict) -> bool:
+def _alive(head: dict[str, Any]) -> bool:
     try:
         return bool(ray_nodes(NS, _cluster(head)))
     except OSError:

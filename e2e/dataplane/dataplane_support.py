@@ -14,11 +14,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,10 @@ from typing import Any
 
 import httpx
 import yaml
+
+# e2e/ is on sys.path (e2e/conftest.py): one polling and one port helper for every suite.
+from harness.polling import WaitTimeoutError, wait_for
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_FIXTURES = ROOT / "tests" / "fixtures" / "serve_status"
@@ -45,14 +47,8 @@ OFFLINE_ENV = {
 RAY_PROCESS_MARKERS = ("ray", "raylet", "gcs_server", "VLLM::", "ray::")
 
 
-class PollTimeout(AssertionError):
-    """A bounded wait ran out; the message carries the last thing seen."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: A bounded wait ran out (the harness's error; an AssertionError).
+PollTimeout = WaitTimeoutError
 
 
 def poll(
@@ -65,20 +61,17 @@ def poll(
     """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds.
 
     ``probe`` may raise ``httpx.TransportError`` while a server comes up; that counts as "not yet".
+    The harness's ``wait_for`` with this suite's rules.
     """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except httpx.TransportError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise PollTimeout(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
+    return wait_for(
+        what,
+        probe,
+        timeout=timeout,
+        interval=interval,
+        max_interval=interval,
+        retry_on=(httpx.TransportError,),
+        done=bool,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +218,7 @@ class RayHead:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"ray start exited {self.proc.returncode}: {self.log_tail()}")
-            return httpx.get(self.dashboard_url + SERVE_API, timeout=5).status_code == 200
+            return bool(httpx.get(self.dashboard_url + SERVE_API, timeout=5).status_code == 200)
 
         poll(ready, timeout=timeout, interval=1.0, what="the Ray dashboard's Serve API")
 
@@ -292,14 +285,14 @@ class RayHead:
         self.stopped = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        proc = self.proc
+
+        def gone() -> bool:
+            return proc.poll() is not None and not self.session_processes()
+
+        with contextlib.suppress(WaitTimeoutError):
+            wait_for("the Ray session to exit", gone, timeout=grace, interval=1.0, max_interval=1.0)
         remaining = self.session_processes()
-        while time.monotonic() < deadline:
-            self.proc.poll()
-            remaining = self.session_processes()
-            if not remaining and self.proc.returncode is not None:
-                break
-            time.sleep(1.0)
         self.leftovers = remaining
         for info in remaining:  # only processes of the session we started
             with contextlib.suppress(ProcessLookupError):

@@ -7,7 +7,7 @@ the SSE framing of a stream and the status codes of malformed requests.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -69,7 +69,8 @@ def test_rendered_args_pass_rays_own_llm_serving_args(served_app: ServedApp) -> 
 
     config = yaml.safe_load(served_app.serve_config_v2)
     parsed = LLMServingArgs.model_validate(config["applications"][0]["args"])
-    assert [c.model_id for c in parsed.llm_configs] == [served_app.served_name]
+    # llm_configs is typed str | dict | LLMConfig; validation made each an LLMConfig.
+    assert [cast(Any, c).model_id for c in parsed.llm_configs] == [served_app.served_name]
 
 
 def test_models_lists_the_served_name(served_app: ServedApp) -> None:

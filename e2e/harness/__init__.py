@@ -13,7 +13,8 @@ from .cluster import (
     check_context,
     down,
 )
-from .kubeapi import ApiError, KubeAPI, WaitTimeoutError, wait_for
+from .kubeapi import ApiError, KubeAPI
+from .polling import WaitTimeoutError, holds_for, wait_for
 
 __all__ = [
     "DEFAULT_CAMPUS",
@@ -31,6 +32,7 @@ __all__ = [
     "check_context",
     "down",
     "find_bindir",
+    "holds_for",
     "load_campus",
     "parse_campus",
     "wait_for",

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from . import processes
+from . import commands, processes
 from .binaries import E2E_DIR, find_bindir, kuberay_crds, kwok_stages, our_crds
 from .campus import KWOK_LABEL, Campus, load_campus
 from .kubeapi import ApiError, KubeAPI, parallel, wait_for
@@ -47,12 +47,10 @@ DEFAULT_CAMPUS = E2E_DIR / "campus" / "small.yaml"
 STATE_ROOT = E2E_DIR / ".state"
 CONTEXT = "k2think-e2e"
 FIELD_MANAGER = "k2think-e2e"
-SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"
-# Fake pod IPs handed out by KWOK. Loopback on purpose: if anything ever dials a pod IP (e.g. the
-# KubeRay operator probing a head pod), it stays on this machine.
-POD_CIDR = "127.200.0.0/16"
-NODE_IP = "127.0.0.1"
+# Fake pod IPs handed out by KWOK (commands.POD_CIDR) are loopback on purpose: if anything ever
+# dials a pod IP (e.g. the KubeRay operator probing a head pod), it stays on this machine.
+SERVICE_CIDR, SERVICE_IP = commands.SERVICE_CIDR, commands.SERVICE_IP
+POD_CIDR, NODE_IP = commands.POD_CIDR, commands.NODE_IP
 
 #: Context names that look like disposable test clusters (checked before touching a cluster that
 #: the harness did not start). Anything else needs K2T_E2E_ALLOW_CONTEXT=<context name>.
@@ -455,18 +453,16 @@ class Cluster:
                     )
             return probe()
 
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return wait_for(what, checked, timeout=max(0.1, deadline - time.monotonic()))
-            except HarnessError:
-                raise
-            except TimeoutError as exc:
-                # the last probe error may hide a dead process: report that instead
-                for n in names:
-                    if not self.procs[n].alive():
-                        checked()
-                raise HarnessError(str(exc)) from exc
+        try:
+            return wait_for(what, checked, timeout=timeout)
+        except HarnessError:
+            raise
+        except TimeoutError as exc:
+            # the last probe error may hide a dead process: report that instead
+            for n in names:
+                if not self.procs[n].alive():
+                    checked()
+            raise HarnessError(str(exc)) from exc
 
     def _boot(self, timeout: float) -> None:
         assert self.state_dir is not None
@@ -477,49 +473,22 @@ class Cluster:
         self.ports = dict(zip(names, processes.free_ports(len(names)), strict=True))
         p = self.ports
 
-        etcd_url = f"http://127.0.0.1:{p['etcd']}"
-        peer_url = f"http://127.0.0.1:{p['etcd-peer']}"
-        self._start(
-            "etcd",
-            [
-                str(bd / "etcd"),
-                "--name=k2t",
-                f"--data-dir={sd / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=k2t={peer_url}",
-                "--unsafe-no-fsync",
-                "--quota-backend-bytes=4294967296",
-                "--log-level=warn",
-            ],
-        )
+        etcd_url = commands.loopback_url(p["etcd"])
+        self._start("etcd", commands.build_etcd_argv(bd, sd, p["etcd"], p["etcd-peer"]))
         self._wait("etcd /health", lambda: _http_status(f"{etcd_url}/health") == 200, 30, "etcd")
         _log(f"etcd ready ({time.monotonic() - t0:.1f}s)")
 
         (sd / "apiserver").mkdir(exist_ok=True)
         self._start(
             "kube-apiserver",
-            [
-                str(bd / "kube-apiserver"),
-                f"--etcd-servers={etcd_url}",
-                f"--bind-address={self.apiserver_bind}",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={p['apiserver']}",
-                f"--cert-dir={sd / 'apiserver'}",
-                f"--tls-cert-file={pki.apiserver_cert}",
-                f"--tls-private-key-file={pki.apiserver_key}",
-                f"--client-ca-file={pki.ca_cert}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki.sa_pub}",
-                f"--service-account-signing-key-file={pki.sa_key}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true",
-                "--profiling=false",
-                "--v=1",
-            ],
+            commands.build_apiserver_argv(
+                bd,
+                sd,
+                pki,
+                etcd_url=etcd_url,
+                port=p["apiserver"],
+                bind_address=self.apiserver_bind,
+            ),
         )
         self.api = self._make_api()
         api = self.api
@@ -541,59 +510,23 @@ class Cluster:
 
         self._start(
             "kube-controller-manager",
-            [
-                str(bd / "kube-controller-manager"),
-                f"--kubeconfig={kcm_kc}",
-                f"--authentication-kubeconfig={kcm_kc}",
-                f"--authorization-kubeconfig={kcm_kc}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={p['controller-manager']}",
-                f"--cert-dir={sd / 'controller-manager'}",
-                "--leader-elect=false",
-                "--controllers=*",
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki.sa_key}",
-                f"--root-ca-file={pki.ca_cert}",
-                f"--cluster-signing-cert-file={pki.ca_cert}",
-                f"--cluster-signing-key-file={pki.ca_key}",
-                # KWOK heartbeats every 20-45 s; be lenient on a busy 2-core machine.
-                "--node-monitor-grace-period=3m",
-                # client-go's default 20 QPS makes 1000 nodes wait a minute for their not-ready
-                # taint to be lifted; this is a test cluster, spend the CPU instead.
-                "--kube-api-qps=200",
-                "--kube-api-burst=400",
-                "--profiling=false",
-                "--v=1",
-            ],
+            commands.build_controller_manager_argv(
+                bd, sd, pki, kubeconfig=kcm_kc, port=p["controller-manager"]
+            ),
         )
         self._start(
             "kube-scheduler",
-            [
-                str(bd / "kube-scheduler"),
-                f"--kubeconfig={sched_kc}",
-                f"--authentication-kubeconfig={sched_kc}",
-                f"--authorization-kubeconfig={sched_kc}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={p['scheduler']}",
-                "--leader-elect=false",
-                "--kube-api-qps=200",
-                "--kube-api-burst=400",
-                "--profiling=false",
-                "--v=1",
-            ],
+            commands.build_scheduler_argv(bd, kubeconfig=sched_kc, port=p["scheduler"]),
         )
         kwok_home = sd / "kwok-home"  # KWOK also reads ~/.kwok/kwok.yaml: keep it out
         kwok_home.mkdir(exist_ok=True)
-        kwok_argv = [
-            str(bd / "kwok"),
-            f"--kubeconfig={self.kubeconfig}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-label-selector={KWOK_LABEL[0]}={KWOK_LABEL[1]}",
-            f"--cidr={self.pod_cidr}",
-            f"--node-ip={NODE_IP}",
-        ]
-        for stage in kwok_stages(bd):
-            kwok_argv += ["-c", str(stage)]
+        kwok_argv = commands.build_kwok_argv(
+            bd,
+            kubeconfig=self.kubeconfig,
+            node_label=KWOK_LABEL,
+            stages=kwok_stages(bd),
+            pod_cidr=self.pod_cidr,
+        )
         self._start("kwok", kwok_argv, env={"HOME": str(kwok_home)})
         self._t0 = t0
 
@@ -768,16 +701,13 @@ class Cluster:
         t0 = time.monotonic()
         metrics, probe = processes.free_ports(2)
         self.ports["kuberay-metrics"], self.ports["kuberay-probe"] = metrics, probe
-        argv = [
-            str(self.bindir / "ray-operator"),
-            f"--metrics-addr=127.0.0.1:{metrics}",
-            f"--health-probe-bind-address=127.0.0.1:{probe}",
-            "--enable-leader-election=false",
-            "--log-stdout-encoder=console",
-        ]
-        if watch_namespace:
-            argv.append(f"--watch-namespace={watch_namespace}")
-        argv += list(extra_args)
+        argv = commands.build_kuberay_argv(
+            self.bindir,
+            metrics_port=metrics,
+            probe_port=probe,
+            watch_namespace=watch_namespace,
+            extra_args=extra_args,
+        )
         self._start("ray-operator", argv, env={"KUBECONFIG": str(self.kubeconfig)})
         self._wait(
             "ray-operator /readyz",

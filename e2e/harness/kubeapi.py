@@ -12,13 +12,15 @@ import http.client
 import json
 import ssl
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .polling import WaitTimeoutError as WaitTimeoutError
+from .polling import wait_for as wait_for
 
 T = TypeVar("T")
 
@@ -28,38 +30,6 @@ class ApiError(RuntimeError):
         self.status = status
         self.body = body
         super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
-
-
-class WaitTimeoutError(TimeoutError):
-    pass
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    interval: float = 0.2,
-    max_interval: float = 2.0,
-) -> T:
-    """Call ``probe`` until it returns something other than None/False; bounded by ``timeout``.
-
-    Exceptions from ``probe`` count as "not yet" and the last one is reported on timeout.
-    """
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = probe()
-            if result is not None and result is not False:
-                return result
-        except Exception as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last})" if last else ""
-            raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        interval = min(interval * 1.5, max_interval)
 
 
 @dataclass

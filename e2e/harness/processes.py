@@ -17,34 +17,33 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .polling import WaitTimeoutError, wait_for
+
 _PR_SET_PDEATHSIG = 1
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (all held open until every one is picked)."""
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago (all held open until
+    every one is picked, so they differ). The one port picker of the test ground."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        return [int(s.getsockname()[1]) for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+def free_port() -> int:
+    """One free loopback port (``free_ports(1)``)."""
+    return free_ports(1)[0]
 
 
 def _die_with_parent() -> None:
@@ -90,6 +89,12 @@ class Proc:
             return False
         return os.path.realpath(exe.removesuffix(" (deleted)")) == os.path.realpath(self.exe)
 
+    def poll(self) -> int | None:
+        """Popen-style: None while the process runs, else its exit code (0 if unknown)."""
+        if self.popen is not None:
+            return self.popen.poll()
+        return None if self.alive() else 0
+
     def returncode(self) -> int | None:
         return self.popen.poll() if self.popen is not None else None
 
@@ -108,15 +113,15 @@ class Proc:
         pgid = self.pid  # started with start_new_session: group id == pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def exited() -> bool:
             if self.popen is not None:
-                if self.popen.poll() is not None and not _group_alive(pgid):
-                    break
-            elif not _alive(self.pid) and not _group_alive(pgid):
-                break
-            time.sleep(0.05)
-        else:
+                return self.popen.poll() is not None and not _group_alive(pgid)
+            return not _alive(self.pid) and not _group_alive(pgid)
+
+        try:
+            wait_for(f"{self.name} to exit", exited, timeout=timeout, interval=0.05)
+        except WaitTimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
             if self.popen is not None:
@@ -145,11 +150,16 @@ def _group_alive(pgid: int) -> bool:
 
 
 def wait_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _group_alive(pgid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    """Whether every process of group ``pgid`` exited within ``timeout``."""
+    try:
+        wait_for(
+            f"process group {pgid} to exit",
+            lambda: not _group_alive(pgid),
+            timeout=timeout,
+            interval=0.05,
+        )
+    except WaitTimeoutError:
+        return False
     return True
 
 

@@ -178,10 +178,12 @@ def resolve_env(
             env[name] = resource_field_value(container, source["resourceFieldRef"])
         elif "secretKeyRef" in source or "configMapKeyRef" in source:
             kind = "secretRef" if "secretKeyRef" in source else "configMapRef"
-            ref = source.get("secretKeyRef") or source.get("configMapKeyRef")
-            value = lookup(kind, ref["name"], ref["key"])
-            if value is None and not ref.get("optional"):
-                raise ValueError(f"{kind} {ref['name']}/{ref['key']} not found for {name}")
+            key_ref: dict[str, Any] = (
+                source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
+            )
+            value = lookup(kind, key_ref["name"], key_ref["key"])
+            if value is None and not key_ref.get("optional"):
+                raise ValueError(f"{kind} {key_ref['name']}/{key_ref['key']} not found for {name}")
             if value is not None:
                 env[name] = value
         else:

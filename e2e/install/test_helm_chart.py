@@ -263,7 +263,7 @@ def assert_argocd_health(tools: Tools, namespace: str, cr: dict[str, Any]) -> No
         out = subprocess.run(
             [lua, "-"], input=harness(obj), capture_output=True, text=True, check=True, timeout=30
         ).stdout
-        return out.partition(sep)[0]
+        return str(out.partition(sep)[0])
 
     assert health() == "Progressing"
     from k2think_operator.render.serve_config import APP_NAME

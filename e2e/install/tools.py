@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from harness import Cluster, processes, wait_for
+from harness import Cluster, wait_for
+from harness.operator_process import OperatorExited, OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "k2think-operator"
@@ -27,7 +25,6 @@ EXAMPLE = ROOT / "crds" / "examples" / "k2think.yaml"
 CRD_NAME = "k2thinkdeployments.k2think.dev"
 #: helm template's Kubernetes version (the chart's floor): output independent of the helm build.
 KUBE_VERSION = "1.30.0"
-OPERATOR = Path(sys.executable).parent / "k2think-operator"
 
 
 class CommandError(AssertionError):
@@ -222,65 +219,29 @@ class Tools:
         return result
 
 
-@dataclass
-class LocalOperator:
-    proc: processes.Proc
-    health_port: int
-
-    def log(self) -> str:
-        return self.proc.log.read_text(errors="replace") if self.proc.log.exists() else ""
-
-
-def _healthz(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextmanager
 def local_operator(
     kubeconfig: Path, workdir: Path, *watch: str, extra: Sequence[str] = ()
-) -> Iterator[LocalOperator]:
+) -> Iterator[OperatorProcess]:
     """``k2think-operator run`` on this machine with ``kubeconfig`` (a ServiceAccount token).
 
     ``watch``: namespaces; none means ``--all-namespaces``. ``extra``: more ``run`` flags (as the
     chart's Deployment passes them). Stopped (SIGTERM, then SIGKILL) on exit.
     """
-    health, metrics = processes.free_ports(2)
     scope = [f"--namespace={ns}" for ns in watch] or ["--all-namespaces"]
-    argv = [
-        str(OPERATOR),
-        "run",
-        *scope,
-        "--health-host=127.0.0.1",
-        f"--health-port={health}",
-        f"--metrics-port={metrics}",
-        "--log-format=text",
-        *extra,
-    ]
-    proc = processes.start(
-        "k2think-operator",
-        argv,
-        workdir,
+    op = OperatorProcess(
+        args=[*scope, "--log-format=text", *extra],
+        state_dir=workdir,
         env={"KUBECONFIG": str(kubeconfig), "K2T_RETRY_SECONDS": "2"},
     )
-    op = LocalOperator(proc, health)
     try:
-
-        def healthy() -> bool:
-            if not proc.alive():
-                raise CommandError(f"the operator exited:\n{proc.log_tail()}")
-            return _healthz(health)
-
         try:
-            wait_for("the operator's /healthz", healthy, timeout=60)
-        except Exception as exc:
-            raise CommandError(f"{exc}\n{proc.log_tail()}") from exc
+            op.start(timeout=60)
+        except OperatorExited as exc:
+            raise CommandError(str(exc)) from exc
         yield op
     finally:
-        proc.stop(timeout=20)
+        op.stop(timeout=20)
 
 
 # ---------------------------------------------------------------------- shared checks

@@ -12,10 +12,11 @@ from typing import Any, TextIO
 import yaml
 
 from k2think_operator import __version__
+from k2think_operator.apis import K2THINK
 from k2think_operator.config import OperatorConfig
-from k2think_operator.planner import Plan, PlanError, plan_deployment
-from k2think_operator.render import build_children, render_yaml
-from k2think_operator.spec import API_GROUP, KIND, InvalidSpec, SpecError, parse_spec
+from k2think_operator.decision import Decision, decide
+from k2think_operator.planner import Plan
+from k2think_operator.render import render_yaml
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -39,10 +40,11 @@ def load_documents(path: str) -> list[dict[str, Any]]:
     for doc in docs:
         if not isinstance(doc, dict):
             raise InputError(f"{path}: a document is not a mapping")
-        if doc.get("kind") == KIND and str(doc.get("apiVersion", "")).startswith(API_GROUP + "/"):
+        api_version = str(doc.get("apiVersion", ""))
+        if doc.get("kind") == K2THINK.kind and api_version.startswith(K2THINK.group + "/"):
             found.append(doc)
     if not found:
-        raise InputError(f"{path}: no {KIND} ({API_GROUP}) document found")
+        raise InputError(f"{path}: no {K2THINK.kind} ({K2THINK.group}) document found")
     return found
 
 
@@ -51,21 +53,21 @@ def _meta(doc: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("name") or "k2think"), str(meta.get("namespace") or "default")
 
 
-def check_document(doc: dict[str, Any]) -> list[SpecError]:
-    """Every problem with one document: CRD schema, then models, then the planner."""
+def check_document(doc: dict[str, Any]) -> tuple[list[str], Decision | None]:
+    """Every problem with one document (CRD schema and CEL, then models and planner), or the
+    operator's own decision for it: the same ``decide()`` the running operator calls."""
     from k2think_operator.schema_check import schema_errors
 
     problems = schema_errors(doc)
     if problems:
-        return problems
-    name, _ = _meta(doc)
-    try:
-        plan_deployment(parse_spec(doc.get("spec") or {}), name)
-    except InvalidSpec as error:
-        return list(error.problems)
-    except PlanError as error:
-        return [error]
-    return []
+        return [str(p) for p in problems], None
+    name, namespace = _meta(doc)
+    body = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": name}}
+    body["metadata"]["namespace"] = namespace
+    decision = decide(body)
+    if decision.problems:
+        return list(decision.problems), None
+    return [], decision
 
 
 def _documents_or_exit(path: str, err: TextIO) -> list[dict[str, Any]] | None:
@@ -76,31 +78,26 @@ def _documents_or_exit(path: str, err: TextIO) -> list[dict[str, Any]] | None:
         return None
 
 
+def _report(doc: dict[str, Any], problems: list[str], err: TextIO) -> None:
+    name, namespace = _meta(doc)
+    for problem in problems:
+        print(f"{namespace}/{name}: {problem}", file=err)
+
+
 def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     docs = _documents_or_exit(args.file, err)
     if docs is None:
         return EXIT_USAGE
     failed = False
     for doc in docs:
-        name, namespace = _meta(doc)
-        problems = check_document(doc)
+        problems, _ = check_document(doc)
         if problems:
             failed = True
-            for problem in problems:
-                print(f"{namespace}/{name}: {problem.field}: {problem.message}", file=err)
+            _report(doc, problems, err)
         else:
+            name, namespace = _meta(doc)
             print(f"{namespace}/{name}: valid", file=out)
     return EXIT_INVALID if failed else 0
-
-
-def _plan_or_report(doc: dict[str, Any], err: TextIO) -> Plan | None:
-    problems = check_document(doc)
-    name, namespace = _meta(doc)
-    if problems:
-        for problem in problems:
-            print(f"{namespace}/{name}: {problem.field}: {problem.message}", file=err)
-        return None
-    return plan_deployment(parse_spec(doc.get("spec") or {}), name)
 
 
 def format_plan_table(name: str, plan: Plan) -> str:
@@ -140,52 +137,49 @@ def _replica_text(plan: Plan) -> str:
     return f"fixed {plan.initial_replicas}"
 
 
-def _planned(path: str, err: TextIO) -> tuple[list[tuple[dict[str, Any], Plan]], int] | None:
-    """Every document of a file with its plan; problems go to ``err`` and set the exit code."""
+def _decided(path: str, err: TextIO) -> tuple[list[Decision], int] | None:
+    """The decision for every document of a file; problems go to ``err`` and set the exit code."""
     docs = _documents_or_exit(path, err)
     if docs is None:
         return None
-    planned: list[tuple[dict[str, Any], Plan]] = []
+    decisions: list[Decision] = []
     status = 0
     for doc in docs:
-        plan = _plan_or_report(doc, err)
-        if plan is None:
+        problems, decision = check_document(doc)
+        if decision is None:
+            _report(doc, problems, err)
             status = EXIT_INVALID
         else:
-            planned.append((doc, plan))
-    return planned, status
+            decisions.append(decision)
+    return decisions, status
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    result = _planned(args.file, err)
+    result = _decided(args.file, err)
     if result is None:
         return EXIT_USAGE
-    planned, status = result
+    decisions, status = result
+    planned = [(d, d.plan) for d in decisions if d.plan is not None]
     if args.output == "json":
         results = [
-            {"name": _meta(doc)[0], "namespace": _meta(doc)[1], "plan": plan.to_status()}
-            for doc, plan in planned
+            {"name": d.name, "namespace": d.namespace, "plan": plan.to_status()}
+            for d, plan in planned
         ]
         if results:
             print(json.dumps(results[0] if len(results) == 1 else results, indent=2), file=out)
         return status
-    for doc, plan in planned:
-        print(format_plan_table(_meta(doc)[0], plan), file=out)
+    for d, plan in planned:
+        print(format_plan_table(d.name, plan), file=out)
         print(file=out)
     return status
 
 
 def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    result = _planned(args.file, err)
+    result = _decided(args.file, err)
     if result is None:
         return EXIT_USAGE
-    planned, status = result
-    manifests: list[dict[str, Any]] = []
-    for doc, plan in planned:
-        name, namespace = _meta(doc)
-        uid = (doc.get("metadata") or {}).get("uid")
-        spec = parse_spec(doc.get("spec") or {})
-        manifests += build_children(spec, plan, name=name, namespace=namespace, uid=uid)
+    decisions, status = result
+    manifests = [child for d in decisions for child in d.children]
     if manifests:
         out.write(render_yaml(manifests))
     return status

@@ -16,11 +16,11 @@ from typing import Any
 import kopf
 
 from k2think_operator import metrics
+from k2think_operator.apis import K2THINK, PODS, RAYSERVICE
 from k2think_operator.config import OperatorConfig, current_config
 from k2think_operator.kube import Kube, KubeError
 from k2think_operator.reconcile import Reconciler, summarize_pod
 from k2think_operator.render.meta import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
-from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
 from k2think_operator.status import PodSummary
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ def _owner_key(meta: Mapping[str, Any]) -> tuple[str, str] | None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: OperatorConfig = current_config()
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=K2THINK.group)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
+        prefix=K2THINK.group, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = config.watch_timeout_seconds
@@ -95,13 +95,13 @@ async def resync_forever(
 # --- indexes ---------------------------------------------------------------------------------
 
 
-@kopf.index("", "v1", "pods", labels=OURS)
+@kopf.index(*PODS.gvp, labels=OURS)
 def ray_pods(meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodSummary]:
     key = _owner_key(meta)
     return {key: summarize_pod(body)} if key else {}
 
 
-@kopf.index("ray.io", "v1", "rayservices", labels=OURS)
+@kopf.index(*RAYSERVICE.gvp, labels=OURS)
 def rayservices(
     meta: kopf.Meta, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -109,7 +109,7 @@ def rayservices(
     return {key: dict(body)} if key else {}
 
 
-@kopf.index(API_GROUP, API_VERSION, PLURAL)
+@kopf.index(*K2THINK.gvp)
 def deployments(
     name: str, namespace: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -154,9 +154,9 @@ async def _reconcile(
         raise kopf.TemporaryError(outcome.retry_reason, delay=current_config().retry_seconds)
 
 
-@kopf.on.resume(API_GROUP, API_VERSION, PLURAL, id="reconcile-resume")
-@kopf.on.create(API_GROUP, API_VERSION, PLURAL, id="reconcile-create")
-@kopf.on.update(API_GROUP, API_VERSION, PLURAL, id="reconcile-update", field="spec")
+@kopf.on.resume(*K2THINK.gvp, id="reconcile-resume")
+@kopf.on.create(*K2THINK.gvp, id="reconcile-create")
+@kopf.on.update(*K2THINK.gvp, id="reconcile-update", field="spec")
 async def reconcile_deployment(
     memo: kopf.Memo,
     body: kopf.Body,
@@ -166,7 +166,7 @@ async def reconcile_deployment(
     await _reconcile(memo, body, ray_pods)
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, id="forget", optional=True)
+@kopf.on.delete(*K2THINK.gvp, id="forget", optional=True)
 def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """Drop per-object state; children go with the garbage collector (owner references)."""
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
@@ -178,7 +178,7 @@ def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
 # --- children ----------------------------------------------------------------------------------
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels=OURS, id="rayservice-event")
+@kopf.on.event(*RAYSERVICE.gvp, labels=OURS, id="rayservice-event")
 async def rayservice_event(
     meta: kopf.Meta,
     memo: kopf.Memo,
@@ -202,7 +202,7 @@ async def rayservice_event(
     await reconciler.reconcile(owner, _pods_of(ray_pods, key))
 
 
-@kopf.on.event("", "v1", "pods", labels=OURS, id="pod-event")
+@kopf.on.event(*PODS.gvp, labels=OURS, id="pod-event")
 async def pod_event(
     meta: kopf.Meta,
     memo: kopf.Memo,

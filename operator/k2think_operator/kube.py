@@ -9,19 +9,20 @@ worth hammering) and ``TransientApiError`` (everything worth retrying).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, cast
 
 import aiohttp
 import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from k2think_operator.apis import APPLIED, K2THINK, RAYSERVICE, Api
 from k2think_operator.render.meta import FIELD_MANAGER
-from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ class TransientApiError(KubeError):
     """Conflicts, timeouts, 5xx: try again later."""
 
 
-_PLURALS = {("ray.io", "RayService"): "rayservices"}
-
-
-def _split_api_version(api_version: str) -> tuple[str, str]:
-    group, _, version = api_version.rpartition("/")
-    return group, version
-
-
 def _message(error: ApiException) -> str:
     raw = error.body
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
@@ -63,33 +56,48 @@ def _message(error: ApiException) -> str:
     return str(parsed.get("message") or error.reason) if isinstance(parsed, dict) else text
 
 
-def _classify(error: ApiException, kind: str) -> KubeError:
+def _classify(error: ApiException, what: str) -> KubeError:
     message = _message(error)
     if error.status == 404:
         return KubeRayMissing(
-            f"the {kind} API is not available: {message}; install KubeRay's CRDs "
-            "(ray.io/v1) and its operator"
+            f"the {what} API is not available: {message}; install KubeRay's CRDs "
+            f"({RAYSERVICE.api_version}) and its operator"
         )
     if error.status in (400, 403, 422):
-        return ApplyRejected(f"the API server refused the {kind}: {message}")
-    return TransientApiError(f"{kind}: HTTP {error.status}: {message}")
+        return ApplyRejected(f"the API server refused the {what}: {message}")
+    return TransientApiError(f"{what}: HTTP {error.status}: {message}")
 
 
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-def _unreachable(error: BaseException, kind: str) -> TransientApiError:
-    return TransientApiError(f"{kind}: no answer from the API server: {error!r}")
+def _object_missing(error: ApiException, api: Api) -> bool:
+    """A 404 naming the object ("rayservices.ray.io "x" not found"), not a missing API."""
+    return error.status == 404 and api.plural in _message(error).lower()
+
+
+class KubeApi(Protocol):
+    """What the reconciler and the handlers need from the API; ``Kube`` is the real one, the
+    unit tests' fakes are others (``tests/test_reconcile.py``)."""
+
+    async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
 
 
 class Kube:
-    """A thin async facade over the API calls the operator makes."""
+    """A thin async facade over the API calls the operator makes (implements ``KubeApi``)."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
         self._closed = False
         self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -107,124 +115,105 @@ class Kube:
         self._closed = True
         await self._api.close()
 
-    def _check_open(self, kind: str) -> None:
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Translate every failure of one API call into the reconciler's ``KubeError``s.
+
+        Inside the block, catch ``ApiException`` only for the answers that are not errors
+        (a 404 meaning "no such object") and re-raise the rest to this translation.
+        """
         # kopf still runs handlers for a few seconds after its cleanup closed this client.
         if self._closed:
-            raise TransientApiError(f"{kind}: the operator is stopping")
+            raise TransientApiError(f"{what}: the operator is stopping")
+        try:
+            yield
+        except ApiException as error:
+            raise _classify(error, what) from error
+        except _NETWORK_ERRORS as error:
+            raise TransientApiError(f"{what}: no answer from the API server: {error!r}") from error
 
     async def api_served(self, group: str, version: str, plural: str) -> bool:
         """Whether discovery lists ``plural`` in ``group/version`` (a CRD installed and served)."""
-        kind = f"{plural}.{group} discovery"
-        self._check_open(kind)
-        try:
-            found = await self._custom.get_api_resources(group, version)
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise _classify(error, kind) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, kind) from error
+        with self._call(f"{plural}.{group} discovery"):
+            try:
+                found = await self._custom.get_api_resources(group, version)
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
         return any(resource.name == plural for resource in (found.resources or []))
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply one namespaced custom object, taking ownership of its fields."""
-        group, version = _split_api_version(obj["apiVersion"])
-        kind = obj["kind"]
-        plural = _PLURALS[(group, kind)]
+        api = APPLIED[(obj["apiVersion"], obj["kind"])]
         meta = obj["metadata"]
-        self._check_open(kind)
-        try:
+        with self._call(api.kind):
             result = await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
-                group,
-                version,
+                api.group,
+                api.version,
                 meta["namespace"],
-                plural,
+                api.plural,
                 meta["name"],
                 dict(obj),
                 field_manager=FIELD_MANAGER,
                 force=True,
                 _content_type=APPLY_CONTENT_TYPE,
             )
-        except ApiException as error:
-            raise _classify(error, kind) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, kind) from error
         if result is None:
             # The generated client only decodes HTTP 200; an apply that creates answers 201.
-            return await self._get(group, version, meta["namespace"], plural, meta["name"])
-        return dict(result)
-
-    async def _get(
-        self, group: str, version: str, namespace: str, plural: str, name: str
-    ) -> dict[str, Any]:
-        self._check_open(plural)
-        try:
-            result = await self._custom.get_namespaced_custom_object(
-                group, version, namespace, plural, name
-            )
-        except ApiException as error:
-            raise _classify(error, plural) from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, plural) from error
+            with self._call(api.plural):
+                result = await self._custom.get_namespaced_custom_object(
+                    api.group, api.version, meta["namespace"], api.plural, meta["name"]
+                )
         return dict(result)
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """K2ThinkDeployments in the given namespaces (all of them when empty)."""
-        self._check_open("K2ThinkDeployment list")
-        try:
+        group, version, plural = K2THINK.gvp
+        with self._call(f"{K2THINK.kind} list"):
             if not namespaces:
-                found = await self._custom.list_cluster_custom_object(
-                    API_GROUP, API_VERSION, PLURAL
-                )
+                found = await self._custom.list_cluster_custom_object(group, version, plural)
                 return [dict(item) for item in found.get("items", [])]
             objects: list[dict[str, Any]] = []
             for namespace in namespaces:
                 found = await self._custom.list_namespaced_custom_object(
-                    API_GROUP, API_VERSION, namespace, PLURAL
+                    group, version, namespace, plural
                 )
                 objects += [dict(item) for item in found.get("items", [])]
             return objects
-        except ApiException as error:
-            raise _classify(error, "K2ThinkDeployment list") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "K2ThinkDeployment list") from error
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._check_open("RayService")
-        try:
-            result = await self._custom.get_namespaced_custom_object(
-                "ray.io", "v1", namespace, "rayservices", name
-            )
-        except ApiException as error:
-            if error.status == 404 and "rayservices" in _message(error).lower():
-                # "rayservices.ray.io "x" not found": the object is missing, the API is not.
-                return None
-            raise _classify(error, "RayService") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "RayService") from error
+        group, version, plural = RAYSERVICE.gvp
+        with self._call(RAYSERVICE.kind):
+            try:
+                result = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            except ApiException as error:
+                if _object_missing(error, RAYSERVICE):
+                    return None
+                raise
         return dict(result)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""
-        self._check_open("K2ThinkDeployment status")
-        try:
-            await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                API_GROUP,
-                API_VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": dict(status)},
-                field_manager=FIELD_MANAGER,
-                _content_type=MERGE_CONTENT_TYPE,
-            )
-        except ApiException as error:
-            if error.status == 404:
+        group, version, plural = K2THINK.gvp
+        with self._call(f"{K2THINK.kind} status"):
+            try:
+                await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": dict(status)},
+                    field_manager=FIELD_MANAGER,
+                    _content_type=MERGE_CONTENT_TYPE,
+                )
+            except ApiException as error:
+                if error.status != 404:
+                    raise
                 log.info("%s/%s is gone; status not written", namespace, name)
-                return
-            raise _classify(error, "K2ThinkDeployment status") from error
-        except _NETWORK_ERRORS as error:
-            raise _unreachable(error, "K2ThinkDeployment status") from error
 
 
 def emit_event(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:

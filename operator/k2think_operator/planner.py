@@ -75,7 +75,6 @@ class PoolPlan:
     ray_accelerator_type: str | None
     gpus_per_worker_pod: int
     worker_pods_per_replica: int
-    replicas_per_node: int
     max_replicas: int | None
     weights_gib_per_gpu: float
     kv_cache_gib_per_gpu: float
@@ -428,7 +427,6 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
                 ray_accelerator_type=ctx.accelerator.ray_accelerator_type,
                 gpus_per_worker_pod=pod_gpus,
                 worker_pods_per_replica=pods_per_replica,
-                replicas_per_node=max(1, ctx.pool.gpus_per_node // (pod_gpus * pods_per_replica)),
                 max_replicas=_pool_replica_capacity(ctx.pool, pod_gpus, pods_per_replica),
                 weights_gib_per_gpu=layout.weights_gib_per_gpu,
                 kv_cache_gib_per_gpu=layout.kv_gib_per_gpu,

@@ -1,9 +1,18 @@
-"""Sequencing of one reconcile: decide (pure) -> apply (only if needed) -> observe -> status.
+"""One reconcile, in four steps: read -> decide -> apply -> status.
 
-The kopf handlers call ``reconcile`` for create/update/resume, for drift of the RayService and
-on a slow timer; pod and RayService events call ``refresh_status``. Both paths share the same
-pure decision, so nothing here can apply a spec that failed validation: an invalid spec only
-ever produces an ``InvalidSpec`` condition and a Warning event, never a write to a child.
+- read: the live RayService (``KubeApi.get_rayservice``); the pods come from kopf's index.
+- decide: ``decide(body)`` parses, plans and renders (pure); ``decision_events`` says what to
+  tell a human. The CLI calls the same ``decide``.
+- apply: ``apply_children`` server-side applies what is missing or drifted (``needs_apply``),
+  and returns an ``ApplyResult``.
+- status: ``observe`` gathers the inputs, ``status.build_status`` computes the status (pure),
+  ``write_status`` patches it only when it changed.
+
+The kopf handlers call ``Reconciler.reconcile`` for create/update/resume, for drift of the
+RayService and on a slow resync; pod events call ``refresh_status`` (the status step alone).
+Nothing here can apply a spec that failed validation: an invalid spec renders no children, so it
+only ever produces an ``InvalidSpec`` condition and a Warning event. ``DeploymentState`` is all
+the operator remembers of a deployment between reconciles.
 """
 
 from __future__ import annotations
@@ -12,23 +21,22 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from k2think_operator import metrics
+from k2think_operator import reasons as r
+from k2think_operator.decision import Decision, decide, decision_events, is_subset, needs_apply
 from k2think_operator.kube import (
     ApplyRejected,
-    Kube,
+    KubeApi,
     KubeError,
     KubeRayMissing,
     TransientApiError,
     emit_event,
 )
-from k2think_operator.planner import Plan, PlanError, plan_deployment
-from k2think_operator.render import build_children
-from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, COMPONENT_LABEL, POOL_LABEL
-from k2think_operator.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
+from k2think_operator.render.meta import COMPONENT_LABEL, POOL_LABEL
 from k2think_operator.status import (
     UNSCHEDULABLE_GRACE_SECONDS,
     Observation,
@@ -39,20 +47,26 @@ from k2think_operator.status import (
     status_patch,
 )
 
+# decide and friends live in decision.py (pure); importing them from here keeps working.
+__all__ = [
+    "ApplyFailure",
+    "ApplyResult",
+    "Decision",
+    "DeploymentState",
+    "Outcome",
+    "Reconciler",
+    "apply_children",
+    "decide",
+    "decision_events",
+    "is_subset",
+    "needs_apply",
+    "observe",
+    "previous_apply_failure",
+    "summarize_pod",
+    "write_status",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What one K2ThinkDeployment asks for, decided without touching the cluster."""
-
-    name: str
-    namespace: str
-    generation: int
-    spec: K2ThinkDeploymentSpec | None
-    plan: Plan | None
-    children: tuple[dict[str, Any], ...]
-    problems: tuple[str, ...]
 
 
 @dataclass
@@ -65,57 +79,6 @@ class Outcome:
     invalid: bool = False
     retry_reason: str | None = None
     events: list[tuple[bool, str, str]] = field(default_factory=list)
-
-
-def decide(body: Mapping[str, Any]) -> Decision:
-    """Parse, plan and render one K2ThinkDeployment body (a dict as the API returns it)."""
-    meta = body.get("metadata") or {}
-    name = str(meta.get("name"))
-    namespace = str(meta.get("namespace") or "default")
-    generation = int(meta.get("generation") or 0)
-    try:
-        spec = parse_spec(dict(body.get("spec") or {}))
-        plan = plan_deployment(spec, name)
-    except InvalidSpec as error:
-        return Decision(
-            name, namespace, generation, None, None, (), tuple(map(str, error.problems))
-        )
-    except PlanError as error:
-        return Decision(name, namespace, generation, None, None, (), (str(error),))
-    children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
-    return Decision(name, namespace, generation, spec, plan, tuple(children), ())
-
-
-def is_subset(desired: Any, live: Any) -> bool:
-    """True when every field we render is present in ``live`` with the same value.
-
-    Lists are compared element-wise and must have the same length (a list we own is ours
-    whole); extra keys in live maps (API defaults, other managers) are fine.
-    """
-    if isinstance(desired, Mapping):
-        if not isinstance(live, Mapping):
-            return False
-        return all(key in live and is_subset(value, live[key]) for key, value in desired.items())
-    if isinstance(desired, list):
-        if not isinstance(live, list) or len(desired) != len(live):
-            return False
-        return all(is_subset(d, v) for d, v in zip(desired, live, strict=True))
-    return bool(desired == live)
-
-
-def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
-    """Apply when the child is missing or anything we own differs (drift or a new spec)."""
-    if live is None:
-        return True
-    if not is_subset(desired.get("spec"), live.get("spec")):
-        return True
-    want_meta = desired.get("metadata") or {}
-    live_meta = live.get("metadata") or {}
-    for key in ("labels", "annotations"):
-        if not is_subset(want_meta.get(key) or {}, live_meta.get(key) or {}):
-            return True
-    owners = want_meta.get("ownerReferences")
-    return bool(owners) and not is_subset(owners, live_meta.get("ownerReferences") or [])
 
 
 def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
@@ -157,45 +120,12 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def decision_events(
-    decision: Decision, current_status: Mapping[str, Any], live: Mapping[str, Any] | None
-) -> list[tuple[bool, str, str]]:
-    """Events worth telling a human: a new plan, a costly cluster switch-over, a bad spec."""
-    events: list[tuple[bool, str, str]] = []
-    if decision.problems:
-        events.append((True, "InvalidSpec", "; ".join(decision.problems)))
-        return events
-    plan = decision.plan
-    assert plan is not None
-    previous = current_status.get("plan") or {}
-    if previous.get("explanation") != plan.explanation:
-        events.append((False, "Planned", plan.explanation))
-    for warning in plan.warnings:
-        events.append((True, "PlanWarning", warning))
-    if live is not None and decision.children:
-        want = (decision.children[0].get("metadata") or {}).get("annotations") or {}
-        have = (live.get("metadata") or {}).get("annotations") or {}
-        old, new = have.get(CLUSTER_HASH_ANNOTATION), want.get(CLUSTER_HASH_ANNOTATION)
-        if old and new and old != new:
-            spec = decision.spec
-            strategy = spec.upgrade_strategy if spec else "NewCluster"
-            cost = (
-                f"KubeRay will start a second Ray cluster and switch over ({strategy}); "
-                f"during the switch-over up to {plan.max_gpus} more GPUs are requested"
-                if strategy != "None"
-                else "upgradeStrategy None: the running cluster keeps its old shape"
-            )
-            events.append((False, "NewRayCluster", f"the change reshapes the Ray cluster: {cost}"))
-    return events
-
-
 def observe(
     decision: Decision,
     body: Mapping[str, Any],
     rayservice: Mapping[str, Any] | None,
     pods: Iterable[PodSummary],
-    apply_error: str | None,
-    apply_error_reason: str,
+    failure: ApplyFailure | None,
     *,
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
 ) -> Observation:
@@ -206,8 +136,8 @@ def observe(
         generation=decision.generation,
         spec_problems=decision.problems,
         plan=decision.plan,
-        apply_error=apply_error,
-        apply_error_reason=apply_error_reason,
+        apply_error=failure.message if failure else None,
+        apply_error_reason=failure.reason if failure else "",
         rayservice=read_rayservice(rayservice),
         pods=tuple(pods),
         suspended=suspended,
@@ -218,73 +148,128 @@ def observe(
     )
 
 
+# --- apply: the only step that writes children -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """Why the child could not be written; shown as Degraded until it exists again."""
+
+    reason: str  # one of reasons.APPLY_FAILURES
+    message: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What the apply step did: the child as it now is, and what went wrong."""
+
+    live: dict[str, Any] | None
+    applied: bool = False
+    failure: ApplyFailure | None = None
+    retry: str | None = None
+
+
+async def apply_children(
+    kube: KubeApi, decision: Decision, live: dict[str, Any] | None
+) -> ApplyResult:
+    """Server-side apply each child that is missing or differs from what we render.
+
+    Nothing is written for an invalid spec: ``decision.children`` is empty then.
+    """
+    applied = False
+    for child in decision.children:
+        if not needs_apply(child, live):
+            continue
+        try:
+            live = await kube.apply(child)
+        except KubeRayMissing as error:
+            failure = ApplyFailure(r.KUBERAY_MISSING, str(error))
+            return ApplyResult(live, applied, failure, retry=str(error))
+        except ApplyRejected as error:
+            failure = ApplyFailure(r.APPLY_REJECTED, str(error))
+            return ApplyResult(live, applied, failure, retry=str(error))
+        except TransientApiError as error:
+            return ApplyResult(live, applied, retry=str(error))
+        applied = True
+        metrics.API_WRITES.labels("apply").inc()
+    return ApplyResult(live, applied)
+
+
+def previous_apply_failure(status: Mapping[str, Any]) -> ApplyFailure | None:
+    """A still-standing apply failure from the last status (kept while the child is absent)."""
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == r.DEGRADED
+            and cond.get("status") == "True"
+            and cond.get("reason") in r.APPLY_FAILURES
+        ):
+            return ApplyFailure(str(cond.get("reason")), str(cond.get("message")))
+    return None
+
+
+# --- status: computed (pure), then written only when it changed --------------------------------
+
+
+async def write_status(
+    kube: KubeApi, decision: Decision, current: Mapping[str, Any], desired: Mapping[str, Any]
+) -> bool:
+    """Merge-patch the status when it differs; True when it was written."""
+    patch = status_patch(current, desired)
+    if patch is None:
+        return False
+    try:
+        await kube.patch_status(decision.namespace, decision.name, patch)
+    except KubeError as error:
+        log.warning("status of %s/%s not written: %s", decision.namespace, decision.name, error)
+        return False
+    metrics.API_WRITES.labels("status").inc()
+    return True
+
+
+# --- per-deployment memory and the sequence -----------------------------------------------------
+
+
+@dataclass
+class DeploymentState:
+    """What the operator keeps of one deployment between reconciles (nothing else is kept)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The latest body and pods seen, for the resync loop (``pods=None``) and delayed re-checks.
+    body: Mapping[str, Any] | None = None
+    pods: tuple[PodSummary, ...] = ()
+    #: The armed CapacityBlocked re-check, if any.
+    recheck: asyncio.TimerHandle | None = None
+    #: Last message told per once-only event reason (see ``Reconciler._unannounced``).
+    announced: dict[str, str] = field(default_factory=dict)
+
+    def remember(self, body: Mapping[str, Any], pods: Iterable[PodSummary] | None) -> None:
+        self.body = body
+        if pods is not None:
+            self.pods = tuple(pods)
+
+
 class Reconciler:
-    """Holds the API facade and per-object locks; everything else is passed in."""
+    """Runs read -> decide -> apply -> status for one deployment at a time.
+
+    Holds the API facade and one ``DeploymentState`` per deployment; every decision is made by
+    the pure functions above from what is passed in.
+    """
 
     def __init__(
-        self, kube: Kube, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+        self, kube: KubeApi, *, unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
     ) -> None:
         self.kube = kube
         self.unschedulable_grace = unschedulable_grace
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._pods: dict[tuple[str, str], tuple[PodSummary, ...]] = {}
-        self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
-        self._rechecks: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._states: dict[tuple[str, str], DeploymentState] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
-        self._announced: dict[tuple[str, str], dict[str, str]] = {}
 
-    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
+    def _state(self, decision: Decision) -> DeploymentState:
+        return self._states.setdefault((decision.namespace, decision.name), DeploymentState())
 
     def forget(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        self._locks.pop(key, None)
-        self._pods.pop(key, None)
-        self._bodies.pop(key, None)
-        self._announced.pop(key, None)
-        handle = self._rechecks.pop(key, None)
-        if handle is not None:
-            handle.cancel()
-
-    def _unannounced(
-        self, decision: Decision, events: list[tuple[bool, str, str]]
-    ) -> list[tuple[bool, str, str]]:
-        """Drop a decision event already told for this object.
-
-        Event handlers reconcile with the body from an index, whose status may predate our last
-        write, so "the plan changed" can look true twice for one change.
-        """
-        last = self._announced.setdefault((decision.namespace, decision.name), {})
-        fresh: list[tuple[bool, str, str]] = []
-        for event in events:
-            _, reason, message = event
-            if reason in ("Planned", "PlanWarning", "InvalidSpec"):
-                if last.get(reason) == message:
-                    continue
-                last[reason] = message
-            fresh.append(event)
-        return fresh
-
-    def _schedule_recheck(self, observation: Observation) -> None:
-        """Re-evaluate status when a waiting pod crosses the CapacityBlocked grace period.
-
-        A pod the scheduler keeps refusing may never change again, so no event would come.
-        """
-        delay = next_capacity_check(observation)
-        key = (observation.namespace, observation.name)
-        if delay is None or key in self._rechecks:
-            return
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self._rechecks.pop(key, None)
-            body = self._bodies.get(key)
-            if body is not None:
-                task = loop.create_task(self.reconcile(body, None))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-        self._rechecks[key] = loop.call_later(delay + 1.0, fire)
+        state = self._states.pop((namespace, name), None)
+        if state is not None and state.recheck is not None:
+            state.recheck.cancel()
 
     async def reconcile(
         self,
@@ -297,10 +282,11 @@ class Reconciler:
         """
         started = time.monotonic()
         decision = decide(body)
-        seen = self._remember(decision, body, pods)
-        async with self._lock(decision.namespace, decision.name):
+        state = self._state(decision)
+        state.remember(body, pods)
+        async with state.lock:
             try:
-                outcome = await self._reconcile_locked(body, decision, seen)
+                outcome = await self._converge(body, decision, state)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
                 raise
@@ -311,61 +297,40 @@ class Reconciler:
             metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
         return outcome
 
-    async def _reconcile_locked(
-        self,
-        body: Mapping[str, Any],
-        decision: Decision,
-        pods: Sequence[PodSummary],
+    async def _converge(
+        self, body: Mapping[str, Any], decision: Decision, state: DeploymentState
     ) -> Outcome:
-        current_status = dict(body.get("status") or {})
-        apply_error: str | None = None
-        apply_reason = "ApplyFailed"
-        retry: str | None = None
-        applied = False
-        live: dict[str, Any] | None = None
+        current = dict(body.get("status") or {})
+        # read
         try:
             live = await self.kube.get_rayservice(decision.namespace, decision.name)
-        except KubeRayMissing as error:
-            apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
         except TransientApiError as error:
             # We learned nothing about the child: leave status as it is rather than report a
             # serving deployment as "RayService not found" because one GET failed.
-            return Outcome(
-                status=current_status, invalid=bool(decision.problems), retry_reason=str(error)
-            )
-
-        events = decision_events(decision, current_status, live) if retry is None else []
-        existed = live is not None
-        if retry is None and not decision.problems:
-            for child in decision.children:
-                if not needs_apply(child, live):
-                    continue
-                try:
-                    live = await self.kube.apply(child)
-                    applied = True
-                    metrics.API_WRITES.labels("apply").inc()
-                except KubeRayMissing as error:
-                    apply_error, apply_reason, retry = str(error), "KubeRayMissing", str(error)
-                except ApplyRejected as error:
-                    apply_error, apply_reason = str(error), "ApplyRejected"
-                    retry = str(error)
-                except TransientApiError as error:
-                    retry = str(error)
-            if applied:
-                verb = "Updated" if existed else "Created"
+            return Outcome(status=current, invalid=bool(decision.problems), retry_reason=str(error))
+        except KubeRayMissing as error:
+            failure = ApplyFailure(r.KUBERAY_MISSING, str(error))
+            result = ApplyResult(None, failure=failure, retry=str(error))
+            events: list[tuple[bool, str, str]] = []
+        else:
+            # decide (what to tell), then apply
+            events = decision_events(decision, current, live)
+            result = await apply_children(self.kube, decision, live)
+            if result.applied:
+                verb = r.EVENT_UPDATED if live is not None else r.EVENT_CREATED
                 events.append((False, verb, f"applied RayService {decision.name}"))
-
-        status = self._desired_status(decision, body, live, pods, apply_error, apply_reason)
-        wrote = await self._write_status(decision, current_status, status)
-        events = self._unannounced(decision, events)
+        # status
+        status = self._desired_status(decision, body, result.live, state, result.failure)
+        wrote = await write_status(self.kube, decision, current, status)
+        events = self._unannounced(state, events)
         for warning, reason, message in events:
             emit_event(body, warning=warning, reason=reason, message=message)
         return Outcome(
             status=status,
-            applied=applied,
+            applied=result.applied,
             wrote_status=wrote,
             invalid=bool(decision.problems),
-            retry_reason=retry,
+            retry_reason=result.retry,
             events=events,
         )
 
@@ -377,77 +342,71 @@ class Reconciler:
     ) -> bool:
         """Recompute status from observed children only (no apply); True if it was written."""
         decision = decide(body)
-        seen = self._remember(decision, body, pods)
-        async with self._lock(decision.namespace, decision.name):
-            current_status = dict(body.get("status") or {})
+        state = self._state(decision)
+        state.remember(body, pods)
+        async with state.lock:
+            current = dict(body.get("status") or {})
             # A still-standing apply failure stays visible while the child is absent.
-            error, reason = _previous_apply_error(current_status)
-            if rayservice is not None:
-                error = None
-            status = self._desired_status(decision, body, rayservice, seen, error, reason)
-            return await self._write_status(decision, current_status, status)
-
-    def _remember(
-        self,
-        decision: Decision,
-        body: Mapping[str, Any],
-        pods: Iterable[PodSummary] | None,
-    ) -> tuple[PodSummary, ...]:
-        """Keep the latest body and pods per object for the resync loop and delayed re-checks;
-        ``pods=None`` means "the ones last seen"."""
-        key = (decision.namespace, decision.name)
-        seen = self._pods.get(key, ()) if pods is None else tuple(pods)
-        self._pods[key] = seen
-        self._bodies[key] = body
-        return seen
+            failure = previous_apply_failure(current) if rayservice is None else None
+            status = self._desired_status(decision, body, rayservice, state, failure)
+            return await write_status(self.kube, decision, current, status)
 
     def _desired_status(
         self,
         decision: Decision,
         body: Mapping[str, Any],
         rayservice: Mapping[str, Any] | None,
-        pods: Iterable[PodSummary],
-        apply_error: str | None,
-        apply_error_reason: str,
+        state: DeploymentState,
+        failure: ApplyFailure | None,
     ) -> dict[str, Any]:
         """Observe, compute the status, and arm the capacity re-check (one path for both)."""
         observation = observe(
             decision,
             body,
             rayservice,
-            pods,
-            apply_error,
-            apply_error_reason,
+            state.pods,
+            failure,
             unschedulable_grace=self.unschedulable_grace,
         )
-        self._schedule_recheck(observation)
-        current = body.get("status") or {}
-        status = build_status(observation, current, now_rfc3339())
+        self._schedule_recheck(observation, state)
+        status = build_status(observation, body.get("status") or {}, now_rfc3339())
         metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
         return status
 
-    async def _write_status(
-        self, decision: Decision, current: Mapping[str, Any], desired: Mapping[str, Any]
-    ) -> bool:
-        patch = status_patch(current, desired)
-        if patch is None:
-            return False
-        try:
-            await self.kube.patch_status(decision.namespace, decision.name, patch)
-        except KubeError as error:
-            log.warning("status of %s/%s not written: %s", decision.namespace, decision.name, error)
-            return False
-        metrics.API_WRITES.labels("status").inc()
-        return True
+    @staticmethod
+    def _unannounced(
+        state: DeploymentState, events: list[tuple[bool, str, str]]
+    ) -> list[tuple[bool, str, str]]:
+        """Drop a decision event already told for this object.
 
+        Event handlers reconcile with the body from an index, whose status may predate our last
+        write, so "the plan changed" can look true twice for one change.
+        """
+        fresh: list[tuple[bool, str, str]] = []
+        for event in events:
+            _, reason, message = event
+            if reason in r.ANNOUNCED_ONCE:
+                if state.announced.get(reason) == message:
+                    continue
+                state.announced[reason] = message
+            fresh.append(event)
+        return fresh
 
-def _previous_apply_error(status: Mapping[str, Any]) -> tuple[str | None, str]:
-    """Keep a still-standing apply failure visible when only children changed."""
-    for cond in status.get("conditions") or []:
-        if (
-            cond.get("type") == "Degraded"
-            and cond.get("status") == "True"
-            and cond.get("reason") in ("KubeRayMissing", "ApplyRejected", "ApplyFailed")
-        ):
-            return str(cond.get("message")), str(cond.get("reason"))
-    return None, "ApplyFailed"
+    def _schedule_recheck(self, observation: Observation, state: DeploymentState) -> None:
+        """Re-evaluate status when a waiting pod crosses the CapacityBlocked grace period.
+
+        A pod the scheduler keeps refusing may never change again, so no event would come.
+        """
+        delay = next_capacity_check(observation)
+        if delay is None or state.recheck is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            state.recheck = None
+            if state.body is not None:
+                task = loop.create_task(self.reconcile(state.body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        state.recheck = loop.call_later(delay + 1.0, fire)

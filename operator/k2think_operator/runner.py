@@ -32,9 +32,9 @@ import kopf
 from prometheus_client import start_http_server
 
 from k2think_operator import metrics
+from k2think_operator.apis import WATCHED
 from k2think_operator.config import OperatorConfig, set_config
 from k2think_operator.kube import Kube, KubeError
-from k2think_operator.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ HEALTHY_RUN_SECONDS = 300.0
 DISCOVERY_POLL_SECONDS = 5.0
 
 #: (group, version, plural) of the custom resources our handlers watch.
-WATCHED_APIS: tuple[tuple[str, str, str], ...] = (
-    ("ray.io", "v1", "rayservices"),
-    (API_GROUP, API_VERSION, PLURAL),
-)
+WATCHED_APIS: tuple[tuple[str, str, str], ...] = tuple(api.gvp for api in WATCHED)
 
 
 def run_operator(config: OperatorConfig) -> int:

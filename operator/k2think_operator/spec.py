@@ -21,12 +21,22 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from k2think_operator.catalog import ACCELERATORS, MODEL_PRESETS, Architecture, ModelPreset
+from k2think_operator.apis import K2THINK
+from k2think_operator.apischema import Cel, IntOrString, cel
+from k2think_operator.catalog import (
+    ACCELERATORS,
+    MODEL_PRESETS,
+    Architecture,
+    ModelPreset,
+    accelerator_names,
+    preset_names,
+)
 
-API_GROUP = "k2think.dev"
-API_VERSION = "v1alpha1"
-KIND = "K2ThinkDeployment"
-PLURAL = "k2thinkdeployments"
+# Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
+API_GROUP = K2THINK.group
+API_VERSION = K2THINK.version
+KIND = K2THINK.kind
+PLURAL = K2THINK.plural
 
 DEFAULT_RAY_IMAGE = "rayproject/ray-llm:2.60.0-py311-cu128"
 
@@ -58,10 +68,20 @@ def _quantity_text(value: object) -> object:
     return value
 
 
-Quantity = Annotated[str, BeforeValidator(_quantity_text), Field(pattern=QUANTITY_PATTERN)]
+Quantity = Annotated[
+    str,
+    Field(pattern=QUANTITY_PATTERN),
+    BeforeValidator(_quantity_text),
+    IntOrString(description="A resource quantity."),
+]
 
 SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
+#: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
+SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+#: Bounds on lists and maps keep the API server's CEL cost estimates finite.
+MAX_MAP_ENTRIES = 64
 
 
 class SpecError(ValueError):
@@ -85,17 +105,27 @@ class _Model(BaseModel):
 class ArchitectureSpec(_Model):
     """Only for ``preset: custom``: the numbers the memory model needs."""
 
-    family: str = "custom"
-    parameters_billions: float = Field(gt=0, le=2000)
-    layers: int = Field(ge=1, le=1024)
-    hidden_size: int = Field(ge=1)
-    attention_heads: int = Field(ge=1)
-    kv_heads: int = Field(ge=1)
-    head_dim: int = Field(ge=1)
-    vocab_size: int = Field(ge=1)
-    max_position_embeddings: int = Field(ge=1)
+    family: str = Field(
+        default="custom", description="Architecture family, informational (e.g. qwen2, llama)."
+    )
+    parameters_billions: float = Field(
+        gt=0, le=2000, description="Total parameter count in billions (e.g. 32.8)."
+    )
+    layers: int = Field(ge=1, le=1024, description="Number of decoder layers (num_hidden_layers).")
+    hidden_size: int = Field(ge=1, description="Hidden size (hidden_size).")
+    attention_heads: int = Field(ge=1, description="Attention heads (num_attention_heads).")
+    kv_heads: int = Field(ge=1, description="Key/value heads (num_key_value_heads).")
+    head_dim: int = Field(ge=1, description="Dimension of one attention head (head_dim).")
+    vocab_size: int = Field(ge=1, description="Vocabulary size (vocab_size).")
+    max_position_embeddings: int = Field(
+        ge=1, description="Longest context the model supports (max_position_embeddings)."
+    )
 
     @model_validator(mode="after")
+    @cel(
+        "self.kvHeads <= self.attentionHeads && self.attentionHeads % self.kvHeads == 0",
+        "attentionHeads must be a multiple of kvHeads",
+    )
     def _kv_heads_le_heads(self) -> ArchitectureSpec:
         if self.kv_heads > self.attention_heads:
             raise ValueError(
@@ -123,14 +153,69 @@ class ArchitectureSpec(_Model):
 
 
 class ModelSpec(_Model):
-    preset: Literal["k2-think", "k2-think-v2", "custom"] = "k2-think"
-    source: str | None = None
-    revision: str | None = Field(default=None, min_length=1, max_length=256)
-    served_model_name: str | None = Field(default=None, min_length=1, max_length=256)
-    max_model_len: int = Field(default=32768, ge=256, le=1048576)
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    architecture: ArchitectureSpec | None = None
-    credentials_secret: str | None = Field(default=None, pattern=DNS_LABEL, max_length=253)
+    """Which model to serve and how it is loaded."""
+
+    preset: str = Field(
+        default="k2-think",
+        description="k2-think (LLM360/K2-Think, 32B, Qwen2 architecture), k2-think-v2 "
+        "(LLM360/K2-Think-V2, 70B, Llama architecture) or custom (give architecture and source).",
+        json_schema_extra={"enum": [*preset_names(), "custom"]},
+    )
+    source: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Where the weights come from: hf://ORG/NAME (Hugging Face), s3://BUCKET/PATH, "
+        "gs://BUCKET/PATH, pvc://CLAIM/PATH (a PersistentVolumeClaim mounted read-only on the "
+        "workers) or file:///PATH (a path already present in the image). Defaults to the "
+        "preset's Hugging Face repository.",
+        json_schema_extra={"pattern": SOURCE_SCHEMA_PATTERN},
+    )
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Model revision (branch, tag or commit) for hf:// sources.",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The model name clients send in OpenAI requests. Defaults to the preset's "
+        "Hugging Face id (e.g. LLM360/K2-Think), or the resource name for custom models.",
+    )
+    max_model_len: int = Field(
+        default=32768,
+        ge=256,
+        le=1048576,
+        description="Longest sequence (prompt plus output) one request may use, in tokens. "
+        "Reasoning output is long: 32768 is a good default for K2-Think. The planner sizes KV "
+        "cache so at least minConcurrentSequences such sequences fit a replica.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Weight dtype. auto uses the model's (bfloat16) or the accelerator "
+        "profile's (float32 for CPU).",
+    )
+    architecture: ArchitectureSpec | None = Field(
+        default=None,
+        description="Shape of a custom model (preset custom only): the numbers the memory model "
+        "needs, as in the model's config.json.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Name of a Secret in this namespace whose keys become environment variables "
+        "of the Ray pods (e.g. HF_TOKEN, AWS_ACCESS_KEY_ID).",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value != "custom" and value not in MODEL_PRESETS:
+            known = ", ".join([*preset_names(), "custom"])
+            raise ValueError(f"unknown preset {value!r}; known: {known}")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -151,6 +236,12 @@ class ModelSpec(_Model):
         return value
 
     @model_validator(mode="after")
+    @cel(
+        "self.preset == 'custom' ? (has(self.architecture) && has(self.source)) "
+        ": !has(self.architecture)",
+        "preset custom needs architecture and source; presets k2-think and k2-think-v2 do not "
+        "take an architecture",
+    )
     def _architecture_only_for_custom(self) -> ModelSpec:
         if self.preset == "custom" and self.architecture is None:
             raise ValueError("preset custom needs an architecture block")
@@ -185,24 +276,82 @@ class ModelSpec(_Model):
 
 
 class Toleration(_Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(
+        default=None, description="Taint key the toleration applies to; empty matches all keys."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal."
+    )
+    value: str | None = Field(default=None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
+        json_schema_extra={"format": "int64"},
+    )
+
+
+MAX_TOLERATIONS = 32
 
 
 class PoolSpec(_Model):
-    name: str = Field(pattern=DNS_LABEL, max_length=40)
-    gpu_type: str
-    gpus_per_node: int = Field(default=8, ge=1, le=64)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    affinity: dict[str, Any] | None = None
-    max_nodes: int | None = Field(default=None, ge=1)
-    gpu_memory_gi_b: float | None = Field(default=None, alias="gpuMemoryGiB", gt=0)
-    cpu_per_gpu: Quantity = "8"
-    memory_per_gpu: Quantity = "64Gi"
+    """A GPU node pool replicas may run on. Order matters: the first pool is preferred and
+    receives the replica floor first."""
+
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=40, description="Pool name; also the Ray worker group name."
+    )
+    gpu_type: str = Field(
+        description="Accelerator type of the pool's nodes (sets memory, bandwidth, the GPU "
+        "resource name and Ray's accelerator_type). CPU is a development profile that runs "
+        "vLLM's CPU backend.",
+        json_schema_extra={"enum": [*accelerator_names()]},
+    )
+    gpus_per_node: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="GPUs on one node of the pool. Tensor-parallel groups never span nodes.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Node labels a worker pod of this pool requires.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_TOLERATIONS,
+        description="Tolerations for the pool's taints (e.g. nvidia.com/gpu).",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod affinity for the pool's worker pods (core/v1 Affinity), e.g. to keep a "
+        "deployment's replicas on one network block.",
+    )
+    max_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most nodes of this pool the deployment may use; bounds the worker group and "
+        "the replicas placed here. Unset: only the autoscaling bounds limit it.",
+    )
+    gpu_memory_gi_b: float | None = Field(
+        default=None,
+        alias="gpuMemoryGiB",
+        gt=0,
+        description="Override the usable memory per GPU the catalog assumes for gpuType (GiB).",
+    )
+    cpu_per_gpu: Quantity = Field(
+        default="8",
+        description="CPU requested per GPU of a worker pod (tokenization, scheduling, NCCL).",
+    )
+    memory_per_gpu: Quantity = Field(
+        default="64Gi",
+        description="Host memory requested per GPU of a worker pod (weight loading, CPU offload).",
+    )
 
     @field_validator("gpu_type")
     @classmethod
@@ -213,14 +362,44 @@ class PoolSpec(_Model):
         return value
 
 
-Degree = Annotated[int, Field(ge=1, le=64)] | Literal["auto"]
+Degree = Annotated[
+    Annotated[int, Field(ge=1, le=64)] | Literal["auto"],
+    IntOrString(),
+    Cel(
+        "type(self) == int ? (self >= 1 && self <= 64) : self == 'auto'",
+        "must be 'auto' or an integer from 1 to 64",
+    ),
+]
 
 
 class ParallelismSpec(_Model):
-    tensor: Degree = "auto"
-    pipeline: Degree = "auto"
-    min_concurrent_sequences: int = Field(default=1, ge=1, le=4096)
-    tp_gain_threshold: float = Field(default=0.25, ge=0, le=10)
+    """How one replica is split across GPUs."""
+
+    tensor: Degree = Field(
+        default="auto",
+        description="Tensor-parallel degree: GPUs one pipeline stage spans, inside one node. Must "
+        "divide the attention heads; KV heads and TP must divide one another.",
+    )
+    pipeline: Degree = Field(
+        default="auto",
+        description="Pipeline-parallel degree: stages of a replica, placed on separate worker "
+        "pods when a replica does not fit one node.",
+    )
+    min_concurrent_sequences: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Full-context sequences one replica must hold in KV cache for a layout to be "
+        "acceptable.",
+    )
+    tp_gain_threshold: float = Field(
+        default=0.25,
+        ge=0,
+        le=10,
+        description="A larger TP is chosen only when it raises full-context sequences per GPU by "
+        "at least this fraction (0.25 = 25%): it doubles all-reduce traffic and halves the number "
+        "of independently scalable replicas.",
+    )
 
 
 #: Default of ``autoscaling.poolFallbackSeconds`` (also used for fixed replica counts).
@@ -235,13 +414,50 @@ POOL_FALLBACK_DESCRIPTION = (
 
 
 class AutoscalingSpec(_Model):
-    min_replicas: int = Field(default=1, ge=0, le=10000)
-    max_replicas: int = Field(ge=1, le=10000)
-    initial_replicas: int | None = Field(default=None, ge=0, le=10000)
-    target_ongoing_requests: int | None = Field(default=None, ge=1, le=100000)
-    upscale_delay_seconds: float = Field(default=30, ge=0, le=3600)
-    downscale_delay_seconds: float = Field(default=600, ge=0, le=86400)
-    idle_timeout_seconds: int = Field(default=60, ge=0, le=86400)
+    """Ray Serve autoscaling of model replicas on ongoing requests."""
+
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10000,
+        description="Fewest replicas; 0 allows scale to zero (the ingress stays up on the Ray "
+        "head and wakes a replica on the first request, after a cold start).",
+    )
+    max_replicas: int = Field(ge=1, le=10000, description="Most replicas.")
+    initial_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        description="Replicas at first deploy; defaults to max(minReplicas, 1).",
+    )
+    target_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Ongoing requests per replica Serve aims for. Default: twice the full-context "
+        "concurrency of the plan, capped at engine.maxNumSeqs. (Serve LLM's own default of 1e9 "
+        "never scales.)",
+    )
+    upscale_delay_seconds: float = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="How long demand must stay high before adding replicas.",
+    )
+    downscale_delay_seconds: float = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="How long demand must stay low before removing replicas; keep it long, "
+        "reasoning replicas are expensive to bring back.",
+    )
+    idle_timeout_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="How long an idle Ray worker pod lives before the Ray autoscaler removes it "
+        "and frees its GPUs.",
+    )
     pool_fallback_seconds: int = Field(
         default=POOL_FALLBACK_SECONDS,
         ge=30,
@@ -250,6 +466,12 @@ class AutoscalingSpec(_Model):
     )
 
     @model_validator(mode="after")
+    @cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")
+    @cel(
+        "!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && "
+        "self.initialReplicas <= self.maxReplicas)",
+        "initialReplicas must lie within [minReplicas, maxReplicas]",
+    )
     def _bounds(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
@@ -265,13 +487,53 @@ class AutoscalingSpec(_Model):
 
 
 class EngineSpec(_Model):
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=0.99)
-    max_num_seqs: int = Field(default=256, ge=1, le=65536)
-    enable_prefix_caching: bool = True
-    reasoning_parser: str | None = None
-    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
-    runtime_reserve_gi_b: float | None = Field(default=None, alias="runtimeReserveGiB", ge=0)
-    extra_args: dict[str, Any] = Field(default_factory=dict)
+    """vLLM engine settings."""
+
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.99,
+        description="Share of each GPU's memory vLLM may use for weights, activations and KV "
+        "cache. Default 0.9 on GPUs, 0.1 of host memory for the CPU profile.",
+    )
+    max_num_seqs: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Most sequences vLLM batches at once per replica.",
+    )
+    enable_prefix_caching: bool = Field(
+        default=True,
+        description="Reuse KV cache across requests sharing a prefix (system prompts, multi-turn).",
+    )
+    reasoning_parser: str | None = Field(
+        default=None,
+        max_length=64,
+        description="vLLM reasoning parser that splits <think>...</think> into "
+        "reasoning_content. Defaults to deepseek_r1 for the K2 Think presets; empty string "
+        "disables.",
+    )
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        default="auto",
+        description="KV cache dtype; fp8 halves KV memory (the planner accounts for it).",
+    )
+    runtime_reserve_gi_b: float | None = Field(
+        default=None,
+        alias="runtimeReserveGiB",
+        ge=0,
+        description="GiB per GPU the planner keeps free for activations, CUDA graphs and NCCL "
+        "buffers. Default from the accelerator profile (4 GiB on GPUs).",
+    )
+    # Values are free-form (preserve-unknown-fields: CEL cannot type them); the keys are checked
+    # by ``_no_planned_keys``.
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Any other vLLM engine argument, passed through to engine_kwargs (e.g. "
+        "enable_chunked_prefill, max_num_batched_tokens). Arguments the operator sets from typed "
+        "fields (" + ", ".join(sorted(PLANNED_ENGINE_ARGS)) + ") are refused: the InvalidSpec "
+        "condition names the field to use instead.",
+    )
 
     @field_validator("extra_args")
     @classmethod
@@ -285,54 +547,155 @@ class EngineSpec(_Model):
 
 
 class ResourceRequirements(_Model):
-    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
-    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+    """Container resources (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Minimum resources the pod asks for."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Maximum resources the pod may use."
+    )
 
 
 class HeadSpec(_Model):
+    """The Ray head pod."""
+
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(
             requests={"cpu": "4", "memory": "16Gi"}, limits={"memory": "16Gi"}
-        )
+        ),
+        description="Head container resources; its CPUs bound the ingress replicas.",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Node labels the head pod requires (a CPU pool).",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=MAX_TOLERATIONS, description="Tolerations of the head pod."
+    )
 
 
 class EnvVar(_Model):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    value: str
+    """A name/value environment variable."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
+    value: str = Field(description="Variable value.")
 
 
 class RaySpec(_Model):
-    image: str = DEFAULT_RAY_IMAGE
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    head: HeadSpec = Field(default_factory=HeadSpec)
-    env: list[EnvVar] = Field(default_factory=list)
-    service_account_name: str | None = Field(default=None, pattern=DNS_LABEL)
+    """The Ray cluster KubeRay runs for this deployment."""
+
+    image: str = Field(
+        default=DEFAULT_RAY_IMAGE,
+        min_length=1,
+        description="Ray image with Ray Serve LLM and vLLM (used by head and workers).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy of the Ray containers."
+    )
+    head: HeadSpec = Field(
+        default_factory=HeadSpec,
+        description="The Ray head pod: GCS, dashboard, Serve controller and the OpenAI ingress. "
+        "It never runs model replicas (num-gpus 0).",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment variables of the Ray containers.",
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="ServiceAccount of the Ray pods (e.g. for workload identity to s3/gs).",
+    )
 
 
 class ServingSpec(_Model):
-    graceful_shutdown_seconds: int = Field(default=600, ge=0, le=86400)
-    max_ongoing_requests: int | None = Field(default=None, ge=1)
-    max_queued_requests: int | None = Field(default=None, ge=-1)
+    """Request handling of the Serve deployment."""
+
+    graceful_shutdown_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="How long a replica being removed keeps serving its in-flight requests; long "
+        "reasoning streams need minutes. Worker pods get 30 s more to terminate.",
+    )
+    max_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests Serve sends one replica at once; beyond it, requests queue in the "
+        "router where autoscaling sees them. Default: max(maxNumSeqs, 2 x target).",
+    )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Requests a caller may queue before Serve answers 503; -1 for no limit.",
+    )
 
 
 class K2ThinkDeploymentSpec(_Model):
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    pools: list[PoolSpec] = Field(min_length=1, max_length=8)
-    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
-    replicas: int | None = Field(default=None, ge=0, le=10000)
-    autoscaling: AutoscalingSpec | None = None
-    engine: EngineSpec = Field(default_factory=EngineSpec)
-    ray: RaySpec = Field(default_factory=RaySpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    upgrade_strategy: Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"] = (
-        "NewCluster"
+    """Desired state of a K2 Think serving fleet."""
+
+    model: ModelSpec = Field(
+        default_factory=ModelSpec, description="Which model to serve and how it is loaded."
     )
-    suspend: bool = False
+    pools: list[PoolSpec] = Field(
+        min_length=1,
+        max_length=8,
+        description="GPU node pools, most preferred first. All pools of one deployment share one "
+        "tensor/pipeline layout.",
+        # Unique names, as a list-map the API server enforces (``_cross_field`` offline).
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec,
+        description="How one replica is split across GPUs. auto lets the planner choose; a number "
+        "is checked against the model and the pools, never overridden.",
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        description="Fixed number of model replicas (each tensor x pipeline GPUs). Mutually "
+        "exclusive with autoscaling; the scale subresource (kubectl scale, HPA, KEDA) writes it. "
+        "Default 1 when neither is set.",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="Ray Serve autoscaling of model replicas on ongoing requests (the right "
+        "signal for LLM serving, unlike GPU utilisation). Mutually exclusive with replicas.",
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
+    ray: RaySpec = Field(
+        default_factory=RaySpec, description="The Ray cluster KubeRay runs for this deployment."
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec, description="Request handling of the Serve deployment."
+    )
+    upgrade_strategy: Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"] = Field(
+        default="NewCluster",
+        description="How KubeRay rolls out changes that need a new Ray cluster (image, layout, "
+        "pools): NewCluster (zero downtime, temporarily needs the GPUs twice), "
+        "NewClusterWithIncrementalUpgrade (needs Gateway API support in KubeRay) or None (the "
+        "running cluster is kept; only Serve config changes apply).",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Stop the Ray cluster and free its GPUs, keeping the resource and its plan.",
+    )
 
     @model_validator(mode="after")
+    @cel(
+        "!(has(self.replicas) && has(self.autoscaling))",
+        "replicas and autoscaling are mutually exclusive: set replicas for a fixed count, or "
+        "autoscaling bounds",
+    )
+    @cel(
+        "self.all(p, p.gpuType == 'CPU') || self.all(p, p.gpuType != 'CPU')",
+        "pools may not mix the CPU profile with GPU types",
+        on="pools",
+    )
     def _cross_field(self) -> K2ThinkDeploymentSpec:
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError(

@@ -13,24 +13,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from k2think_operator import reasons as r
 from k2think_operator.planner import Plan
-from k2think_operator.render.meta import endpoint_url, selector_string
+from k2think_operator.reasons import (
+    CAPACITY_BLOCKED,
+    CONDITION_TYPES,
+    DEGRADED,
+    INVALID_SPEC,
+    PROGRESSING,
+    READY,
+)
+from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, endpoint_url, selector_string
 from k2think_operator.render.serve_config import APP_NAME
 
-READY = "Ready"
-PROGRESSING = "Progressing"
-DEGRADED = "Degraded"
-INVALID_SPEC = "InvalidSpec"
-CAPACITY_BLOCKED = "CapacityBlocked"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, INVALID_SPEC, CAPACITY_BLOCKED)
-
-# Serve application statuses (Ray's ApplicationStatus).
+# Serve application statuses (Ray's ApplicationStatus) status reacts to.
 APP_RUNNING = "RUNNING"
-APP_DEPLOYING = "DEPLOYING"
-APP_NOT_STARTED = "NOT_STARTED"
 APP_DEPLOY_FAILED = "DEPLOY_FAILED"
 APP_UNHEALTHY = "UNHEALTHY"
-APP_DELETING = "DELETING"
 
 #: A worker pod that cannot be scheduled for this long is reported as CapacityBlocked.
 UNSCHEDULABLE_GRACE_SECONDS = 60.0
@@ -63,7 +62,6 @@ class RayServiceView:
     app_status: str | None
     app_message: str
     deployment_messages: tuple[str, ...] = ()
-    spec_hash: str | None = None
     cluster_hash: str | None = None
     active_cluster: str | None = None
     pending_cluster: str | None = None
@@ -77,7 +75,7 @@ class Observation:
     spec_problems: Sequence[str] = ()
     plan: Plan | None = None
     apply_error: str | None = None
-    apply_error_reason: str = "ApplyFailed"
+    apply_error_reason: str = ""  # one of reasons.APPLY_FAILURES when apply_error is set
     rayservice: RayServiceView | None = None
     pods: Sequence[PodSummary] = field(default_factory=tuple)
     suspended: bool = False
@@ -120,8 +118,7 @@ def read_rayservice(obj: Mapping[str, Any] | None) -> RayServiceView | None:
         app_status=app.get("status"),
         app_message=str(app.get("message", "")),
         deployment_messages=messages,
-        spec_hash=annotations.get("k2think.dev/spec-hash"),
-        cluster_hash=annotations.get("k2think.dev/cluster-hash"),
+        cluster_hash=annotations.get(CLUSTER_HASH_ANNOTATION),
         active_cluster=active.get("rayClusterName") or None,
         pending_cluster=pending.get("rayClusterName") or None,
     )
@@ -193,30 +190,30 @@ def invalid_spec_condition(obs: Observation) -> dict[str, Any]:
         return condition(
             INVALID_SPEC,
             True,
-            "InvalidSpec",
+            r.SPEC_INVALID,
             "; ".join(obs.spec_problems) + " (the running RayService was left unchanged)",
             obs.generation,
         )
-    return condition(INVALID_SPEC, False, "SpecValid", "spec is valid", obs.generation)
+    return condition(INVALID_SPEC, False, r.SPEC_VALID, "spec is valid", obs.generation)
 
 
 def ready_condition(obs: Observation) -> dict[str, Any]:
     rs = obs.rayservice
     gen = obs.generation
     if obs.suspended:
-        return condition(READY, False, "Suspended", "spec.suspend is true", gen)
+        return condition(READY, False, r.SUSPENDED, "spec.suspend is true", gen)
     if rs is None:
         return condition(
-            READY, False, "RayServiceNotFound", "the RayService does not exist yet", gen
+            READY, False, r.RAYSERVICE_NOT_FOUND, "the RayService does not exist yet", gen
         )
     if rs.ready and rs.app_status == APP_RUNNING:
-        return condition(READY, True, "Serving", "the OpenAI application is RUNNING", gen)
+        return condition(READY, True, r.SERVING, "the OpenAI application is RUNNING", gen)
     if rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
-        return condition(READY, False, "Application" + _camel(rs.app_status), _app_text(rs), gen)
+        return condition(READY, False, _app_reason(rs.app_status), _app_text(rs), gen)
     if rs.app_status is None:
         message = rs.ready_message or "waiting for the Ray cluster and the Serve application"
-        return condition(READY, False, "RayServiceNotReady", message, gen)
-    return condition(READY, False, "Application" + _camel(rs.app_status), _app_text(rs), gen)
+        return condition(READY, False, r.RAYSERVICE_NOT_READY, message, gen)
+    return condition(READY, False, _app_reason(rs.app_status), _app_text(rs), gen)
 
 
 def degraded_condition(obs: Observation) -> dict[str, Any]:
@@ -225,22 +222,22 @@ def degraded_condition(obs: Observation) -> dict[str, Any]:
         return condition(DEGRADED, True, obs.apply_error_reason, obs.apply_error, gen)
     rs = obs.rayservice
     if rs is not None and rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
-        return condition(DEGRADED, True, "Application" + _camel(rs.app_status), _app_text(rs), gen)
-    return condition(DEGRADED, False, "AsExpected", "no failures observed", gen)
+        return condition(DEGRADED, True, _app_reason(rs.app_status), _app_text(rs), gen)
+    return condition(DEGRADED, False, r.AS_EXPECTED, "no failures observed", gen)
 
 
 def capacity_condition(obs: Observation) -> dict[str, Any]:
     blocked = blocked_pods(obs)
     if not blocked:
         return condition(
-            CAPACITY_BLOCKED, False, "Scheduled", "no pod is waiting for capacity", obs.generation
+            CAPACITY_BLOCKED, False, r.SCHEDULED, "no pod is waiting for capacity", obs.generation
         )
     pools = sorted({p.pool or p.component for p in blocked})
     first = blocked[0]
     return condition(
         CAPACITY_BLOCKED,
         True,
-        "Unschedulable",
+        r.UNSCHEDULABLE,
         f"{len(blocked)} pod(s) in {', '.join(pools)} cannot be scheduled: "
         f"{first.unschedulable_message}",
         obs.generation,
@@ -251,25 +248,23 @@ def progressing_condition(obs: Observation, ready: Mapping[str, Any]) -> dict[st
     gen = obs.generation
     rs = obs.rayservice
     if obs.spec_problems:
-        return condition(PROGRESSING, False, "InvalidSpec", "fix the spec to continue", gen)
+        return condition(PROGRESSING, False, r.SPEC_INVALID, "fix the spec to continue", gen)
     if obs.apply_error:
         return condition(PROGRESSING, False, obs.apply_error_reason, obs.apply_error, gen)
     if obs.suspended:
-        return condition(PROGRESSING, False, "Suspended", "spec.suspend is true", gen)
+        return condition(PROGRESSING, False, r.SUSPENDED, "spec.suspend is true", gen)
     if rs is not None and rs.upgrade_in_progress:
         return condition(
             PROGRESSING,
             True,
-            "UpgradeInProgress",
+            r.UPGRADE_IN_PROGRESS,
             f"KubeRay is preparing Ray cluster {rs.pending_cluster or '(pending)'}",
             gen,
         )
     if ready["status"] == "True":
-        return condition(PROGRESSING, False, "Converged", "serving the current spec", gen)
+        return condition(PROGRESSING, False, r.CONVERGED, "serving the current spec", gen)
     if rs is not None and rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
-        return condition(
-            PROGRESSING, False, "Application" + _camel(rs.app_status), _app_text(rs), gen
-        )
+        return condition(PROGRESSING, False, _app_reason(rs.app_status), _app_text(rs), gen)
     return condition(PROGRESSING, True, str(ready["reason"]), str(ready["message"]), gen)
 
 
@@ -394,12 +389,10 @@ def status_patch(
     return {**desired, **stale}
 
 
-def status_changed(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
-    return status_patch(current, desired) is not None
-
-
-def _camel(value: str) -> str:
-    return "".join(part.capitalize() for part in value.lower().split("_"))
+def _app_reason(app_status: str | None) -> str:
+    """``DEPLOY_FAILED`` -> ``ApplicationDeployFailed``."""
+    camel = "".join(part.capitalize() for part in str(app_status).lower().split("_"))
+    return r.APPLICATION_PREFIX + camel
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m|\[[0-9;]*m")

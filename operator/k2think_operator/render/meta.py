@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from k2think_operator.spec import API_GROUP, API_VERSION, KIND
+from k2think_operator.apis import K2THINK
 
 FIELD_MANAGER = "k2think-operator"
 NAME_LABEL = "app.kubernetes.io/name"
@@ -14,11 +14,10 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-POOL_LABEL = f"{API_GROUP}/pool"
+POOL_LABEL = f"{K2THINK.group}/pool"
 
-SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
-CLUSTER_HASH_ANNOTATION = f"{API_GROUP}/cluster-hash"
-PLAN_ANNOTATION = f"{API_GROUP}/plan"
+SPEC_HASH_ANNOTATION = f"{K2THINK.group}/spec-hash"
+CLUSTER_HASH_ANNOTATION = f"{K2THINK.group}/cluster-hash"
 
 SERVE_PORT = 8000
 
@@ -43,8 +42,8 @@ def selector_string(instance: str) -> str:
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": KIND,
+        "apiVersion": K2THINK.api_version,
+        "kind": K2THINK.kind,
         "name": name,
         "uid": uid,
         "controller": True,

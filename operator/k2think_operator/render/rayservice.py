@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from k2think_operator.apis import RAYSERVICE
 from k2think_operator.planner import Plan, PoolPlan
 from k2think_operator.render.meta import (
     CLUSTER_HASH_ANNOTATION,
@@ -41,7 +42,6 @@ from k2think_operator.spec import (
     Toleration,
 )
 
-RAY_API_VERSION = "ray.io/v1"
 #: Upper bound on worker pods per group when a pool has no maxNodes: KubeRay needs a number, and
 #: the Serve autoscaling bounds are what actually limit replicas.
 UNBOUNDED_WORKERS = 1000
@@ -281,8 +281,8 @@ def build_rayservice(
     if uid is not None:
         metadata["ownerReferences"] = [owner_reference(name, uid)]
     return {
-        "apiVersion": RAY_API_VERSION,
-        "kind": "RayService",
+        "apiVersion": RAYSERVICE.api_version,
+        "kind": RAYSERVICE.kind,
         "metadata": metadata,
         "spec": body,
     }

@@ -1,0 +1,50 @@
+"""Condition types and reasons the operator writes, and event reasons it emits: one place.
+
+Types and reasons follow the Kubernetes API conventions (CamelCase). Users and tools match on
+them (``kubectl wait --for=condition=Ready``, the Argo CD health check, alerts), so each is a
+contract: rename one only with a release note.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Condition types, in the order status lists them.
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+DEGRADED: Final = "Degraded"
+INVALID_SPEC: Final = "InvalidSpec"
+CAPACITY_BLOCKED: Final = "CapacityBlocked"
+CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED, INVALID_SPEC, CAPACITY_BLOCKED)
+
+# Condition reasons.
+SERVING: Final = "Serving"
+SUSPENDED: Final = "Suspended"
+RAYSERVICE_NOT_FOUND: Final = "RayServiceNotFound"
+RAYSERVICE_NOT_READY: Final = "RayServiceNotReady"
+APPLICATION_PREFIX: Final = (
+    "Application"  # + the Serve status in CamelCase, e.g. ApplicationDeployFailed
+)
+UPGRADE_IN_PROGRESS: Final = "UpgradeInProgress"
+CONVERGED: Final = "Converged"
+SPEC_INVALID: Final = INVALID_SPEC  # the InvalidSpec condition's (and Progressing's) reason
+SPEC_VALID: Final = "SpecValid"
+AS_EXPECTED: Final = "AsExpected"
+SCHEDULED: Final = "Scheduled"
+UNSCHEDULABLE: Final = "Unschedulable"
+#: Degraded/Progressing while KubeRay's CRDs are not installed.
+KUBERAY_MISSING: Final = "KubeRayMissing"
+#: Degraded/Progressing while the API server refuses our RayService.
+APPLY_REJECTED: Final = "ApplyRejected"
+#: Reasons of an apply failure that stays visible until the child exists again.
+APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED)
+
+# Event reasons (on the K2ThinkDeployment).
+EVENT_PLANNED: Final = "Planned"
+EVENT_PLAN_WARNING: Final = "PlanWarning"
+EVENT_INVALID_SPEC: Final = INVALID_SPEC
+EVENT_NEW_RAY_CLUSTER: Final = "NewRayCluster"
+EVENT_CREATED: Final = "Created"
+EVENT_UPDATED: Final = "Updated"
+#: Events told once per message per object (the rest are told each time they happen).
+ANNOUNCED_ONCE: Final = (EVENT_PLANNED, EVENT_PLAN_WARNING, EVENT_INVALID_SPEC)

@@ -1,0 +1,137 @@
+"""Every CEL rule of the CRD, evaluated offline: it refuses what the API server refuses, where the
+API server says, and the spec models refuse the same documents (they are the rules' mirror)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import cel
+import pytest
+import yaml
+
+from k2think_operator.apischema import VALIDATIONS, walk
+from k2think_operator.cli import main
+from k2think_operator.crd import openapi_schema
+from k2think_operator.schema_check import cel_errors, schema_errors, with_defaults
+from k2think_operator.spec import InvalidSpec, parse_spec
+from tests.conftest import CPU_POOL, TINY_MODEL, load_example, minimal_doc
+
+ARCH = TINY_MODEL["architecture"]
+
+#: (spec change, path the API server names, rule it fails) — one or more per rule of the CRD.
+VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
+    ({"replicas": 2, "autoscaling": {"maxReplicas": 4}}, "spec", "!(has(self.replicas)"),
+    ({"pools": [CPU_POOL, {"name": "g", "gpuType": "H100-80GB"}]}, "spec.pools", "self.all(p"),
+    ({"model": {"preset": "custom", "source": "hf://a/b"}}, "spec.model", "self.preset =="),
+    ({"model": {"preset": "custom", "architecture": ARCH}}, "spec.model", "self.preset =="),
+    ({"model": {"preset": "k2-think", "architecture": ARCH}}, "spec.model", "self.preset =="),
+    (
+        {"model": {**TINY_MODEL, "architecture": {**ARCH, "attentionHeads": 6, "kvHeads": 4}}},
+        "spec.model.architecture",
+        "self.kvHeads <=",
+    ),
+    (
+        {"model": {**TINY_MODEL, "architecture": {**ARCH, "attentionHeads": 4, "kvHeads": 8}}},
+        "spec.model.architecture",
+        "self.kvHeads <=",
+    ),
+    ({"parallelism": {"tensor": "4"}}, "spec.parallelism.tensor", "type(self) == int"),
+    ({"parallelism": {"tensor": 0}}, "spec.parallelism.tensor", "type(self) == int"),
+    ({"parallelism": {"tensor": 65}}, "spec.parallelism.tensor", "type(self) == int"),
+    ({"parallelism": {"pipeline": "many"}}, "spec.parallelism.pipeline", "type(self) == int"),
+    ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling", "self.minReplicas"),
+    # minReplicas defaults to 1 before the rule runs, as on the API server.
+    ({"autoscaling": {"maxReplicas": 4, "initialReplicas": 0}}, "spec.autoscaling", "!has(self.i"),
+    (
+        {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 9}},
+        "spec.autoscaling",
+        "!has(self.i",
+    ),
+]
+
+#: Documents right at the edges of the same rules, which both the API server and models accept.
+ACCEPTED: list[dict[str, Any]] = [
+    {"replicas": 0},
+    {"autoscaling": {"minReplicas": 0, "maxReplicas": 1, "initialReplicas": 0}},
+    {"autoscaling": {"minReplicas": 4, "maxReplicas": 4}},
+    {"parallelism": {"tensor": 8, "pipeline": 1}},
+    {"parallelism": {"tensor": "auto", "pipeline": "auto"}},
+    {"pools": [CPU_POOL], "model": TINY_MODEL},
+    {"model": {"preset": "k2-think-v2"}},
+]
+
+
+def all_rules() -> set[tuple[str, str]]:
+    """(path, rule) of every CEL rule in the CRD (list items as ``[]``)."""
+    found = set()
+    for path, schema in walk(openapi_schema()):
+        for rule in schema.get(VALIDATIONS) or []:
+            found.add((path, rule["rule"]))
+    return found
+
+
+def _matching(path: str, fragment: str) -> tuple[str, str]:
+    (hit,) = [(p, r) for p, r in all_rules() if p == path and r.startswith(fragment)]
+    return hit
+
+
+@pytest.mark.parametrize(("change", "path", "fragment"), VIOLATIONS)
+def test_rule_refuses_offline(change: dict[str, Any], path: str, fragment: str) -> None:
+    doc = minimal_doc(**change)
+    rule_path, rule = _matching(path, fragment)
+    message = next(
+        r["message"]
+        for p, s in walk(openapi_schema())
+        if p == rule_path
+        for r in s.get(VALIDATIONS) or []
+        if r["rule"] == rule
+    )
+    assert [(e.field, e.message) for e in schema_errors(doc)] == [(path, message)]
+
+
+@pytest.mark.parametrize(("change", "path", "fragment"), VIOLATIONS)
+def test_models_refuse_what_cel_refuses(change: dict[str, Any], path: str, fragment: str) -> None:
+    if path.startswith("spec.parallelism") and change["parallelism"] == {"tensor": "4"}:
+        # The models coerce "4" to 4 (lax mode); the schema check in front of them refuses it.
+        return
+    with pytest.raises(InvalidSpec):
+        parse_spec(minimal_doc(**change)["spec"])
+
+
+@pytest.mark.parametrize("change", ACCEPTED)
+def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
+    doc = minimal_doc(**change)
+    assert schema_errors(doc) == []
+    parse_spec(doc["spec"])
+
+
+def test_every_rule_has_a_violation_case() -> None:
+    covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
+    assert covered == all_rules()
+    assert len(all_rules()) == 8
+
+
+def test_every_rule_compiles_and_examples_pass() -> None:
+    for _, rule in all_rules():
+        cel.compile(rule)  # raises on a syntax error
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("crds/examples/*.yaml")):
+        assert cel_errors(load_example(path.name)) == [], path.name
+
+
+def test_defaults_are_applied_before_rules() -> None:
+    doc = with_defaults(minimal_doc(autoscaling={"maxReplicas": 3}), openapi_schema())
+    assert doc["spec"]["autoscaling"]["minReplicas"] == 1
+    assert "parallelism" not in doc["spec"]  # absent objects stay absent (no default)
+    assert doc["spec"]["pools"][0]["cpuPerGpu"] == "8"
+
+
+def test_validate_refuses_yaml_type_confusion(tmp_path: Path) -> None:
+    """``tensor: "4"`` is a string: the API server refuses it, so ``validate`` does too."""
+    doc = minimal_doc(parallelism={"tensor": "4"})
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["validate", "-f", str(path)], out, err) == 1
+    assert "spec.parallelism.tensor: must be 'auto' or an integer from 1 to 64" in err.getvalue()
