@@ -39,6 +39,9 @@ unit: venv
 CAMPUS ?= e2e/campus/small.yaml
 CLUSTER ?= default
 KUBERAY ?= 1
+# KUEUE=1: also run Kueue and the GPU bin-packing scheduler profile (docs/scheduling.md)
+KUEUE ?= 0
+BINPACK ?= $(KUEUE)
 HARNESS := PYTHONPATH=$(CURDIR)/e2e $(PY) -m harness
 
 .PHONY: binaries bindir cluster-up cluster-down cluster-status harness-smoke
@@ -51,9 +54,10 @@ binaries:
 bindir:
 	@bash e2e/scripts/build-binaries.sh
 
-## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
+## cluster-up: start the campus (CAMPUS=..., KUBERAY=0|1, KUEUE=0|1, BINPACK=0|1, CLUSTER=name) and print `export KUBECONFIG=...`
 cluster-up: venv
-	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,)
+	@$(HARNESS) up --name $(CLUSTER) --campus $(CAMPUS) $(if $(filter 1,$(KUBERAY)),--with-kuberay,) \
+		$(if $(filter 1,$(KUEUE)),--with-kueue,) $(if $(filter 1,$(BINPACK)),--gpu-binpacking,)
 
 ## cluster-down: stop every process of the campus and remove its state
 cluster-down: venv
@@ -75,6 +79,18 @@ test-dataplane:
 .PHONY: test-chain
 test-chain: venv binaries
 	bash e2e/chain/run.sh
+## test-observability: alert rules under promtool, dashboard drift, a real Prometheus against the
+## operator (e2e) and the Ray head serving a completion (data plane), the chart's monitors on a
+## real API server. `make test` runs all of it through unit, e2e and test-dataplane.
+.PHONY: test-observability dashboard
+test-observability: venv system-deps binaries
+	$(PY) -m pytest -q tests/test_alert_rules.py tests/test_dashboard.py tests/test_metrics.py
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_observability.py e2e/install/test_helm_monitoring.py
+	bash e2e/dataplane/run.sh -k observability
+
+## dashboard: regenerate the Grafana dashboard JSON (chart + docs) from charts/tools/dashboard.py
+dashboard: venv
+	$(PY) charts/tools/dashboard.py
 
 # ---------------------------------------------------------------- operator e2e, demo, CI
 .PHONY: e2e demo test crds system-deps
@@ -84,13 +100,19 @@ crds: venv
 	$(VENV)/bin/k2think-operator crd > crds/k2think.dev_k2thinkdeployments.yaml
 	$(MAKE) manifests
 
-## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check)
+## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check, prometheus)
 system-deps:
 	@bash e2e/scripts/install-system-deps.sh
 
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
-	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench --ignore=e2e/chain
+	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench \
+		--ignore=e2e/test_fleet.py --ignore=e2e/chain
+
+## test-fleet: Kueue quotas/queueing/borrowing/preemption and GPU bin-packing on their own campus
+.PHONY: test-fleet
+test-fleet: venv binaries
+	$(PY) -m pytest -q -p no:cacheprovider e2e/test_fleet.py
 
 ## demo: the README's main job: a simulated GPU campus serving K2-Think through the operator
 demo: venv binaries
@@ -100,6 +122,7 @@ demo: venv binaries
 test: venv system-deps binaries
 	$(MAKE) lint typecheck unit
 	$(MAKE) e2e
+	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
 	$(MAKE) test-chain
 

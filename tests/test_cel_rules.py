@@ -49,6 +49,20 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec.autoscaling",
         "!has(self.i",
     ),
+    ({"scheduling": {"priorityClassName": "production"}}, "spec.scheduling", "!has(self.prio"),
+    (
+        {
+            "scheduling": {"queueName": "q"},
+            "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(8)],
+        },
+        "spec",
+        "!has(self.scheduling) || !has(self.scheduling.queueName) || size",
+    ),
+    (
+        {"scheduling": {"queueName": "q"}, "pools": [{"name": "head", "gpuType": "H100-80GB"}]},
+        "spec",
+        "!has(self.scheduling) || !has(self.scheduling.queueName) || self.pools",
+    ),
 ]
 
 #: Documents right at the edges of the same rules, which both the API server and models accept.
@@ -60,6 +74,15 @@ ACCEPTED: list[dict[str, Any]] = [
     {"parallelism": {"tensor": "auto", "pipeline": "auto"}},
     {"pools": [CPU_POOL], "model": TINY_MODEL},
     {"model": {"preset": "k2-think-v2"}},
+    {"scheduling": {"queueName": "q", "priorityClassName": "production"}},
+    {"scheduling": {}},
+    # Without a queue, 8 pools and a pool named head are fine (Kueue's limits do not apply).
+    {"pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(8)]},
+    {"pools": [{"name": "head", "gpuType": "H100-80GB"}]},
+    {
+        "scheduling": {"queueName": "q"},
+        "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(7)],
+    },
 ]
 
 
@@ -110,7 +133,7 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    assert len(all_rules()) == 8
+    assert len(all_rules()) == 11  # 8, plus 3 for spec.scheduling (Kueue)
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

@@ -38,7 +38,12 @@ def test_all_commands_work_on_examples(example: Path) -> None:
     assert code == 0 and json.loads(out)["plan"]["tensorParallel"] >= 1
     code, out, _ = run("render", "-f", str(example))
     docs = list(yaml.safe_load_all(out))
-    assert code == 0 and [d["kind"] for d in docs] == ["RayService"]
+    assert code == 0 and [d["kind"] for d in docs] == [
+        "RayService",
+        "Secret",
+        "NetworkPolicy",
+        "NetworkPolicy",
+    ]
 
 
 def test_validate_reports_field_path_and_reason(tmp_path: Path) -> None:
@@ -86,7 +91,8 @@ def test_multi_document_files(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump_all([a, {"kind": "ConfigMap", "apiVersion": "v1"}, b]))
     code, out, _ = run("render", "-f", str(path))
     assert code == 0
-    assert [d["metadata"]["name"] for d in yaml.safe_load_all(out)] == ["demo", "second"]
+    rendered = [d for d in yaml.safe_load_all(out) if d["kind"] == "RayService"]
+    assert [d["metadata"]["name"] for d in rendered] == ["demo", "second"]
 
 
 def test_crd_command_prints_the_committed_crd() -> None:

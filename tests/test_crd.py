@@ -39,7 +39,17 @@ def test_crd_identity() -> None:
     assert version["subresources"]["status"] == {}
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Model", "GPU", "TP", "Replicas", "Ready", "Status", "Age"]
+    assert columns == [
+        "Model",
+        "GPU",
+        "TP",
+        "Replicas",
+        "Ready",
+        "Status",
+        "Queue",
+        "Admission",
+        "Age",
+    ]
 
 
 def _walk(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -34,6 +34,9 @@ class RecordingKube(KubeApi):
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.applies: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
+        self.supporting: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.supporting_writes: list[tuple[str, str]] = []
+        self.refuse_supporting: str | None = None
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         if not self.kuberay:
@@ -61,6 +64,26 @@ class RecordingKube(KubeApi):
 
     async def close(self) -> None:
         pass
+
+    async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
+        if self.refuse_supporting:
+            raise ApplyRejected(self.refuse_supporting)
+        meta = obj["metadata"]
+        self.supporting[(obj["kind"], meta["namespace"], meta["name"])] = copy.deepcopy(dict(obj))
+        self.supporting_writes.append((obj["kind"], meta["name"]))
+
+    async def create_secret_if_absent(
+        self, obj: Mapping[str, Any], generated: Mapping[str, str]
+    ) -> bool:
+        if self.refuse_supporting:
+            raise ApplyRejected(self.refuse_supporting)
+        meta = obj["metadata"]
+        key = ("Secret", meta["namespace"], meta["name"])
+        self.supporting_writes.append(("Secret", meta["name"]))
+        if key in self.supporting:
+            return False
+        self.supporting[key] = {**copy.deepcopy(obj), "stringData": dict(generated)}
+        return True
 
 
 def with_status(doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +194,7 @@ def test_is_subset(desired: Any, live: Any, expected: bool) -> None:
 
 
 def test_needs_apply_checks_owner_references() -> None:
-    (child,) = decide(minimal_doc()).children
+    child = decide(minimal_doc()).children[0]
     live = copy.deepcopy(child)
     assert not needs_apply(child, live)
     live["metadata"]["ownerReferences"] = []

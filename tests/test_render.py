@@ -265,8 +265,8 @@ def test_multiply_quantity(quantity: str, factor: int, expected: str) -> None:
 def test_offline_render_has_no_owner_reference() -> None:
     doc = minimal_doc()
     spec = parse_spec(doc["spec"])
-    (rs,) = build_children(spec, plan_deployment(spec, "demo"), name="demo", namespace="x")
-    assert "ownerReferences" not in rs["metadata"]
+    children = build_children(spec, plan_deployment(spec, "demo"), name="demo", namespace="x")
+    assert all("ownerReferences" not in child["metadata"] for child in children)
 
 
 RAY_START_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")

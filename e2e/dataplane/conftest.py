@@ -30,7 +30,13 @@ if _missing:
     # Collected from another venv (e.g. a plain `pytest e2e`): nothing here can run there.
     collect_ignore_glob = ["test_*.py"]
 else:
-    from dataplane_config import APP_NAME, HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY, serve_config_for
+    from dataplane_config import (
+        APP_NAME,
+        HEAD_RESOURCE,
+        HEAD_RESOURCE_CAPACITY,
+        INGRESS_MODULE_DIR,
+        serve_config_for,
+    )
     from dataplane_support import (
         OFFLINE_ENV,
         RayHead,
@@ -42,6 +48,8 @@ else:
     from tiny_model import build_tiny_k2think
 
 SERVED_NAME = "k2-think-tiny"
+#: The key the suite's endpoint accepts (a test value; real keys live only in a Secret).
+API_KEY = "sk-k2t-dataplane-0f3c9a"
 
 # Generous bounds: this is a behaviour test on 2 shared cores, not a benchmark.
 DEPLOY_TIMEOUT_S = float(os.environ.get("K2T_DEPLOY_TIMEOUT_S", "600"))
@@ -71,9 +79,35 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[RayHead]:
-    """A local Ray head: dashboard on 127.0.0.1, 8 logical CPUs on 2 cores, Serve on loopback."""
-    head = RayHead(num_cpus=8, resources={HEAD_RESOURCE: HEAD_RESOURCE_CAPACITY})
+def ray_token() -> str:
+    """The Ray token, made by the operator's own generator (what goes into <name>-ray-token)."""
+    from k2think_operator.supporting import new_ray_token
+
+    return new_ray_token()
+
+
+@pytest.fixture(scope="session")
+def api_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the kubelet mounts from the API-key Secret: one file per key."""
+    directory = tmp_path_factory.mktemp("api-keys")
+    (directory / "team-a").write_text(API_KEY + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ray_head(ray_token: str) -> Iterator[RayHead]:
+    """A local Ray head: dashboard on 127.0.0.1, 8 logical CPUs on 2 cores, Serve on loopback.
+
+    Configured as KubeRay configures the operator's head pod: Ray token auth on (RAY_AUTH_MODE,
+    RAY_AUTH_TOKEN) and the API-key ingress module on PYTHONPATH (the operator's ConfigMap,
+    mounted at INGRESS_PYTHONPATH in a pod; here the operator's package data directory).
+    """
+    head = RayHead(
+        num_cpus=8,
+        resources={HEAD_RESOURCE: HEAD_RESOURCE_CAPACITY},
+        auth_token=ray_token,
+        env={"PYTHONPATH": str(INGRESS_MODULE_DIR)},
+    )
     try:
         head.start()
         head.start_serve_on_loopback()
@@ -88,9 +122,12 @@ def ray_head() -> Iterator[RayHead]:
 
 
 @pytest.fixture(scope="session")
-def served_app(ray_head: RayHead, tiny_model_dir: Path, samples_dir: Path) -> ServedApp:
-    """The tiny model deployed through the dashboard's Serve REST API and RUNNING."""
-    serve_config_v2 = serve_config_for(tiny_model_dir, SERVED_NAME)
+def served_app(
+    ray_head: RayHead, tiny_model_dir: Path, samples_dir: Path, api_keys_dir: Path
+) -> ServedApp:
+    """The tiny model deployed through the dashboard's Serve REST API and RUNNING, behind the
+    operator's API-key ingress."""
+    serve_config_v2 = serve_config_for(tiny_model_dir, SERVED_NAME, api_keys_dir=api_keys_dir)
     response = put_serve_config_v2(ray_head.dashboard_url, serve_config_v2)
     assert response.status_code == 200, response.text
     first: dict[str, Any] = {}
@@ -110,4 +147,6 @@ def served_app(ray_head: RayHead, tiny_model_dir: Path, samples_dir: Path) -> Se
         on_sample=keep_first_deploying,
     )
     capture_status("running", running, samples_dir)
-    return ServedApp(ray_head, APP_NAME, SERVED_NAME, tiny_model_dir, serve_config_v2, running)
+    return ServedApp(
+        ray_head, APP_NAME, SERVED_NAME, tiny_model_dir, serve_config_v2, running, API_KEY
+    )

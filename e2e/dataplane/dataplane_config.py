@@ -17,6 +17,9 @@ APP_NAME = "llm"
 #: Custom resource the renderer pins the OpenAI ingress to; the suite's Ray head advertises it.
 HEAD_RESOURCE = "k2think_head"
 HEAD_RESOURCE_CAPACITY = 1000
+#: Where the operator's package keeps the Ray-side API-key ingress module it ships in a ConfigMap
+#: (mounted on PYTHONPATH in a pod; the suite puts this directory there instead).
+INGRESS_MODULE_DIR = Path(__file__).resolve().parents[2] / "operator" / "k2think_operator" / "data"
 
 
 def serve_config_for(
@@ -32,9 +35,15 @@ def serve_config_for(
     max_ongoing_requests: int = 8,
     max_model_len: int = 2048,
     gpu_memory_utilization: float = 0.1,
+    api_keys_dir: Path | None = None,
 ) -> str:
-    """The ``serveConfigV2`` YAML string for serving ``model_dir`` as ``served_name`` on CPU."""
-    return _rendered_by_operator(
+    """The ``serveConfigV2`` YAML string for serving ``model_dir`` as ``served_name`` on CPU.
+
+    With ``api_keys_dir`` the deployment names an API-key Secret (``spec.serving.apiKeysSecret``)
+    and the one path that differs from a pod is swapped: the directory the kubelet would mount
+    the Secret at becomes ``api_keys_dir`` (the suite cannot write /etc on a shared machine).
+    """
+    rendered = _rendered_by_operator(
         model_dir,
         served_name,
         autoscaling={
@@ -48,7 +57,14 @@ def serve_config_for(
         max_ongoing_requests=max_ongoing_requests,
         max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization,
+        api_keys=api_keys_dir is not None,
     )
+    if api_keys_dir is None:
+        return rendered
+    from k2think_operator.render.security import API_KEYS_DIR
+
+    assert API_KEYS_DIR in rendered
+    return rendered.replace(API_KEYS_DIR, str(api_keys_dir))
 
 
 def _rendered_by_operator(
@@ -59,6 +75,7 @@ def _rendered_by_operator(
     max_ongoing_requests: int,
     max_model_len: int,
     gpu_memory_utilization: float,
+    api_keys: bool = False,
 ) -> str:
     """``serveConfigV2`` exactly as the operator renders it for a CPU-pool K2ThinkDeployment."""
     import tiny_model as tm
@@ -95,6 +112,8 @@ def _rendered_by_operator(
         },
         "serving": {"maxOngoingRequests": max_ongoing_requests, "gracefulShutdownSeconds": 30},
     }
+    if api_keys:
+        spec["serving"]["apiKeysSecret"] = "tiny-api-keys"
     document = {
         "apiVersion": "k2think.dev/v1alpha1",
         "kind": "K2ThinkDeployment",

@@ -43,6 +43,16 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
 }
 
+#: Headers every dashboard call of the suite sends: ``x-ray-authorization: Bearer <token>`` once
+#: the head runs with Ray token auth, exactly as KubeRay's dashboard client does
+#: (``controllers/ray/utils/dashboardclient/dashboard_httpclient.go``).
+_DASHBOARD_HEADERS: dict[str, str] = {}
+
+
+def dashboard_headers() -> dict[str, str]:
+    return dict(_DASHBOARD_HEADERS)
+
+
 #: Names of the processes a Ray head and Serve LLM replicas run as.
 RAY_PROCESS_MARKERS = ("ray", "raylet", "gcs_server", "VLLM::", "ray::")
 
@@ -146,10 +156,16 @@ class RayHead:
     resources: dict[str, float] = field(default_factory=dict)
     object_store_bytes: int = 512 * 1024 * 1024
     env: dict[str, str] = field(default_factory=dict)
+    #: Ray token auth as KubeRay configures a pod for ``authOptions.mode: token``:
+    #: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (from the Secret) in the Ray container's env.
+    auth_token: str | None = None
 
     gcs_port: int = 0
     dashboard_port: int = 0
     http_port: int = 0
+    #: Ray's metrics export port (KubeRay sets --metrics-export-port=8080 in pods; here a free
+    #: port): Ray's metrics agent serves Ray, Serve and vLLM series there for Prometheus.
+    metrics_port: int = 0
     temp_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -175,6 +191,9 @@ class RayHead:
         # The suite's own venv must come first: ray start spawns `python` from PATH for workers.
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         env.pop("RAY_ADDRESS", None)
+        if self.auth_token is not None:
+            env["RAY_AUTH_MODE"] = "token"
+            env["RAY_AUTH_TOKEN"] = self.auth_token
         return env
 
     def start(self, timeout: float = 180.0) -> None:
@@ -184,6 +203,10 @@ class RayHead:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.http_port = free_port()
+        _DASHBOARD_HEADERS.clear()
+        if self.auth_token is not None:
+            _DASHBOARD_HEADERS["x-ray-authorization"] = f"Bearer {self.auth_token}"
+        self.metrics_port = free_port()
         cmd = [
             str(self.bin_dir / "ray"),
             "start",
@@ -195,6 +218,7 @@ class RayHead:
             f"--dashboard-port={self.dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
+            f"--metrics-export-port={self.metrics_port}",
             f"--num-cpus={self.num_cpus}",
             "--num-gpus=0",
             f"--object-store-memory={self.object_store_bytes}",
@@ -218,7 +242,10 @@ class RayHead:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"ray start exited {self.proc.returncode}: {self.log_tail()}")
-            return bool(httpx.get(self.dashboard_url + SERVE_API, timeout=5).status_code == 200)
+            response = httpx.get(
+                self.dashboard_url + SERVE_API, headers=dashboard_headers(), timeout=5
+            )
+            return bool(response.status_code == 200)
 
         poll(ready, timeout=timeout, interval=1.0, what="the Ray dashboard's Serve API")
 
@@ -317,6 +344,12 @@ class ServedApp:
     model_dir: Path
     serve_config_v2: str
     running_status: dict[str, Any]
+    #: The key the endpoint accepts (the operator renders the API-key ingress for the suite).
+    api_key: str = ""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     @property
     def base_url(self) -> str:
@@ -332,7 +365,7 @@ class ServedApp:
 
 
 def get_serve_status(dashboard_url: str) -> dict[str, Any]:
-    response = httpx.get(dashboard_url + SERVE_API, timeout=30)
+    response = httpx.get(dashboard_url + SERVE_API, headers=dashboard_headers(), timeout=30)
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data
@@ -344,13 +377,13 @@ def put_serve_config_v2(dashboard_url: str, serve_config_v2: str) -> httpx.Respo
     return httpx.put(
         dashboard_url + SERVE_API,
         content=json.dumps(body),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **dashboard_headers()},
         timeout=60,
     )
 
 
 def delete_serve_applications(dashboard_url: str) -> httpx.Response:
-    return httpx.delete(dashboard_url + SERVE_API, timeout=120)
+    return httpx.delete(dashboard_url + SERVE_API, headers=dashboard_headers(), timeout=120)
 
 
 def app_status(data: dict[str, Any], app: str) -> str | None:

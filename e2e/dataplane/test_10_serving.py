@@ -28,7 +28,7 @@ MESSAGES = [{"role": "user", "content": "Is 7 a prime number?"}]
 
 def _client(app: ServedApp) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=app.openai_base_url, api_key="not-needed", timeout=120, max_retries=0
+        base_url=app.openai_base_url, api_key=app.api_key, timeout=120, max_retries=0
     )
 
 
@@ -62,21 +62,30 @@ def test_operator_reads_the_live_status_as_serving(served_app: ServedApp) -> Non
     assert operator_status(live)["phase"] == "Serving"
 
 
-def test_rendered_args_pass_rays_own_llm_serving_args(served_app: ServedApp) -> None:
-    """With vLLM importable (only here), Ray's LLMServingArgs checks the whole ``args`` block."""
+def test_rendered_args_pass_rays_own_llm_serving_args(
+    served_app: ServedApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With vLLM importable (only here), Ray's LLMServingArgs checks the whole ``args`` block,
+    including the API-key ingress class (importable from the ConfigMap's path in a pod)."""
     import yaml
+    from dataplane_config import INGRESS_MODULE_DIR
     from ray.llm._internal.serve.core.ingress.builder import LLMServingArgs
 
+    monkeypatch.syspath_prepend(str(INGRESS_MODULE_DIR))
     config = yaml.safe_load(served_app.serve_config_v2)
     parsed = LLMServingArgs.model_validate(config["applications"][0]["args"])
     # llm_configs is typed str | dict | LLMConfig; validation made each an LLMConfig.
     assert [cast(Any, c).model_id for c in parsed.llm_configs] == [served_app.served_name]
+    ingress = cast(Any, parsed.ingress_cls_config).ingress_cls  # validated into the class
+    assert ingress.__name__ == "ApiKeyOpenAiIngress"
 
 
 def test_models_lists_the_served_name(served_app: ServedApp) -> None:
     models = _client(served_app).models.list()
     assert [m.id for m in models.data] == [served_app.served_name]
-    raw = httpx.get(served_app.openai_base_url + "/models", timeout=30)
+    raw = httpx.get(
+        served_app.openai_base_url + "/models", headers=served_app.auth_headers, timeout=30
+    )
     assert raw.status_code == 200
     assert raw.json()["data"][0]["id"] == served_app.served_name
 
@@ -114,7 +123,11 @@ def test_stream_is_sse_ending_with_done(served_app: ServedApp) -> None:
     body = {"model": served_app.served_name, "messages": MESSAGES, "max_tokens": 8, "stream": True}
     events = []
     with httpx.stream(
-        "POST", served_app.openai_base_url + "/chat/completions", json=body, timeout=120
+        "POST",
+        served_app.openai_base_url + "/chat/completions",
+        json=body,
+        headers=served_app.auth_headers,
+        timeout=120,
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -156,7 +169,10 @@ def test_malformed_request_gets_4xx_and_server_keeps_serving(
         payload = json.dumps(body).replace('"MODEL"', json.dumps(served_app.served_name))
         raw = payload.encode()
     response = httpx.post(
-        url, content=raw, headers={"Content-Type": "application/json"}, timeout=60
+        url,
+        content=raw,
+        headers={"Content-Type": "application/json", **served_app.auth_headers},
+        timeout=60,
     )
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
     error = response.json()

@@ -41,7 +41,7 @@ def _running(data: dict[str, Any], app: str) -> int:
 
 async def _load(app: ServedApp, stop: asyncio.Event, results: list[str]) -> None:
     client = openai.AsyncOpenAI(
-        base_url=app.openai_base_url, api_key="not-needed", timeout=300, max_retries=0
+        base_url=app.openai_base_url, api_key=app.api_key, timeout=300, max_retries=0
     )
 
     async def one_stream_of_requests() -> None:
@@ -136,7 +136,9 @@ def test_scales_out_under_load_and_back_in(served_app: ServedApp, samples_dir: A
     assert _llm(scaled_in, app)["status"] == "HEALTHY"
 
     # And the remaining replica serves.
-    client = openai.OpenAI(base_url=served_app.openai_base_url, api_key="x", timeout=120)
+    client = openai.OpenAI(
+        base_url=served_app.openai_base_url, api_key=served_app.api_key, timeout=120
+    )
     completion = client.chat.completions.create(
         model=served_app.served_name, messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )

@@ -1,6 +1,7 @@
 """``python -m harness`` (with ``e2e/`` on PYTHONPATH): bring the local test ground up or down.
 
-    python -m harness up [--campus FILE] [--with-kuberay] [--name NAME | --state-dir DIR]
+    python -m harness up [--campus FILE] [--with-kuberay] [--with-kueue] [--gpu-binpacking]
+                         [--name NAME | --state-dir DIR]
     python -m harness down [--name NAME | --state-dir DIR] [--keep-state]
     python -m harness status [--name NAME | --state-dir DIR]
     python -m harness kuberay start|stop [--name NAME | --state-dir DIR]
@@ -22,6 +23,7 @@ from .campus import CampusError
 from .cluster import DEFAULT_CAMPUS, STATE_ROOT, Cluster, HarnessError, down
 from .kubeapi import ApiError
 from .processes import recorded
+from .scheduling import GPU_BINPACKING_PROFILE
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -41,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_state(up)
     up.add_argument("--campus", default=str(DEFAULT_CAMPUS), help="campus file ('' for none)")
     up.add_argument("--with-kuberay", action="store_true", help="also run the KubeRay operator")
+    up.add_argument(
+        "--with-kueue", action="store_true", help="also run Kueue (RayService integration)"
+    )
+    up.add_argument(
+        "--gpu-binpacking",
+        action="store_true",
+        help="run the scheduler with docs/scheduling/kube-scheduler-gpu-binpacking.yaml",
+    )
     up.add_argument(
         "--crd",
         action="append",
@@ -76,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 crds=[] if args.no_crds else args.crd,
                 detach=True,
                 timeout=args.timeout,
+                kueue=args.with_kueue,
+                scheduler_profile=GPU_BINPACKING_PROFILE if args.gpu_binpacking else None,
             )
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         elif args.cmd == "down":

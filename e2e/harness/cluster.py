@@ -64,6 +64,7 @@ TEST_CONTEXT_PATTERNS = (
 )
 #: Order in which processes are stopped.
 STOP_ORDER = (
+    "kueue",
     "ray-operator",
     "kwok",
     "kube-scheduler",
@@ -197,6 +198,8 @@ class Cluster:
     #: namespace, harness/netns.py) uses a routable pod range and binds every address there.
     pod_cidr: str = POD_CIDR
     apiserver_bind: str = NODE_IP
+    #: KubeSchedulerConfiguration profile for the scheduler (harness/scheduling.py); None: defaults
+    scheduler_profile: Path | None = None
     _t0: float = field(default=0.0, repr=False)
 
     # ----------------------------------------------------------------- construction
@@ -214,12 +217,16 @@ class Cluster:
         timeout: float = 180.0,
         pod_cidr: str = POD_CIDR,
         apiserver_bind: str = NODE_IP,
+        kueue: bool = False,
+        scheduler_profile: str | Path | None = None,
     ) -> Cluster:
         """Start a fresh control plane and return it once it is usable.
 
         ``crds``: CRD files to install (default: this repo's ``crds/*.yaml``); KubeRay's CRDs
         are always installed. ``detach``: processes survive this Python process (the CLI's
         ``up``); otherwise they die with it and :meth:`close` / atexit stops them.
+        ``kueue``: also run Kueue (harness/kueue.py); ``scheduler_profile``: run the scheduler
+        with that KubeSchedulerConfiguration (e.g. ``scheduling.GPU_BINPACKING_PROFILE``).
         """
         t0 = time.monotonic()
         sd = Path(state_dir) if state_dir else STATE_ROOT / name
@@ -245,6 +252,7 @@ class Cluster:
             campus=camp,
             pod_cidr=pod_cidr,
             apiserver_bind=apiserver_bind,
+            scheduler_profile=Path(scheduler_profile).resolve() if scheduler_profile else None,
         )
         if not detach:
             atexit.register(cluster.close)
@@ -263,6 +271,10 @@ class Cluster:
                     crds_done.result()
             if kuberay:
                 cluster.start_kuberay()
+            if kueue:
+                from .kueue import start_kueue
+
+                start_kueue(cluster, timeout=timeout)
         except BaseException:
             _log(f"start failed; logs are in {sd / 'logs'}")
             cluster.stop(remove_state=False)
@@ -516,7 +528,12 @@ class Cluster:
         )
         self._start(
             "kube-scheduler",
-            commands.build_scheduler_argv(bd, kubeconfig=sched_kc, port=p["scheduler"]),
+            commands.build_scheduler_argv(
+                bd,
+                kubeconfig=sched_kc,
+                port=p["scheduler"],
+                config=self._scheduler_config(sched_kc),
+            ),
         )
         kwok_home = sd / "kwok-home"  # KWOK also reads ~/.kwok/kwok.yaml: keep it out
         kwok_home.mkdir(exist_ok=True)
@@ -529,6 +546,15 @@ class Cluster:
         )
         self._start("kwok", kwok_argv, env={"HOME": str(kwok_home)})
         self._t0 = t0
+
+    def _scheduler_config(self, kubeconfig: Path) -> Path | None:
+        if self.scheduler_profile is None:
+            return None
+        from .scheduling import write_scheduler_config
+
+        assert self.state_dir is not None
+        out = self.state_dir / "kube-scheduler-config.yaml"
+        return write_scheduler_config(self.scheduler_profile, kubeconfig, out)
 
     def _wait_controllers(self, timeout: float) -> None:
         api, p = self._require_api(), self.ports

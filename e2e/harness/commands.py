@@ -100,7 +100,12 @@ def build_controller_manager_argv(
     ]
 
 
-def build_scheduler_argv(bindir: Path, *, kubeconfig: Path, port: int) -> list[str]:
+def build_scheduler_argv(
+    bindir: Path, *, kubeconfig: Path, port: int, config: Path | None = None
+) -> list[str]:
+    """``config``: a KubeSchedulerConfiguration (harness/scheduling.py); with it the scheduler
+    ignores its deprecated flags (kubeconfig, leader election, QPS), which the file repeats."""
+    extra = [f"--config={config}"] if config is not None else []
     return [
         str(bindir / "kube-scheduler"),
         f"--kubeconfig={kubeconfig}",
@@ -113,6 +118,7 @@ def build_scheduler_argv(bindir: Path, *, kubeconfig: Path, port: int) -> list[s
         "--kube-api-burst=400",
         "--profiling=false",
         "--v=1",
+        *extra,
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,3 +225,22 @@ def issue_client_cert(
     _write_key(pki.client_key(stem), key)
     _write_cert(pki.client_cert(stem), cert)
     return pki.client_cert(stem), pki.client_key(stem)
+
+
+def issue_serving_cert(pki: Pki, cert: Path, key: Path, *, name: str, ips: Sequence[str]) -> None:
+    """A serving certificate signed by the cluster's CA, for a local webhook server (Kueue's).
+
+    The API server trusts it through the webhook configuration's ``caBundle`` (the CA file).
+    """
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    server_key = _ec_key()
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    signed = _sign(
+        _name(name), server_key.public_key(), ca_cert.subject, ca_key, server=True, sans=sans
+    )
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    _write_key(key, server_key)
+    _write_cert(cert, signed)

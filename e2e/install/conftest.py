@@ -1,9 +1,10 @@
 """Fixtures of the install suite.
 
 The suite needs a cluster (``Cluster.from_env``: ``$KUBECONFIG`` if set, else a fresh local
-control plane named ``install`` that has KubeRay's CRDs but not ours, so the first ``helm install``
-really installs the CRD from the chart; it is its own cluster rather than e2e/conftest.py's shared
-one for that reason) and helm/kubectl from the harness's bin dir.
+control plane named ``install`` that has KubeRay's CRDs and Kueue's Workload/LocalQueue CRDs but
+not ours, so the first ``helm install`` really installs the CRD from the chart; it is its own
+cluster rather than e2e/conftest.py's shared one for that reason) and helm/kubectl from the
+harness's bin dir.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from pathlib import Path
 import pytest
 
 from harness import Cluster, find_bindir
+from harness.kueue import kueue_dir
 
 from .tools import Tools, strip_finalizers
+
+KUEUE_READ = ("workloads", "localqueues")
 
 
 @pytest.fixture(scope="package")
 def install_cluster() -> Iterator[Cluster]:
     # Package scope: stopped as soon as this suite is done, before the rest of e2e/ runs.
-    cluster = Cluster.from_env(name="install", crds=[], timeout=300)
+    # Kueue's Workload and LocalQueue CRDs (not Kueue itself): `kubectl auth can-i` can only
+    # check the operator's Kueue grants for resource types the API server serves.
+    kueue = kueue_dir(build=False)
+    crds = [kueue / "crds" / f"kueue.x-k8s.io_{plural}.yaml" for plural in KUEUE_READ]
+    cluster = Cluster.from_env(name="install", crds=crds, timeout=300)
     try:
         yield cluster
     finally:

@@ -51,6 +51,19 @@ EXPECTED_RULES = [
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]},
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["create", "patch"],
+    },
+    {
+        "apiGroups": ["kueue.x-k8s.io"],
+        "resources": ["workloads"],
+        "verbs": ["get", "list", "patch"],
+    },
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["get"]},
 ]
 NS_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
 CRD_RULE = {
@@ -76,12 +89,15 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
     scope = settings["rbac"]["scope"]
     observe = settings["rbac"].get("observeCluster", True)
 
+    # The dashboard ConfigMap may go where the Grafana sidecar looks (metrics.dashboard.namespace).
+    dashboard_ns = settings.get("metrics", {}).get("dashboard", {}).get("namespace")
     for obj in objs:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "k2think-operator", obj["metadata"]
         assert labels["app.kubernetes.io/instance"] == "t"
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
-            assert obj["metadata"]["namespace"] in ["ops", *watch], obj["metadata"]
+            allowed = ["ops", *watch, *([dashboard_ns] if dashboard_ns else [])]
+            assert obj["metadata"]["namespace"] in allowed, obj["metadata"]
 
     (deployment,) = _by_kind(objs, "Deployment")
     spec = deployment["spec"]
@@ -133,13 +149,16 @@ def test_lint_and_template(helm_tools: Tools, values: Path) -> None:
         assert [r["rules"] for r in cluster_roles] == ([[CRD_RULE, NS_RULE]] if observe else [])
     for role in cluster_roles + roles:
         for rule in role["rules"]:
-            assert "secrets" not in rule["resources"] and "*" not in rule["verbs"]
+            # Secrets: create only (the Ray token), never read.
+            assert "secrets" not in rule["resources"] or rule["verbs"] == ["create"]
+            assert "*" not in rule["verbs"]
             assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
 
     kinds = {o["kind"] for o in objs}
     assert {"ServiceAccount", "Deployment", "Service"} <= kinds
     if values.stem.startswith("everything"):
         assert {"ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+        assert {"PodMonitor", "PrometheusRule", "ConfigMap"} <= kinds
 
 
 @pytest.mark.parametrize(

@@ -258,13 +258,27 @@ ALLOWED = [
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "events"),
+    ("create", "secrets"),
+    ("create", "configmaps"),
+    ("patch", "configmaps"),
+    ("create", "networkpolicies.networking.k8s.io"),
+    ("patch", "networkpolicies.networking.k8s.io"),
+    ("list", "workloads.kueue.x-k8s.io"),
+    ("patch", "workloads.kueue.x-k8s.io"),
+    ("get", "localqueues.kueue.x-k8s.io"),
 ]
 #: What it must never be able to do, wherever it is asked.
 DENIED = [
     ("get", "secrets"),
     ("list", "secrets"),
     ("watch", "secrets"),
+    ("patch", "secrets"),
+    ("update", "secrets"),
+    ("delete", "secrets"),
     ("get", "configmaps"),
+    ("delete", "configmaps"),
+    ("get", "networkpolicies.networking.k8s.io"),
+    ("delete", "networkpolicies.networking.k8s.io"),
     ("create", "pods"),
     ("delete", "pods"),
     ("create", "pods/exec"),
@@ -279,6 +293,10 @@ DENIED = [
     ("create", "rayclusters.ray.io"),
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("delete", "workloads.kueue.x-k8s.io"),
+    ("create", "workloads.kueue.x-k8s.io"),
+    ("patch", "localqueues.kueue.x-k8s.io"),
+    ("create", "clusterqueues.kueue.x-k8s.io"),
 ]
 #: Cluster-scoped things it must never do.
 DENIED_CLUSTER = [
@@ -384,6 +402,14 @@ def assert_reconciled(tools: Tools, namespace: str, timeout: float = 90.0) -> di
     assert rs["metadata"]["labels"][MANAGED_BY_LABEL] == FIELD_MANAGER
     cr = tools.wait_observed(namespace, "k2think")
     assert cr["status"]["plan"]["tensorParallel"] >= 2, cr["status"]["plan"]
+    # The security objects, made with the chart's RBAC (create-only on Secrets; docs/security.md).
+    assert rs["spec"]["rayClusterConfig"]["authOptions"]["secretName"] == "k2think-ray-token"
+    assert tools.exists("secret", "k2think-ray-token", "-n", namespace)
+    policies = tools.kubectl_json("get", "networkpolicies", "-n", namespace)["items"]
+    assert sorted(p["metadata"]["name"] for p in policies) == [
+        "k2think-ray-internal",
+        "k2think-serve",
+    ]
     # kopf posted Events about the object (core/v1 events: create is all it needs).
     events = tools.kubectl_json(
         "get",

@@ -3,6 +3,7 @@
 #
 #   e2e/scripts/build-binaries.sh           # builds what is missing, prints the bin dir on stdout
 #   e2e/scripts/build-binaries.sh --print   # prints the bin dir without building anything
+#   e2e/scripts/build-binaries.sh --print-kueue   # prints Kueue's directory (bin, crds/, webhook/)
 #
 # Versions come from e2e/build/versions.env only. The binaries land in
 #   ${K2T_CACHE:-$HOME/.cache/k2think-operator}/bin/<key>/
@@ -18,14 +19,21 @@ CACHE="${K2T_CACHE:-$HOME/.cache/k2think-operator}"
 # shellcheck source=../build/versions.env
 source "$BUILD_SRC/versions.env"
 : "${KUBERNETES_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${KUBERAY_VERSION:?}"
-: "${HELM_VERSION:?}"
+: "${HELM_VERSION:?}" "${KUEUE_VERSION:?}"
 
+# versions.env is hashed only up to its "optional components" marker: those components (Kueue)
+# live in directories keyed by their own version, so adding one never rebuilds Kubernetes.
+OPTIONAL_MARKER='^# ---- optional components'
 hash_inputs() {
-    (cd "$BUILD_SRC" && find . -type f \( -name '*.go' -o -name 'versions.env' \) -print0 \
-        | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-10
+    (
+        cd "$BUILD_SRC"
+        find . -type f -name '*.go' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+        echo "$(sed "/$OPTIONAL_MARKER/,\$d" versions.env | sha256sum | cut -d' ' -f1)  ./versions.env"
+    ) | LC_ALL=C sort -k2 | sha256sum | cut -c1-10
 }
 KEY="${KUBERNETES_VERSION}-$(hash_inputs)"
 BIN="$CACHE/bin/$KEY"
+KUEUE_BIN="$CACHE/bin/kueue-${KUEUE_VERSION:?}"
 KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ALL_BINS=("${KUBE_BINS[@]}" etcd kwok ray-operator helm)
 STAGES=(node-initialize node-heartbeat pod-ready pod-complete pod-delete)
@@ -35,11 +43,20 @@ complete() {
     for b in "${ALL_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
     for b in "${STAGES[@]}"; do [[ -s "$BIN/kwok-stages/$b.yaml" ]] || return 1; done
     compgen -G "$BIN/crds/kuberay/*.yaml" >/dev/null || return 1
-    [[ -s "$BIN/versions.env" ]]
+    [[ -s "$BIN/versions.env" ]] && kueue_complete
+}
+
+kueue_complete() {
+    [[ -x "$KUEUE_BIN/kueue" && -s "$KUEUE_BIN/webhook/manifests.yaml" ]] \
+        && compgen -G "$KUEUE_BIN/crds/*.yaml" >/dev/null
 }
 
 if [[ "${1:-}" == "--print" ]]; then
     echo "$BIN"
+    exit 0
+fi
+if [[ "${1:-}" == "--print-kueue" ]]; then
+    echo "$KUEUE_BIN"
     exit 0
 fi
 if complete; then
@@ -144,6 +161,29 @@ if missing helm; then
     go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
         "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 fi
+
+build_kueue() { # its own directory and lock: keyed by KUEUE_VERSION, not by the Kubernetes key
+    mkdir -p "$KUEUE_BIN"
+    exec 8>"$KUEUE_BIN/.lock"
+    if command -v flock >/dev/null; then flock 8; fi
+    if kueue_complete; then return 0; fi
+    log "kueue: go install sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION into $KUEUE_BIN"
+    GOBIN="$KUEUE_BIN/.tmp" go install \
+        -ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+        "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+    mv -f "$KUEUE_BIN/.tmp/kueue" "$KUEUE_BIN/kueue"
+    rm -rf "$KUEUE_BIN/.tmp"
+    # CRDs and webhook configurations, copied so nothing reads GOMODCACHE at run time.
+    local dir
+    dir="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    mkdir -p "$KUEUE_BIN/crds" "$KUEUE_BIN/webhook"
+    cp "$dir"/config/components/crd/bases/*.yaml "$KUEUE_BIN/crds/"
+    cp "$dir/config/components/webhook/manifests.yaml" "$KUEUE_BIN/webhook/manifests.yaml"
+    chmod -R u+w "$KUEUE_BIN/crds" "$KUEUE_BIN/webhook"
+    echo "KUEUE_VERSION=$KUEUE_VERSION" >"$KUEUE_BIN/version.env"
+}
+if ! kueue_complete; then build_kueue; fi
 
 # Data files the harness needs, copied next to the binaries so nothing reads GOMODCACHE at run time.
 kuberay_dir="$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \

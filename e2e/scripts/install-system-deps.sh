@@ -5,10 +5,15 @@
 #   lua5.4  -- runs the Argo CD health check (docs/gitops/argocd-health.lua) in
 #              tests/test_argocd_health.py (Argo CD itself embeds gopher-lua, Lua 5.1 semantics:
 #              the script sticks to the common subset, and the test also runs it on Lua 5.1).
+#   prometheus -- the Prometheus server and promtool: `promtool test rules` proves the alert
+#              rules (tests/test_alert_rules.py), and the e2e and data-plane suites run a real
+#              Prometheus on loopback against the operator and the Ray head (docs/observability.md).
+#              Installed with --no-install-recommends; nothing is started (the tests start their
+#              own server with a temporary TSDB).
 set -euo pipefail
 
-PACKAGES=(lua5.4)
-COMMANDS=(lua5.4)
+PACKAGES=(lua5.4 prometheus)
+COMMANDS=(lua5.4 promtool)
 
 missing=()
 for i in "${!COMMANDS[@]}"; do

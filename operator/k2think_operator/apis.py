@@ -42,6 +42,11 @@ RAYSERVICE = Api("ray.io", "v1", "RayService", "rayservices")
 #: Core pods: the Ray pods KubeRay creates for a RayService (read only, for status).
 PODS = Api("", "v1", "Pod", "pods")
 
+#: Kueue's Workloads and LocalQueues: read for a deployment queued through Kueue (queueing.py);
+#: a Workload's spec.active is patched for spec.suspend. Not watched (no kopf handler).
+KUEUE_WORKLOAD = Api("kueue.x-k8s.io", "v1beta2", "Workload", "workloads")
+KUEUE_LOCALQUEUE = Api("kueue.x-k8s.io", "v1beta2", "LocalQueue", "localqueues")
+
 #: Custom resources our handlers watch (the runner polls discovery for them).
 WATCHED = (RAYSERVICE, K2THINK)
 

@@ -27,6 +27,10 @@ class OperatorConfig:
     )
     resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))
+    #: How often a deployment waiting for Kueue is looked at again (queueing.py).
+    queue_recheck_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_QUEUE_RECHECK_SECONDS", 15)
+    )
     watch_timeout_seconds: int = field(default_factory=lambda: _env_int("K2T_WATCH_TIMEOUT", 300))
     #: Concurrent per-object workers; 0 means unbounded (kopf's default). A small bound
     #: serialises a burst of applies: each worker also waits for its own patch to come back.

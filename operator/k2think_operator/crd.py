@@ -78,6 +78,17 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+                        {
+                            "name": "Queue",
+                            "type": "string",
+                            "jsonPath": ".spec.scheduling.queueName",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Admission",
+                            "type": "string",
+                            "jsonPath": ".status.queue.state",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

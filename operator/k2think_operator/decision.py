@@ -98,6 +98,15 @@ def decision_events(
         events.append((False, r.EVENT_PLANNED, plan.explanation))
     for warning in plan.warnings:
         events.append((True, r.EVENT_PLAN_WARNING, warning))
+    if decision.spec is not None and not decision.spec.ray.auth.enabled:
+        events.append(
+            (
+                True,
+                r.EVENT_RAY_AUTH_DISABLED,
+                "spec.ray.auth.enabled is false: anyone who reaches the Ray pods can submit "
+                "jobs (run code) through the dashboard and talk to the GCS",
+            )
+        )
     if live is not None and decision.children:
         want = (decision.children[0].get("metadata") or {}).get("annotations") or {}
         have = (live.get("metadata") or {}).get("annotations") or {}

@@ -21,7 +21,15 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from k2think_operator.apis import APPLIED, K2THINK, RAYSERVICE, Api
+from k2think_operator.apis import (
+    APPLIED,
+    K2THINK,
+    KUEUE_LOCALQUEUE,
+    KUEUE_WORKLOAD,
+    RAYSERVICE,
+    Api,
+)
+from k2think_operator.queueing import JOB_UID_LABEL
 from k2think_operator.render.meta import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -88,6 +96,23 @@ class KubeApi(Protocol):
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]: ...
 
+    # Security objects (supporting.py): apply without reading, create a Secret only if absent.
+    async def apply_namespaced(self, obj: Mapping[str, Any]) -> None: ...
+
+    async def create_secret_if_absent(
+        self, obj: Mapping[str, Any], generated: Mapping[str, str]
+    ) -> bool: ...
+
+    # Kueue: defaults for an API without it (fakes need not implement them).
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        return None
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        return None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        return None
+
     async def close(self) -> None: ...
 
 
@@ -98,6 +123,8 @@ class Kube:
         self._api = api
         self._closed = False
         self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+        self._networking = client.NetworkingV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -167,6 +194,60 @@ class Kube:
                 )
         return dict(result)
 
+    async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply a ConfigMap or NetworkPolicy we own (no read of the object)."""
+        kind = obj["kind"]
+        meta = obj["metadata"]
+        options: dict[str, Any] = {
+            "field_manager": FIELD_MANAGER,
+            "force": True,
+            "_content_type": APPLY_CONTENT_TYPE,
+        }
+        with self._call(kind):
+            try:
+                if kind == "ConfigMap":
+                    await self._core.patch_namespaced_config_map(
+                        meta["name"], meta["namespace"], dict(obj), **options
+                    )
+                elif kind == "NetworkPolicy":
+                    await self._networking.patch_namespaced_network_policy(
+                        meta["name"], meta["namespace"], dict(obj), **options
+                    )
+                else:
+                    raise ValueError(f"apply_namespaced does not handle {kind}")
+            except ApiException as error:
+                if error.status == 404:  # built-in APIs are always served: not KubeRayMissing
+                    raise ApplyRejected(
+                        f"the API server refused the {kind}: {_message(error)}"
+                    ) from error
+                raise
+
+    async def create_secret_if_absent(
+        self, obj: Mapping[str, Any], generated: Mapping[str, str]
+    ) -> bool:
+        """Create a Secret with ``generated`` as its data unless one of that name exists.
+
+        Only ``create`` is needed (the operator may never read a Secret): HTTP 409 means it is
+        there already, and it is left alone, so a token is never rotated by a reconcile.
+        True when this call created it. The values are never logged.
+        """
+        meta = obj["metadata"]
+        body = {**dict(obj), "stringData": dict(generated)}
+        with self._call("Secret"):
+            try:
+                await self._core.create_namespaced_secret(
+                    meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER
+                )
+            except ApiException as error:
+                if error.status == 409:
+                    return False
+                if error.status == 404:
+                    raise ApplyRejected(
+                        f"the API server refused the Secret: {_message(error)}"
+                    ) from error
+                raise
+        return True
+
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """K2ThinkDeployments in the given namespaces (all of them when empty)."""
         group, version, plural = K2THINK.gvp
@@ -194,6 +275,52 @@ class Kube:
                     return None
                 raise
         return dict(result)
+
+    # --- Kueue: read its Workloads and LocalQueues; (de)activate our own Workload -------------
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        """Kueue Workloads of one RayService (by Kueue's job-uid label); None: no Kueue API."""
+        group, version, plural = KUEUE_WORKLOAD.gvp
+        with self._call(f"{KUEUE_WORKLOAD.kind} list"):
+            try:
+                found = await self._custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, label_selector=f"{JOB_UID_LABEL}={job_uid}"
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return [dict(item) for item in found.get("items", [])]
+
+    async def local_queue_target(self, namespace: str, name: str) -> str | None:
+        """The ClusterQueue a LocalQueue points at (None when it or Kueue's API is absent)."""
+        group, version, plural = KUEUE_LOCALQUEUE.gvp
+        with self._call(KUEUE_LOCALQUEUE.kind):
+            try:
+                found = await self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        target = (found.get("spec") or {}).get("clusterQueue")
+        return str(target) if target else None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's way to stop and restart a workload: ``spec.active`` (merge patch)."""
+        group, version, plural = KUEUE_WORKLOAD.gvp
+        with self._call(KUEUE_WORKLOAD.kind):
+            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                {"spec": {"active": active}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_CONTENT_TYPE,
+            )
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""

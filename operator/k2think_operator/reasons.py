@@ -15,7 +15,9 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 INVALID_SPEC: Final = "InvalidSpec"
 CAPACITY_BLOCKED: Final = "CapacityBlocked"
-CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED, INVALID_SPEC, CAPACITY_BLOCKED)
+#: Only for a deployment queued through Kueue (spec.scheduling.queueName; queueing.py).
+ADMITTED: Final = "Admitted"
+CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED, INVALID_SPEC, CAPACITY_BLOCKED, ADMITTED)
 
 # Condition reasons.
 SERVING: Final = "Serving"
@@ -39,6 +41,14 @@ APPLY_REJECTED: Final = "ApplyRejected"
 #: Reasons of an apply failure that stays visible until the child exists again.
 APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED)
 
+# Reasons of the Admitted condition (also status.queue.state, the phase while not admitted, and
+# the Events told when Kueue's verdict changes). ADMITTED doubles as the admitted reason.
+QUEUED: Final = "Queued"
+PREEMPTED: Final = "Preempted"
+EVICTED: Final = "Evicted"
+DEACTIVATED: Final = "Deactivated"
+KUEUE_MISSING: Final = "KueueMissing"
+
 # Event reasons (on the K2ThinkDeployment).
 EVENT_PLANNED: Final = "Planned"
 EVENT_PLAN_WARNING: Final = "PlanWarning"
@@ -46,5 +56,16 @@ EVENT_INVALID_SPEC: Final = INVALID_SPEC
 EVENT_NEW_RAY_CLUSTER: Final = "NewRayCluster"
 EVENT_CREATED: Final = "Created"
 EVENT_UPDATED: Final = "Updated"
+#: Kueue admitted a deployment again after a preemption, eviction or suspension.
+EVENT_RESUMED: Final = "Resumed"
+#: Ray token auth switched off by the spec (docs/security.md): a Warning.
+EVENT_RAY_AUTH_DISABLED: Final = "RayAuthDisabled"
+#: The operator created a deployment's Ray token Secret (the token itself is never told).
+EVENT_RAY_TOKEN_CREATED: Final = "RayTokenCreated"
 #: Events told once per message per object (the rest are told each time they happen).
-ANNOUNCED_ONCE: Final = (EVENT_PLANNED, EVENT_PLAN_WARNING, EVENT_INVALID_SPEC)
+ANNOUNCED_ONCE: Final = (
+    EVENT_PLANNED,
+    EVENT_PLAN_WARNING,
+    EVENT_INVALID_SPEC,
+    EVENT_RAY_AUTH_DISABLED,
+)

@@ -27,6 +27,8 @@ from typing import Any
 
 from k2think_operator import metrics
 from k2think_operator import reasons as r
+from k2think_operator.apis import RAYSERVICE
+from k2think_operator.config import current_config
 from k2think_operator.decision import Decision, decide, decision_events, is_subset, needs_apply
 from k2think_operator.kube import (
     ApplyRejected,
@@ -35,6 +37,14 @@ from k2think_operator.kube import (
     KubeRayMissing,
     TransientApiError,
     emit_event,
+)
+from k2think_operator.queueing import (
+    QueueView,
+    queue_events,
+    queue_status,
+    read_queue,
+    view_from_status,
+    workload_activation,
 )
 from k2think_operator.render.meta import COMPONENT_LABEL, POOL_LABEL
 from k2think_operator.status import (
@@ -46,6 +56,7 @@ from k2think_operator.status import (
     read_rayservice,
     status_patch,
 )
+from k2think_operator.supporting import SupportingObjects
 
 # decide and friends live in decision.py (pure); importing them from here keeps working.
 __all__ = [
@@ -128,6 +139,7 @@ def observe(
     failure: ApplyFailure | None,
     *,
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
+    queue: QueueView | None = None,
 ) -> Observation:
     """Gather everything status is computed from, once."""
     spec = decision.spec
@@ -145,6 +157,7 @@ def observe(
         namespace=decision.namespace,
         now=time.time(),
         unschedulable_grace=unschedulable_grace,
+        queue=queue if spec is not None and spec.queued else None,
     )
 
 
@@ -178,7 +191,8 @@ async def apply_children(
     """
     applied = False
     for child in decision.children:
-        if not needs_apply(child, live):
+        # The security objects went first (``SupportingObjects``); here only the RayService.
+        if child.get("kind") != RAYSERVICE.kind or not needs_apply(child, live):
             continue
         try:
             live = await kube.apply(child)
@@ -241,6 +255,10 @@ class DeploymentState:
     recheck: asyncio.TimerHandle | None = None
     #: Last message told per once-only event reason (see ``Reconciler._unannounced``).
     announced: dict[str, str] = field(default_factory=dict)
+    #: Kueue's last view of a queued deployment (pod events refresh status without API reads)
+    #: and the armed look at Kueue while it waits (``Reconciler._schedule_queue_recheck``).
+    queue: QueueView | None = None
+    queue_recheck: asyncio.TimerHandle | None = None
 
     def remember(self, body: Mapping[str, Any], pods: Iterable[PodSummary] | None) -> None:
         self.body = body
@@ -262,14 +280,17 @@ class Reconciler:
         self.unschedulable_grace = unschedulable_grace
         self._states: dict[tuple[str, str], DeploymentState] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
+        self.supporting = SupportingObjects(kube)
 
     def _state(self, decision: Decision) -> DeploymentState:
         return self._states.setdefault((decision.namespace, decision.name), DeploymentState())
 
     def forget(self, namespace: str, name: str) -> None:
         state = self._states.pop((namespace, name), None)
-        if state is not None and state.recheck is not None:
-            state.recheck.cancel()
+        self.supporting.forget(namespace, name)
+        for timer in (state.recheck, state.queue_recheck) if state is not None else ():
+            if timer is not None:
+                timer.cancel()
 
     async def reconcile(
         self,
@@ -286,7 +307,7 @@ class Reconciler:
         state.remember(body, pods)
         async with state.lock:
             try:
-                outcome = await self._converge(body, decision, state)
+                outcome = await self._converge(body, decision, state, resync=pods is None)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
                 raise
@@ -298,7 +319,12 @@ class Reconciler:
         return outcome
 
     async def _converge(
-        self, body: Mapping[str, Any], decision: Decision, state: DeploymentState
+        self,
+        body: Mapping[str, Any],
+        decision: Decision,
+        state: DeploymentState,
+        *,
+        resync: bool = False,
     ) -> Outcome:
         current = dict(body.get("status") or {})
         # read
@@ -315,10 +341,17 @@ class Reconciler:
         else:
             # decide (what to tell), then apply
             events = decision_events(decision, current, live)
-            result = await apply_children(self.kube, decision, live)
+            # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods that need them.
+            blocked = await self._converge_supporting(decision, live, events, resync=resync)
+            result = blocked or await apply_children(self.kube, decision, live)
             if result.applied:
                 verb = r.EVENT_UPDATED if live is not None else r.EVENT_CREATED
                 events.append((False, verb, f"applied RayService {decision.name}"))
+            if decision.spec is not None and decision.spec.queued:
+                queue_retry, news = await self._observe_queue(decision, result.live, current, state)
+                events += news
+                if queue_retry and not result.retry:
+                    result = ApplyResult(result.live, result.applied, result.failure, queue_retry)
         # status
         status = self._desired_status(decision, body, result.live, state, result.failure)
         wrote = await write_status(self.kube, decision, current, status)
@@ -333,6 +366,26 @@ class Reconciler:
             retry_reason=result.retry,
             events=events,
         )
+
+    async def _converge_supporting(
+        self,
+        decision: Decision,
+        live: dict[str, Any] | None,
+        events: list[tuple[bool, str, str]],
+        *,
+        resync: bool,
+    ) -> ApplyResult | None:
+        """Apply the security objects; an ApplyResult holding the RayService back on failure."""
+        if decision.problems:
+            return None
+        try:
+            events += await self.supporting.converge(decision.children, force=resync)
+        except (ApplyRejected, KubeRayMissing) as error:
+            failure = ApplyFailure(r.APPLY_REJECTED, str(error))
+            return ApplyResult(live, failure=failure, retry=str(error))
+        except TransientApiError as error:
+            return ApplyResult(live, retry=str(error))
+        return None
 
     async def refresh_status(
         self,
@@ -367,10 +420,13 @@ class Reconciler:
             state.pods,
             failure,
             unschedulable_grace=self.unschedulable_grace,
+            queue=state.queue or view_from_status((body.get("status") or {}).get("queue")),
         )
         self._schedule_recheck(observation, state)
         status = build_status(observation, body.get("status") or {}, now_rfc3339())
-        metrics.observe_deployment(decision.namespace, decision.name, decision.plan, status)
+        metrics.observe_deployment(
+            decision.namespace, decision.name, decision.plan, status, observation.pods
+        )
         return status
 
     @staticmethod
@@ -410,3 +466,68 @@ class Reconciler:
                 task.add_done_callback(self._background.discard)
 
         state.recheck = loop.call_later(delay + 1.0, fire)
+
+    # --- Kueue (queueing.py): read its verdict, (de)activate for spec.suspend ------------------
+
+    async def _observe_queue(
+        self,
+        decision: Decision,
+        live: Mapping[str, Any] | None,
+        current: Mapping[str, Any],
+        state: DeploymentState,
+    ) -> tuple[str | None, list[tuple[bool, str, str]]]:
+        """Read Kueue's Workload(s) of the RayService; (de)activate them for spec.suspend.
+
+        Returns a retry reason when the API failed (the last view is kept meanwhile) and the
+        Events Kueue's verdict is worth (compared with the last view this process saw: the
+        body's status may predate our own last write).
+        """
+        spec = decision.spec
+        assert spec is not None and spec.scheduling.queue_name is not None
+        queue_name = spec.scheduling.queue_name
+        uid = ((live or {}).get("metadata") or {}).get("uid")
+        try:
+            target = await self.kube.local_queue_target(decision.namespace, queue_name)
+            workloads = await self.kube.list_workloads(decision.namespace, uid) if uid else []
+        except KubeError as error:
+            return str(error), []
+        if workloads is None:
+            view = QueueView(
+                r.KUEUE_MISSING,
+                "the kueue.x-k8s.io Workload API is not served: install Kueue, or remove "
+                "spec.scheduling.queueName",
+                queue_name,
+            )
+        else:
+            view = read_queue(queue_name, workloads, target)
+        change = workload_activation(view, spec.suspend)
+        if change is not None:
+            try:
+                await self.kube.set_workload_active(decision.namespace, change[0], change[1])
+            except KubeError as error:
+                return str(error), []
+            metrics.API_WRITES.labels("workload").inc()
+        previous = queue_status(state.queue) if state.queue else current.get("queue")
+        state.queue = view
+        self._schedule_queue_recheck(view, state)
+        return None, queue_events(previous, view)
+
+    def _schedule_queue_recheck(self, view: QueueView, state: DeploymentState) -> None:
+        """Look at Kueue again while the deployment waits for it.
+
+        Kueue's verdicts that matter (admission, preemption) also toggle the RayService's
+        suspend, which wakes us; its reasons while queued (quota messages) change only the
+        Workload, which the operator does not watch (so it needs no watch on Kueue's API).
+        """
+        if view.admitted or state.queue_recheck is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            state.queue_recheck = None
+            if state.body is not None:
+                task = loop.create_task(self.reconcile(state.body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        state.queue_recheck = loop.call_later(current_config().queue_recheck_seconds, fire)

@@ -20,7 +20,10 @@ from k2think_operator.spec import K2ThinkDeploymentSpec, _Model
 class Condition(_Model):
     """A condition in Kubernetes API conventions."""
 
-    type: str = Field(description="Ready, Progressing, Degraded, InvalidSpec or CapacityBlocked.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked or (under Kueue) "
+        "Admitted."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(default=None, description="CamelCase reason.")
     message: str | None = Field(default=None, description="Human-readable detail.")
@@ -113,6 +116,23 @@ class PoolReplicas(_Model):
     )
 
 
+class QueueStatus(_Model):
+    """Kueue's view of the deployment (only with spec.scheduling.queueName)."""
+
+    state: str | None = Field(
+        default=None,
+        description="Queued, Admitted, Preempted, Evicted, Deactivated (or KueueMissing).",
+    )
+    local_queue: str | None = Field(
+        default=None, description="The LocalQueue the deployment is queued in."
+    )
+    cluster_queue: str | None = Field(
+        default=None, description="The ClusterQueue behind it (admitting it, once admitted)."
+    )
+    workload: str | None = Field(default=None, description="The Kueue Workload of the RayService.")
+    message: str | None = Field(default=None, description="Kueue's last word on the workload.")
+
+
 class K2ThinkDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -121,13 +141,16 @@ class K2ThinkDeploymentStatus(_Model):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked.",
+        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked and, for a "
+        "deployment queued through Kueue, Admitted (reasons Queued, Admitted, Preempted, "
+        "Evicted, Deactivated).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     phase: str | None = Field(
         default=None,
         description="One-word summary for kubectl get: Deploying, Serving, Upgrading, Degraded, "
-        "CapacityBlocked, InvalidSpec or Suspended. Conditions are the API.",
+        "CapacityBlocked, InvalidSpec, Suspended or (under Kueue) Queued, Preempted and "
+        "Evicted. Conditions are the API.",
     )
     replicas: int | None = Field(
         default=None, description="Model replicas with worker pods (scale subresource)."
@@ -153,6 +176,9 @@ class K2ThinkDeploymentStatus(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     plan: PlanStatus | None = Field(default=None, description="What the planner decided, and why.")
+    queue: QueueStatus | None = Field(
+        default=None, description="Kueue's view of the deployment (spec.scheduling.queueName)."
+    )
 
 
 class K2ThinkDeployment(_Model):

@@ -583,6 +583,25 @@ class EnvVar(_Model):
     value: str = Field(description="Variable value.")
 
 
+class RayAuthSpec(_Model):
+    """Ray token authentication (KubeRay ``authOptions``, Ray 2.52+)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Require Ray's token on the dashboard (job submission, Serve REST API), the "
+        "GCS and every Ray RPC. Turn it off only for clusters isolated otherwise; the operator "
+        "then posts a Warning event (RayAuthDisabled).",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Secret (key auth_token) holding the token. Default: the operator creates "
+        "<name>-ray-token with a random token once and never rewrites it. Pointing this at a "
+        "new Secret rotates the token through a new Ray cluster (zero-downtime upgrade).",
+    )
+
+
 class RaySpec(_Model):
     """The Ray cluster KubeRay runs for this deployment."""
 
@@ -609,6 +628,74 @@ class RaySpec(_Model):
         pattern=DNS_LABEL,
         description="ServiceAccount of the Ray pods (e.g. for workload identity to s3/gs).",
     )
+    auth: RayAuthSpec = Field(
+        default_factory=RayAuthSpec,
+        description="Ray token authentication; on by default.",
+    )
+    worker_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount token into worker pods. Off by default: code run "
+        "on a worker (a Serve replica, a job) then holds no Kubernetes credentials. Workload "
+        "identity webhooks (IRSA, GKE) inject their own projected token and need no change.",
+    )
+
+
+class ServePeer(_Model):
+    """Who may call the serve port: pods in a namespace, optionally only those with labels."""
+
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of the callers; default the deployment's own namespace.",
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Only pods with all these labels; empty means every pod of the namespace.",
+    )
+
+
+class KubeRayPeer(_Model):
+    """Where KubeRay's operator runs: it calls the dashboard (8265) and the serve health check."""
+
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of KubeRay's operator; default any namespace (narrow it).",
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"},
+        max_length=16,
+        description="Labels of KubeRay's operator pods (its Helm chart's default).",
+    )
+
+
+class NetworkPolicySpec(_Model):
+    """NetworkPolicies around the Ray pods (owned by this resource)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Render NetworkPolicies around the Ray pods. They take effect only with a "
+        "policy-enforcing CNI (Calico, Cilium, ...).",
+    )
+    serve_from: list[ServePeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Who may reach the OpenAI endpoint (port 8000). Empty: every pod of the "
+        "deployment's namespace.",
+    )
+    monitoring_namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace whose pods may scrape Ray's metrics port (8080); none if unset.",
+    )
+    kuberay: KubeRayPeer = Field(
+        default_factory=KubeRayPeer,
+        description="KubeRay's operator pods, the only callers of the dashboard from outside.",
+    )
 
 
 class ServingSpec(_Model):
@@ -632,6 +719,61 @@ class ServingSpec(_Model):
         ge=-1,
         description="Requests a caller may queue before Serve answers 503; -1 for no limit.",
     )
+
+    api_keys_secret: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Secret whose values are the API keys the OpenAI endpoint accepts (one "
+        "key per data entry, as `Authorization: Bearer <key>`); without a valid key a request "
+        "gets 401. Edits of the Secret are picked up without a restart.",
+    )
+
+
+#: Kueue admits one workload of at most 8 PodSets: the Ray head and 7 worker groups (one per pool)
+#: (sigs.k8s.io/kueue v0.17 pkg/controller/jobs/raycluster/common.go, ValidateCreate).
+KUEUE_MAX_WORKER_GROUPS = 7
+#: Kueue names the head's PodSet "head" and refuses a worker group of that name (same function).
+KUEUE_RESERVED_GROUP = "head"
+QUEUE_NAME_DESCRIPTION = (
+    "Kueue LocalQueue (in this namespace) the deployment is admitted through. The RayService "
+    "gets the label kueue.x-k8s.io/queue-name and waits, suspended, until Kueue admits it as "
+    "one workload (head and every worker group, all or nothing) against the ClusterQueue's "
+    "quota; the Admitted condition says where it stands. Changing it re-queues the deployment "
+    "only while it is suspended (Kueue keeps the queue of a running workload)."
+)
+PRIORITY_CLASS_DESCRIPTION = (
+    "Kueue WorkloadPriorityClass of the deployment (label kueue.x-k8s.io/priority-class): "
+    "decides the order in the queue and which workloads Kueue preempts for it. A preempted "
+    "deployment is suspended as a whole and queued again."
+)
+
+
+class SchedulingSpec(_Model):
+    """Admission through Kueue (docs/scheduling.md)."""
+
+    queue_name: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63, description=QUEUE_NAME_DESCRIPTION
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description=PRIORITY_CLASS_DESCRIPTION,
+    )
+
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.priorityClassName) || has(self.queueName)",
+        "priorityClassName needs queueName: Kueue only orders and preempts the workloads it queues",
+    )
+    def _priority_needs_queue(self) -> SchedulingSpec:
+        if self.priority_class_name is not None and self.queue_name is None:
+            raise ValueError(
+                "spec.scheduling.priorityClassName needs spec.scheduling.queueName: Kueue only "
+                "orders and preempts the workloads it queues"
+            )
+        return self
 
 
 class K2ThinkDeploymentSpec(_Model):
@@ -673,6 +815,10 @@ class K2ThinkDeploymentSpec(_Model):
     serving: ServingSpec = Field(
         default_factory=ServingSpec, description="Request handling of the Serve deployment."
     )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description="NetworkPolicies around the Ray pods (owned by this resource).",
+    )
     upgrade_strategy: Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"] = Field(
         default="NewCluster",
         description="How KubeRay rolls out changes that need a new Ray cluster (image, layout, "
@@ -682,8 +828,49 @@ class K2ThinkDeploymentSpec(_Model):
     )
     suspend: bool = Field(
         default=False,
-        description="Stop the Ray cluster and free its GPUs, keeping the resource and its plan.",
+        description="Stop the Ray cluster and free its GPUs, keeping the resource and its plan. "
+        "Under Kueue (scheduling.queueName) the operator deactivates the deployment's Workload "
+        "instead, which gives its quota back.",
     )
+    scheduling: SchedulingSpec = Field(
+        default_factory=lambda: SchedulingSpec(),
+        description="Fleet scheduling: admission through Kueue (docs/scheduling.md). Without "
+        "queueName the deployment is not queued and runs as soon as it is applied.",
+    )
+
+    @property
+    def queued(self) -> bool:
+        """Admitted through Kueue (spec.scheduling.queueName set)."""
+        return self.scheduling.queue_name is not None
+
+    @model_validator(mode="after")
+    @cel(
+        f"!has(self.scheduling) || !has(self.scheduling.queueName) || "
+        f"size(self.pools) <= {KUEUE_MAX_WORKER_GROUPS}",
+        f"with scheduling.queueName at most {KUEUE_MAX_WORKER_GROUPS} pools: Kueue admits at "
+        "most 8 PodSets (the head and one worker group per pool)",
+    )
+    @cel(
+        f"!has(self.scheduling) || !has(self.scheduling.queueName) || "
+        f"self.pools.all(p, p.name != '{KUEUE_RESERVED_GROUP}')",
+        f"with scheduling.queueName no pool may be named '{KUEUE_RESERVED_GROUP}': Kueue "
+        "reserves it for the Ray head",
+    )
+    def _kueue_limits(self) -> K2ThinkDeploymentSpec:
+        if not self.queued:
+            return self
+        if len(self.pools) > KUEUE_MAX_WORKER_GROUPS:
+            raise ValueError(
+                f"with spec.scheduling.queueName at most {KUEUE_MAX_WORKER_GROUPS} pools: Kueue "
+                f"admits a RayService as one workload of at most 8 PodSets (the head and one "
+                f"worker group per pool); this spec has {len(self.pools)} pools"
+            )
+        if any(p.name == KUEUE_RESERVED_GROUP for p in self.pools):
+            raise ValueError(
+                f"with spec.scheduling.queueName no pool may be named {KUEUE_RESERVED_GROUP!r}: "
+                "Kueue reserves that name for the Ray head's PodSet"
+            )
+        return self
 
     @model_validator(mode="after")
     @cel(

@@ -15,9 +15,12 @@ from typing import Any
 
 from k2think_operator import reasons as r
 from k2think_operator.planner import Plan
+from k2think_operator.queueing import QueueView, admitted_condition, queue_status
 from k2think_operator.reasons import (
+    ADMITTED,
     CAPACITY_BLOCKED,
     CONDITION_TYPES,
+    DEACTIVATED,
     DEGRADED,
     INVALID_SPEC,
     PROGRESSING,
@@ -83,6 +86,13 @@ class Observation:
     namespace: str = ""
     now: float = 0.0
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+    #: Kueue's view (only for a deployment with spec.scheduling.queueName).
+    queue: QueueView | None = None
+
+    @property
+    def waiting_for_kueue(self) -> bool:
+        """Queued, preempted or evicted: Kueue holds the RayService suspended."""
+        return self.queue is not None and not self.queue.admitted
 
 
 def read_rayservice(obj: Mapping[str, Any] | None) -> RayServiceView | None:
@@ -202,6 +212,8 @@ def ready_condition(obs: Observation) -> dict[str, Any]:
     gen = obs.generation
     if obs.suspended:
         return condition(READY, False, r.SUSPENDED, "spec.suspend is true", gen)
+    if obs.queue is not None and obs.waiting_for_kueue:
+        return condition(READY, False, obs.queue.state, _queue_text(obs.queue), gen)
     if rs is None:
         return condition(
             READY, False, r.RAYSERVICE_NOT_FOUND, "the RayService does not exist yet", gen
@@ -253,6 +265,9 @@ def progressing_condition(obs: Observation, ready: Mapping[str, Any]) -> dict[st
         return condition(PROGRESSING, False, obs.apply_error_reason, obs.apply_error, gen)
     if obs.suspended:
         return condition(PROGRESSING, False, r.SUSPENDED, "spec.suspend is true", gen)
+    if obs.queue is not None and obs.waiting_for_kueue:
+        # Waiting for quota is neither progress nor a failure (Degraded stays False).
+        return condition(PROGRESSING, False, obs.queue.state, _queue_text(obs.queue), gen)
     if rs is not None and rs.upgrade_in_progress:
         return condition(
             PROGRESSING,
@@ -313,6 +328,9 @@ def phase(conditions: Sequence[Mapping[str, Any]], suspended: bool) -> str:
         return "Suspended"
     if by_type.get(DEGRADED):
         return "Degraded"
+    admitted = next((c for c in conditions if c["type"] == ADMITTED), None)
+    if admitted is not None and admitted["status"] != "True":
+        return str(admitted.get("reason") or "Queued")
     if by_type.get(CAPACITY_BLOCKED):
         return "CapacityBlocked"
     if by_type.get(READY):
@@ -333,6 +351,10 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
         capacity_condition(obs),
     ):
         conds = set_condition(conds, new, now)
+    if obs.queue is not None:
+        conds = set_condition(conds, admitted_condition(obs.queue, obs.generation), now)
+    else:
+        conds = [c for c in conds if c.get("type") != ADMITTED]
     replicas, ready_replicas = replica_counts(obs)
     status: dict[str, Any] = {
         "observedGeneration": obs.generation,
@@ -352,6 +374,8 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
         status["endpoint"] = endpoint_url(obs.name, obs.namespace)
     if obs.rayservice is not None and obs.rayservice.app_status:
         status["applicationStatus"] = obs.rayservice.app_status
+    if obs.queue is not None:
+        status["queue"] = queue_status(obs.queue)
     return status
 
 
@@ -369,6 +393,7 @@ OWNED_STATUS_KEYS = frozenset(
         "endpoint",
         "applicationStatus",
         "poolReplicas",
+        "queue",
     }
 )
 
@@ -413,6 +438,13 @@ def summarize_error(message: str, limit: int = 600) -> str:
     tail = lines[-1]
     text = head if tail == lines[0] else f"{head} ... {tail}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _queue_text(view: QueueView) -> str:
+    if view.state == DEACTIVATED:
+        return f"the Kueue Workload {view.workload} is deactivated: {view.message}"
+    where = f"ClusterQueue {view.cluster_queue}" if view.cluster_queue else view.local_queue
+    return f"{view.state} in {where} (Kueue): {view.message}"
 
 
 def _app_text(rs: RayServiceView) -> str:

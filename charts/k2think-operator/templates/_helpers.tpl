@@ -101,4 +101,23 @@ Least privilege, derived from what the operator does (docs/install.md, "RBAC"):
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Security objects of each deployment (docs/security.md). Secrets: create only, never read: the
+# Ray token Secret is created once (HTTP 409 when it exists) and never rewritten.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+# Kueue (spec.scheduling, docs/scheduling.md): read the RayService's Workloads and its LocalQueue
+# for status; patch a Workload's spec.active for spec.suspend. Harmless without Kueue installed.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["localqueues"]
+  verbs: ["get"]
 {{- end }}

@@ -17,6 +17,7 @@ import yaml
 
 from k2think_operator.apis import RAYSERVICE
 from k2think_operator.planner import Plan, PoolPlan
+from k2think_operator.queueing import kueue_annotations, kueue_labels
 from k2think_operator.render.meta import (
     CLUSTER_HASH_ANNOTATION,
     COMPONENT_LABEL,
@@ -27,6 +28,18 @@ from k2think_operator.render.meta import (
     digest,
     owner_reference,
     standard_labels,
+)
+from k2think_operator.render.security import (
+    add_api_keys,
+    add_ingress_module,
+    auth_options,
+    autoscaler_options_security,
+    autoscaler_token_volume,
+    build_ingress_configmap,
+    build_network_policies,
+    build_token_secret,
+    container_security_context,
+    pod_security_context,
 )
 from k2think_operator.render.serve_config import (
     HEAD_RESOURCE,
@@ -90,7 +103,22 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
         ],
     }
     _add_env(container, spec)
-    pod_spec: dict[str, Any] = {"containers": [container]}
+    container["securityContext"] = container_security_context()
+    container["volumeMounts"] = [{"mountPath": "/dev/shm", "name": SHM_VOLUME}]
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+            autoscaler_token_volume(),
+        ],
+        "securityContext": pod_security_context(),
+        # The Ray container runs Serve, the ingress and any job: no Kubernetes credentials.
+        # The autoscaler sidecar gets the token through autoscalerOptions.volumeMounts.
+        "automountServiceAccountToken": False,
+    }
+    add_ingress_module(pod_spec, container, spec, name)
+    if spec.serving.api_keys_secret:
+        add_api_keys(pod_spec, container, spec.serving.api_keys_secret)
     if head.node_selector:
         pod_spec["nodeSelector"] = dict(head.node_selector)
     if head.tolerations:
@@ -161,13 +189,18 @@ def build_worker_group(
             {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
     _add_env(container, spec)
+    container["securityContext"] = container_security_context()
 
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
         # Serve drains a replica for gracefulShutdownSeconds; the pod must outlive that.
         "terminationGracePeriodSeconds": spec.serving.graceful_shutdown_seconds + 30,
+        "securityContext": pod_security_context(),
     }
+    if not spec.ray.worker_service_account_token:
+        pod_spec["automountServiceAccountToken"] = False
+    add_ingress_module(pod_spec, container, spec, name)
     if pool.node_selector:
         pod_spec["nodeSelector"] = dict(pool.node_selector)
     if pool.tolerations:
@@ -237,15 +270,21 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
         # Ray autoscaler turns replicas into worker pods (KubeRay does not propagate replica
         # edits of a RayService to its running cluster).
         "enableInTreeAutoscaling": True,
-        "autoscalerOptions": build_autoscaler_options(spec),
+        "autoscalerOptions": {**build_autoscaler_options(spec), **autoscaler_options_security()},
         "headGroupSpec": build_head_group(spec, name),
         "workerGroupSpecs": [
             build_worker_group(spec, plan, pools_by_name[p.name], p, name) for p in plan.pools
         ],
     }
+    auth = auth_options(spec, name)
+    if auth is not None:
+        config["authOptions"] = auth
     # Always explicit: a suspended RayCluster resumes only on `suspend: false`, not on an absent
     # field (KubeRay v1.6), and KubeRay toggles it in place on the running cluster.
-    config["suspend"] = spec.suspend
+    # Under Kueue the field is Kueue's (it suspends until admission and on preemption): leaving
+    # it out keeps it out of our apply and our drift check (queueing.py).
+    if not spec.queued:
+        config["suspend"] = spec.suspend
     return config
 
 
@@ -269,13 +308,15 @@ def build_rayservice(
         "serveConfigV2": render_serve_config(spec, plan, name),
         "rayClusterConfig": cluster_config,
     }
+    queue, priority = spec.scheduling.queue_name, spec.scheduling.priority_class_name
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": standard_labels(name),
+        "labels": {**standard_labels(name), **kueue_labels(queue, priority)},
         "annotations": {
             SPEC_HASH_ANNOTATION: digest(body),
             CLUSTER_HASH_ANNOTATION: cluster_hash(cluster_config),
+            **kueue_annotations(queue),
         },
     }
     if uid is not None:
@@ -296,8 +337,20 @@ def build_children(
     namespace: str,
     uid: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object the operator owns for one K2ThinkDeployment, in apply order."""
-    return [build_rayservice(spec, plan, name=name, namespace=namespace, uid=uid)]
+    """Every object the operator owns for one K2ThinkDeployment; the RayService comes first.
+
+    The reconciler creates the token Secret and the ingress ConfigMap before it applies the
+    RayService (the Ray pods and KubeRay's dashboard client need them from the start).
+    """
+    children = [build_rayservice(spec, plan, name=name, namespace=namespace, uid=uid)]
+    for extra in (
+        build_token_secret(spec, name=name, namespace=namespace, uid=uid),
+        build_ingress_configmap(spec, name=name, namespace=namespace, uid=uid),
+    ):
+        if extra is not None:
+            children.append(extra)
+    children += build_network_policies(spec, name=name, namespace=namespace, uid=uid)
+    return children
 
 
 class _BlockDumper(yaml.SafeDumper):

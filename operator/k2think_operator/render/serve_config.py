@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from k2think_operator.planner import Plan
+from k2think_operator.render.security import ingress_cls_config
 from k2think_operator.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
 
 APP_NAME = "llm"
@@ -137,6 +138,15 @@ def build_llm_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict
 
 
 def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "llm_configs": [build_llm_config(spec, plan, name)],
+        "ingress_deployment_config": {
+            "ray_actor_options": {"resources": {HEAD_RESOURCE: 1}},
+        },
+    }
+    ingress = ingress_cls_config(spec)
+    if ingress is not None:
+        args["ingress_cls_config"] = ingress
     return {
         "http_options": {"host": "0.0.0.0", "port": 8000},
         "applications": [
@@ -144,12 +154,7 @@ def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> di
                 "name": APP_NAME,
                 "import_path": IMPORT_PATH,
                 "route_prefix": "/",
-                "args": {
-                    "llm_configs": [build_llm_config(spec, plan, name)],
-                    "ingress_deployment_config": {
-                        "ray_actor_options": {"resources": {HEAD_RESOURCE: 1}},
-                    },
-                },
+                "args": args,
             }
         ],
     }
