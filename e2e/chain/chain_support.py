@@ -385,13 +385,22 @@ PG_DRIVER = """
 import json, sys
 import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
-ray.init(address="auto", logging_level="ERROR")
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
 bundles, strategy = json.loads(sys.argv[1]), sys.argv[2]
 pg = placement_group(bundles, strategy=strategy, name="k2think-replica-probe")
 ready = pg.wait(timeout_seconds=int(sys.argv[3]))
 table = placement_group_table(pg)
-print(json.dumps({"ready": ready, "nodes": sorted(set(table["bundles_to_node_id"].values()))}), flush=True)
+print("K2T " + json.dumps({"ready": ready, "nodes": sorted(set(table["bundles_to_node_id"].values()))}), flush=True)
 sys.stdin.read()
 remove_placement_group(pg)
-print(json.dumps({"removed": True}), flush=True)
+print("K2T " + json.dumps({"removed": True}), flush=True)
 """
+
+
+def driver_line(stream: Any) -> dict[str, Any]:
+    """The next ``K2T {json}`` line of the driver (Ray also prints autoscaler events there)."""
+    for line in stream:
+        if line.startswith("K2T "):
+            result: dict[str, Any] = json.loads(line[4:])
+            return result
+    return {}

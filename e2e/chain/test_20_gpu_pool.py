@@ -17,6 +17,7 @@ from chain_support import (
     RAY_ENV,
     Ground,
     apply,
+    driver_line,
     node_pool,
     pods,
     ray_nodes,
@@ -95,14 +96,14 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
             head,
             [str(g.venv / "bin" / "python"), "-c", PG_DRIVER, json.dumps(bundles), strategy, "420"],
         ),
-        env=raynodes.exec_env(g.venv, head),
+        env={**raynodes.exec_env(g.venv, head), "RAY_SCHEDULER_EVENTS": "0"},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert driver.stdout is not None and driver.stdin is not None
-        placed = json.loads(driver.stdout.readline() or "{}")
+        placed = driver_line(driver.stdout)
         assert placed.get("ready"), placed
         elapsed = time.monotonic() - t0
         workers = worker_pods(g, NS)
@@ -118,7 +119,7 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
         assert node["resources_total"]["accelerator_type:H100"] == 1
         print(f"\nH100 replica demand -> placement group ready: {elapsed:.1f}s")
         driver.stdin.close()
-        assert json.loads(driver.stdout.readline() or "{}").get("removed")
+        assert driver_line(driver.stdout).get("removed")
     finally:
         if driver.poll() is None:
             driver.kill()
