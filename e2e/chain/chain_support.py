@@ -190,6 +190,9 @@ def chain_deployment(
                     },
                 },
                 "env": [{"name": k, "value": v} for k, v in RAY_ENV.items()],
+                # The suite reads Ray's state and Serve APIs directly (as someone debugging the
+                # chain would); Ray's token auth is proven by the security suites.
+                "auth": {"enabled": False},
             },
         },
     }

@@ -68,6 +68,7 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
                         "resources": {"limits": {"cpu": "1", "memory": "8Gi"}},
                     },
                     "env": [{"name": k, "value": v} for k, v in RAY_ENV.items()],
+                    "auth": {"enabled": False},  # the test's driver and HTTP calls carry no token
                 },
             },
         },
