@@ -26,8 +26,9 @@ lint: venv
 ## conftest.py shares a module name with e2e/'s; vllm/torch are not in .venv and are skipped)
 typecheck: venv
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests e2e --exclude '^e2e/dataplane/'
+	$(VENV)/bin/mypy tests e2e --exclude '^e2e/dataplane/' --exclude '^e2e/chain/'
 	$(VENV)/bin/mypy e2e/dataplane
+	$(VENV)/bin/mypy e2e/chain
 
 ## unit: offline tests (models, planner, renderer, status, CLI, Ray schema contracts)
 unit: venv
@@ -79,6 +80,10 @@ test-cache: venv binaries
 test-dataplane:
 	bash e2e/dataplane/run.sh
 
+## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
+.PHONY: test-chain
+test-chain: venv binaries
+	bash e2e/chain/run.sh
 ## test-observability: alert rules under promtool, dashboard drift, a real Prometheus against the
 ## operator (e2e) and the Ray head serving a completion (data plane), the chart's monitors on a
 ## real API server. `make test` runs all of it through unit, e2e and test-dataplane.
@@ -108,7 +113,7 @@ system-deps:
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
 	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench \
-		--ignore=e2e/test_fleet.py
+		--ignore=e2e/test_fleet.py --ignore=e2e/chain
 
 ## test-fleet: Kueue quotas/queueing/borrowing/preemption and GPU bin-packing on their own campus
 .PHONY: test-fleet
@@ -130,6 +135,8 @@ test: venv system-deps binaries
 	$(MAKE) e2e
 	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
+# test-chain is not part of `make test` yet: two of its five scenarios have not passed end to end
+# on this 2-core machine (issue #8 is open; docs/testing.md). Run it alone with `make test-chain`.
 
 # ---------------------------------------------------------------- chart, raw manifests, install e2e
 # charts/k2think-operator is the source; manifests/ and the chart's CRD copy are generated from it

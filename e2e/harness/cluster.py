@@ -194,6 +194,10 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     api: KubeAPI | None = None
     procs: dict[str, processes.Proc] = field(default_factory=dict)
+    #: KWOK's pod IP range and the apiserver's bind address. The chain suite (its own network
+    #: namespace, harness/netns.py) uses a routable pod range and binds every address there.
+    pod_cidr: str = POD_CIDR
+    apiserver_bind: str = NODE_IP
     #: KubeSchedulerConfiguration profile for the scheduler (harness/scheduling.py); None: defaults
     scheduler_profile: Path | None = None
     _t0: float = field(default=0.0, repr=False)
@@ -211,6 +215,8 @@ class Cluster:
         bindir: str | Path | None = None,
         detach: bool = False,
         timeout: float = 180.0,
+        pod_cidr: str = POD_CIDR,
+        apiserver_bind: str = NODE_IP,
         kueue: bool = False,
         scheduler_profile: str | Path | None = None,
     ) -> Cluster:
@@ -244,6 +250,8 @@ class Cluster:
             owned=True,
             detached=detach,
             campus=camp,
+            pod_cidr=pod_cidr,
+            apiserver_bind=apiserver_bind,
             scheduler_profile=Path(scheduler_profile).resolve() if scheduler_profile else None,
         )
         if not detach:
@@ -485,7 +493,14 @@ class Cluster:
         (sd / "apiserver").mkdir(exist_ok=True)
         self._start(
             "kube-apiserver",
-            commands.build_apiserver_argv(bd, sd, pki, etcd_url=etcd_url, port=p["apiserver"]),
+            commands.build_apiserver_argv(
+                bd,
+                sd,
+                pki,
+                etcd_url=etcd_url,
+                port=p["apiserver"],
+                bind_address=self.apiserver_bind,
+            ),
         )
         self.api = self._make_api()
         api = self.api
@@ -523,7 +538,11 @@ class Cluster:
         kwok_home = sd / "kwok-home"  # KWOK also reads ~/.kwok/kwok.yaml: keep it out
         kwok_home.mkdir(exist_ok=True)
         kwok_argv = commands.build_kwok_argv(
-            bd, kubeconfig=self.kubeconfig, node_label=KWOK_LABEL, stages=kwok_stages(bd)
+            bd,
+            kubeconfig=self.kubeconfig,
+            node_label=KWOK_LABEL,
+            stages=kwok_stages(bd),
+            pod_cidr=self.pod_cidr,
         )
         self._start("kwok", kwok_argv, env={"HOME": str(kwok_home)})
         self._t0 = t0

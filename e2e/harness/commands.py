@@ -42,12 +42,18 @@ def build_etcd_argv(bindir: Path, state_dir: Path, client_port: int, peer_port: 
 
 
 def build_apiserver_argv(
-    bindir: Path, state_dir: Path, pki: Pki, *, etcd_url: str, port: int
+    bindir: Path,
+    state_dir: Path,
+    pki: Pki,
+    *,
+    etcd_url: str,
+    port: int,
+    bind_address: str = NODE_IP,
 ) -> list[str]:
     return [
         str(bindir / "kube-apiserver"),
         f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1",
+        f"--bind-address={bind_address}",
         "--advertise-address=127.0.0.1",
         f"--secure-port={port}",
         f"--cert-dir={state_dir / 'apiserver'}",
@@ -117,14 +123,19 @@ def build_scheduler_argv(
 
 
 def build_kwok_argv(
-    bindir: Path, *, kubeconfig: Path, node_label: tuple[str, str], stages: Iterable[Path]
+    bindir: Path,
+    *,
+    kubeconfig: Path,
+    node_label: tuple[str, str],
+    stages: Iterable[Path],
+    pod_cidr: str = POD_CIDR,
 ) -> list[str]:
     argv = [
         str(bindir / "kwok"),
         f"--kubeconfig={kubeconfig}",
         "--manage-all-nodes=false",
         f"--manage-nodes-with-label-selector={node_label[0]}={node_label[1]}",
-        f"--cidr={POD_CIDR}",
+        f"--cidr={pod_cidr}",
         f"--node-ip={NODE_IP}",
     ]
     for stage in stages:  # v0.8 has no built-in stages: node/pod lifecycles come from files

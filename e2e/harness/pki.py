@@ -209,6 +209,24 @@ def make_pki(directory: Path, *, service_ip: str = "10.96.0.1") -> Pki:
     return pki
 
 
+def issue_client_cert(
+    pki: Pki, stem: str, cn: str, orgs: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """Sign one more client certificate with the harness CA (e.g. a service account's identity:
+    CN ``system:serviceaccount:<ns>:<name>``, which RBAC matches exactly like that account's
+    token). Returns (certificate, key) paths."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    key = _ec_key()
+    cert = _sign(x509.Name(attrs), key.public_key(), ca_cert.subject, ca_key, client=True)
+    _write_key(pki.client_key(stem), key)
+    _write_cert(pki.client_cert(stem), cert)
+    return pki.client_cert(stem), pki.client_key(stem)
+
+
 def issue_serving_cert(pki: Pki, cert: Path, key: Path, *, name: str, ips: Sequence[str]) -> None:
     """A serving certificate signed by the cluster's CA, for a local webhook server (Kueue's).
 

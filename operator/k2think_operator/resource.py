@@ -106,6 +106,16 @@ class PlanStatus(_Model):
     )
 
 
+class PoolReplicas(_Model):
+    """Replicas of one pool."""
+
+    name: str = Field(description="Pool name.")
+    running: int | None = Field(default=None, description="Replicas whose worker pods are Running.")
+    pending: int | None = Field(
+        default=None, description="Replicas whose worker pods are not Running yet."
+    )
+
+
 class QueueStatus(_Model):
     """Kueue's view of the deployment (only with spec.scheduling.queueName)."""
 
@@ -157,6 +167,13 @@ class K2ThinkDeploymentStatus(_Model):
     endpoint: str | None = Field(default=None, description="OpenAI base URL inside the cluster.")
     application_status: str | None = Field(
         default=None, description="Ray Serve application status as KubeRay reports it."
+    )
+    pool_replicas: list[PoolReplicas] | None = Field(
+        default=None,
+        description="Model replicas per pool, from the worker pods that really run there "
+        "(Running) and those still waiting (Pending: no room yet, or starting). The Ray "
+        "autoscaler fills pools in spec order and spills over when one is full.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     plan: PlanStatus | None = Field(default=None, description="What the planner decided, and why.")
     queue: QueueStatus | None = Field(

@@ -434,6 +434,17 @@ class ParallelismSpec(_Model):
     )
 
 
+#: Default of ``autoscaling.poolFallbackSeconds`` (also used for fixed replica counts).
+POOL_FALLBACK_SECONDS = 600
+POOL_FALLBACK_DESCRIPTION = (
+    "How long a new worker pod may take to become a running Ray node (waiting for room in its "
+    "pool, pulling the image, starting Ray) before the Ray autoscaler gives it up and scales the "
+    "next pool in spec order instead. Rendered as Ray autoscaler v2's "
+    "RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S (Ray's default: one hour). Keep it above "
+    "a pod's real start-up time on a node that has room."
+)
+
+
 class AutoscalingSpec(_Model):
     """Ray Serve autoscaling of model replicas on ongoing requests."""
 
@@ -478,6 +489,12 @@ class AutoscalingSpec(_Model):
         le=86400,
         description="How long an idle Ray worker pod lives before the Ray autoscaler removes it "
         "and frees its GPUs.",
+    )
+    pool_fallback_seconds: int = Field(
+        default=POOL_FALLBACK_SECONDS,
+        ge=30,
+        le=86400,
+        description=POOL_FALLBACK_DESCRIPTION,
     )
 
     @model_validator(mode="after")

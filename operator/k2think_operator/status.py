@@ -301,6 +301,24 @@ def replica_counts(obs: Observation) -> tuple[int, int]:
     return total, ready if serving else 0
 
 
+def pool_replicas(obs: Observation) -> list[dict[str, Any]]:
+    """Replicas per pool from what really runs: worker pods in phase Running count as running
+    replicas, the others (unscheduled, or scheduled but not started) as pending. This is where
+    the Ray autoscaler's spill-over shows: the first pool full, the next one filling."""
+    plan = obs.plan
+    if plan is None:
+        return []
+    live = [w for w in _workers(obs) if w.phase not in ("Succeeded", "Failed")]
+    out = []
+    for pool in plan.pools:
+        size = pool.worker_pods_per_replica
+        pods = [w for w in live if w.pool == pool.name]
+        running = len([w for w in pods if w.phase == "Running"])
+        pending = len(pods) - running
+        out.append({"name": pool.name, "running": running // size, "pending": -(-pending // size)})
+    return out
+
+
 def phase(conditions: Sequence[Mapping[str, Any]], suspended: bool) -> str:
     """A one-word summary for ``kubectl get``; conditions remain the API."""
     by_type = {c["type"]: c["status"] == "True" for c in conditions}
@@ -349,6 +367,7 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
     }
     if obs.plan is not None:
         status["plan"] = obs.plan.to_status()
+        status["poolReplicas"] = pool_replicas(obs)
     elif current.get("plan") is not None:
         status["plan"] = current["plan"]
     if obs.rayservice is not None or current.get("endpoint"):
@@ -373,6 +392,7 @@ OWNED_STATUS_KEYS = frozenset(
         "plan",
         "endpoint",
         "applicationStatus",
+        "poolReplicas",
         "queue",
     }
 )

@@ -49,7 +49,12 @@ from k2think_operator.render.serve_config import (
     pvc_claim,
     render_serve_config,
 )
-from k2think_operator.spec import K2ThinkDeploymentSpec, PoolSpec, Toleration
+from k2think_operator.spec import (
+    POOL_FALLBACK_SECONDS,
+    K2ThinkDeploymentSpec,
+    PoolSpec,
+    Toleration,
+)
 
 #: Upper bound on worker pods per group when a pool has no maxNodes: KubeRay needs a number, and
 #: the Serve autoscaling bounds are what actually limit replicas.
@@ -233,6 +238,32 @@ def build_worker_group(
     return group
 
 
+#: Ray autoscaler v2's give-up time for a launched node that is not running Ray yet
+#: (``ray/autoscaler/v2/instance_manager/config.py``, ``InstanceReconcileConfig``).
+ALLOCATE_TIMEOUT_ENV = "RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S"
+
+
+def build_autoscaler_options(spec: K2ThinkDeploymentSpec) -> dict[str, Any]:
+    """Ray autoscaler v2, with a give-up time that lets a full pool spill to the next one.
+
+    v2 because it keeps the order of ``workerGroupSpecs`` when groups score equally (its
+    ``ResourceDemandScheduler`` sorts stably; v1 breaks ties by group name), maps pods to Ray
+    nodes by name, and gives up on a pod that does not become a Ray node: after
+    ``RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S`` it terminates the instance and marks
+    its group unavailable, so the next pool wins the tie. Ray's default for that is an hour
+    (a Pending pod in a full pool blocks scale-up that long); we render
+    ``autoscaling.poolFallbackSeconds``. docs/autoscaling.md has the whole chain.
+    """
+    autoscaling = spec.autoscaling
+    fallback = autoscaling.pool_fallback_seconds if autoscaling else POOL_FALLBACK_SECONDS
+    return {
+        "version": "v2",
+        "upscalingMode": "Default",
+        "idleTimeoutSeconds": autoscaling.idle_timeout_seconds if autoscaling else 60,
+        "env": [{"name": ALLOCATE_TIMEOUT_ENV, "value": str(fallback)}],
+    }
+
+
 def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict[str, Any]:
     pools_by_name = {p.name: p for p in spec.pools}
     config: dict[str, Any] = {
@@ -241,11 +272,7 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
         # Ray autoscaler turns replicas into worker pods (KubeRay does not propagate replica
         # edits of a RayService to its running cluster).
         "enableInTreeAutoscaling": True,
-        "autoscalerOptions": {
-            "upscalingMode": "Default",
-            "idleTimeoutSeconds": spec.autoscaling.idle_timeout_seconds if spec.autoscaling else 60,
-            **autoscaler_options_security(),
-        },
+        "autoscalerOptions": {**build_autoscaler_options(spec), **autoscaler_options_security()},
         "headGroupSpec": build_head_group(spec, name),
         "workerGroupSpecs": [
             build_worker_group(spec, plan, pools_by_name[p.name], p, name) for p in plan.pools

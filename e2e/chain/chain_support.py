@@ -1,0 +1,409 @@
+"""The chain suite's test ground and the helpers its scenarios share.
+
+Everything runs inside the namespaces ``e2e/chain/run.sh`` created; see ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import Cluster, netns, processes, raynodes
+from harness.processes import Proc
+from support import OperatorProcess, apply_doc, eventually, get, items
+
+HERE = Path(__file__).resolve().parent
+E2E = HERE.parent
+CAMPUS = E2E / "campus" / "chain.yaml"
+SERVED_NAME = "k2-think-tiny"
+POOL_LABEL = "k2think.dev/pool"
+
+#: Environment every Ray container of the suite's deployments gets (through spec.ray.env, as a
+#: user would set it): no model hub, no telemetry, and timeouts that 2 busy cores can meet.
+RAY_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    # KubeRay injects 5 s for both when absent; on 2 shared cores a GCS call can take longer.
+    "RAY_GCS_SERVER_REQUEST_TIMEOUT_SECONDS": "30",
+    "RAY_SERVE_KV_TIMEOUT_S": "30",
+    # Ray's node health check: 10 s timeout x 5 failures by default; vLLM start-up starves it.
+    "RAY_health_check_timeout_ms": "30000",
+    "RAY_health_check_failure_threshold": "10",
+}
+
+
+@dataclass
+class Ground:
+    cluster: Cluster
+    kubelet: Proc
+    operator: OperatorProcess
+    model_dir: Path
+    venv: Path
+
+    @property
+    def state_dir(self) -> Path:
+        assert self.cluster.state_dir is not None
+        return self.cluster.state_dir
+
+    def stop(self) -> list[str]:
+        """Stop operator, stand-in (which stops every pod) and cluster; report leftovers."""
+        with contextlib.suppress(Exception):
+            self.operator.stop()
+        self.kubelet.stop(timeout=180)
+        left = raynodes.all_pod_processes()
+        described = [_describe(pid) for pid in left]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        keep = bool(os.environ.get("K2T_E2E_KEEP"))
+        self.cluster.stop(remove_state=not keep)
+        return described
+
+
+def _describe(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        cmd = "?"
+    return f"{pid} {cmd[:150]}"
+
+
+def start_ground() -> Ground:
+    netns.setup_ground()
+    venv = Path(os.environ.get("K2T_CHAIN_VENV", str(E2E.parent / ".venv-dataplane")))
+    cluster = Cluster.start(
+        campus=CAMPUS,
+        name="chain",
+        pod_cidr=netns.KWOK_CIDR,
+        apiserver_bind="0.0.0.0",
+        timeout=300,
+    )
+    kubelet: Proc | None = None
+    try:
+        cluster.start_kuberay()
+        sd = cluster.state_dir
+        assert sd is not None
+        kubelet = processes.start(
+            "raynodes",
+            [sys.executable, "-m", "harness.raynodes", "--state-dir", str(sd), "--venv", str(venv)],
+            sd,
+            env={"PYTHONPATH": str(E2E)},
+        )
+        from tiny_model import build_tiny_k2think
+
+        model_dir = build_tiny_k2think(sd / "model" / SERVED_NAME, seed=0)
+        operator = OperatorProcess(
+            cluster,
+            ["--all-namespaces"],
+            sd / "logs" / "operator.log",
+            env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": "30", "K2T_RESYNC_SECONDS": "20"},
+        ).start()
+    except BaseException:
+        if kubelet is not None:
+            kubelet.stop(timeout=120)
+        cluster.stop(remove_state=False)
+        raise
+    return Ground(cluster, kubelet, operator, model_dir, venv)
+
+
+# ------------------------------------------------------------------------------ deployments
+def tiny_architecture() -> dict[str, Any]:
+    import tiny_model as tm
+
+    params = 2 * tm.TOKENIZER_VOCAB_SIZE * tm.HIDDEN_SIZE + tm.NUM_HIDDEN_LAYERS * (
+        4 * tm.HIDDEN_SIZE**2 + 3 * tm.HIDDEN_SIZE * tm.INTERMEDIATE_SIZE
+    )
+    return {
+        "family": "qwen2",
+        "parametersBillions": round(params / 1e9, 4),
+        "layers": tm.NUM_HIDDEN_LAYERS,
+        "hiddenSize": tm.HIDDEN_SIZE,
+        "attentionHeads": tm.NUM_ATTENTION_HEADS,
+        "kvHeads": tm.NUM_KEY_VALUE_HEADS,
+        "headDim": tm.HIDDEN_SIZE // tm.NUM_ATTENTION_HEADS,
+        "vocabSize": tm.TOKENIZER_VOCAB_SIZE,
+        "maxPositionEmbeddings": tm.MAX_POSITION_EMBEDDINGS,
+    }
+
+
+def cpu_pool(name: str) -> dict[str, Any]:
+    """A CPU-profile pool whose worker pod (3 CPUs: one replica's 2 plus room, 12Gi) fills one
+    node of the chain campus."""
+    return {
+        "name": name,
+        "gpuType": "CPU",
+        "gpusPerNode": 1,
+        "cpuPerGpu": "3",
+        "memoryPerGpu": "12Gi",
+        "nodeSelector": {POOL_LABEL: name},
+    }
+
+
+def chain_deployment(
+    name: str,
+    namespace: str,
+    model_dir: Path,
+    *,
+    pools: list[dict[str, Any]],
+    autoscaling: dict[str, Any],
+    graceful_shutdown: int = 120,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "k2think.dev/v1alpha1",
+        "kind": "K2ThinkDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {
+                "preset": "custom",
+                "source": f"file://{model_dir}",
+                "servedModelName": SERVED_NAME,
+                "maxModelLen": 4096,
+                "architecture": tiny_architecture(),
+            },
+            "pools": pools,
+            "autoscaling": autoscaling,
+            "engine": {
+                "gpuMemoryUtilization": 0.1,
+                "maxNumSeqs": 16,
+                "reasoningParser": "deepseek_r1",
+            },
+            "serving": {"maxOngoingRequests": 8, "gracefulShutdownSeconds": graceful_shutdown},
+            "ray": {
+                "head": {
+                    "nodeSelector": {POOL_LABEL: "head"},
+                    # One logical CPU: the OpenAI ingress fits, an LLM replica (2 CPUs) never
+                    # does, so every replica needs a worker pod.
+                    "resources": {
+                        "limits": {"cpu": "1", "memory": "8Gi"},
+                        "requests": {"cpu": "1", "memory": "8Gi"},
+                    },
+                },
+                "env": [{"name": k, "value": v} for k, v in RAY_ENV.items()],
+                # The suite reads Ray's state and Serve APIs directly (as someone debugging the
+                # chain would); Ray's token auth is proven by the security suites.
+                "auth": {"enabled": False},
+            },
+        },
+    }
+
+
+def apply(ground: Ground, doc: dict[str, Any]) -> None:
+    apply_doc(ground.cluster, doc)
+
+
+# ------------------------------------------------------------------------------ observations
+def pods(ground: Ground, ns: str, *selector: str) -> list[dict[str, Any]]:
+    return items(ground.cluster, "pods", ns, *selector)
+
+
+def worker_pods(ground: Ground, ns: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in pods(ground, ns, "ray.io/node-type=worker")
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def pool_of(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["labels"].get(POOL_LABEL, ""))
+
+
+def node_pool(ground: Ground, node: str) -> str:
+    obj = ground.cluster.kubectl_json("get", "node", node)
+    return str(obj["metadata"]["labels"].get(POOL_LABEL, ""))
+
+
+def head_service(ground: Ground, ns: str, name: str) -> str:
+    return f"{name}-head-svc.{ns}.svc.cluster.local"
+
+
+def serve_url(ns: str, name: str) -> str:
+    return f"http://{name}-serve-svc.{ns}.svc.cluster.local:8000"
+
+
+def dashboard(ns: str, name: str) -> str:
+    """The Ray dashboard through a head Service: the RayService's own (``<rayservice>-head-svc``,
+    created once it is Ready) or, given a RayCluster's name, that cluster's."""
+    return f"http://{name}-head-svc.{ns}.svc.cluster.local:8265"
+
+
+def http_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read().decode())
+
+
+def cluster_of(ground: Ground, ns: str) -> str:
+    """The RayCluster behind the deployment (its head Service exists from the start)."""
+    heads = pods(ground, ns, "ray.io/node-type=head")
+    return str(heads[0]["metadata"]["labels"]["ray.io/cluster"]) if heads else ""
+
+
+def ray_nodes(ns: str, name: str) -> list[dict[str, Any]]:
+    """Ray's own view of its nodes (the dashboard's state API), alive ones only."""
+    data = http_json(f"{dashboard(ns, name)}/api/v0/nodes?limit=100&detail=true")
+    result = data["data"]["result"]["result"]
+    return [n for n in result if n.get("state") == "ALIVE"]
+
+
+def rayservice(ground: Ground, ns: str, name: str) -> dict[str, Any] | None:
+    return get(ground.cluster, "rayservices.ray.io", name, ns)
+
+
+def k2t(ground: Ground, ns: str, name: str) -> dict[str, Any] | None:
+    return get(ground.cluster, "k2t", name, ns)
+
+
+def app_status(ground: Ground, ns: str, name: str) -> str | None:
+    rs = rayservice(ground, ns, name) or {}
+    apps = ((rs.get("status") or {}).get("activeServiceStatus") or {}).get(
+        "applicationStatuses"
+    ) or {}
+    app = apps.get("llm") or {}
+    return app.get("status")
+
+
+def wait(what: str, probe: Any, timeout: float) -> Any:
+    """Bounded polling until ``probe`` returns something truthy (``wait_for`` alone would take
+    an empty list for an answer), which is returned."""
+    return eventually(what, lambda: probe() or None, timeout=timeout)
+
+
+def stamp() -> float:
+    return time.monotonic()
+
+
+# ------------------------------------------------------------------------------ load
+@dataclass
+class StreamResult:
+    ok: bool
+    tokens: int
+    finish_reason: str | None
+    error: str | None
+    started: float
+    ended: float
+
+
+class Load:
+    """``clients`` threads, each streaming chat completions through the serve Service with the
+    official ``openai`` client until stopped (or once, with ``once=True``)."""
+
+    def __init__(self, base_url: str, clients: int, *, max_tokens: int, once: bool = False) -> None:
+        import threading
+
+        self.base_url = base_url
+        self.max_tokens = max_tokens
+        self.once = once
+        self.stop_event = threading.Event()
+        self.results: list[StreamResult] = []
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
+            for i in range(clients)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _one(self) -> StreamResult:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{self.base_url}/v1", api_key="none", timeout=900, max_retries=0)
+        started = time.monotonic()
+        tokens, finish = 0, None
+        try:
+            stream = client.chat.completions.create(
+                model=SERVED_NAME,
+                messages=[{"role": "user", "content": "Think step by step about autoscaling."}],
+                max_tokens=self.max_tokens,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            for chunk in stream:
+                if chunk.choices:
+                    tokens += 1
+                    finish = chunk.choices[0].finish_reason or finish
+            return StreamResult(finish is not None, tokens, finish, None, started, time.monotonic())
+        except Exception as exc:
+            return StreamResult(False, tokens, finish, repr(exc), started, time.monotonic())
+
+    def _run(self) -> None:
+        while True:
+            result = self._one()
+            with self._lock:
+                self.results.append(result)
+            if self.once or self.stop_event.is_set():
+                return
+
+    def stop(self, timeout: float = 900) -> list[StreamResult]:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout)
+        return list(self.results)
+
+    def failures(self) -> list[StreamResult]:
+        with self._lock:
+            return [r for r in self.results if not r.ok]
+
+
+def serve_replicas(ns: str, name: str) -> list[dict[str, Any]]:
+    """Replicas of the LLM deployment as Serve reports them (state, node IP)."""
+    data = http_json(f"{dashboard(ns, name)}/api/serve/applications/")
+    app = (data.get("applications") or {}).get("llm") or {}
+    for dname, dep in (app.get("deployments") or {}).items():
+        if dname.startswith("LLMServer"):
+            return list(dep.get("replicas") or [])
+    return []
+
+
+def replica_bundles(serve_config_v2: str) -> tuple[list[dict[str, float]], str]:
+    """The placement group Serve LLM asks for one replica of the rendered config: our bundles,
+    the replica actor's own CPU merged into the first, ``accelerator_type:<X>: 0.001`` on each
+    when the config pins a GPU type (Ray's ``LLMServer.get_deployment_options``)."""
+    import yaml
+
+    serve = yaml.safe_load(serve_config_v2)
+    llm = serve["applications"][0]["args"]["llm_configs"][0]
+    pg = llm["placement_group_config"]
+    bundles = [dict(b) for b in pg["bundles"]]
+    if llm.get("accelerator_type"):
+        for b in bundles:
+            b[f"accelerator_type:{llm['accelerator_type']}"] = 0.001
+    bundles[0]["CPU"] = bundles[0].get("CPU", 0) + 1
+    return bundles, str(pg["strategy"])
+
+
+#: A Ray driver run inside the head pod (``kubectl exec`` style): holds one placement group
+#: until its stdin closes, printing where Ray placed it.
+PG_DRIVER = """
+import json, sys
+import ray
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+bundles, strategy = json.loads(sys.argv[1]), sys.argv[2]
+pg = placement_group(bundles, strategy=strategy, name="k2think-replica-probe")
+ready = pg.wait(timeout_seconds=int(sys.argv[3]))
+table = placement_group_table(pg)
+print("K2T " + json.dumps({"ready": ready, "nodes": sorted(set(table["bundles_to_node_id"].values()))}), flush=True)
+sys.stdin.read()
+remove_placement_group(pg)
+print("K2T " + json.dumps({"removed": True}), flush=True)
+"""
+
+
+def driver_line(stream: Any) -> dict[str, Any]:
+    """The next ``K2T {json}`` line of the driver (Ray also prints autoscaler events there)."""
+    for line in stream:
+        if line.startswith("K2T "):
+            result: dict[str, Any] = json.loads(line[4:])
+            return result
+    return {}

@@ -1,0 +1,261 @@
+"""The chain on CPU, end to end, with real Ray processes behind KWOK's pods.
+
+One CPU-profile K2ThinkDeployment (the tiny model) autoscaling 1..3 over two CPU pools with room
+for one worker pod each (``e2e/campus/chain.yaml``), tests in file order on one deployment:
+
+1. the first replica runs in the first pool and serves through the RayService's serve Service;
+2. load -> Serve asks for a second replica -> Ray's autoscaler asks the first pool's group, whose
+   pod cannot be scheduled -> after ``autoscaling.poolFallbackSeconds`` it gives that pod up and
+   scales the second pool's group -> the pod lands there -> its Ray node joins -> the replica
+   serves;
+3. more load -> a third replica with every pool full -> ``CapacityBlocked`` with the scheduler's
+   message, and clients only queue (no request fails);
+4. load stops -> Serve scales in, the streams in flight (also on the replica being removed)
+   finish, and the autoscaler removes the idle worker pod and its Ray node.
+
+Times of each step are printed (``-rA``) and recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from chain_support import (
+    SERVED_NAME,
+    Ground,
+    Load,
+    app_status,
+    apply,
+    chain_deployment,
+    cluster_of,
+    cpu_pool,
+    k2t,
+    node_pool,
+    ray_nodes,
+    serve_replicas,
+    serve_url,
+    wait,
+    worker_pods,
+)
+
+from support import condition
+
+NS = "chain-cpu"
+NAME = "tiny"
+# Above a worker pod's real start-up here (Ray on 2 busy cores: up to ~70 s seen), else the
+# autoscaler gives up on a pod that is starting, not waiting for room.
+FALLBACK_S = 150
+TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def deployed(ground: Ground) -> Iterator[Ground]:
+    ground.cluster.kubectl("create", "namespace", NS, check=False)
+    doc = chain_deployment(
+        NAME,
+        NS,
+        ground.model_dir,
+        pools=[cpu_pool("cpu-a"), cpu_pool("cpu-b")],
+        autoscaling={
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "targetOngoingRequests": 2,
+            "upscaleDelaySeconds": 5,
+            "downscaleDelaySeconds": 10,
+            # Long enough that a fresh worker is not removed before Serve places its replica.
+            "idleTimeoutSeconds": 60,
+            "poolFallbackSeconds": FALLBACK_S,
+        },
+        graceful_shutdown=300,
+    )
+    apply(ground, doc)
+    yield ground
+    print("\nchain timings (s):", {k: round(v, 1) for k, v in TIMES.items()})
+    ground.cluster.kubectl("delete", "k2t", NAME, "-n", NS, "--wait=false", check=False)
+    wait(
+        "the CPU deployment's Ray pods to go",
+        lambda: (
+            not worker_pods(ground, NS)
+            and not ground.cluster.kubectl_json("get", "pods", "-n", NS)["items"]
+        ),
+        timeout=300,
+    )
+
+
+def _running_in(g: Ground, pool: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in worker_pods(g, NS)
+        if p.get("spec", {}).get("nodeName")
+        and node_pool(g, p["spec"]["nodeName"]) == pool
+        and p["status"].get("phase") == "Running"
+    ]
+
+
+def _pending(g: Ground) -> list[dict[str, Any]]:
+    return [p for p in worker_pods(g, NS) if not p.get("spec", {}).get("nodeName")]
+
+
+def _running_replicas_on(g: Ground, pod_names: set[str]) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in serve_replicas(NS, cluster_of(g, NS))
+        if r.get("state") == "RUNNING" and r.get("node_instance_id") in pod_names
+    ]
+
+
+def test_first_replica_serves_from_the_first_pool(deployed: Ground) -> None:
+    g = deployed
+    t0 = time.monotonic()
+    wait(
+        "KubeRay to report the Serve application RUNNING (read from the real dashboard)",
+        lambda: app_status(g, NS, NAME) == "RUNNING",
+        timeout=600,
+    )
+    TIMES["deploy_to_running"] = time.monotonic() - t0
+    workers = worker_pods(g, NS)
+    assert [node_pool(g, p["spec"]["nodeName"]) for p in workers] == ["cpu-a"]
+    wait(
+        "the cpu-a pod's Ray node in Ray's own node list (through the head Service)",
+        lambda: (
+            workers[0]["status"]["podIP"]
+            in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+        ),
+        timeout=120,
+    )
+    assert _running_replicas_on(g, {workers[0]["metadata"]["name"]})
+
+    ready = wait(
+        "the K2ThinkDeployment to be Ready",
+        lambda: (c := condition(k2t(g, NS, NAME), "Ready")) and c["status"] == "True" and c,
+        timeout=120,
+    )
+    assert ready["reason"] == "Serving"
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{serve_url(NS, NAME)}/v1", api_key="none", timeout=120)
+    reply = client.chat.completions.create(
+        model=SERVED_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
+    )
+    message = reply.choices[0].message
+    assert (message.content or getattr(message, "reasoning", None) or "") != ""
+
+
+LOAD: dict[str, Load] = {}
+
+
+def test_load_spills_over_to_the_second_pool_when_the_first_is_full(deployed: Ground) -> None:
+    g = deployed
+    url = serve_url(NS, NAME)
+    t0 = time.monotonic()
+    # Four clients with long streams: Serve's target of 2 ongoing requests asks for 2 replicas.
+    LOAD["base"] = Load(url, 4, max_tokens=600)
+    # Ray's autoscaler asks the first pool first (spec order): its pod cannot be scheduled.
+    wait(
+        "a worker pod of group cpu-a that the scheduler cannot place (the first pool is full)",
+        lambda: any(p["metadata"]["labels"].get("ray.io/group") == "cpu-a" for p in _pending(g)),
+        timeout=240,
+    )
+    TIMES["load_to_first_pool_pending"] = time.monotonic() - t0
+    t_pending = time.monotonic()
+    # After poolFallbackSeconds the autoscaler gives that pod up and scales the second pool.
+    pod_b = wait(
+        "a worker pod Running in pool cpu-b",
+        lambda: (pods_b := _running_in(g, "cpu-b")) and pods_b[0],
+        timeout=FALLBACK_S + 240,
+    )
+    TIMES["first_pool_pending_to_overflow_pod_running"] = time.monotonic() - t_pending
+    assert time.monotonic() - t_pending >= FALLBACK_S * 0.5  # not before the give-up time
+    name_b = pod_b["metadata"]["name"]
+    wait(
+        "the cpu-b pod's Ray node to join the cluster",
+        lambda: (
+            pod_b["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+        ),
+        timeout=180,
+    )
+    wait(
+        "a Serve replica RUNNING on the cpu-b pod",
+        lambda: _running_replicas_on(g, {name_b}),
+        # vLLM's start on a loaded 2-core machine: 90 s quiet, over 8 min seen at load 20.
+        timeout=900,
+    )
+    TIMES["load_to_second_replica_serving"] = time.monotonic() - t0
+    # The first pool still has exactly its one pod: the given-up pod is gone.
+    wait(
+        "the given-up cpu-a pod to be removed",
+        lambda: (
+            not any(p["metadata"]["labels"].get("ray.io/group") == "cpu-a" for p in _pending(g))
+        ),
+        timeout=120,
+    )
+    assert len(_running_in(g, "cpu-a")) == 1
+    assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
+
+
+def test_every_pool_full_is_capacity_blocked_and_clients_only_queue(deployed: Ground) -> None:
+    g = deployed
+    url = serve_url(NS, NAME)
+    t0 = time.monotonic()
+    # Eight more clients: Serve wants a third replica; both pools have no room left.
+    LOAD["more"] = Load(url, 8, max_tokens=300)
+    blocked = wait(
+        "CapacityBlocked=True on the K2ThinkDeployment",
+        lambda: (
+            (c := condition(k2t(g, NS, NAME), "CapacityBlocked")) and c["status"] == "True" and c
+        ),
+        timeout=300,
+    )
+    TIMES["third_replica_demand_to_capacity_blocked"] = time.monotonic() - t0
+    assert "cannot be scheduled" in blocked["message"]
+    assert "Insufficient cpu" in blocked["message"] or "didn't match" in blocked["message"], (
+        blocked["message"]
+    )
+    # Requests queue in Serve meanwhile: none has failed.
+    assert not LOAD["more"].failures(), LOAD["more"].failures()[:3]
+    assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
+
+
+def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: Ground) -> None:
+    g = deployed
+    url = serve_url(NS, NAME)
+    results = LOAD.pop("more").stop() + LOAD.pop("base").stop()
+    assert results and all(r.ok for r in results), [r for r in results if not r.ok][:3]
+    # Two long streams, one per replica (Serve's router picks the less busy one): Serve's demand
+    # drops to one replica while both are in flight, so one of them runs on the replica removed.
+    t0 = time.monotonic()
+    streams = Load(url, 2, max_tokens=3000, once=True)
+    stopping = wait(
+        "Serve to stop a replica (scale-in) while the streams run",
+        lambda: [
+            r
+            for r in serve_replicas(NS, cluster_of(g, NS))
+            if r.get("state") == "STOPPING" and r.get("node_instance_id")
+        ],
+        timeout=240,
+    )
+    in_flight_at_scale_in = [t for t in streams.threads if t.is_alive()]
+    drained = streams.stop(timeout=600)
+    assert all(r.ok and r.finish_reason == "length" for r in drained), drained
+    assert in_flight_at_scale_in, "no stream was in flight when Serve stopped a replica"
+    removed = stopping[0].get("node_instance_id")
+    wait(
+        f"the autoscaler to remove the idle worker pod {removed} and every pending pod",
+        lambda: len(ws := worker_pods(g, NS)) == 1 and ws[0]["metadata"]["name"] != removed,
+        timeout=480,
+    )
+    TIMES["load_stop_to_pod_gone"] = time.monotonic() - t0
+    wait(
+        "Ray to have the head and one worker node left",
+        lambda: len(ray_nodes(NS, cluster_of(g, NS))) == 2,
+        timeout=180,
+    )
+    wait(
+        "CapacityBlocked to clear",
+        lambda: (c := condition(k2t(g, NS, NAME), "CapacityBlocked")) and c["status"] == "False",
+        timeout=120,
+    )

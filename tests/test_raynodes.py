@@ -1,0 +1,113 @@
+"""The kubelet stand-in's pure parts (e2e/harness/raynodes.py): env and argv the Kubernetes way,
+and the hosts entries it derives from Services and EndpointSlices."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+
+from harness import raynodes
+
+POD = {
+    "metadata": {
+        "name": "tiny-raycluster-x-head-abc",
+        "namespace": "ns",
+        "uid": "u-1",
+        "labels": {"ray.io/cluster": "tiny-raycluster-x", "ray.io/group": "headgroup"},
+    },
+    "spec": {"nodeName": "kwok-head-0", "serviceAccountName": "tiny-raycluster-x"},
+    "status": {"podIP": "10.244.1.7"},
+}
+
+
+def test_expand_follows_kubernetes_rules() -> None:
+    env = {"A": "x", "B": "y"}
+    assert raynodes.expand("$(A)-$(B)", env) == "x-y"
+    assert raynodes.expand("$(MISSING)", env) == "$(MISSING)"
+    assert raynodes.expand("$$(A) costs $$5", env) == "$(A) costs $5"
+
+
+def test_env_resolves_fieldrefs_values_and_earlier_variables() -> None:
+    container = {
+        "name": "autoscaler",
+        "resources": {"limits": {"cpu": "500m", "memory": "512Mi"}},
+        "env": [
+            {
+                "name": "RAY_CLUSTER_NAME",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['ray.io/cluster']"}},
+            },
+            {
+                "name": "RAY_CLUSTER_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {
+                "name": "RAY_CLOUD_INSTANCE_ID",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "ADDR", "value": "$(MY_IP):6379"},
+            {
+                "name": "MEM_MI",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
+        ],
+        "command": ["/bin/bash", "-c", "--"],
+        "args": [
+            "ray kuberay-autoscaler --cluster-name $(RAY_CLUSTER_NAME) "
+            "--cluster-namespace $(RAY_CLUSTER_NAMESPACE)"
+        ],
+    }
+    env = raynodes.resolve_env(POD, container, lambda *_: None, {"PATH": "/v/bin"})
+    assert env["RAY_CLUSTER_NAME"] == "tiny-raycluster-x"
+    assert env["RAY_CLOUD_INSTANCE_ID"] == "tiny-raycluster-x-head-abc"
+    assert env["ADDR"] == "10.244.1.7:6379"
+    assert env["MEM_MI"] == "512"
+    assert env["PATH"] == "/v/bin"
+    argv = raynodes.container_argv(container, env)
+    assert argv[-1] == (
+        "ray kuberay-autoscaler --cluster-name tiny-raycluster-x --cluster-namespace ns"
+    )
+    assert raynodes.runs_ray(container)
+
+
+def test_a_missing_secret_is_an_error_unless_optional() -> None:
+    container: dict[str, Any] = {
+        "name": "c",
+        "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+    }
+    with pytest.raises(ValueError, match="not found"):
+        raynodes.resolve_env(POD, container, lambda *_: None)
+    container["env"][0]["valueFrom"]["secretKeyRef"]["optional"] = True
+    assert "T" not in raynodes.resolve_env(POD, container, lambda *_: None)
+
+
+def test_hosts_map_services_to_the_pods_behind_them() -> None:
+    services = [
+        {
+            "metadata": {"name": "tiny-head-svc", "namespace": "ns"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 6379}]},
+        },
+        {
+            "metadata": {"name": "tiny-serve-svc", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.3.4", "ports": [{"port": 8000, "targetPort": 8000}]},
+        },
+    ]
+
+    def eps(svc: str, *addrs: str) -> dict[str, Any]:
+        return {
+            "metadata": {"namespace": "ns", "labels": {"kubernetes.io/service-name": svc}},
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addrs],
+        }
+
+    slices = [eps("tiny-head-svc", "10.244.1.1"), eps("tiny-serve-svc", "10.244.1.1", "10.244.1.2")]
+    listening = {("10.244.1.1", 8000)}
+    hosts = raynodes.service_hosts(services, slices, lambda a, p: (a, p) in listening)
+    assert hosts["tiny-head-svc.ns.svc.cluster.local"] == ["10.244.1.1"]
+    assert hosts["tiny-head-svc.ns.svc"] == ["10.244.1.1"]
+    # A ClusterIP Service lists only endpoints whose port answers (probe + kube-proxy).
+    assert hosts["tiny-serve-svc.ns.svc.cluster.local"] == ["10.244.1.1"]
