@@ -188,8 +188,10 @@ def kuberay_ns(cluster: Cluster) -> Iterator[str]:
     try:
         yield name
     finally:
+        # Delete while KubeRay still runs: its finalizer on the RayService would otherwise keep
+        # the namespace (and a later CRD deletion, test_zz_kuberay_missing) waiting forever.
+        cluster.kubectl("delete", "namespace", name, "--timeout=180s", check=False)
         cluster.stop_kuberay()
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:

@@ -194,6 +194,11 @@ class RayHead:
         if self.auth_token is not None:
             env["RAY_AUTH_MODE"] = "token"
             env["RAY_AUTH_TOKEN"] = self.auth_token
+        else:
+            # Explicit: with RAY_AUTH_MODE unset, Ray 2.60 turns token auth on whenever
+            # ~/.ray/auth_token exists (authentication_token_setup.
+            # maybe_enable_token_auth_if_token_available), and any local ray.init() writes it.
+            env["RAY_AUTH_MODE"] = "disabled"
         return env
 
     def start(self, timeout: float = 180.0) -> None:
