@@ -333,8 +333,14 @@ class Kube:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""
-        group, version, plural = K2THINK.gvp
-        with self._call(f"{K2THINK.kind} status"):
+        await self._patch_status(K2THINK, namespace, name, status)
+
+    async def _patch_status(
+        self, api: Api, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge-patch ``status`` of one of our resources; an object already gone is no error."""
+        group, version, plural = api.gvp
+        with self._call(f"{api.kind} status"):
             try:
                 await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
                     group,
@@ -423,22 +429,8 @@ class Kube:
     async def patch_cache_status(
         self, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
-        group, version, plural = MODELCACHE.gvp
-        with self._call(f"{MODELCACHE.kind} status"):
-            try:
-                await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                    group,
-                    version,
-                    namespace,
-                    plural,
-                    name,
-                    {"status": dict(status)},
-                    field_manager=FIELD_MANAGER,
-                    _content_type=MERGE_CONTENT_TYPE,
-                )
-            except ApiException as error:
-                if error.status != 404:
-                    raise
+        """Merge-patch ``status`` of a K2ThinkModelCache through the status subresource."""
+        await self._patch_status(MODELCACHE, namespace, name, status)
 
 
 def emit_event(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
