@@ -29,7 +29,9 @@ def worker_pod(gpu_type: str, name: str, ns: str) -> dict[str, Any]:
             "parallelism": {"tensor": 8},
         }
     )
-    (rs,) = build_children(spec, plan_deployment(spec, name), name=name, namespace=ns)
+    # The RayService comes first; the token Secret and NetworkPolicies follow it.
+    rs = build_children(spec, plan_deployment(spec, name), name=name, namespace=ns)[0]
+    assert rs["kind"] == "RayService"
     (group,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     template = group["template"]
     return {

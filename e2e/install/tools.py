@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
@@ -385,13 +386,17 @@ def strip_finalizers(tools: Tools, namespace: str) -> None:
         )
 
 
+#: A 403 status in a log line; not the milliseconds of a timestamp like ``21:40:29,403``.
+HTTP_403 = re.compile(r"(?<![,.\d])\b403\b")
+
+
 def forbidden_lines(log: str, *allowed: str) -> list[str]:
     """Log lines that report an API call the operator was not allowed to make, except those
     naming one of ``allowed`` (URL parts of calls kopf is known to try and then do without)."""
     return [
         line
         for line in log.splitlines()
-        if ("403" in line or "Forbidden" in line or "forbidden" in line)
+        if (HTTP_403.search(line) or "Forbidden" in line or "forbidden" in line)
         and not any(a in line for a in allowed)
     ]
 
