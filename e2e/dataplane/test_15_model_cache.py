@@ -40,7 +40,7 @@ def test_serve_loads_the_cached_path_with_the_hub_offline(
     llm = config["applications"][0]["args"]["llm_configs"][0]
     assert llm["model_loading_config"]["model_source"] == str(cached_model_dir.resolve())
     client = openai.OpenAI(
-        base_url=served_app.openai_base_url, api_key="not-needed", timeout=120, max_retries=0
+        base_url=served_app.openai_base_url, api_key=served_app.api_key, timeout=120, max_retries=0
     )
     reply = client.chat.completions.create(
         model=served_app.served_name,

@@ -62,7 +62,7 @@ def prometheus(served_app: ServedApp) -> Iterator[Prometheus]:
 
 def _complete(app: ServedApp, i: int) -> int:
     client = openai.OpenAI(
-        base_url=app.openai_base_url, api_key="not-needed", timeout=300, max_retries=0
+        base_url=app.openai_base_url, api_key=app.api_key, timeout=300, max_retries=0
     )
     stream = client.chat.completions.create(
         model=app.served_name,
