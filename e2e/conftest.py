@@ -21,7 +21,7 @@ for path in (str(E2E), str(ROOT)):
         sys.path.insert(0, path)
 
 from harness import Cluster  # noqa: E402
-from support import STARTED  # noqa: E402
+from support import STARTED, namespace  # noqa: E402
 
 LOG_DIR = E2E / ".state" / "logs"
 
@@ -72,3 +72,10 @@ def cluster() -> Iterator[Cluster]:
 def log_dir() -> Path:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     return LOG_DIR
+
+
+@pytest.fixture
+def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of its own for one test (deleted after it)."""
+    with namespace(cluster, request.node.name) as name:
+        yield name

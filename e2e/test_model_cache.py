@@ -24,7 +24,6 @@ from support import (
     holds_for,
     items,
     load_example,
-    namespace,
 )
 
 CACHE = "k2think.dev/cache"
@@ -37,12 +36,6 @@ def operator(cluster: Cluster, log_dir: Path) -> Iterator[OperatorProcess]:
     op.start()
     yield op
     op.stop()
-
-
-@pytest.fixture
-def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    with namespace(cluster, request.node.name) as name:
-        yield name
 
 
 @pytest.fixture

@@ -57,12 +57,6 @@ def operator(cluster: Cluster, log_dir: Path) -> Iterator[OperatorProcess]:
     op.stop()
 
 
-@pytest.fixture
-def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    with namespace(cluster, request.node.name) as name:
-        yield name
-
-
 def rayservice(cluster: Cluster, name: str, ns: str) -> dict[str, Any] | None:
     return get(cluster, "rayservices.ray.io", name, ns)
 

@@ -31,7 +31,6 @@ from support import (
     holds_for,
     items,
     load_example,
-    namespace,
     unique_namespace,
 )
 
@@ -50,12 +49,6 @@ def operator(cluster: Cluster, log_dir: Path) -> Iterator[OperatorProcess]:
     op.start()
     yield op
     op.stop()
-
-
-@pytest.fixture
-def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    with namespace(cluster, request.node.name) as name:
-        yield name
 
 
 def secured_example(ns: str, **spec: Any) -> dict[str, Any]:
