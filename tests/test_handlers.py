@@ -1,68 +1,100 @@
-"""The kopf handler's translation of a reconcile's outcome into kopf's retry semantics.
+"""The K2ThinkDeployment event handler: each generation reconciled once, retries on our timer.
 
-kopf persists a retry's delay on the object, and that delay survives a restart of kopf; so what
-the handler raises decides how long a deployment waits after any failure.
+kopf's create/update handlers stored their progress and a retry's backoff on the object (a PATCH
+per handled change, and a delay that survived a restart); the event handler stores nothing, so
+these tests pin what replaced it: which events reconcile, and that a failure or a wait is tried
+again on the operator's own cadence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import pytest
 
 from k2think_operator import handlers
-from k2think_operator.config import OperatorConfig, current_config, set_config
-from k2think_operator.reconcile import Outcome
-
-BODY = kopf.Body({"metadata": {"name": "k2think", "namespace": "ns"}, "spec": {}})
-
-
-class FakeReconciler:
-    def __init__(self, result: Outcome | BaseException) -> None:
-        self.result = result
-
-    async def reconcile(self, body: Any, pods: Any) -> Outcome:
-        if isinstance(self.result, BaseException):
-            raise self.result
-        return self.result
+from k2think_operator.reconcile import Reconciler
+from tests.conftest import minimal_doc
+from tests.test_reconcile import RecordingKube, with_status
 
 
-@pytest.fixture(autouse=True)
-def retry_seconds() -> Iterator[int]:
-    before = current_config()
-    set_config(OperatorConfig(retry_seconds=7))
-    yield 7
-    set_config(before)
+def index(*bodies: Mapping[str, Any]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    return {(b["metadata"]["namespace"], b["metadata"]["name"]): [b] for b in bodies}
 
 
-def memo_with(result: Outcome | BaseException) -> kopf.Memo:
+def memo_for(reconciler: Reconciler) -> kopf.Memo:
     memo = kopf.Memo()
-    memo.reconciler = FakeReconciler(result)
+    memo.reconciler = reconciler
     return memo
 
 
-async def test_an_unexpected_error_is_retried_on_our_cadence_not_kopfs_minute() -> None:
-    memo = memo_with(RuntimeError("Session is closed"))
-    with pytest.raises(kopf.TemporaryError) as raised:
-        await handlers._reconcile(memo, BODY, {})  # type: ignore[arg-type]
-    assert raised.value.delay == 7
-    assert "Session is closed" in str(raised.value)
+async def send(memo: kopf.Memo, body: Mapping[str, Any], *, type: str | None = "MODIFIED") -> None:
+    meta = body["metadata"]
+    handler: Any = handlers.deployment_event  # kopf's decorator types it as its callback protocol
+    await handler(
+        type=type,
+        name=meta["name"],
+        namespace=meta["namespace"],
+        memo=memo,
+        deployments=index(body),
+        rayservices={},
+        ray_pods={},
+    )
 
 
-async def test_a_retry_reason_is_a_temporary_error_with_the_configured_delay() -> None:
-    memo = memo_with(Outcome(status={}, retry_reason="the RayService API is not available"))
-    with pytest.raises(kopf.TemporaryError) as raised:
-        await handlers._reconcile(memo, BODY, {})  # type: ignore[arg-type]
-    assert raised.value.delay == 7
+async def test_each_generation_is_reconciled_once_and_our_status_write_costs_nothing() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)
+    memo = memo_for(reconciler)
+    doc = with_status(minimal_doc(), {})
+    await send(memo, doc, type=None)  # the initial listing
+    assert len(kube.applies) == 1 and len(kube.status_patches) == 1
+    # Our own status write comes back as MODIFIED with the same generation: nothing to do.
+    await send(memo, with_status(doc, {"observedGeneration": 1}))
+    assert len(kube.applies) == 1 and len(kube.status_patches) == 1
+    # A new generation (a spec edit) is reconciled.
+    edited = copy.deepcopy(doc)
+    edited["metadata"]["generation"] = 2
+    edited["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4}
+    await send(memo, edited)
+    assert len(kube.applies) == 2
 
 
-async def test_an_invalid_spec_is_permanent_until_the_spec_changes() -> None:
-    memo = memo_with(Outcome(status={}, invalid=True))
-    with pytest.raises(kopf.PermanentError):
-        await handlers._reconcile(memo, BODY, {})  # type: ignore[arg-type]
+async def test_a_failed_reconcile_is_retried_on_our_cadence() -> None:
+    kube = RecordingKube(kuberay=False)
+    reconciler = Reconciler(kube, status_retry_seconds=0.05)
+    memo = memo_for(reconciler)
+    doc = with_status(minimal_doc(), {})
+    await send(memo, doc, type="ADDED")
+    assert kube.applies == []
+    kube.kuberay = True  # KubeRay installed: the armed retry applies without another event
+    for _ in range(100):
+        if kube.applies:
+            break
+        await asyncio.sleep(0.02)
+    assert len(kube.applies) == 1
 
 
-async def test_a_clean_outcome_returns() -> None:
-    await handlers._reconcile(memo_with(Outcome(status={})), BODY, {})  # type: ignore[arg-type]
+async def test_an_invalid_spec_waits_for_the_next_change() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube, status_retry_seconds=0.01)
+    memo = memo_for(reconciler)
+    doc = with_status(minimal_doc(parallelism={"tensor": 3}), {})
+    await send(memo, doc, type=None)
+    written = len(kube.status_patches)
+    await asyncio.sleep(0.1)
+    assert kube.applies == [] and len(kube.status_patches) == written
+
+
+async def test_a_deleted_deployment_is_forgotten() -> None:
+    kube = RecordingKube()
+    reconciler = Reconciler(kube)
+    memo = memo_for(reconciler)
+    doc = with_status(minimal_doc(), {})
+    await send(memo, doc, type=None)
+    assert reconciler._states
+    await send(memo, doc, type="DELETED")
+    assert not reconciler._states

@@ -273,8 +273,8 @@ async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> N
     # Unchanged: nothing is written again.
     await reconciler.reconcile(with_status(doc, first.status))
     assert len(kube.supporting_writes) == 4
-    # Resync pass (pods=None): everything applied again (drift repair); the token survives.
-    await reconciler.reconcile(with_status(doc, first.status), None)
+    # Resync pass: everything applied again (drift repair); the token survives.
+    await reconciler.reconcile(with_status(doc, first.status), None, resync=True)
     assert len(kube.supporting_writes) == 8
     again = kube.supporting[("Secret", "team-a", "demo-ray-token")]["stringData"]["auth_token"]
     assert again == token

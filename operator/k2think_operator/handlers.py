@@ -2,7 +2,17 @@
 
 Watches: K2ThinkDeployments (the API), our labelled RayServices (status and drift) and our
 labelled Ray pods (replica counts, capacity). Pods and RayServices are kept in kopf indexes so
-status refreshes cost no API reads, which matters on a campus with thousands of Ray pods.
+reconciles and status refreshes cost no API reads, which matters on a campus with thousands of
+Ray pods and hundreds of deployments. The indexes hold slimmed copies (``reconcile.slim``: no
+``managedFields``), the pods only a summary.
+
+K2ThinkDeployments are handled by a plain event handler, not kopf's create/update/resume
+handlers: those keep kopf's progress and last-handled configuration on the object (a PATCH of
+its annotations after every handled change, and a backoff that outlived a restart) and post
+kopf's own "Handler succeeded" Events. Reconcile is idempotent and compares before it writes,
+so it needs none of that: it runs for every generation it has not reconciled yet in this
+process (the initial listing at start-up included), retries on its own timer
+(``Reconciler._schedule_retry``), and is backed by the slow resync.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from k2think_operator.cachecontrol import reconcile_cache, revision_moved
 from k2think_operator.cachejob import CACHE_LABEL
 from k2think_operator.config import OperatorConfig, current_config
 from k2think_operator.kube import Kube, KubeError
-from k2think_operator.reconcile import Reconciler, summarize_pod
+from k2think_operator.reconcile import Reconciler, slim, summarize_pod
 from k2think_operator.render.meta import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from k2think_operator.status import PodSummary
 
@@ -91,7 +101,7 @@ async def resync_forever(
             if (body.get("metadata") or {}).get("deletionTimestamp"):
                 continue
             try:
-                await reconciler.reconcile(body, None)
+                await reconciler.reconcile(slim(body), None, resync=True)
             except Exception:  # one bad object must not stop the loop
                 log.exception("resync of %s failed", (body.get("metadata") or {}).get("name"))
 
@@ -110,14 +120,14 @@ def rayservices(
     meta: kopf.Meta, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     key = _owner_key(meta)
-    return {key: dict(body)} if key else {}
+    return {key: slim(body)} if key else {}
 
 
 @kopf.index(*K2THINK.gvp)
 def deployments(
     name: str, namespace: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): slim(body)}
 
 
 def _pods_of(
@@ -134,49 +144,59 @@ def _only(
     return None
 
 
+def _reconciler(
+    memo: kopf.Memo, rayservices: kopf.Index[tuple[str, str], dict[str, Any]]
+) -> Reconciler:
+    """The reconciler, reading live RayServices from kopf's index (no GET per reconcile)."""
+    reconciler: Reconciler = memo.reconciler
+    if reconciler.lookup is None:
+        reconciler.lookup = lambda key: _only(rayservices, key)
+    return reconciler
+
+
 # --- the K2ThinkDeployment itself --------------------------------------------------------------
 
 
 async def _reconcile(
-    memo: kopf.Memo, body: kopf.Body, ray_pods: kopf.Index[tuple[str, str], PodSummary]
+    reconciler: Reconciler, body: Mapping[str, Any], pods: list[PodSummary]
 ) -> None:
-    reconciler: Reconciler = memo.reconciler
-    key = (str(body.metadata.namespace), str(body.metadata.name))
+    """Reconcile; a failure is logged (the reconciler has armed its retry)."""
+    meta = body.get("metadata") or {}
     try:
-        outcome = await reconciler.reconcile(body, _pods_of(ray_pods, key))
-    except Exception as error:
-        # kopf's own answer to an unexpected error is a 60 s backoff stored on the object, which
-        # outlives a kopf restart: one request that failed while kopf was stopping (our client
-        # already closed) held the next reconcile back for a minute. Retry on our cadence.
-        log.exception("reconcile of %s/%s failed", *key)
-        raise kopf.TemporaryError(
-            f"reconcile failed: {error}", delay=current_config().retry_seconds
-        ) from error
-    if outcome.invalid:
-        raise kopf.PermanentError("invalid spec; see the InvalidSpec condition")
-    if outcome.retry_reason:
-        raise kopf.TemporaryError(outcome.retry_reason, delay=current_config().retry_seconds)
+        await reconciler.reconcile(body, pods)
+    except Exception:
+        log.exception("reconcile of %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 
-@kopf.on.resume(*K2THINK.gvp, id="reconcile-resume")
-@kopf.on.create(*K2THINK.gvp, id="reconcile-create")
-@kopf.on.update(*K2THINK.gvp, id="reconcile-update", field="spec")
-async def reconcile_deployment(
+@kopf.on.event(*K2THINK.gvp, id="deployment-event")
+async def deployment_event(
+    type: str | None,
+    name: str,
+    namespace: str,
     memo: kopf.Memo,
-    body: kopf.Body,
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
-    await _reconcile(memo, body, ray_pods)
+    """Reconcile each generation once (module docstring); forget a deleted deployment.
 
-
-@kopf.on.delete(*K2THINK.gvp, id="forget", optional=True)
-def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """Drop per-object state; children go with the garbage collector (owner references)."""
-    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
-    if reconciler is not None:
+    The body comes from our index (updated by kopf before handlers run), so the state and the
+    index share one slimmed copy.
+    """
+    key = (namespace, name)
+    reconciler = _reconciler(memo, rayservices)
+    if type == "DELETED":
+        # Children go with the garbage collector (owner references).
         reconciler.forget(namespace, name)
-    metrics.forget_deployment(namespace, name)
+        metrics.forget_deployment(namespace, name)
+        return
+    body = _only(deployments, key)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    if reconciler.seen(body):
+        return
+    await _reconcile(reconciler, body, _pods_of(ray_pods, key))
 
 
 # --- children ----------------------------------------------------------------------------------
@@ -187,14 +207,14 @@ async def rayservice_event(
     meta: kopf.Meta,
     memo: kopf.Memo,
     deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
     """KubeRay moved (status) or someone touched our RayService (drift): react at once.
 
-    The reconcile re-reads the RayService under the per-object lock instead of trusting the
-    event's body, which may predate our own last apply (the initial listing at start-up races
-    with the resume handler); it applies only when the live object lacks what we render.
+    The reconcile takes the RayService from the index (this event's version) or from our own
+    last apply when that is newer, and applies only when the live object lacks what we render.
     """
     key = _owner_key(meta)
     if key is None:
@@ -202,8 +222,7 @@ async def rayservice_event(
     owner = _only(deployments, key)
     if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
         return
-    reconciler: Reconciler = memo.reconciler
-    await reconciler.reconcile(owner, _pods_of(ray_pods, key))
+    await _reconcile(_reconciler(memo, rayservices), owner, _pods_of(ray_pods, key))
 
 
 @kopf.on.event(*PODS.gvp, labels=OURS, id="pod-event")
@@ -221,7 +240,7 @@ async def pod_event(
     owner = _only(deployments, key)
     if owner is None:
         return
-    reconciler: Reconciler = memo.reconciler
+    reconciler = _reconciler(memo, rayservices)
     await reconciler.refresh_status(owner, _only(rayservices, key), _pods_of(ray_pods, key))
 
 

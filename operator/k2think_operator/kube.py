@@ -20,6 +20,7 @@ import aiohttp
 import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.rest import RESTResponse
 
 from k2think_operator.apis import (
     APPLIED,
@@ -96,7 +97,9 @@ class KubeApi(Protocol):
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> str | None: ...
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]: ...
 
@@ -180,11 +183,17 @@ class Kube:
         return any(resource.name == plural for resource in (found.resources or []))
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply one namespaced custom object, taking ownership of its fields."""
+        """Server-side apply one namespaced custom object, taking ownership of its fields.
+
+        Returns the object as the API server stored it. The generated client decodes only an
+        HTTP 200 answer (``response_types_map`` of ``patch_namespaced_custom_object``), and an
+        apply that creates answers 201 with the same object: the body is read here instead
+        of asking for it again with a GET.
+        """
         api = APPLIED[(obj["apiVersion"], obj["kind"])]
         meta = obj["metadata"]
         with self._call(api.kind):
-            result = await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+            response = await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
                 api.group,
                 api.version,
                 meta["namespace"],
@@ -194,14 +203,12 @@ class Kube:
                 field_manager=FIELD_MANAGER,
                 force=True,
                 _content_type=APPLY_CONTENT_TYPE,
+                _preload_content=False,
             )
-        if result is None:
-            # The generated client only decodes HTTP 200; an apply that creates answers 201.
-            with self._call(api.plural):
-                result = await self._custom.get_namespaced_custom_object(
-                    api.group, api.version, meta["namespace"], api.plural, meta["name"]
-                )
-        return dict(result)
+            data = await response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException(http_resp=cast(Any, RESTResponse(response, data)))
+        return cast(dict[str, Any], json.loads(data))
 
     async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply a ConfigMap or NetworkPolicy we own (no read of the object)."""
@@ -331,18 +338,23 @@ class Kube:
                 _content_type=MERGE_CONTENT_TYPE,
             )
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource."""
-        await self._patch_status(K2THINK, namespace, name, status)
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> str | None:
+        """Merge-patch ``status`` of a K2ThinkDeployment through the status subresource.
+
+        Returns the object's new resourceVersion (None when it is gone).
+        """
+        return await self._patch_status(K2THINK, namespace, name, status)
 
     async def _patch_status(
         self, api: Api, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
+    ) -> str | None:
         """Merge-patch ``status`` of one of our resources; an object already gone is no error."""
         group, version, plural = api.gvp
         with self._call(f"{api.kind} status"):
             try:
-                await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                result = await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
                     group,
                     version,
                     namespace,
@@ -356,6 +368,9 @@ class Kube:
                 if error.status != 404:
                     raise
                 log.info("%s/%s is gone; status not written", namespace, name)
+                return None
+        stored = ((result or {}).get("metadata") or {}).get("resourceVersion")
+        return str(stored) if stored else None
 
     # --- the model cache (cachecontrol.py) ----------------------------------------------------
 

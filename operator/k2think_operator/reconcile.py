@@ -1,6 +1,9 @@
 """One reconcile, in four steps: read -> decide -> apply -> status.
 
-- read: the live RayService (``KubeApi.get_rayservice``); the pods come from kopf's index.
+- read: the live RayService from kopf's index of our RayServices (``Reconciler.lookup``; no API
+  read: the watch already holds it), or from our own last apply when that is newer than what
+  the watch has delivered yet; the slow resync alone GETs it (a safety net must not trust the
+  cache it backs up). The pods come from kopf's index too.
 - decide: ``decide(body)`` parses, plans and renders (pure); ``decision_events`` says what to
   tell a human. The CLI calls the same ``decide``.
 - apply: ``apply_children`` server-side applies what is missing or drifted (``needs_apply``),
@@ -231,17 +234,21 @@ async def write_status(
     current: Mapping[str, Any],
     desired: Mapping[str, Any],
     on_failure: Callable[[], None] | None = None,
+    on_written: Callable[[str | None, Mapping[str, Any]], None] | None = None,
 ) -> bool:
     """Merge-patch the status when it differs; True when it was written.
 
     ``on_failure`` runs when the write failed (e.g. a 503): the caller arms a retry, because
     nothing else would write this status before the next event or the slow resync.
+    ``on_written`` gets the object's new resourceVersion (when the API returned it) and the
+    status now stored, so the next reconcile does not take a body that predates this write
+    for a status that still needs writing.
     """
     patch = status_patch(current, desired)
     if patch is None:
         return False
     try:
-        await kube.patch_status(decision.namespace, decision.name, patch)
+        version = await kube.patch_status(decision.namespace, decision.name, patch)
     except KubeError as error:
         log.warning("status of %s/%s not written: %s", decision.namespace, decision.name, error)
         metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
@@ -249,7 +256,60 @@ async def write_status(
             on_failure()
         return False
     metrics.API_WRITES.labels("status").inc()
+    if on_written is not None:
+        on_written(version, desired)
     return True
+
+
+# --- what the watch has and what we wrote: pick the newer -------------------------------------
+
+
+def resource_version(obj: Mapping[str, Any] | None) -> int:
+    """An object's resourceVersion as a number; -1 when absent or not a number.
+
+    The API calls resourceVersion opaque, but the etcd3 storage every kube-apiserver uses makes
+    it etcd's modification revision, a number that only grows; the apiserver's own watch cache
+    compares them as numbers (k8s.io/apiserver/pkg/storage/etcd3 ``APIObjectVersioner``). Used
+    only to choose the newer of two copies of one object, never sent back.
+    """
+    try:
+        return int(str(((obj or {}).get("metadata") or {}).get("resourceVersion")))
+    except ValueError:
+        return -1
+
+
+def newer(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The copy with the higher resourceVersion (``a`` on a tie or when neither has one)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if resource_version(b) > resource_version(a) else a
+
+
+#: Annotations that only repeat the object (kubectl's client-side apply, kopf's bookkeeping of
+#: earlier operator versions): never read by the operator, often larger than the spec.
+BULKY_ANNOTATIONS = (
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "k2think.dev/last-handled-configuration",
+)
+
+
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an API object without what reconcile never reads (kept in indexes and state).
+
+    ``metadata.managedFields`` is most of a server-side-applied object's size; the bulky
+    annotations repeat the object. Everything else (spec, status, labels, annotations, owner
+    references, uid, generation, resourceVersion) stays: reconcile compares and reports them.
+    """
+    out = dict(obj)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and any(key in annotations for key in BULKY_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in BULKY_ANNOTATIONS}
+    out["metadata"] = meta
+    return out
 
 
 # --- per-deployment memory and the sequence -----------------------------------------------------
@@ -267,6 +327,16 @@ class DeploymentState:
     recheck: asyncio.TimerHandle | None = None
     #: The armed retry of a status write that failed, if any.
     status_retry: asyncio.TimerHandle | None = None
+    #: The armed retry of a reconcile that failed or must wait (``Outcome.retry_reason``).
+    retry: asyncio.TimerHandle | None = None
+    #: The generation last reconciled in this process (events of the same generation, e.g. our
+    #: own status writes coming back, need no reconcile).
+    generation: int | None = None
+    #: The RayService as our last apply returned it, until the watch delivers that version.
+    applied: dict[str, Any] | None = None
+    #: The resourceVersion and status of our last status write (the next event's body may
+    #: predate it).
+    written: tuple[int, Mapping[str, Any]] | None = None
     #: Last message told per once-only event reason (see ``Reconciler._unannounced``).
     announced: dict[str, str] = field(default_factory=dict)
     #: The cache revision last seen for ``spec.model.cacheRef`` and why there was none
@@ -303,6 +373,9 @@ class Reconciler:
         self._states: dict[tuple[str, str], DeploymentState] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
         self.supporting = SupportingObjects(kube)
+        #: Where the live RayService of (namespace, name) is found without an API call (the
+        #: handlers point it at kopf's index); None: read it from the API.
+        self.lookup: Callable[[tuple[str, str]], Mapping[str, Any] | None] | None = None
 
     def _state(self, decision: Decision) -> DeploymentState:
         return self._states.setdefault((decision.namespace, decision.name), DeploymentState())
@@ -311,7 +384,9 @@ class Reconciler:
         state = self._states.pop((namespace, name), None)
         self.supporting.forget(namespace, name)
         for timer in (
-            (state.recheck, state.queue_recheck, state.status_retry) if state is not None else ()
+            (state.recheck, state.queue_recheck, state.status_retry, state.retry)
+            if state is not None
+            else ()
         ):
             if timer is not None:
                 timer.cancel()
@@ -320,10 +395,17 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         pods: Iterable[PodSummary] | None = (),
+        *,
+        resync: bool = False,
     ) -> Outcome:
         """Converge the children of one K2ThinkDeployment and write its status.
 
         ``pods=None`` reuses the pods last seen for this object (the resync loop has no index).
+        ``resync``: the slow safety net: read the RayService from the API and re-apply the
+        supporting objects, trusting no cache.
+        A reconcile that must be retried (``Outcome.retry_reason``, or one that raised) is run
+        again after ``status_retry_seconds`` with the latest body seen; an invalid spec waits
+        for the next change of the spec.
         """
         started = time.monotonic()
         try:
@@ -336,16 +418,34 @@ class Reconciler:
         state.cache = (view, waiting)
         async with state.lock:
             try:
-                outcome = await self._converge(body, decision, state, resync=pods is None)
+                outcome = await self._converge(body, decision, state, resync=resync)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+                self._schedule_retry(state)
                 raise
             finally:
                 metrics.RECONCILE_TOTAL.labels(decision.namespace, decision.name).inc()
                 metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            state.generation = decision.generation
         if outcome.retry_reason:
             metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+            self._schedule_retry(state)
         return outcome
+
+    def seen(self, body: Mapping[str, Any]) -> bool:
+        """Remember ``body``; True when its generation was already reconciled in this process.
+
+        The handler of K2ThinkDeployment events calls it: an event of a generation already
+        reconciled (our own status write coming back, a label edit) needs no reconcile, only
+        the newer body for the timers.
+        """
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name")))
+        state = self._states.get(key)
+        if state is None:
+            return False
+        state.remember(body, None)
+        return state.generation is not None and state.generation == int(meta.get("generation") or 0)
 
     async def _converge(
         self,
@@ -355,10 +455,10 @@ class Reconciler:
         *,
         resync: bool = False,
     ) -> Outcome:
-        current = dict(body.get("status") or {})
+        current = self._current_status(body, state)
         # read
         try:
-            live = await self.kube.get_rayservice(decision.namespace, decision.name)
+            live = await self._read_live(decision, state, read=resync)
         except TransientApiError as error:
             # We learned nothing about the child: leave status as it is rather than report a
             # serving deployment as "RayService not found" because one GET failed.
@@ -373,6 +473,8 @@ class Reconciler:
             # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods that need them.
             blocked = await self._converge_supporting(decision, live, events, resync=resync)
             result = blocked or await apply_children(self.kube, decision, live)
+            if result.applied and result.live is not None:
+                state.applied = slim(result.live)
             if result.applied:
                 verb = r.EVENT_UPDATED if live is not None else r.EVENT_CREATED
                 events.append((False, verb, f"applied RayService {decision.name}"))
@@ -384,7 +486,12 @@ class Reconciler:
         # status
         status = self._desired_status(decision, body, result.live, state, result.failure)
         wrote = await write_status(
-            self.kube, decision, current, status, lambda: self._schedule_status_retry(state)
+            self.kube,
+            decision,
+            current,
+            status,
+            lambda: self._schedule_status_retry(state),
+            lambda version, stored: self._written(state, version, stored),
         )
         events = self._unannounced(state, events)
         for warning, reason, message in events:
@@ -434,13 +541,54 @@ class Reconciler:
         state = self._state(decision)
         state.remember(body, pods)
         async with state.lock:
-            current = dict(body.get("status") or {})
+            current = self._current_status(body, state)
+            rayservice = newer(rayservice, state.applied)
             # A still-standing apply failure stays visible while the child is absent.
             failure = previous_apply_failure(current) if rayservice is None else None
             status = self._desired_status(decision, body, rayservice, state, failure)
             return await write_status(
-                self.kube, decision, current, status, lambda: self._schedule_status_retry(state)
+                self.kube,
+                decision,
+                current,
+                status,
+                lambda: self._schedule_status_retry(state),
+                lambda version, stored: self._written(state, version, stored),
             )
+
+    async def _read_live(
+        self, decision: Decision, state: DeploymentState, *, read: bool
+    ) -> dict[str, Any] | None:
+        """The live RayService: from the watch's index (or our newer last apply), or a GET.
+
+        ``read``: GET it (the resync's safety net, or no index to look in).
+        """
+        key = (decision.namespace, decision.name)
+        if read or self.lookup is None:
+            live = await self.kube.get_rayservice(*key)
+            state.applied = None
+            return live
+        watched = self.lookup(key)
+        if state.applied is not None and resource_version(watched) >= resource_version(
+            state.applied
+        ):
+            state.applied = None  # the watch caught up: one copy is enough
+        found = newer(watched, state.applied)
+        return dict(found) if found is not None else None
+
+    @staticmethod
+    def _current_status(body: Mapping[str, Any], state: DeploymentState) -> dict[str, Any]:
+        """The status as stored: the body's, unless our last write is newer than the body."""
+        if state.written is not None:
+            version, stored = state.written
+            if resource_version(body) < version:
+                return dict(stored)
+            state.written = None  # the body includes it
+        return dict(body.get("status") or {})
+
+    @staticmethod
+    def _written(state: DeploymentState, version: str | None, stored: Mapping[str, Any]) -> None:
+        number = resource_version({"metadata": {"resourceVersion": version}})
+        state.written = (number, dict(stored)) if number >= 0 else None
 
     async def _cache_of(self, body: Mapping[str, Any]) -> tuple[CacheView | None, str | None]:
         """The verified revision of the cache ``spec.model.cacheRef`` names, or why there is
@@ -581,6 +729,26 @@ class Reconciler:
                 task.add_done_callback(self._background.discard)
 
         state.queue_recheck = loop.call_later(current_config().queue_recheck_seconds, fire)
+
+    def _schedule_retry(self, state: DeploymentState) -> None:
+        """Reconcile again after ``status_retry_seconds`` (a failed or waiting reconcile).
+
+        Our own timer rather than kopf's retries of a raised TemporaryError: those need kopf's
+        progress stored on the object (a patch per reconcile, and a backoff that outlived a
+        restart), and event handlers are not retried by kopf at all.
+        """
+        if state.retry is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            state.retry = None
+            if state.body is not None:
+                task = loop.create_task(self.reconcile(state.body, None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        state.retry = loop.call_later(self.status_retry_seconds, fire)
 
     def _schedule_status_retry(self, state: DeploymentState) -> None:
         """Reconcile again soon after a status write failed (e.g. a 503 from the API server).
