@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -105,20 +106,59 @@ def counting(cluster: Cluster) -> Iterator[CallWindow]:
         window.delta = Counter({k: v for k, v in after.items() if v > 0 and k[1]})
 
 
-def count_rayservices(cluster: Cluster, ns: str) -> int:
-    out = cluster.kubectl("get", "rayservices.ray.io", "-n", ns, "-o", "name", check=False)
-    return len([line for line in out.stdout.splitlines() if line.strip()])
+class AddedWatch:
+    """Counts ADDED watch events of RayServices in one namespace (``kubectl get --watch-only``).
 
+    A watch, not polling: a LIST of a thousand RayServices every few hundred milliseconds would
+    cost the API server more than what is measured. Started before the objects are written.
+    """
 
-def time_until_all_exist(cluster: Cluster, ns: str, n: int, started: float) -> float:
-    wait_for(
-        f"{n} RayServices in {ns}",
-        lambda: count_rayservices(cluster, ns) >= n,
-        timeout=1800,
-        interval=0.1,
-        max_interval=0.5,
-    )
-    return time.monotonic() - started
+    def __init__(self, cluster: Cluster, ns: str) -> None:
+        self.count = 0
+        self.changed = threading.Condition()
+        self.proc = subprocess.Popen(
+            [
+                str(cluster.bindir / "kubectl"),
+                "get",
+                "rayservices.ray.io",
+                "-n",
+                ns,
+                "--watch-only",
+                "--output-watch-events",
+                "-o",
+                "name",
+            ],
+            env=cluster.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        # The watch is open once kubectl has asked for it; its first request is discovery.
+        time.sleep(1.0)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("ADDED"):
+                with self.changed:
+                    self.count += 1
+                    self.changed.notify_all()
+
+    def wait(self, n: int, started: float, timeout: float = 1800) -> float:
+        """Seconds from ``started`` until ``n`` were added."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.count < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"only {self.count} of {n} RayServices after {timeout} s")
+                self.changed.wait(min(left, 1.0))
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def proc_status(pid: int, field_name: str) -> float:
@@ -182,11 +222,13 @@ class FloorRun:
     calls: CallWindow
 
 
-def start_operator(cluster: Cluster, name: str) -> OperatorProcess:
-    """The operator as it runs in production: all namespaces, default settings, not verbose."""
+def start_operator(cluster: Cluster, name: str, scope: tuple[str, ...] = ()) -> OperatorProcess:
+    """The operator as it runs in production: default settings, not verbose; every namespace,
+    or only those in ``scope``."""
     assert cluster.state_dir is not None
+    args = [f"--namespace={ns}" for ns in scope] or ["--all-namespaces"]
     return OperatorProcess(
-        args=["--all-namespaces"],
+        args=args,
         state_dir=cluster.state_dir,
         name=name,
         env={"KUBECONFIG": str(cluster.kubeconfig)},
@@ -224,29 +266,43 @@ def all_status_written(cluster: Cluster, ns: str, n: int) -> bool:
 
 def run_operator_phase(
     cluster: Cluster,
-    op: OperatorProcess,
     n: int,
     *,
     idle: float,
     prefix: str = "bench-operator",
+    own_namespace: bool = False,
 ) -> OperatorRun:
-    """Apply ``n`` deployments with ``op`` running; time, calls, memory, CPU, idle writes."""
-    assert op.proc is not None
+    """Start an operator, apply ``n`` deployments; time, calls, memory, CPU, idle writes.
+
+    ``own_namespace``: the operator watches only this phase's namespace (a campus benchmark
+    keeps earlier phases' objects around); otherwise every namespace.
+    """
     ns = unique_namespace(prefix)
     cluster.kubectl("create", "namespace", ns)
+    op = start_operator(cluster, f"operator-{ns}", (ns,) if own_namespace else ())
+    try:
+        return _measure(cluster, op, ns, n, idle)
+    finally:
+        op.stop()
+
+
+def _measure(cluster: Cluster, op: OperatorProcess, ns: str, n: int, idle: float) -> OperatorRun:
+    assert op.proc is not None
     docs = deployments(ns, n)
     payload = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     cpu_before = cpu_seconds(op.proc.pid)
+    watch = AddedWatch(cluster, ns)
     with counting(cluster) as calls:
         started = time.monotonic()
         cluster.kubectl("apply", "--server-side", "-f", "-", input=payload, timeout=1800)
-        seconds = time_until_all_exist(cluster, ns, n, started)
+        seconds = watch.wait(n, started)
+        watch.close()
         # Counted until every status is written: that is part of the job.
         wait_for(
             "status written for all",
             lambda: all_status_written(cluster, ns, n),
             timeout=1800,
-            interval=0.5,
+            interval=1.0,
         )
     run = OperatorRun(
         n=n,
@@ -257,15 +313,15 @@ def run_operator_phase(
     )
     if idle > 0:
         before = writes_counter(op)
-        watches = watch_modified(cluster, ns)
+        idle_watches = watch_modified(cluster, ns)
         with counting(cluster) as idle_calls:
             deadline = time.monotonic() + idle
             while time.monotonic() < deadline:  # the idle window is what is measured
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         seen = ""
-        for watch in watches:
-            watch.terminate()
-            seen += watch.communicate(timeout=10)[0]
+        for idle_watch in idle_watches:
+            idle_watch.terminate()
+            seen += idle_watch.communicate(timeout=10)[0]
         run.idle_seconds = idle
         run.idle_writes = writes_counter(op) - before
         run.idle_calls = idle_calls
@@ -282,6 +338,7 @@ def run_floor_phase(cluster: Cluster, n: int, *, prefix: str = "bench-floor") ->
     payload = json.dumps(
         {"apiVersion": "v1", "kind": "List", "items": floor_objects(deployments(ns, n))}
     )
+    watch = AddedWatch(cluster, ns)
     with counting(cluster) as calls:
         started = time.monotonic()
         cluster.kubectl(
@@ -293,8 +350,26 @@ def run_floor_phase(cluster: Cluster, n: int, *, prefix: str = "bench-floor") ->
             input=payload,
             timeout=1800,
         )
-        seconds = time_until_all_exist(cluster, ns, n, started)
+        seconds = watch.wait(n, started)
+        watch.close()
     return FloorRun(n=n, seconds=seconds, calls=calls)
+
+
+def print_summary(run: OperatorRun, floor: FloorRun) -> None:
+    n = run.n
+    print(f"deployments                      {n}")
+    print(f"operator: all RayServices exist  {run.seconds:8.2f} s")
+    print(f"floor: direct server-side apply  {floor.seconds:8.2f} s")
+    print(f"ratio operator / floor           {run.seconds / floor.seconds:8.2f}")
+    print(f"operator peak RSS                {run.peak_rss_mib:8.1f} MiB")
+    print(f"operator CPU per deployment      {run.cpu_seconds / n * 1000:8.1f} ms")
+    if run.idle_seconds:
+        print(
+            f"operator writes while idle       {run.idle_writes:8.0f} in {run.idle_seconds:.0f} s"
+        )
+        print(f"API writes while idle            {run.idle_api_writes:8d}")
+        print(f"MODIFIED events while idle       {run.idle_modified:8d}")
+    print_calls(run, floor)
 
 
 def print_calls(op: OperatorRun, floor: FloorRun) -> None:
@@ -324,23 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cluster = Cluster.start(name="bench", kuberay=False)
     try:
-        op = start_operator(cluster, "operator-bench")
-        try:
-            run = run_operator_phase(cluster, op, args.n, idle=args.idle)
-        finally:
-            op.stop()
+        run = run_operator_phase(cluster, args.n, idle=args.idle)
         floor = run_floor_phase(cluster, args.n)
 
-        print(f"deployments                      {args.n}")
-        print(f"operator: all RayServices exist  {run.seconds:8.2f} s")
-        print(f"floor: direct server-side apply  {floor.seconds:8.2f} s")
-        print(f"ratio operator / floor           {run.seconds / floor.seconds:8.2f}")
-        print(f"operator peak RSS                {run.peak_rss_mib:8.1f} MiB")
-        print(f"operator CPU per deployment      {run.cpu_seconds / args.n * 1000:8.1f} ms")
-        print(f"operator writes while idle       {run.idle_writes:8.0f} in {args.idle:.0f} s")
-        print(f"API writes while idle            {run.idle_api_writes:8d}")
-        print(f"MODIFIED events while idle       {run.idle_modified:8d}")
-        print_calls(run, floor)
+        print_summary(run, floor)
         return 0
     finally:
         if cluster.owned:

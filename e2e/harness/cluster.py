@@ -547,6 +547,26 @@ class Cluster:
         self._start("kwok", kwok_argv, env={"HOME": str(kwok_home)})
         self._t0 = t0
 
+    def restart_scheduler(self, profile: str | Path | None, timeout: float = 60.0) -> None:
+        """Run kube-scheduler again with another KubeSchedulerConfiguration profile (None: the
+        defaults), on the same port and kubeconfig: one campus compares scheduler profiles
+        (e2e/bench/campus.py) without building 1,000 nodes twice."""
+        assert self.state_dir is not None
+        old = self.procs.get("kube-scheduler")
+        if old is not None:
+            old.stop(20)
+        self.scheduler_profile = Path(profile).resolve() if profile else None
+        sched_kc = self.state_dir / "kubeconfigs" / "scheduler"
+        port = self.ports["scheduler"]
+        self._start(
+            "kube-scheduler",
+            commands.build_scheduler_argv(
+                self.bindir, kubeconfig=sched_kc, port=port, config=self._scheduler_config(sched_kc)
+            ),
+        )
+        self._wait("kube-scheduler to serve", lambda: _tcp_open(port), timeout, "kube-scheduler")
+        self._save()
+
     def _scheduler_config(self, kubeconfig: Path) -> Path | None:
         if self.scheduler_profile is None:
             return None
