@@ -168,5 +168,20 @@ helm-lint:
 	done
 
 ## e2e-install: the install suite alone (chart, manifests, least privilege) on its own campus
+## bench-campus: campus-scale benchmark (not in CI, ~20-30 min; docs/benchmarks.md): 1,000 KWOK GPU
+## nodes, convergence at N=100/500/1000 vs the floor, memory, idle writes, placement vs CP-SAT
+.PHONY: bench-campus
+BENCH_VENV ?= .venv-bench
+BENCH_ARGS ?=
+bench-campus: venv binaries $(BENCH_VENV)/.installed
+	$(PY) -u e2e/bench/campus.py --solver-python $(BENCH_VENV)/bin/python \
+		--json e2e/.state/campus-bench.json $(BENCH_ARGS)
+
+# OR-Tools in a venv of its own: its protobuf pin conflicts with Ray's in .venv.
+$(BENCH_VENV)/.installed: e2e/bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -r e2e/bench/requirements.txt
+	touch $@
+
 e2e-install: venv binaries
 	$(PY) -m pytest -q -p no:cacheprovider e2e/install

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         report["gpus"] = sum(p.count * (p.gpus or 0) for p in cluster.campus.pools)
         report["control_plane_mib_after_start"] = control_plane_memory(cluster)
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         for n in sizes:
             run = convergence.run_operator_phase(
                 cluster, n, idle=args.idle if n == max(sizes) else 0.0, own_namespace=True
@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                     "idle_calls": dict(run.idle_calls.rows()),
                 }
             )
-        report["convergence"] = rows
+            report["convergence"] = rows
+            save(report, args.json)
         report["control_plane_mib_after_convergence"] = control_plane_memory(cluster)
 
         if args.placement:
@@ -335,20 +336,27 @@ def main(argv: list[str] | None = None) -> int:
                 "gpus": sum(w.replicas * w.tensor for w in demand),
                 "by_tp": dict(Counter(w.tensor for w in demand)),
             }
-            cluster.start_kuberay()
-            results = [run_placement(cluster, demand, "default")]
-            cluster.restart_scheduler(GPU_BINPACKING_PROFILE)
-            results.append(run_placement(cluster, demand, "bin-packing"))
-            report["placement"] = [asdict(r) for r in results]
             report["placement_optimum"] = packing_optimum(
                 nodes_per_pool, demand, args.solver_python
             )
+            cluster.start_kuberay()
+            results = [run_placement(cluster, demand, "default")]
+            report["placement"] = [asdict(r) for r in results]
+            save(report, args.json)
+            cluster.restart_scheduler(GPU_BINPACKING_PROFILE)
+            results.append(run_placement(cluster, demand, "bin-packing"))
+            report["placement"] = [asdict(r) for r in results]
     finally:
         cluster.stop()
+        save(report, args.json)
     print_report(report)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True))
     return 0
+
+
+def save(report: dict[str, Any], path: str | None) -> None:
+    """Write what is measured so far (a long run that fails late keeps its figures)."""
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2, sort_keys=True))
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -107,7 +107,7 @@ def counting(cluster: Cluster) -> Iterator[CallWindow]:
 
 
 class AddedWatch:
-    """Counts ADDED watch events of RayServices in one namespace (``kubectl get --watch-only``).
+    """Counts RayServices added in one namespace, from a watch (``kubectl get --watch-only``).
 
     A watch, not polling: a LIST of a thousand RayServices every few hundred milliseconds would
     cost the API server more than what is measured. Started before the objects are written.
@@ -123,8 +123,7 @@ class AddedWatch:
                 "rayservices.ray.io",
                 "-n",
                 ns,
-                "--watch-only",
-                "--output-watch-events",
+                "--watch",
                 "-o",
                 "name",
             ],
@@ -132,15 +131,20 @@ class AddedWatch:
             stdout=subprocess.PIPE,
             text=True,
         )
+        # List, then watch: objects written before kubectl got its watch open (it may start
+        # slowly on a busy machine) come with the list, so none is missed.
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
-        # The watch is open once kubectl has asked for it; its first request is discovery.
-        time.sleep(1.0)
 
     def _read(self) -> None:
+        # ``-o name`` prints one line per event without its type (``--output-watch-events``
+        # adds the type only to structured output): the first line of a name is its ADDED.
         assert self.proc.stdout is not None
+        names: set[str] = set()
         for line in self.proc.stdout:
-            if line.startswith("ADDED"):
+            name = line.strip()
+            if name and name not in names:
+                names.add(name)
                 with self.changed:
                     self.count += 1
                     self.changed.notify_all()
@@ -245,7 +249,6 @@ def watch_modified(cluster: Cluster, ns: str) -> list[subprocess.Popen[str]]:
                 "-n",
                 ns,
                 "--watch-only",
-                "--output-watch-events",
                 "-o",
                 "name",
             ],
@@ -326,7 +329,9 @@ def _measure(cluster: Cluster, op: OperatorProcess, ns: str, n: int, idle: float
         run.idle_writes = writes_counter(op) - before
         run.idle_calls = idle_calls
         run.idle_api_writes = idle_calls.writes()
-        run.idle_modified = len([line for line in seen.splitlines() if line.startswith("MODIFIED")])
+        # Every object exists already: each line of the watch (``-o name``: one line per event,
+        # no type) is a MODIFIED (or DELETED) event.
+        run.idle_modified = len([line for line in seen.splitlines() if line.strip()])
         run.peak_rss_mib = proc_status(op.proc.pid, "VmHWM")
     return run
 
