@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "n": n,
                     "operator_s": round(run.seconds, 2),
+                    "input_apply_s": round(run.input_seconds, 2),
                     "floor_s": round(floor.seconds, 2),
                     "ratio": round(run.seconds / floor.seconds, 2),
                     "peak_rss_mib": round(run.peak_rss_mib, 1),
@@ -367,11 +368,15 @@ def print_report(report: dict[str, Any]) -> None:
         mem = report.get(key) or {}
         print(f"  {key}: {sum(mem.values()):.0f} MiB {mem}")
     print()
-    print("| N | operator | floor | ratio | calls/dep (floor) | writes/dep | peak RSS | CPU/dep |")
+    print(
+        "| N | operator (input apply) | floor | ratio | calls/dep (floor) | writes/dep "
+        "| peak RSS | CPU/dep |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in report.get("convergence", []):
         print(
-            f"| {r['n']} | {r['operator_s']} s | {r['floor_s']} s | {r['ratio']} | "
+            f"| {r['n']} | {r['operator_s']} s ({r.get('input_apply_s')} s) | {r['floor_s']} s | "
+            f"{r['ratio']} | "
             f"{r['calls_per_deployment']} ({r['floor_calls_per_deployment']}) | "
             f"{r['writes_per_deployment']} | {r['peak_rss_mib']} MiB | "
             f"{r['cpu_ms_per_deployment']} ms |"
