@@ -463,7 +463,8 @@ def test_scale_up_before_the_first_cluster_serves_is_not_a_new_slice(
     running_workers(campus, "auto", ns, 3)
     (wl,) = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
     counts = {ps["name"]: ps["count"] for ps in wl["spec"]["podSets"]}
-    assert counts == {"head": 1, "h100": 1}, counts
+    # k2t-ingress: the OpenAI ingress's CPU group (#15), one more PodSet of the workload.
+    assert counts == {"head": 1, "h100": 1, "k2t-ingress": 1}, counts
     obj = k2t(campus, "auto", ns)
     assert cond(obj, "Admitted")["status"] == "True"
 
@@ -483,7 +484,7 @@ def test_worked_example_is_admitted_by_tenant_a(
     workloads = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
     (wl,) = workloads
     assert wl["spec"]["priorityClassRef"]["name"] == "production", wl["spec"]
-    assert [ps["name"] for ps in wl["spec"]["podSets"]] == ["head", "h100"]
+    assert [ps["name"] for ps in wl["spec"]["podSets"]] == ["head", "h100", "k2t-ingress"]
     explained = campus.kubectl("explain", "k2t.spec.scheduling.queueName").stdout
     assert "Kueue LocalQueue" in explained, explained
 

@@ -230,5 +230,7 @@ def test_kuberay_gives_every_ray_container_the_token_and_only_the_autoscaler_cre
             assert SA_TOKEN_PATH in _mounts(autoscaler)
             assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
             assert "/etc/k2think/api-keys" in _mounts(ray)
+        elif role == "ray-ingress":  # the ingress CPU group (#15) runs ingress replicas too
+            assert "/etc/k2think/api-keys" in _mounts(ray)
         else:
             assert "/etc/k2think/api-keys" not in _mounts(ray)
