@@ -156,6 +156,7 @@ def test_kuberay_turns_gcs_fault_tolerance_into_redis_settings(
         if w["metadata"]["labels"].get("app.kubernetes.io/component") == "ray-ingress"
     ]
     assert ingress_pods, [w["metadata"]["labels"] for w in workers]
+    _ingress_pod_is_a_ray_pod_of_the_policies(cluster, ns, head, gpu_workers, ingress_pods[0])
 
     def ingress_node_pool() -> str | None:
         pods = items(cluster, "pods", ns, "app.kubernetes.io/component=ray-ingress")
@@ -166,6 +167,46 @@ def test_kuberay_turns_gcs_fault_tolerance_into_redis_settings(
         return str(node["metadata"]["labels"].get("k2think.dev/pool"))
 
     assert eventually("the ingress pod scheduled", ingress_node_pool, timeout=120) == "cpu"
+
+
+def _selected(selector: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """matchLabels of a podSelector (the only form our policies use) against a pod's labels."""
+    assert set(selector) <= {"matchLabels"}, selector
+    labels = pod["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _ingress_pod_is_a_ray_pod_of_the_policies(
+    cluster: Cluster,
+    ns: str,
+    head: dict[str, Any],
+    gpu_workers: list[dict[str, Any]],
+    ingress_pod: dict[str, Any],
+) -> None:
+    """Ray token auth and NetworkPolicies are on (the defaults since #16). This test ground has
+    no CNI enforcing policies, so what is checked is what the policies say, as the API server
+    stored them: every policy of the deployment selects the ingress pod (it takes the same
+    rules as the head and workers: serve traffic on 8000 from callers, metrics, KubeRay's
+    calls), and the rule "any port from the deployment's own Ray pods" has the head, the GPU
+    workers and the ingress pod on both ends, so the ingress replicas reach the GCS and the
+    model replicas and the head's proxy reaches them. KubeRay gives its container the token."""
+    policies = {p["metadata"]["name"]: p for p in items(cluster, "networkpolicies", ns)}
+    assert {"k2think-ray-internal", "k2think-serve"} <= set(policies), sorted(policies)
+    for name, policy in policies.items():
+        assert _selected(policy["spec"]["podSelector"], ingress_pod), name
+    (own,) = [
+        rule for rule in policies["k2think-ray-internal"]["spec"]["ingress"] if "ports" not in rule
+    ]
+    (peer,) = own["from"]
+    assert set(peer) == {"podSelector"}, peer  # this namespace, every port
+    for pod in [head, *gpu_workers, ingress_pod]:
+        assert _selected(peer["podSelector"], pod), pod["metadata"]["name"]
+        assert _selected(policies["k2think-ray-internal"]["spec"]["podSelector"], pod)
+    (serve_rule,) = policies["k2think-serve"]["spec"]["ingress"]
+    assert serve_rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    env = _env(ingress_pod)
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "k2think-ray-token"
 
 
 def test_a_large_fleet_without_it_is_warned_about(
