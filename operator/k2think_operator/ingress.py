@@ -39,12 +39,15 @@ SERVE_LLM_DEFAULT_INGRESS_OPTIONS: dict[str, object] = {
     "max_ongoing_requests": int(1e9),
     "autoscaling_config": {"target_ongoing_requests": int(1e9)},
 }
-#: CPU seconds one ingress replica spends per request (fixed part) and per streamed token.
-#: PROVISIONAL: an order-of-magnitude estimate for a Python ASGI hop that relays SSE chunks,
-#: until e2e/bench/ingress_capacity.py (``make bench-ingress``) records a figure in
-#: docs/benchmarks.md, "Ingress capacity"; override with spec.serving.ingress.
-INGRESS_CPU_SECONDS_PER_REQUEST = 0.02
-INGRESS_CPU_SECONDS_PER_TOKEN = 0.0005
+#: CPU seconds one ingress replica spends per request (fixed part) and per streamed token,
+#: measured: docs/benchmarks.md, "Ingress capacity" (``make bench-ingress``,
+#: e2e/bench/ingress_capacity.py, 2026-12-01): Ray's per-actor CPU of the
+#: ``ServeReplica:llm:OpenAiIngress`` actor over 40 one-token and 40 256-token streams at 8
+#: concurrent, solved for both; measured 0.02097 s per request and 0.2824 ms per token at ~46
+#: tokens/s per stream (one SSE chunk per token), i.e. ~48 requests/s or ~3 500 tokens/s per CPU.
+#: Rounded here; spec.serving.ingress overrides the target per deployment.
+INGRESS_CPU_SECONDS_PER_REQUEST = 0.021
+INGRESS_CPU_SECONDS_PER_TOKEN = 0.00028
 #: Tokens/s one reasoning stream receives from a GPU replica under batching (vLLM decode of a
 #: 32B-70B model on H100/H200-class GPUs at full batch), and its typical length in tokens.
 STREAM_TOKENS_PER_SECOND = 40
