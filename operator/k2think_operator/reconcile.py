@@ -493,7 +493,7 @@ class Reconciler:
                 if queue_retry and not result.retry:
                     result = ApplyResult(result.live, result.applied, result.failure, queue_retry)
         # status
-        status = self._desired_status(decision, body, result.live, state, result.failure)
+        status = self._desired_status(decision, body, current, result.live, state, result.failure)
         wrote = await write_status(
             self.kube,
             decision,
@@ -554,7 +554,7 @@ class Reconciler:
             rayservice = newer(rayservice, state.applied)
             # A still-standing apply failure stays visible while the child is absent.
             failure = previous_apply_failure(current) if rayservice is None else None
-            status = self._desired_status(decision, body, rayservice, state, failure)
+            status = self._desired_status(decision, body, current, rayservice, state, failure)
             return await write_status(
                 self.kube,
                 decision,
@@ -614,11 +614,17 @@ class Reconciler:
         self,
         decision: Decision,
         body: Mapping[str, Any],
+        current: Mapping[str, Any],
         rayservice: Mapping[str, Any] | None,
         state: DeploymentState,
         failure: ApplyFailure | None,
     ) -> dict[str, Any]:
-        """Observe, compute the status, and arm the capacity re-check (one path for both)."""
+        """Observe, compute the status, and arm the capacity re-check (one path for both).
+
+        ``current`` is the status as stored (``_current_status``: our last write when the body
+        predates it), so conditions keep their lastTransitionTime and an unchanged status is
+        not written again.
+        """
         observation = observe(
             decision,
             body,
@@ -627,10 +633,10 @@ class Reconciler:
             failure,
             unschedulable_grace=self.unschedulable_grace,
             gcs_ft_replica_threshold=self.gcs_ft_replica_threshold,
-            queue=state.queue or view_from_status((body.get("status") or {}).get("queue")),
+            queue=state.queue or view_from_status(current.get("queue")),
         )
         self._schedule_recheck(observation, state)
-        status = build_status(observation, body.get("status") or {}, now_rfc3339())
+        status = build_status(observation, current, now_rfc3339())
         status = with_cache_condition(status, decision, now_rfc3339())
         metrics.observe_deployment(
             decision.namespace, decision.name, decision.plan, status, observation.pods
