@@ -61,8 +61,11 @@ class RecordingKube(KubeApi):
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> str | None:
         self.status_patches.append(copy.deepcopy(dict(status)))
+        return None
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         return []
