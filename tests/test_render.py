@@ -105,6 +105,14 @@ def test_serve_config_shape() -> None:
     assert cfg["placement_group_config"] == {"bundles": [{"GPU": 1}] * 4, "strategy": "STRICT_PACK"}
 
 
+def test_replicas_keep_serves_log_handler() -> None:
+    """vLLM left to configure logging closes Serve's replica log handler, and a restarted Serve
+    controller then replaces every replica (reloads weights) instead of recovering it."""
+    for example in ("k2think.yaml", "k2think-v2.yaml", "k2think-multipool.yaml"):
+        cfg = llm_config(rayservice_of(load_example(example)))
+        assert cfg["runtime_env"]["env_vars"]["VLLM_CONFIGURE_LOGGING"] == "0", example
+
+
 def test_worker_group_matches_plan() -> None:
     rs = rayservice_of(load_example("k2think.yaml"))
     cluster = rs["spec"]["rayClusterConfig"]

@@ -20,6 +20,20 @@ APP_NAME = "llm"
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 MODEL_MOUNT_ROOT = "/mnt/models"
 
+#: Environment of every LLM replica process (``LLMConfig.runtime_env``, which Ray 2.60 gives the
+#: replica actor and the engine workers: ``ray/llm/_internal/serve/core/configs/llm_config.py``).
+#: ``VLLM_CONFIGURE_LOGGING=0``: by default vLLM runs ``logging.config.dictConfig`` when its engine
+#: starts inside the replica (``vllm/logger.py``, ``configure_logging_if_needed``), which closes
+#: every existing handler, Serve's per-replica ``MemoryHandler`` included. A restarted Serve
+#: controller (a head crash under GCS fault tolerance, or a controller crash) then fails
+#: ``is_allocated()`` on each replica it recovers (``ray/serve/_private/logging_utils.py``,
+#: ``get_component_logger_file_path``: ``AttributeError`` on the closed handler) and replaces
+#: every LLM replica, reloading the weights GCS FT was meant to keep (found on the chain test
+#: ground, docs/serving-path.md). With 0 vLLM's loggers propagate to the handlers Ray set up.
+#: Rendered here, not on the containers, so it reaches running clusters through
+#: ``serveConfigV2`` in place instead of rebuilding every Ray cluster on an operator upgrade.
+REPLICA_ENV_VARS: dict[str, str] = {"VLLM_CONFIGURE_LOGGING": "0"}
+
 
 def model_source(spec: K2ThinkDeploymentSpec) -> str | dict[str, str]:
     """Translate the spec's source URI into what LLMConfig.model_loading_config accepts."""
@@ -124,6 +138,7 @@ def build_llm_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict
         "engine_kwargs": build_engine_kwargs(spec, plan),
         "deployment_config": build_deployment_config(spec, plan),
         "placement_group_config": build_placement_group_config(plan),
+        "runtime_env": {"env_vars": dict(REPLICA_ENV_VARS)},
     }
     accelerator_types = {p.ray_accelerator_type for p in plan.pools}
     if len(accelerator_types) == 1 and None not in accelerator_types:
