@@ -40,6 +40,11 @@ RAY_ENV = {
     # Ray's node health check: 10 s timeout x 5 failures by default; vLLM start-up starves it.
     "RAY_health_check_timeout_ms": "30000",
     "RAY_health_check_failure_threshold": "10",
+    # vLLM-CPU's KV cache: an explicit 1 GiB (plenty for the tiny model at maxModelLen 4096 and
+    # 16 sequences) instead of a share of the host's memory, which also skips the warm-up
+    # forward pass vLLM runs to size the cache (vllm/v1/worker/cpu_worker.py,
+    # CPUWorker._should_warm_up_model): replicas start faster on 2 busy cores.
+    "VLLM_CPU_KVCACHE_SPACE": "1",
 }
 
 
