@@ -132,7 +132,7 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
         # KubeRay refuses resource settings in both rayStartParams and the group's resources,
         # so all of them go in `resources` (it turns GPU into --num-gpus, the rest into
         # --resources, and the Ray autoscaler reads the same field).
-        "rayStartParams": {"dashboard-host": "0.0.0.0"},
+        "rayStartParams": {"dashboard-host": "0.0.0.0", **AGENT_PORT_PARAMS},
         "resources": {"GPU": "0", HEAD_RESOURCE: str(HEAD_RESOURCE_CAPACITY)},
         "template": {
             "metadata": {
@@ -153,6 +153,17 @@ def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]
         amounts[pool_plan.resource_name] = str(gpus)
     # Requests equal limits: the scheduler must see exactly what the plan needs.
     return {"limits": dict(amounts), "requests": dict(amounts)}
+
+
+#: Fixed ports for the Ray node's dashboard agent (gRPC) and runtime-env agent, on the head and
+#: every worker. With these left at 0 (random), the raylet waits for each agent to write its
+#: port file and aborts when that takes longer than a hard-coded 15 s (Ray 2.60
+#: ``src/ray/raylet/node_manager.cc``, ``NodeManager::WaitForDashboardAgentPorts``; ray#65983):
+#: on a busy node the agents' Python start-up takes longer, ``ray start`` fails and the pod has
+#: to be replaced. Given ports are not waited for. Each pod has its own network namespace, so
+#: fixed ports cannot collide between pods; 52365 (agent HTTP) and 8080 (metrics) are already
+#: fixed by KubeRay.
+AGENT_PORT_PARAMS = {"dashboard-agent-grpc-port": "52366", "runtime-env-agent-port": "52367"}
 
 
 def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
@@ -218,7 +229,7 @@ def build_worker_group(
         "replicas": replicas,
         "minReplicas": minimum,
         "maxReplicas": maximum,
-        "rayStartParams": {},
+        "rayStartParams": dict(AGENT_PORT_PARAMS),
         "template": {
             "metadata": {
                 "labels": {
