@@ -155,15 +155,16 @@ def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]
     return {"limits": dict(amounts), "requests": dict(amounts)}
 
 
-#: Fixed ports for the Ray node's dashboard agent (gRPC) and runtime-env agent, on the head and
-#: every worker. With these left at 0 (random), the raylet waits for each agent to write its
-#: port file and aborts when that takes longer than a hard-coded 15 s (Ray 2.60
-#: ``src/ray/raylet/node_manager.cc``, ``NodeManager::WaitForDashboardAgentPorts``; ray#65983):
-#: on a busy node the agents' Python start-up takes longer, ``ray start`` fails and the pod has
-#: to be replaced. Given ports are not waited for. Each pod has its own network namespace, so
-#: fixed ports cannot collide between pods; 52365 (agent HTTP) and 8080 (metrics) are already
-#: fixed by KubeRay.
-AGENT_PORT_PARAMS = {"dashboard-agent-grpc-port": "52366", "runtime-env-agent-port": "52367"}
+#: A fixed port for the Ray node's runtime-env agent, on the head and every worker. The raylet
+#: waits for each agent port it was not given to appear in a port file, each wait bounded by a
+#: hard-coded 15 s, and aborts past it (Ray 2.60 ``src/ray/raylet/node_manager.cc``,
+#: ``WaitForDashboardAgentPorts`` / ``WaitForRuntimeEnvAgentPort``; ray#65983): a given port
+#: is one wait less on a busy node. Each pod has its own network namespace, so a fixed port
+#: cannot collide between pods (KubeRay already fixes 52365 and 8080). The dashboard agent's
+#: gRPC port stays random on purpose: fixing it removes the wait for its file, and then the
+#: next wait (its HTTP port, which ``ray start`` cannot pass to the raylet) has to cover the
+#: agent's whole start-up within one 15 s bound instead of two.
+AGENT_PORT_PARAMS = {"runtime-env-agent-port": "52367"}
 
 
 def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
