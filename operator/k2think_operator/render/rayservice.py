@@ -132,7 +132,7 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
         # KubeRay refuses resource settings in both rayStartParams and the group's resources,
         # so all of them go in `resources` (it turns GPU into --num-gpus, the rest into
         # --resources, and the Ray autoscaler reads the same field).
-        "rayStartParams": {"dashboard-host": "0.0.0.0"},
+        "rayStartParams": {"dashboard-host": "0.0.0.0", **AGENT_PORT_PARAMS},
         "resources": {"GPU": "0", HEAD_RESOURCE: str(HEAD_RESOURCE_CAPACITY)},
         "template": {
             "metadata": {
@@ -153,6 +153,18 @@ def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]
         amounts[pool_plan.resource_name] = str(gpus)
     # Requests equal limits: the scheduler must see exactly what the plan needs.
     return {"limits": dict(amounts), "requests": dict(amounts)}
+
+
+#: A fixed port for the Ray node's runtime-env agent, on the head and every worker. The raylet
+#: waits for each agent port it was not given to appear in a port file, each wait bounded by a
+#: hard-coded 15 s, and aborts past it (Ray 2.60 ``src/ray/raylet/node_manager.cc``,
+#: ``WaitForDashboardAgentPorts`` / ``WaitForRuntimeEnvAgentPort``; ray#65983): a given port
+#: is one wait less on a busy node. Each pod has its own network namespace, so a fixed port
+#: cannot collide between pods (KubeRay already fixes 52365 and 8080). The dashboard agent's
+#: gRPC port stays random on purpose: fixing it removes the wait for its file, and then the
+#: next wait (its HTTP port, which ``ray start`` cannot pass to the raylet) has to cover the
+#: agent's whole start-up within one 15 s bound instead of two.
+AGENT_PORT_PARAMS = {"runtime-env-agent-port": "52367"}
 
 
 def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
@@ -218,7 +230,7 @@ def build_worker_group(
         "replicas": replicas,
         "minReplicas": minimum,
         "maxReplicas": maximum,
-        "rayStartParams": {},
+        "rayStartParams": dict(AGENT_PORT_PARAMS),
         "template": {
             "metadata": {
                 "labels": {
