@@ -1,5 +1,11 @@
 """Issue #15's head-failure proof on the chain ground: a head crash with and without GCS FT.
 
+NOT COLLECTED YET (not named ``test_*.py``): it ran once (2026-12-02, ``e2e/chain/run.sh -k
+head_crash`` with this file as ``test_30_head_failure.py``) and the GCS-FT test failed for a
+reason found in Ray Serve + vLLM (see ``VLLM_LOGGING_ENV``); the fix below has not run yet.
+Where it stands: docs/serving-path.md "How this is proven". To collect it, rename it to
+``test_30_head_failure.py`` once ``e2e/chain/run.sh -k head_crash`` passes.
+
 One two-replica CPU deployment per test (one replica per CPU pool, ``maxNodes: 1`` each, so both
 worker pods start at once), each in its own namespace and removed at the end:
 
@@ -61,6 +67,17 @@ DEPLOY_S = 900.0
 RECOVERY_S = 420.0
 STREAM_END_S = 180.0
 FIGURES: dict[str, Any] = {}
+
+#: vLLM's own logging set-up (``VLLM_CONFIGURE_LOGGING=1``, its default) runs
+#: ``logging.config.dictConfig`` when the engine starts in the replica process
+#: (``vllm/v1/engine/async_llm.py`` -> ``vllm/logger.py``, ``configure_logging_if_needed``);
+#: ``dictConfig`` closes every existing handler, Serve's ``MemoryHandler`` included (its
+#: ``target`` becomes None). A restarted Serve controller then calls ``is_allocated()`` on each
+#: replica it recovers, which reads that handler (``ray/serve/_private/logging_utils.py``,
+#: ``get_component_logger_file_path``), raises ``AttributeError`` and the controller stops the
+#: replica: every LLM replica reloads despite GCS FT (first run of this test, 2026-12-02). With
+#: the variable at 0 vLLM leaves logging alone.
+VLLM_LOGGING_ENV = {"name": "VLLM_CONFIGURE_LOGGING", "value": "0"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -130,6 +147,8 @@ def two_replicas(
         pools=[{**cpu_pool("cpu-a"), "maxNodes": 1}, {**cpu_pool("cpu-b"), "maxNodes": 1}],
         autoscaling={"minReplicas": 2, "maxReplicas": 2, "idleTimeoutSeconds": 600},
     )
+    # See VLLM_LOGGING_ENV: without it no replica survives a Serve controller restart.
+    doc["spec"]["ray"]["env"].append(VLLM_LOGGING_ENV)
     if ft is not None:
         doc["spec"]["ray"]["gcsFaultTolerance"] = ft
     t0 = time.monotonic()
