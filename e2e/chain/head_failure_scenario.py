@@ -227,7 +227,7 @@ def new_head_running(g: Ground, ns: str, old_uid: str) -> bool:
 def served(base: str) -> bool:
     body = {"model": SERVED_NAME, "prompt": "hi", "max_tokens": 4}
     with contextlib.suppress(httpx.HTTPError):
-        return httpx.post(f"{base}/v1/completions", json=body, timeout=30).status_code == 200
+        return bool(httpx.post(f"{base}/v1/completions", json=body, timeout=30).status_code == 200)
     return False
 
 
