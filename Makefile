@@ -80,6 +80,12 @@ test-cache: venv binaries
 test-dataplane:
 	bash e2e/dataplane/run.sh
 
+## bench-ingress: CPU s of the Serve LLM ingress and proxy per request / 1k tokens (heavy lock; not in `test`)
+.PHONY: bench-ingress
+bench-ingress:
+	bash e2e/dataplane/install.sh
+	flock /tmp/k2t-heavy.lock unshare -n bash -c 'ip link set lo up && exec .venv-dataplane/bin/python e2e/bench/ingress_capacity.py'
+
 ## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
 .PHONY: test-chain
 test-chain: venv binaries

@@ -463,7 +463,8 @@ def test_scale_up_before_the_first_cluster_serves_is_not_a_new_slice(
     running_workers(campus, "auto", ns, 3)
     (wl,) = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
     counts = {ps["name"]: ps["count"] for ps in wl["spec"]["podSets"]}
-    assert counts == {"head": 1, "h100": 1}, counts
+    # k2t-ingress: the OpenAI ingress's CPU group (#15), one more PodSet of the workload.
+    assert counts == {"head": 1, "h100": 1, "k2t-ingress": 1}, counts
     obj = k2t(campus, "auto", ns)
     assert cond(obj, "Admitted")["status"] == "True"
 
@@ -483,7 +484,7 @@ def test_worked_example_is_admitted_by_tenant_a(
     workloads = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
     (wl,) = workloads
     assert wl["spec"]["priorityClassRef"]["name"] == "production", wl["spec"]
-    assert [ps["name"] for ps in wl["spec"]["podSets"]] == ["head", "h100"]
+    assert [ps["name"] for ps in wl["spec"]["podSets"]] == ["head", "h100", "k2t-ingress"]
     explained = campus.kubectl("explain", "k2t.spec.scheduling.queueName").stdout
     assert "Kueue LocalQueue" in explained, explained
 
@@ -517,3 +518,34 @@ def test_tp4_replicas_pack_onto_one_node_leaving_a_whole_node_for_tp8(
     assert big["spec"]["nodeName"] not in nodes
     gpus = big["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"]
     assert gpus == "8"
+
+
+def test_seven_pools_keep_the_ingress_on_the_head_within_kueues_podsets(
+    campus: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    """Kueue admits a workload of at most 8 PodSets: the head and 7 worker groups
+    (``raycluster.ValidateCreate``, its webhook refuses more). With 7 pools the ingress CPU group
+    (#15) would be a 9th PodSet: placement auto keeps the ingress on the head, capped at its
+    spare CPUs, with a PlanWarning; Kueue's webhook takes the RayService and admits it."""
+    cq = f"{ns}-cq"
+    apply_doc(campus, cluster_queue(cq, ns, h100_gpus=8))
+    apply_doc(campus, local_queue("team", ns, cq))
+    doc = deployment("wide", ns, queue="team")
+    base = doc["spec"]["pools"][0]
+    doc["spec"]["pools"] = [{**base, "name": f"p{i}"} for i in range(7)]
+    # More ingress replicas than the head's spare CPUs: without Kueue, the CPU group.
+    doc["spec"]["serving"] = {"ingress": {"maxReplicas": 16}}
+    apply_doc(campus, doc)
+    obj = admission(campus, "wide", ns, "Admitted")
+    ingress = obj["status"]["plan"]["ingress"]
+    assert ingress["placement"] == "head", ingress
+    assert "Kueue" in ingress["explanation"], ingress
+    has_event(campus, "wide", ns, "PlanWarning")
+    rs = rayservice(campus, "wide", ns)
+    assert rs is not None
+    groups = [g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    assert groups == [f"p{i}" for i in range(7)], groups
+    (wl,) = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
+    assert [ps["name"] for ps in wl["spec"]["podSets"]] == ["head", *groups]
+    assert cond(obj, "Degraded")["status"] == "False"
+    running_workers(campus, "wide", ns, 1)

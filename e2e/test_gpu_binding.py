@@ -15,7 +15,7 @@ from typing import Any
 from harness import Cluster
 from k2think_operator.planner import plan_deployment
 from k2think_operator.render import build_children
-from k2think_operator.spec import parse_spec
+from k2think_operator.spec import INGRESS_GROUP, parse_spec
 from support import eventually, get, namespace
 
 TOLERATE_GPUS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -29,10 +29,15 @@ def worker_pod(gpu_type: str, name: str, ns: str) -> dict[str, Any]:
             "parallelism": {"tensor": 8},
         }
     )
-    # The RayService comes first; the token Secret and NetworkPolicies follow it.
+    # The RayService comes first (then the token Secret and NetworkPolicies, render/security.py);
+    # beside the pool's group it carries the ingress CPU group (render/ingress_group.py).
     rs = build_children(spec, plan_deployment(spec, name), name=name, namespace=ns)[0]
     assert rs["kind"] == "RayService"
-    (group,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (group,) = [
+        g
+        for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        if g["groupName"] != INGRESS_GROUP
+    ]
     template = group["template"]
     return {
         "apiVersion": "v1",

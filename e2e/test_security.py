@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 
 from harness import Cluster
+from k2think_operator.planner import plan_deployment
 from k2think_operator.render.security import (
     INGRESS_PYTHONPATH,
     SA_TOKEN_PATH,
     ingress_module_source,
 )
+from k2think_operator.spec import parse_spec
 from support import (
     OperatorProcess,
     apply_doc,
@@ -199,12 +201,19 @@ def test_kuberay_gives_every_ray_container_the_token_and_only_the_autoscaler_cre
     cluster: Cluster, operator: OperatorProcess, kuberay_ns: str
 ) -> None:
     ns = kuberay_ns
-    apply_doc(cluster, secured_example(ns))
+    doc = secured_example(ns)
+    apply_doc(cluster, doc)
+    wanted = {"ray-head", "ray-worker"}
+    # The example's fleet puts the OpenAI ingress on its CPU group (#15, ingress.py): that pod
+    # runs ingress replicas, so it must carry the token and the API keys like the head.
+    ingress = plan_deployment(parse_spec(doc["spec"]), "k2think").ingress
+    if ingress is not None and ingress.placement == "cpuGroup":
+        wanted.add("ray-ingress")
 
     def pods() -> list[dict[str, Any]] | None:
         found = items(cluster, "pods", ns, "app.kubernetes.io/instance=k2think")
         roles = {p["metadata"]["labels"].get("app.kubernetes.io/component") for p in found}
-        return found if {"ray-head", "ray-worker"} <= roles else None
+        return found if wanted <= roles else None
 
     found = eventually("head and worker pods made by KubeRay", pods, timeout=180)
     token_ref = {"secretKeyRef": {"name": "k2think-ray-token", "key": "auth_token"}}
@@ -229,6 +238,8 @@ def test_kuberay_gives_every_ray_container_the_token_and_only_the_autoscaler_cre
             assert _env(autoscaler)["RAY_AUTH_TOKEN"]["valueFrom"] == token_ref
             assert SA_TOKEN_PATH in _mounts(autoscaler)
             assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
+            assert "/etc/k2think/api-keys" in _mounts(ray)
+        elif role == "ray-ingress":  # the ingress CPU group (#15) runs ingress replicas too
             assert "/etc/k2think/api-keys" in _mounts(ray)
         else:
             assert "/etc/k2think/api-keys" not in _mounts(ray)

@@ -51,6 +51,16 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec.autoscaling",
         "!has(self.i",
     ),
+    (
+        {"ray": {"gcsFaultTolerance": {"redisAddress": "r:6379", "externalStorageNamespace": "x"}}},
+        "spec",
+        "!has(self.ray)",
+    ),
+    (
+        {"serving": {"ingress": {"minReplicas": 3, "maxReplicas": 2}}},
+        "spec.serving.ingress",
+        "!has(self.minReplicas)",
+    ),
     ({"scheduling": {"priorityClassName": "production"}}, "spec.scheduling", "!has(self.prio"),
     (
         {
@@ -65,6 +75,15 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec",
         "!has(self.scheduling) || !has(self.scheduling.queueName) || self.pools",
     ),
+    (
+        {
+            "scheduling": {"queueName": "q"},
+            "serving": {"ingress": {"placement": "cpuGroup"}},
+            "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(7)],
+        },
+        "spec",
+        "!has(self.scheduling) || !has(self.scheduling.queueName) || !has(self.serving)",
+    ),
 ]
 
 #: Documents right at the edges of the same rules, which both the API server and models accept.
@@ -78,6 +97,12 @@ ACCEPTED: list[dict[str, Any]] = [
     {"model": {"preset": "k2-think-v2"}},
     {"model": {"preset": "k2-think", "cacheRef": "weights"}},
     {"pools": [CPU_POOL], "model": {"preset": "custom", "architecture": ARCH, "cacheRef": "c"}},
+    {"ray": {"gcsFaultTolerance": {"redisAddress": "redis-ha.ray-system.svc:6379"}}},
+    {"serving": {"ingress": {"minReplicas": 2, "maxReplicas": 2}}},
+    {
+        "upgradeStrategy": "None",
+        "ray": {"gcsFaultTolerance": {"redisAddress": "r:6379", "externalStorageNamespace": "x"}},
+    },
     {"scheduling": {"queueName": "q", "priorityClassName": "production"}},
     {"scheduling": {}},
     # Without a queue, 8 pools and a pool named head are fine (Kueue's limits do not apply).
@@ -86,6 +111,12 @@ ACCEPTED: list[dict[str, Any]] = [
     {
         "scheduling": {"queueName": "q"},
         "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(7)],
+    },
+    # The ingress group beside 6 pools is the 7th worker group; auto beside 7 stays on the head.
+    {
+        "scheduling": {"queueName": "q"},
+        "serving": {"ingress": {"placement": "cpuGroup"}},
+        "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(6)],
     },
 ]
 
@@ -137,7 +168,7 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    assert len(all_rules()) == 12  # 8, 3 for spec.scheduling (Kueue), 1 for cacheRef
+    assert len(all_rules()) == 15  # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue)
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

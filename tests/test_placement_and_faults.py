@@ -17,7 +17,7 @@ import pytest
 from k2think_operator.catalog import ACCELERATORS
 from k2think_operator.kube import TransientApiError
 from k2think_operator.reconcile import Reconciler
-from k2think_operator.spec import InvalidSpec, parse_spec
+from k2think_operator.spec import INGRESS_GROUP, InvalidSpec, parse_spec
 from tests.conftest import minimal_doc
 from tests.test_reconcile import RecordingKube
 from tests.test_render import rayservice_of
@@ -26,10 +26,11 @@ ROCM_IMAGE = "registry.example/ray-llm:2.60.0-py311-rocm"
 
 
 def _workers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pools' worker groups (not the ingress CPU group every GPU cluster also carries)."""
     groups: list[dict[str, Any]] = rayservice_of(doc)["spec"]["rayClusterConfig"][
         "workerGroupSpecs"
     ]
-    return groups
+    return [g for g in groups if g["groupName"] != INGRESS_GROUP]
 
 
 # --- pools that mix GPU vendors ----------------------------------------------------------------

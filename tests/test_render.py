@@ -13,7 +13,7 @@ from k2think_operator.planner import plan_deployment
 from k2think_operator.render import build_children, render_yaml
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION
 from k2think_operator.render.rayservice import multiply_quantity
-from k2think_operator.spec import parse_spec
+from k2think_operator.spec import INGRESS_GROUP, parse_spec
 from tests.conftest import ROOT, load_example, minimal_doc
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -33,6 +33,11 @@ def render_doc(doc: dict[str, Any], uid: str | None = None) -> list[dict[str, An
 
 def rayservice_of(doc: dict[str, Any]) -> dict[str, Any]:
     return render_doc(doc)[0]
+
+
+def gpu_groups(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pools' worker groups (without the ingress CPU group, tests/test_ingress.py)."""
+    return [g for g in cluster["workerGroupSpecs"] if g["groupName"] != INGRESS_GROUP]
 
 
 def test_golden(example_name: str) -> None:
@@ -105,7 +110,7 @@ def test_worker_group_matches_plan() -> None:
     cluster = rs["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["resources"]["GPU"] == "0"
-    (group,) = cluster["workerGroupSpecs"]
+    (group,) = gpu_groups(cluster)
     pod = group["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
@@ -126,13 +131,13 @@ def test_fixed_replicas_render_num_replicas() -> None:
     assert cfg["deployment_config"]["num_replicas"] == 2
     assert "autoscaling_config" not in cfg["deployment_config"]
     assert cfg["engine_kwargs"]["kv_cache_dtype"] == "fp8"
-    (group,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (group,) = gpu_groups(rs["spec"]["rayClusterConfig"])
     assert group["replicas"] == 2
 
 
 def test_multipool_has_one_group_per_pool_and_no_accelerator_pin() -> None:
     rs = rayservice_of(load_example("k2think-multipool.yaml"))
-    groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    groups = gpu_groups(rs["spec"]["rayClusterConfig"])
     assert [g["groupName"] for g in groups] == ["h200", "h100"]
     assert [g["maxReplicas"] for g in groups] == [8, 16]  # pool capacity in worker pods
     assert "accelerator_type" not in llm_config(rs)  # two GPU types serve one deployment

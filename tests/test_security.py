@@ -29,6 +29,7 @@ from k2think_operator.render.security import (
     INGRESS_PYTHONPATH,
     SA_TOKEN_PATH,
 )
+from k2think_operator.spec import INGRESS_GROUP
 from k2think_operator.supporting import supporting_children
 from tests.conftest import ROOT, minimal_doc
 from tests.test_reconcile import RecordingKube, with_status
@@ -227,15 +228,26 @@ def test_api_keys_switch_to_the_key_checking_ingress() -> None:
     (configmap,) = of_kind(items, "ConfigMap")
     assert owned(configmap, doc)
     assert configmap["data"] == {"k2think_api_key_ingress.py": INGRESS_FILE.read_text()}
+    # The ingress sizing and placement of #15 (ingress.py) stay beside the key-checking class:
+    # build_openai_app merges ingress_deployment_config over the class's default options.
+    deployment = args["ingress_deployment_config"]
+    assert deployment["autoscaling_config"]["max_replicas"] >= 1
+    assert deployment["ray_actor_options"]["num_cpus"] == 1
     head, *workers = pod_specs(items)
     for pod in [head, *workers]:
         (container,) = pod["containers"]
         assert {"name": "PYTHONPATH", "value": INGRESS_PYTHONPATH} in container["env"]
         assert any(m["mountPath"] == INGRESS_PYTHONPATH for m in container["volumeMounts"])
-    # The keys only where the ingress runs (the head), never on GPU workers.
+    # The keys only where the ingress runs (the head and the ingress CPU group), never on GPU
+    # workers.
     keys = {"name": "api-keys", "secret": {"secretName": "openai-keys", "defaultMode": 0o440}}
+    groups = cluster(items)["workerGroupSpecs"]
+    (ingress_pod,) = [g["template"]["spec"] for g in groups if g["groupName"] == INGRESS_GROUP]
+    gpu_workers = [g["template"]["spec"] for g in groups if g["groupName"] != INGRESS_GROUP]
+    assert gpu_workers
     assert keys in head["volumes"]
-    assert all(keys not in w["volumes"] for w in workers)
+    assert keys in ingress_pod["volumes"]
+    assert all(keys not in w["volumes"] for w in gpu_workers)
 
 
 # ------------------------------------------------------------------------------ determinism

@@ -194,6 +194,7 @@ def test_every_condition_carries_generation_and_message() -> None:
         "Degraded",
         "InvalidSpec",
         "CapacityBlocked",
+        "GcsFaultToleranceOff",
     ]
     for cond in status["conditions"]:
         assert (

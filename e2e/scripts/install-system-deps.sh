@@ -10,10 +10,14 @@
 #              Prometheus on loopback against the operator and the Ray head (docs/observability.md).
 #              Installed with --no-install-recommends; nothing is started (the tests start their
 #              own server with a temporary TSDB).
+#   redis-server -- the external Redis of GCS fault tolerance in the chain suite's head-failure
+#              scenario (e2e/chain/head_failure_scenario.py, a draft not yet collected by pytest);
+#              the suite starts its own instance inside its network namespace, the package's
+#              service is not used.
 set -euo pipefail
 
-PACKAGES=(lua5.4 prometheus)
-COMMANDS=(lua5.4 promtool)
+PACKAGES=(lua5.4 prometheus redis-server)
+COMMANDS=(lua5.4 promtool redis-server)
 
 missing=()
 for i in "${!COMMANDS[@]}"; do

@@ -14,8 +14,9 @@ import yaml
 from k2think_operator import __version__
 from k2think_operator.apis import K2THINK, MODELCACHE
 from k2think_operator.cacheuse import planned_cache_view
-from k2think_operator.config import OperatorConfig
+from k2think_operator.config import OperatorConfig, current_config
 from k2think_operator.decision import Decision, decide
+from k2think_operator.fault_tolerance import gcs_ft_risk
 from k2think_operator.modelcache import parse_cache_spec
 from k2think_operator.planner import Plan
 from k2think_operator.render import render_yaml
@@ -149,6 +150,8 @@ def format_plan_table(name: str, plan: Plan) -> str:
         ("replicas", _replica_text(plan)),
         ("target ongoing requests", str(plan.target_ongoing_requests)),
         ("max ongoing requests", str(plan.max_ongoing_requests)),
+        ("GCS fault tolerance", "on (Redis)" if plan.gcs_fault_tolerance else "off"),
+        ("ingress", _ingress_text(plan)),
     ]
     lines = [f"{k:<24} {v}" for k, v in rows]
     header = (
@@ -165,8 +168,23 @@ def format_plan_table(name: str, plan: Plan) -> str:
             f"{'-' if p.max_replicas is None else p.max_replicas:>5}"
         )
     lines += ["", plan.explanation]
+    if plan.ingress is not None:
+        lines.append(plan.ingress.explanation)
     lines += [f"warning: {w}" for w in plan.warnings]
+    risk = gcs_ft_risk(plan, current_config().gcs_ft_replica_threshold)
+    if risk is not None:
+        lines.append(f"warning: {risk}")
     return "\n".join(lines)
+
+
+def _ingress_text(plan: Plan) -> str:
+    ingress = plan.ingress
+    if ingress is None:
+        return "-"
+    return (
+        f"{ingress.min_replicas}..{ingress.max_replicas} replicas on {ingress.placement}, "
+        f"target {ingress.target_ongoing_requests}"
+    )
 
 
 def _replica_text(plan: Plan) -> str:

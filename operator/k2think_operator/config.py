@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from k2think_operator.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -24,6 +26,12 @@ class OperatorConfig:
     cluster_scan: bool = True
     unschedulable_grace_seconds: int = field(
         default_factory=lambda: _env_int("K2T_UNSCHEDULABLE_GRACE_SECONDS", 60)
+    )
+    #: GcsFaultToleranceOff is reported above this many replicas (fault_tolerance.py).
+    gcs_ft_replica_threshold: int = field(
+        default_factory=lambda: _env_int(
+            "K2T_GCS_FT_REPLICA_THRESHOLD", DEFAULT_GCS_FT_REPLICA_THRESHOLD
+        )
     )
     resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))

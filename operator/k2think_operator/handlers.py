@@ -55,6 +55,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         await Kube.connect(),
         unschedulable_grace=config.unschedulable_grace_seconds,
         status_retry_seconds=config.retry_seconds,
+        gcs_ft_replica_threshold=config.gcs_ft_replica_threshold,
     )
     memo.reconciler = reconciler
     # A slow safety net for missed events. Not a kopf timer: kopf puts a finalizer on every

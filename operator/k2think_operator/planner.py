@@ -33,6 +33,7 @@ from k2think_operator.catalog import (
     Accelerator,
     Architecture,
 )
+from k2think_operator.ingress import IngressPlan, plan_ingress
 from k2think_operator.spec import K2ThinkDeploymentSpec, PoolSpec, SpecError
 
 #: Automatic pipeline parallelism stops here: beyond 16 stages the pipeline bubble and the number
@@ -107,6 +108,10 @@ class Plan:
     explanation: str
     cpu_profile: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: spec.ray.gcsFaultTolerance is set (fault_tolerance.py reports when it is not).
+    gcs_fault_tolerance: bool = False
+    #: Size and place of the OpenAI ingress (ingress.py); None only in hand-built test plans.
+    ingress: IngressPlan | None = None
 
     @property
     def primary(self) -> PoolPlan:
@@ -149,6 +154,7 @@ class Plan:
                 for p in self.pools
             ],
             "explanation": self.explanation,
+            **({"ingress": self.ingress.to_status()} if self.ingress else {}),
         }
 
 
@@ -477,6 +483,15 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
     max_ongoing = spec.serving.max_ongoing_requests or max(spec.engine.max_num_seqs, 2 * target)
     strategy = "STRICT_PACK" if pools[0].worker_pods_per_replica == 1 else "PACK"
 
+    ingress = plan_ingress(
+        spec,
+        model_min_replicas=min_r,
+        model_max_replicas=max_r,
+        model_max_ongoing=max_ongoing,
+    )
+    if ingress.warning:
+        warnings.append(ingress.warning)
+
     return Plan(
         model=model_name,
         dtype=dtype,
@@ -496,6 +511,8 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         explanation=_explain(spec, chosen, pools[0], model_name, dtype, target),
         cpu_profile=first.is_cpu,
         warnings=tuple(warnings),
+        gcs_fault_tolerance=spec.ray.gcs_fault_tolerance is not None,
+        ingress=ingress,
     )
 
 

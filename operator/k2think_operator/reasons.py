@@ -15,9 +15,19 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 INVALID_SPEC: Final = "InvalidSpec"
 CAPACITY_BLOCKED: Final = "CapacityBlocked"
+#: Informational (never changes Ready or phase): a head failure would restart every replica.
+GCS_FAULT_TOLERANCE_OFF: Final = "GcsFaultToleranceOff"
 #: Only for a deployment queued through Kueue (spec.scheduling.queueName; queueing.py).
 ADMITTED: Final = "Admitted"
-CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED, INVALID_SPEC, CAPACITY_BLOCKED, ADMITTED)
+CONDITION_TYPES: Final = (
+    READY,
+    PROGRESSING,
+    DEGRADED,
+    INVALID_SPEC,
+    CAPACITY_BLOCKED,
+    ADMITTED,
+    GCS_FAULT_TOLERANCE_OFF,
+)
 
 # Condition reasons.
 SERVING: Final = "Serving"
@@ -38,6 +48,10 @@ UNSCHEDULABLE: Final = "Unschedulable"
 KUBERAY_MISSING: Final = "KubeRayMissing"
 #: Degraded/Progressing while the API server refuses our RayService.
 APPLY_REJECTED: Final = "ApplyRejected"
+#: GcsFaultToleranceOff reasons.
+GCS_FT_CONFIGURED: Final = "Configured"
+ABOVE_REPLICA_THRESHOLD: Final = "AboveReplicaThreshold"
+BELOW_REPLICA_THRESHOLD: Final = "BelowReplicaThreshold"
 #: Reasons of an apply failure that stays visible until the child exists again.
 APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED)
 
@@ -56,6 +70,7 @@ EVENT_INVALID_SPEC: Final = INVALID_SPEC
 EVENT_NEW_RAY_CLUSTER: Final = "NewRayCluster"
 EVENT_CREATED: Final = "Created"
 EVENT_UPDATED: Final = "Updated"
+EVENT_GCS_FAULT_TOLERANCE_OFF: Final = GCS_FAULT_TOLERANCE_OFF
 #: Kueue admitted a deployment again after a preemption, eviction or suspension.
 EVENT_RESUMED: Final = "Resumed"
 #: Ray token auth switched off by the spec (docs/security.md): a Warning.
@@ -68,6 +83,7 @@ ANNOUNCED_ONCE: Final = (
     EVENT_PLAN_WARNING,
     EVENT_INVALID_SPEC,
     EVENT_RAY_AUTH_DISABLED,
+    EVENT_GCS_FAULT_TOLERANCE_OFF,
 )
 
 # The model cache (K2ThinkModelCache) and the gate it puts on deployments that use it.

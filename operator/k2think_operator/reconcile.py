@@ -31,6 +31,7 @@ from k2think_operator.apis import RAYSERVICE
 from k2think_operator.cacheuse import CacheView, cache_view, waiting_message, with_cache_condition
 from k2think_operator.config import current_config
 from k2think_operator.decision import Decision, decide, decision_events, is_subset, needs_apply
+from k2think_operator.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_risk
 from k2think_operator.kube import (
     ApplyRejected,
     KubeApi,
@@ -140,6 +141,7 @@ def observe(
     failure: ApplyFailure | None,
     *,
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
+    gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
     queue: QueueView | None = None,
 ) -> Observation:
     """Gather everything status is computed from, once."""
@@ -158,6 +160,7 @@ def observe(
         namespace=decision.namespace,
         now=time.time(),
         unschedulable_grace=unschedulable_grace,
+        gcs_ft_replica_threshold=gcs_ft_replica_threshold,
         queue=queue if spec is not None and spec.queued else None,
     )
 
@@ -296,10 +299,12 @@ class Reconciler:
         *,
         unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
         status_retry_seconds: float = 5.0,
+        gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
     ) -> None:
         self.kube = kube
         self.unschedulable_grace = unschedulable_grace
         self.status_retry_seconds = status_retry_seconds
+        self.gcs_ft_replica_threshold = gcs_ft_replica_threshold
         self._states: dict[tuple[str, str], DeploymentState] = {}
         self._background: set[asyncio.Task[Outcome]] = set()
         self.supporting = SupportingObjects(kube)
@@ -370,6 +375,10 @@ class Reconciler:
         else:
             # decide (what to tell), then apply
             events = decision_events(decision, current, live)
+            if decision.plan is not None:
+                risk = gcs_ft_risk(decision.plan, self.gcs_ft_replica_threshold)
+                if risk is not None:
+                    events.append((True, r.EVENT_GCS_FAULT_TOLERANCE_OFF, risk))
             # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods that need them.
             blocked = await self._converge_supporting(decision, live, events, resync=resync)
             result = blocked or await apply_children(self.kube, decision, live)
@@ -469,6 +478,7 @@ class Reconciler:
             state.pods,
             failure,
             unschedulable_grace=self.unschedulable_grace,
+            gcs_ft_replica_threshold=self.gcs_ft_replica_threshold,
             queue=state.queue or view_from_status((body.get("status") or {}).get("queue")),
         )
         self._schedule_recheck(observation, state)

@@ -22,7 +22,8 @@ class Condition(_Model):
 
     type: str = Field(
         description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, (under Kueue) "
-        "Admitted, or (with spec.model.cacheRef, and on a K2ThinkModelCache) CacheReady."
+        "Admitted, GcsFaultToleranceOff (informational), or (with spec.model.cacheRef, and on a "
+        "K2ThinkModelCache) CacheReady."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(default=None, description="CamelCase reason.")
@@ -57,6 +58,24 @@ class PlanPool(_Model):
     max_replicas: int | None = Field(
         default=None, description="Replicas the pool's maxNodes allow (absent: unbounded)."
     )
+
+
+class IngressPlanStatus(_Model):
+    """How the OpenAI ingress is sized and where it runs."""
+
+    placement: str | None = Field(default=None, description="head or cpuGroup.")
+    min_replicas: int | None = Field(default=None, description="Fewest ingress replicas.")
+    max_replicas: int | None = Field(default=None, description="Most ingress replicas.")
+    target_ongoing_requests: int | None = Field(
+        default=None, description="Streams per ingress replica before Serve adds one."
+    )
+    max_ongoing_requests: int | None = Field(
+        default=None, description="Streams one ingress replica takes at most."
+    )
+    fleet_streams: Int64 | None = Field(
+        default=None, description="Model maxReplicas x their max ongoing requests."
+    )
+    explanation: str | None = Field(default=None, description="How it was sized and placed.")
 
 
 class PlanStatus(_Model):
@@ -104,6 +123,9 @@ class PlanStatus(_Model):
     explanation: str | None = Field(
         default=None, description="One line on how the layout was chosen."
     )
+    ingress: IngressPlanStatus | None = Field(
+        default=None, description="Sizing and placement of the OpenAI ingress."
+    )
 
 
 class PoolReplicas(_Model):
@@ -141,9 +163,9 @@ class K2ThinkDeploymentStatus(_Model):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked and, for a "
-        "deployment queued through Kueue, Admitted (reasons Queued, Admitted, Preempted, "
-        "Evicted, Deactivated).",
+        description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, "
+        "GcsFaultToleranceOff and, for a deployment queued through Kueue, Admitted (reasons "
+        "Queued, Admitted, Preempted, Evicted, Deactivated).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     phase: str | None = Field(

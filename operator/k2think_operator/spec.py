@@ -86,6 +86,7 @@ SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
 #: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
 SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 #: Bounds on lists and maps keep the API server's CEL cost estimates finite.
 MAX_MAP_ENTRIES = 64
@@ -643,6 +644,46 @@ class RayAuthSpec(_Model):
     )
 
 
+class SecretKeyRef(_Model):
+    """One key of a Secret in the deployment's namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    key: str = Field(
+        pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key inside the Secret."
+    )
+
+
+class GcsFaultToleranceSpec(_Model):
+    """Ray GCS fault tolerance: the head keeps its cluster state in an external Redis.
+
+    Rendered as KubeRay's ``rayClusterConfig.gcsFaultToleranceOptions`` (KubeRay v1.6
+    ``GcsFaultToleranceOptions``); see docs/serving-path.md for what survives a head failure."""
+
+    redis_address: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^(rediss?://)?[^\s/]+:[0-9]{1,5}$",
+        description="Redis the Ray head stores its GCS tables in, HOST:PORT (or redis://HOST:PORT, "
+        "rediss://HOST:PORT for TLS), e.g. redis-ha.ray-system.svc:6379. Use a highly available "
+        "Redis (Sentinel or a managed service): while it is down a head failure is fatal again.",
+    )
+    password_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="The Redis password, from a Secret in this namespace (KubeRay passes it to "
+        "the head as REDIS_PASSWORD and to ray start as --redis-password).",
+    )
+    external_storage_namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key prefix of this cluster's state in Redis. Default (recommended): the "
+        "RayCluster's UID, unique per Ray cluster, so the old and the new cluster of an upgrade "
+        "never share state and KubeRay's Redis clean-up job of the old one cannot delete the "
+        "new one's. A fixed value is therefore only accepted with upgradeStrategy None.",
+    )
+
+
 class RaySpec(_Model):
     """The Ray cluster KubeRay runs for this deployment."""
 
@@ -679,6 +720,88 @@ class RaySpec(_Model):
         "on a worker (a Serve replica, a job) then holds no Kubernetes credentials. Workload "
         "identity webhooks (IRSA, GKE) inject their own projected token and need no change.",
     )
+    gcs_fault_tolerance: GcsFaultToleranceSpec | None = Field(
+        default=None,
+        description="Keep the Ray head's cluster state (GCS) in an external Redis, so a head "
+        "failure restarts only the head: model replicas on the workers keep their weights and "
+        "keep streaming. Without it a head failure restarts every replica. The operator "
+        "reports GcsFaultToleranceOff when a deployment of more replicas than its threshold "
+        "runs without it.",
+    )
+
+
+#: Worker group name of the ingress CPU pods (ingress.py); pools may not take it.
+INGRESS_GROUP = "k2t-ingress"
+
+
+class IngressGroupSpec(_Model):
+    """The CPU worker pods that host ingress replicas when they do not fit the head."""
+
+    cpu: Quantity = Field(
+        default="4",
+        description="CPUs of one ingress pod (requests = limits); it hosts one ingress replica "
+        "per CPU.",
+    )
+    memory: Quantity = Field(default="8Gi", description="Memory of one ingress pod.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Node labels the ingress pods require (a CPU pool).",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_TOLERATIONS,
+        description="Tolerations of the ingress pods.",
+    )
+
+
+class IngressSpec(_Model):
+    """Ray Serve LLM's OpenAI ingress: every streamed token passes it. Unset fields are sized
+    by the planner from the fleet (status.plan.ingress says how)."""
+
+    min_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        description="Fewest ingress replicas. Default 1 (0 when the model scales to zero).",
+    )
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="Most ingress replicas. Default: the fleet's streams (model maxReplicas x "
+        "max ongoing requests) over targetOngoingRequests.",
+    )
+    target_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Streams one ingress replica (one CPU) carries before Serve adds one. "
+        "Default from the measured ingress CPU cost per request and per token "
+        "(docs/benchmarks.md).",
+    )
+    placement: Literal["auto", "head", "cpuGroup"] = Field(
+        default="auto",
+        description="Where ingress replicas run: head (the Ray head pod, bounded by its CPUs), "
+        "cpuGroup (a CPU worker group the Ray autoscaler scales) or auto (the head while "
+        "maxReplicas fits its spare CPUs, else cpuGroup). Changing where it runs reshapes the "
+        "Ray cluster (a new cluster under upgradeStrategy NewCluster).",
+    )
+    cpu_group: IngressGroupSpec = Field(
+        default_factory=IngressGroupSpec,
+        description="The CPU worker pods of placement cpuGroup.",
+    )
+
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+        "ingress minReplicas must not exceed maxReplicas",
+    )
+    def _bounds(self) -> IngressSpec:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"ingress minReplicas={low} is greater than maxReplicas={high}")
+        return self
 
 
 class ServePeer(_Model):
@@ -760,7 +883,11 @@ class ServingSpec(_Model):
         ge=-1,
         description="Requests a caller may queue before Serve answers 503; -1 for no limit.",
     )
-
+    ingress: IngressSpec = Field(
+        default_factory=IngressSpec,
+        description="Sizing and placement of the OpenAI ingress deployment (every token "
+        "passes it); sized from the fleet by default.",
+    )
     api_keys_secret: str | None = Field(
         default=None,
         pattern=DNS_LABEL,
@@ -897,6 +1024,15 @@ class K2ThinkDeploymentSpec(_Model):
         f"with scheduling.queueName no pool may be named '{KUEUE_RESERVED_GROUP}': Kueue "
         "reserves it for the Ray head",
     )
+    @cel(
+        f"!has(self.scheduling) || !has(self.scheduling.queueName) || !has(self.serving) || "
+        f"!has(self.serving.ingress) || !has(self.serving.ingress.placement) || "
+        f"self.serving.ingress.placement != 'cpuGroup' || "
+        f"size(self.pools) < {KUEUE_MAX_WORKER_GROUPS}",
+        f"with scheduling.queueName and serving.ingress.placement cpuGroup at most "
+        f"{KUEUE_MAX_WORKER_GROUPS - 1} pools: the ingress group is one more of Kueue's "
+        f"{KUEUE_MAX_WORKER_GROUPS} worker groups",
+    )
     def _kueue_limits(self) -> K2ThinkDeploymentSpec:
         if not self.queued:
             return self
@@ -905,6 +1041,17 @@ class K2ThinkDeploymentSpec(_Model):
                 f"with spec.scheduling.queueName at most {KUEUE_MAX_WORKER_GROUPS} pools: Kueue "
                 f"admits a RayService as one workload of at most 8 PodSets (the head and one "
                 f"worker group per pool); this spec has {len(self.pools)} pools"
+            )
+        if (
+            self.serving.ingress.placement == "cpuGroup"
+            and len(self.pools) + 1 > KUEUE_MAX_WORKER_GROUPS
+        ):
+            raise ValueError(
+                f"with spec.scheduling.queueName and spec.serving.ingress.placement cpuGroup at "
+                f"most {KUEUE_MAX_WORKER_GROUPS - 1} pools: the ingress group "
+                f"({INGRESS_GROUP}) is one more worker group and Kueue admits at most "
+                f"{KUEUE_MAX_WORKER_GROUPS} (8 PodSets with the head); this spec has "
+                f"{len(self.pools)} pools (placement auto keeps the ingress on the head instead)"
             )
         if any(p.name == KUEUE_RESERVED_GROUP for p in self.pools):
             raise ValueError(
@@ -924,13 +1071,34 @@ class K2ThinkDeploymentSpec(_Model):
         "pools may not mix the CPU profile with GPU types",
         on="pools",
     )
+    @cel(
+        "!has(self.ray) || !has(self.ray.gcsFaultTolerance) || "
+        "!has(self.ray.gcsFaultTolerance.externalStorageNamespace) || "
+        "self.upgradeStrategy == 'None'",
+        "ray.gcsFaultTolerance.externalStorageNamespace needs upgradeStrategy None: the old and "
+        "the new Ray cluster of an upgrade would share one Redis namespace",
+    )
     def _cross_field(self) -> K2ThinkDeploymentSpec:
+        ft = self.ray.gcs_fault_tolerance
+        if (
+            ft is not None
+            and ft.external_storage_namespace is not None
+            and self.upgrade_strategy != "None"
+        ):
+            raise ValueError(
+                "ray.gcsFaultTolerance.externalStorageNamespace needs upgradeStrategy None: the "
+                "old and the new Ray cluster of an upgrade would share one Redis namespace (and "
+                "KubeRay's clean-up of the old one deletes it); leave it unset to use the "
+                "RayCluster's UID"
+            )
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError(
                 "replicas and autoscaling are mutually exclusive: set replicas for a fixed "
                 "count, or autoscaling bounds"
             )
         names = [p.name for p in self.pools]
+        if INGRESS_GROUP in names:
+            raise ValueError(f"pool name {INGRESS_GROUP} is reserved for the ingress CPU group")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k2think_operator import reasons as r
+from k2think_operator.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_condition
 from k2think_operator.planner import Plan
 from k2think_operator.queueing import QueueView, admitted_condition, queue_status
 from k2think_operator.reasons import (
@@ -86,6 +87,7 @@ class Observation:
     namespace: str = ""
     now: float = 0.0
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS
+    gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD
     #: Kueue's view (only for a deployment with spec.scheduling.queueName).
     queue: QueueView | None = None
 
@@ -349,6 +351,7 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
         degraded_condition(obs),
         invalid_spec_condition(obs),
         capacity_condition(obs),
+        gcs_ft_condition(obs.plan, obs.generation, obs.gcs_ft_replica_threshold),
     ):
         conds = set_condition(conds, new, now)
     if obs.queue is not None:

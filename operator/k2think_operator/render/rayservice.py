@@ -16,9 +16,12 @@ from typing import Any
 import yaml
 
 from k2think_operator.apis import RAYSERVICE
+from k2think_operator.ingress import HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY
 from k2think_operator.planner import Plan, PoolPlan
 from k2think_operator.queueing import kueue_annotations, kueue_labels
+from k2think_operator.render.ingress_group import build_ingress_group, wants_ingress_group
 from k2think_operator.render.meta import (
+    AGENT_PORT_PARAMS,
     CLUSTER_HASH_ANNOTATION,
     COMPONENT_LABEL,
     POOL_LABEL,
@@ -43,8 +46,6 @@ from k2think_operator.render.security import (
     pod_security_context,
 )
 from k2think_operator.render.serve_config import (
-    HEAD_RESOURCE,
-    HEAD_RESOURCE_CAPACITY,
     MODEL_MOUNT_ROOT,
     pvc_claim,
     render_serve_config,
@@ -153,18 +154,6 @@ def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]
         amounts[pool_plan.resource_name] = str(gpus)
     # Requests equal limits: the scheduler must see exactly what the plan needs.
     return {"limits": dict(amounts), "requests": dict(amounts)}
-
-
-#: A fixed port for the Ray node's runtime-env agent, on the head and every worker. The raylet
-#: waits for each agent port it was not given to appear in a port file, each wait bounded by a
-#: hard-coded 15 s, and aborts past it (Ray 2.60 ``src/ray/raylet/node_manager.cc``,
-#: ``WaitForDashboardAgentPorts`` / ``WaitForRuntimeEnvAgentPort``; ray#65983): a given port
-#: is one wait less on a busy node. Each pod has its own network namespace, so a fixed port
-#: cannot collide between pods (KubeRay already fixes 52365 and 8080). The dashboard agent's
-#: gRPC port stays random on purpose: fixing it removes the wait for its file, and then the
-#: next wait (its HTTP port, which ``ray start`` cannot pass to the raylet) has to cover the
-#: agent's whole start-up within one 15 s bound instead of two.
-AGENT_PORT_PARAMS = {"runtime-env-agent-port": "52367"}
 
 
 def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
@@ -290,9 +279,14 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
             build_worker_group(spec, plan, pools_by_name[p.name], p, name) for p in plan.pools
         ],
     }
+    if wants_ingress_group(spec, plan):
+        config["workerGroupSpecs"].append(build_ingress_group(spec, plan.ingress, name))
     auth = auth_options(spec, name)
     if auth is not None:
         config["authOptions"] = auth
+    options = gcs_fault_tolerance_options(spec)
+    if options is not None:
+        config["gcsFaultToleranceOptions"] = options
     # Always explicit: a suspended RayCluster resumes only on `suspend: false`, not on an absent
     # field (KubeRay v1.6), and KubeRay toggles it in place on the running cluster.
     # Under Kueue the field is Kueue's (it suspends until admission and on preemption): leaving
@@ -300,6 +294,31 @@ def build_ray_cluster_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str)
     if not spec.queued:
         config["suspend"] = spec.suspend
     return config
+
+
+def gcs_fault_tolerance_options(spec: K2ThinkDeploymentSpec) -> dict[str, Any] | None:
+    """KubeRay v1.6 ``GcsFaultToleranceOptions`` (apis/ray/v1/raycluster_types.go).
+
+    KubeRay does the rest (controllers/ray/common/pod.go ``initTemplateAnnotations``): the head
+    gets RAY_REDIS_ADDRESS, REDIS_PASSWORD from the Secret, ``--redis-password`` and
+    RAY_external_storage_namespace (the RayCluster's UID unless set); the workers get
+    RAY_gcs_rpc_server_reconnect_timeout_s=600 so their raylets wait for a restarted head
+    instead of exiting after Ray's default 60 s; a finalizer runs a Redis clean-up job when the
+    RayCluster is deleted. Setting any of those by hand is refused by KubeRay's validation.
+    """
+    ft = spec.ray.gcs_fault_tolerance
+    if ft is None:
+        return None
+    options: dict[str, Any] = {"redisAddress": ft.redis_address}
+    if ft.password_secret is not None:
+        options["redisPassword"] = {
+            "valueFrom": {
+                "secretKeyRef": {"name": ft.password_secret.name, "key": ft.password_secret.key}
+            }
+        }
+    if ft.external_storage_namespace is not None:
+        options["externalStorageNamespace"] = ft.external_storage_namespace
+    return options
 
 
 def _ray_version(image: str) -> str:

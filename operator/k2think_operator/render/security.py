@@ -207,7 +207,7 @@ def add_ingress_module(
 
 
 def add_api_keys(pod_spec: dict[str, Any], container: dict[str, Any], secret: str) -> None:
-    """The keys, only on the head (where the ingress replicas run)."""
+    """The keys, only where ingress replicas run: the head and the ingress CPU group."""
     pod_spec.setdefault("volumes", []).append(
         {"name": API_KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o440}}
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from k2think_operator.ingress import HEAD_RESOURCE, ingress_deployment_config
 from k2think_operator.planner import Plan
 from k2think_operator.render.security import ingress_cls_config
 from k2think_operator.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
@@ -18,10 +19,6 @@ from k2think_operator.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
 APP_NAME = "llm"
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 MODEL_MOUNT_ROOT = "/mnt/models"
-#: Custom Ray resource only the head advertises; the OpenAI ingress asks for a sliver of it so
-#: it never lands on (and never keeps alive) a GPU worker.
-HEAD_RESOURCE = "k2think_head"
-HEAD_RESOURCE_CAPACITY = 1000
 
 
 def model_source(spec: K2ThinkDeploymentSpec) -> str | dict[str, str]:
@@ -138,15 +135,18 @@ def build_llm_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict
 
 
 def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict[str, Any]:
+    # Both LLMServingArgs fields are honoured together by Ray 2.60's build_openai_app
+    # (ray/llm/_internal/serve/core/ingress/builder.py): ingress_cls_config picks the class
+    # (the API-key subclass of OpenAiIngress, security.py), whose inherited
+    # get_deployment_options() gives the defaults our ingress_deployment_config (sizing and
+    # placement, ingress.py) is merged over.
     args: dict[str, Any] = {
         "llm_configs": [build_llm_config(spec, plan, name)],
-        "ingress_deployment_config": {
-            "ray_actor_options": {"resources": {HEAD_RESOURCE: 1}},
-        },
+        "ingress_deployment_config": _ingress_config(plan),
     }
-    ingress = ingress_cls_config(spec)
-    if ingress is not None:
-        args["ingress_cls_config"] = ingress
+    ingress_cls = ingress_cls_config(spec)
+    if ingress_cls is not None:
+        args["ingress_cls_config"] = ingress_cls
     return {
         "http_options": {"host": "0.0.0.0", "port": 8000},
         "applications": [
@@ -158,6 +158,12 @@ def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> di
             }
         ],
     }
+
+
+def _ingress_config(plan: Plan) -> dict[str, Any]:
+    if plan.ingress is None:  # hand-built plans of tests: the head, as before
+        return {"ray_actor_options": {"resources": {HEAD_RESOURCE: 1}}}
+    return ingress_deployment_config(plan.ingress)
 
 
 def dump_yaml(value: Any) -> str:
