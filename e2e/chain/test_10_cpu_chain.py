@@ -153,6 +153,9 @@ def test_first_replica_serves_from_the_first_pool(deployed: Ground) -> None:
 LOAD: dict[str, Load] = {}
 
 
+# Its bounded waits add up to more than the suite's default 900 s per test (the overflow
+# replica's vLLM start alone may take many minutes on a loaded machine).
+@pytest.mark.timeout(1800)
 def test_load_spills_over_to_the_second_pool_when_the_first_is_full(deployed: Ground) -> None:
     g = deployed
     url = serve_url(NS, NAME)

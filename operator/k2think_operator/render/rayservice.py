@@ -21,6 +21,7 @@ from k2think_operator.planner import Plan, PoolPlan
 from k2think_operator.queueing import kueue_annotations, kueue_labels
 from k2think_operator.render.ingress_group import build_ingress_group, wants_ingress_group
 from k2think_operator.render.meta import (
+    AGENT_PORT_PARAMS,
     CLUSTER_HASH_ANNOTATION,
     COMPONENT_LABEL,
     POOL_LABEL,
@@ -153,18 +154,6 @@ def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]
         amounts[pool_plan.resource_name] = str(gpus)
     # Requests equal limits: the scheduler must see exactly what the plan needs.
     return {"limits": dict(amounts), "requests": dict(amounts)}
-
-
-#: A fixed port for the Ray node's runtime-env agent, on the head and every worker. The raylet
-#: waits for each agent port it was not given to appear in a port file, each wait bounded by a
-#: hard-coded 15 s, and aborts past it (Ray 2.60 ``src/ray/raylet/node_manager.cc``,
-#: ``WaitForDashboardAgentPorts`` / ``WaitForRuntimeEnvAgentPort``; ray#65983): a given port
-#: is one wait less on a busy node. Each pod has its own network namespace, so a fixed port
-#: cannot collide between pods (KubeRay already fixes 52365 and 8080). The dashboard agent's
-#: gRPC port stays random on purpose: fixing it removes the wait for its file, and then the
-#: next wait (its HTTP port, which ``ray start`` cannot pass to the raylet) has to cover the
-#: agent's whole start-up within one 15 s bound instead of two.
-AGENT_PORT_PARAMS = {"runtime-env-agent-port": "52367"}
 
 
 def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
