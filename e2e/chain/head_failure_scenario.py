@@ -1,10 +1,11 @@
 """Issue #15's head-failure proof on the chain ground: a head crash with and without GCS FT.
 
 NOT COLLECTED YET (not named ``test_*.py``): it ran once (2026-12-02, ``e2e/chain/run.sh -k
-head_crash`` with this file as ``test_30_head_failure.py``) and the GCS-FT test failed for a
-reason found in Ray Serve + vLLM (see ``VLLM_LOGGING_ENV``); the fix below has not run yet.
-Where it stands: docs/serving-path.md "How this is proven". To collect it, rename it to
-``test_30_head_failure.py`` once ``e2e/chain/run.sh -k head_crash`` passes.
+head_crash`` with this file as ``test_30_head_failure.py``, 17 min): the test without GCS FT
+passed, the GCS-FT test failed for a reason found in Ray Serve + vLLM (see ``VLLM_LOGGING_ENV``);
+the fix below has not run yet. Where it stands: docs/serving-path.md "The head-crash scenario:
+where it stands". To collect it, rename it to ``test_30_head_failure.py`` once
+``e2e/chain/run.sh -k head_crash`` passes with that name.
 
 One two-replica CPU deployment per test (one replica per CPU pool, ``maxNodes: 1`` each, so both
 worker pods start at once), each in its own namespace and removed at the end:
