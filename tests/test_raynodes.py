@@ -111,3 +111,50 @@ def test_hosts_map_services_to_the_pods_behind_them() -> None:
     assert hosts["tiny-head-svc.ns.svc"] == ["10.244.1.1"]
     # A ClusterIP Service lists only endpoints whose port answers (probe + kube-proxy).
     assert hosts["tiny-serve-svc.ns.svc.cluster.local"] == ["10.244.1.1"]
+
+
+def _two_container_pod(restart: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": {
+            "restartPolicy": restart,
+            "containers": [{"name": "ray-head", "image": "i"}, {"name": "autoscaler"}],
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {"name": "ray-head", "ready": True, "state": {"running": {"startedAt": "t0"}}},
+                {"name": "autoscaler", "ready": True, "state": {"running": {"startedAt": "t0"}}},
+            ],
+        },
+    }
+
+
+def test_an_exit_under_restart_policy_never_is_reported_like_a_kubelet() -> None:
+    pod = _two_container_pod("Never")
+    # One container ended: its status says so (KubeRay deletes such a pod), the phase stays.
+    patch = raynodes.terminated_status(pod, {"ray-head": 1}, now="t1")
+    assert patch is not None
+    head, autoscaler = patch["status"]["containerStatuses"]
+    assert head["state"] == {
+        "terminated": {"exitCode": 1, "reason": "Error", "startedAt": "t0", "finishedAt": "t1"}
+    }
+    assert head["ready"] is False
+    assert autoscaler == pod["status"]["containerStatuses"][1]
+    assert "phase" not in patch["status"]
+    # Every container ended: Failed if any exit was non-zero, Succeeded otherwise; not Ready.
+    failed = raynodes.terminated_status(pod, {"ray-head": 1, "autoscaler": 0}, now="t1")
+    assert failed is not None and failed["status"]["phase"] == "Failed"
+    assert {c["type"]: c["status"] for c in failed["status"]["conditions"]} == {
+        "Ready": "False",
+        "ContainersReady": "False",
+    }
+    done = raynodes.terminated_status(pod, {"ray-head": 0, "autoscaler": 0}, now="t1")
+    assert done is not None and done["status"]["phase"] == "Succeeded"
+
+
+def test_containers_that_restart_are_not_reported() -> None:
+    assert (
+        raynodes.terminated_status(_two_container_pod("Always"), {"ray-head": 1}, now="t") is None
+    )
+    assert raynodes.terminated_status(_two_container_pod("Never"), {}, now="t") is None

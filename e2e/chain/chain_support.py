@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import Cluster, netns, processes, raynodes
+from harness.kubeapi import ApiError, KubeAPI
+from harness.polling import wait_for
 from harness.processes import Proc
-from support import OperatorProcess, apply_doc, eventually, get, items
+from support import OperatorProcess, apply_doc
 
 HERE = Path(__file__).resolve().parent
 E2E = HERE.parent
@@ -40,6 +42,16 @@ RAY_ENV = {
     # Ray's node health check: 10 s timeout x 5 failures by default; vLLM start-up starves it.
     "RAY_health_check_timeout_ms": "30000",
     "RAY_health_check_failure_threshold": "10",
+    # vLLM-CPU's KV cache: an explicit 1 GiB (plenty for the tiny model at maxModelLen 4096 and
+    # 16 sequences) instead of a share of the host's memory, which also skips the warm-up
+    # forward pass vLLM runs to size the cache (vllm/v1/worker/cpu_worker.py,
+    # CPUWorker._should_warm_up_model): replicas start faster on 2 busy cores.
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    # vLLM-CPU pins each engine worker to cores it picks from the host ("auto": here core 0,
+    # with core 1 "reserved"; vllm/utils/ompmultiprocessing.py). The simulated pods share the
+    # host's 2 cores, so every replica would land on core 0 and a starting replica would be
+    # starved by the serving one; a real pod has its own cores.
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
 }
 
 
@@ -203,8 +215,31 @@ def apply(ground: Ground, doc: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ observations
+# Read through the harness's API client (one kept-alive connection), not kubectl: the scenarios
+# poll for minutes, and a kubectl process per look costs CPU that a starting Ray node needs
+# (Ray's raylet gives its agents a fixed 15 s to start).
+def _api(ground: Ground) -> KubeAPI:
+    api = ground.cluster.api
+    assert api is not None
+    return api
+
+
+def _get_or_none(ground: Ground, path: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = _api(ground).get(path)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return found
+
+
 def pods(ground: Ground, ns: str, *selector: str) -> list[dict[str, Any]]:
-    return items(ground.cluster, "pods", ns, *selector)
+    query = {"labelSelector": ",".join(selector)} if selector else {}
+    found: list[dict[str, Any]] = _api(ground).get(f"/api/v1/namespaces/{ns}/pods", **query)[
+        "items"
+    ]
+    return found
 
 
 def worker_pods(ground: Ground, ns: str) -> list[dict[str, Any]]:
@@ -219,9 +254,15 @@ def pool_of(pod: dict[str, Any]) -> str:
     return str(pod["metadata"]["labels"].get(POOL_LABEL, ""))
 
 
+_NODE_POOLS: dict[str, str] = {}
+
+
 def node_pool(ground: Ground, node: str) -> str:
-    obj = ground.cluster.kubectl_json("get", "node", node)
-    return str(obj["metadata"]["labels"].get(POOL_LABEL, ""))
+    """The pool label of a node (the campus's nodes never change it, so it is looked up once)."""
+    if node not in _NODE_POOLS:
+        obj = _api(ground).get(f"/api/v1/nodes/{node}")
+        _NODE_POOLS[node] = str(obj["metadata"]["labels"].get(POOL_LABEL, ""))
+    return _NODE_POOLS[node]
 
 
 def head_service(ground: Ground, ns: str, name: str) -> str:
@@ -257,11 +298,13 @@ def ray_nodes(ns: str, name: str) -> list[dict[str, Any]]:
 
 
 def rayservice(ground: Ground, ns: str, name: str) -> dict[str, Any] | None:
-    return get(ground.cluster, "rayservices.ray.io", name, ns)
+    return _get_or_none(ground, f"/apis/ray.io/v1/namespaces/{ns}/rayservices/{name}")
 
 
 def k2t(ground: Ground, ns: str, name: str) -> dict[str, Any] | None:
-    return get(ground.cluster, "k2t", name, ns)
+    return _get_or_none(
+        ground, f"/apis/k2think.dev/v1alpha1/namespaces/{ns}/k2thinkdeployments/{name}"
+    )
 
 
 def app_status(ground: Ground, ns: str, name: str) -> str | None:
@@ -275,8 +318,9 @@ def app_status(ground: Ground, ns: str, name: str) -> str | None:
 
 def wait(what: str, probe: Any, timeout: float) -> Any:
     """Bounded polling until ``probe`` returns something truthy (``wait_for`` alone would take
-    an empty list for an answer), which is returned."""
-    return eventually(what, lambda: probe() or None, timeout=timeout)
+    an empty list for an answer), which is returned. Every 1-3 s: the chain's steps take tens of
+    seconds, and each look costs the busy machine some CPU."""
+    return wait_for(what, lambda: probe() or None, timeout=timeout, interval=1.0, max_interval=3.0)
 
 
 def stamp() -> float:

@@ -18,6 +18,7 @@ Times of each step are printed (``-rA``) and recorded in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -45,9 +46,10 @@ from support import condition
 
 NS = "chain-cpu"
 NAME = "tiny"
-# Above a worker pod's real start-up here (Ray on 2 busy cores: up to ~70 s seen), else the
-# autoscaler gives up on a pod that is starting, not waiting for room.
-FALLBACK_S = 150
+# Above a worker pod's real start-up here (pod bound -> Ray node running: 10-30 s on a quiet
+# machine, ~70 s seen at load 15-19), else the autoscaler gives up on a pod that is starting,
+# not waiting for room.
+FALLBACK_S = 90
 TIMES: dict[str, float] = {}
 
 
@@ -73,7 +75,10 @@ def deployed(ground: Ground) -> Iterator[Ground]:
     )
     apply(ground, doc)
     yield ground
-    print("\nchain timings (s):", {k: round(v, 1) for k, v in TIMES.items()})
+    timings = {k: round(v, 1) for k, v in TIMES.items()}
+    print("\nchain timings (s):", timings)
+    # Kept with the run's state (K2T_E2E_KEEP=1) for docs/benchmarks.md.
+    (ground.state_dir / "chain-timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     ground.cluster.kubectl("delete", "k2t", NAME, "-n", NS, "--wait=false", check=False)
     wait(
         "the CPU deployment's Ray pods to go",
@@ -148,6 +153,9 @@ def test_first_replica_serves_from_the_first_pool(deployed: Ground) -> None:
 LOAD: dict[str, Load] = {}
 
 
+# Its bounded waits add up to more than the suite's default 900 s per test (the overflow
+# replica's vLLM start alone may take many minutes on a loaded machine).
+@pytest.mark.timeout(1800)
 def test_load_spills_over_to_the_second_pool_when_the_first_is_full(deployed: Ground) -> None:
     g = deployed
     url = serve_url(NS, NAME)
@@ -163,28 +171,32 @@ def test_load_spills_over_to_the_second_pool_when_the_first_is_full(deployed: Gr
     TIMES["load_to_first_pool_pending"] = time.monotonic() - t0
     t_pending = time.monotonic()
     # After poolFallbackSeconds the autoscaler gives that pod up and scales the second pool.
-    pod_b = wait(
+    wait(
         "a worker pod Running in pool cpu-b",
-        lambda: (pods_b := _running_in(g, "cpu-b")) and pods_b[0],
+        lambda: _running_in(g, "cpu-b"),
         timeout=FALLBACK_S + 240,
     )
     TIMES["first_pool_pending_to_overflow_pod_running"] = time.monotonic() - t_pending
     assert time.monotonic() - t_pending >= FALLBACK_S * 0.5  # not before the give-up time
-    name_b = pod_b["metadata"]["name"]
+    # Any Running cpu-b pod: KubeRay replaces a worker pod whose Ray failed to start (on this
+    # busy machine Ray's raylet can give up on its slow-starting agents: ray#65983), so allow a
+    # few attempts.
     wait(
-        "the cpu-b pod's Ray node to join the cluster",
+        "a cpu-b pod's Ray node to join the cluster",
         lambda: (
-            pod_b["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+            {p["status"]["podIP"] for p in _running_in(g, "cpu-b")}
+            & {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
         ),
-        timeout=180,
+        timeout=420,
     )
     wait(
-        "a Serve replica RUNNING on the cpu-b pod",
-        lambda: _running_replicas_on(g, {name_b}),
+        "a Serve replica RUNNING on a cpu-b pod",
+        lambda: _running_replicas_on(g, {p["metadata"]["name"] for p in _running_in(g, "cpu-b")}),
         # vLLM's start on a loaded 2-core machine: 90 s quiet, over 8 min seen at load 20.
         timeout=900,
     )
     TIMES["load_to_second_replica_serving"] = time.monotonic() - t0
+    TIMES["first_pool_full_to_overflow_replica_serving"] = time.monotonic() - t_pending
     # The first pool still has exactly its one pod: the given-up pod is gone.
     wait(
         "the given-up cpu-a pod to be removed",

@@ -97,7 +97,13 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
             head,
             [str(g.venv / "bin" / "python"), "-c", PG_DRIVER, json.dumps(bundles), strategy, "420"],
         ),
-        env={**raynodes.exec_env(g.venv, head), "RAY_SCHEDULER_EVENTS": "0"},
+        # RAY_AUTH_MODE explicit: Ray 2.60 turns token auth on when ~/.ray/auth_token exists
+        # (other suites on this machine write one); this cluster runs without auth.
+        env={
+            **raynodes.exec_env(g.venv, head),
+            "RAY_SCHEDULER_EVENTS": "0",
+            "RAY_AUTH_MODE": "disabled",
+        },
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

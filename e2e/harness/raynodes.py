@@ -32,9 +32,17 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   ClusterIP Service, only endpoints whose target port accepts connections are listed (what a
   readiness probe plus kube-proxy would achieve; KWOK marks every pod Ready at once).
 
-What it does not do: restart policies beyond "restart a container that exits while its pod
-lives, with back-off" (Always) or "leave it" (Never), probes, volumes (the venv and the model
-are host paths), resource limits (nothing is enforced: Ray's resources are logical).
+* a container that exits is restarted with back-off under ``restartPolicy: Always``; under
+  ``Never`` (what KubeRay renders for autoscaled clusters) its termination goes into the pod's
+  ``status.containerStatuses`` and, once every container has ended, ``status.phase`` becomes
+  ``Failed`` (``Succeeded`` if all exited 0), as a kubelet reports it: KubeRay then deletes the
+  pod and creates a new one (``raycluster_controller.go``, ``shouldDeletePod``) instead of the
+  autoscaler waiting ``poolFallbackSeconds`` for a Ray node that will never join;
+* a stopped pod's Ray logs (``/tmp/ray/session_*/logs``) are kept in its pod directory
+  (``ray-logs/``) for post-mortems; the rest of its ``/tmp`` is removed.
+
+What it does not do: probes, volumes (the venv and the model are host paths), resource limits
+(nothing is enforced: Ray's resources are logical).
 
 Run: ``python -m harness.raynodes --state-dir <cluster state> --venv <.venv-dataplane>`` (the
 chain suite starts it as a harness process inside its namespaces).
@@ -274,6 +282,18 @@ def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
     return state_dir / "pods" / f"{namespace}_{name}"
 
 
+def keep_ray_logs(pod_dir: Path) -> None:
+    """Move Ray's session logs out of the pod's ``/tmp`` (about to be removed) into
+    ``<pod dir>/ray-logs/<session>``."""
+    for logs in sorted((pod_dir / "tmp" / "ray").glob("session_*/logs")):
+        if logs.parent.is_symlink():
+            continue
+        target = pod_dir / "ray-logs" / logs.parent.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.move(str(logs), str(target))
+
+
 def exec_argv(state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str]) -> list[str]:
     """``kubectl exec`` for a simulated pod: ``argv`` in the pod's network namespace with the
     pod's ``/tmp`` (run it with :func:`exec_env`)."""
@@ -290,6 +310,49 @@ def exec_env(venv: Path, pod: Mapping[str, Any]) -> dict[str, str]:
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
     env[POD_MARKER] = str(pod["metadata"]["uid"])
     return env
+
+
+def terminated_status(
+    pod: Mapping[str, Any], exits: Mapping[str, int], *, now: str
+) -> dict[str, Any] | None:
+    """The ``status`` merge patch a kubelet would send for a ``restartPolicy: Never`` pod whose
+    containers in ``exits`` (name -> exit code) have ended, or None when nothing is to report
+    (``Always``/``OnFailure`` restart instead). Containers not in ``exits`` keep their status.
+    Once every container has ended the phase becomes ``Failed`` (any non-zero exit) or
+    ``Succeeded``, and the pod is no longer Ready."""
+    spec = pod.get("spec") or {}
+    if (spec.get("restartPolicy") or "Always") != "Never" or not exits:
+        return None
+    current = {c.get("name"): c for c in (pod.get("status") or {}).get("containerStatuses") or []}
+    statuses = []
+    for c in spec.get("containers") or []:
+        name = c["name"]
+        status = dict(current.get(name) or {"name": name, "image": c.get("image", "")})
+        if name in exits:
+            code = exits[name]
+            started = ((status.get("state") or {}).get("running") or {}).get("startedAt", now)
+            status.update(
+                ready=False,
+                started=False,
+                state={
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "startedAt": started,
+                        "finishedAt": now,
+                    }
+                },
+            )
+        statuses.append(status)
+    patch: dict[str, Any] = {"containerStatuses": statuses}
+    names = [c["name"] for c in spec.get("containers") or []]
+    if all(n in exits for n in names):
+        patch["phase"] = "Failed" if any(exits[n] != 0 for n in names) else "Succeeded"
+        patch["conditions"] = [
+            {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+            for t in ("Ready", "ContainersReady")
+        ]
+    return {"status": patch}
 
 
 # ------------------------------------------------------------------------------ processes
@@ -367,6 +430,7 @@ class Container:
     restart: bool
     popen: Any = None
     exited_at: float | None = None
+    reported: bool = False
 
 
 @dataclass
@@ -512,6 +576,7 @@ class Kubelet:
                 with contextlib.suppress(Exception):
                     c.popen.wait(5)
         netns.remove_pod(run.netns_name)
+        keep_ray_logs(run.dir)
         shutil.rmtree(run.dir / "tmp", ignore_errors=True)
 
     def _tick_pod(self, run: PodRun) -> None:
@@ -532,14 +597,44 @@ class Kubelet:
                 self._start_main(run)
             return
         now = time.monotonic()
+        exited = False
         for c in run.main:
             if c.popen is None or c.popen.poll() is None:
                 continue
             if c.exited_at is None:
                 c.exited_at = now
+                exited = True
                 _log(f"{run.name}: container {c.name} exited ({c.popen.returncode})")
             elif c.restart and now - c.exited_at >= RESTART_BACKOFF_S:
                 self._spawn(run, c)
+        if exited:
+            self._report_exits(run)
+
+    def _report_exits(self, run: PodRun) -> None:
+        """Write the ended containers into the pod's status (``restartPolicy: Never``)."""
+        exits = {
+            c.name: int(c.popen.returncode)
+            for c in run.main
+            if c.popen is not None and c.popen.returncode is not None
+        }
+        path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}"
+        try:
+            pod = self.api.get(path)
+            patch = terminated_status(
+                pod, exits, now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            )
+            if patch is None:
+                return
+            self.api.request(
+                "PATCH",
+                f"{path}/status",
+                patch,
+                content_type="application/strategic-merge-patch+json",
+            )
+            phase = patch["status"].get("phase", "Running")
+            _log(f"{run.namespace}/{run.name}: reported {exits} (phase {phase})")
+        except ApiError as exc:
+            _log(f"{run.namespace}/{run.name}: cannot report exits {exits}: {exc}")
 
     def sync(self) -> None:
         pods = self.api.get("/api/v1/pods", labelSelector=RAY_CLUSTER_LABEL)["items"]

@@ -12,7 +12,12 @@ from typing import Any
 
 from k2think_operator.ingress import INGRESS_RESOURCE, IngressPlan, cpu_count
 from k2think_operator.planner import Plan
-from k2think_operator.render.meta import COMPONENT_LABEL, POOL_LABEL, standard_labels
+from k2think_operator.render.meta import (
+    AGENT_PORT_PARAMS,
+    COMPONENT_LABEL,
+    POOL_LABEL,
+    standard_labels,
+)
 from k2think_operator.render.security import (
     add_api_keys,
     add_ingress_module,
@@ -93,7 +98,7 @@ def build_ingress_group(
         # A wide envelope, as for the GPU groups: KubeRay does not propagate group bounds to a
         # running cluster, so the Serve autoscaling bounds of the ingress are the real limit.
         "maxReplicas": max(UNBOUNDED_WORKERS, ingress.max_pods),
-        "rayStartParams": {},
+        "rayStartParams": dict(AGENT_PORT_PARAMS),
         # GPU 0: KubeRay/Ray must never count this pod for model replicas.
         "resources": {"GPU": "0", INGRESS_RESOURCE: str(max(1, cpu_count(group.cpu)))},
         "template": {

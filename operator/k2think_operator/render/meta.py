@@ -89,3 +89,15 @@ def serve_service_name(rayservice_name: str) -> str:
 
 def endpoint_url(rayservice_name: str, namespace: str) -> str:
     return f"http://{serve_service_name(rayservice_name)}.{namespace}.svc:{SERVE_PORT}/v1"
+
+
+#: A fixed port for the Ray node's runtime-env agent, on the head and every worker. The raylet
+#: waits for each agent port it was not given to appear in a port file, each wait bounded by a
+#: hard-coded 15 s, and aborts past it (Ray 2.60 ``src/ray/raylet/node_manager.cc``,
+#: ``WaitForDashboardAgentPorts`` / ``WaitForRuntimeEnvAgentPort``; ray#65983): a given port
+#: is one wait less on a busy node. Each pod has its own network namespace, so a fixed port
+#: cannot collide between pods (KubeRay already fixes 52365 and 8080). The dashboard agent's
+#: gRPC port stays random on purpose: fixing it removes the wait for its file, and then the
+#: next wait (its HTTP port, which ``ray start`` cannot pass to the raylet) has to cover the
+#: agent's whole start-up within one 15 s bound instead of two.
+AGENT_PORT_PARAMS = {"runtime-env-agent-port": "52367"}

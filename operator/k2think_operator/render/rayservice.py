@@ -21,6 +21,7 @@ from k2think_operator.planner import Plan, PoolPlan
 from k2think_operator.queueing import kueue_annotations, kueue_labels
 from k2think_operator.render.ingress_group import build_ingress_group, wants_ingress_group
 from k2think_operator.render.meta import (
+    AGENT_PORT_PARAMS,
     CLUSTER_HASH_ANNOTATION,
     COMPONENT_LABEL,
     POOL_LABEL,
@@ -132,7 +133,7 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
         # KubeRay refuses resource settings in both rayStartParams and the group's resources,
         # so all of them go in `resources` (it turns GPU into --num-gpus, the rest into
         # --resources, and the Ray autoscaler reads the same field).
-        "rayStartParams": {"dashboard-host": "0.0.0.0"},
+        "rayStartParams": {"dashboard-host": "0.0.0.0", **AGENT_PORT_PARAMS},
         "resources": {"GPU": "0", HEAD_RESOURCE: str(HEAD_RESOURCE_CAPACITY)},
         "template": {
             "metadata": {
@@ -218,7 +219,7 @@ def build_worker_group(
         "replicas": replicas,
         "minReplicas": minimum,
         "maxReplicas": maximum,
-        "rayStartParams": {},
+        "rayStartParams": dict(AGENT_PORT_PARAMS),
         "template": {
             "metadata": {
                 "labels": {
