@@ -141,8 +141,7 @@ test: venv system-deps binaries
 	$(MAKE) e2e
 	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
-# test-chain is not part of `make test` yet: two of its five scenarios have not passed end to end
-# on this 2-core machine (issue #8 is open; docs/testing.md). Run it alone with `make test-chain`.
+	$(MAKE) test-chain
 
 # ---------------------------------------------------------------- chart, raw manifests, install e2e
 # charts/k2think-operator is the source; manifests/ and the chart's CRD copy are generated from it
