@@ -135,7 +135,7 @@ test-chaos: venv binaries
 demo: venv binaries
 	$(PY) e2e/demo.py --name $(CLUSTER)
 
-## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, data plane
+## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, fleet, data plane, chain
 test: venv system-deps binaries
 	$(MAKE) lint typecheck unit
 	$(MAKE) e2e
