@@ -235,12 +235,15 @@ def test_every_pool_full_is_capacity_blocked_and_clients_only_queue(deployed: Gr
 def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: Ground) -> None:
     g = deployed
     url = serve_url(NS, NAME)
+    # Two long streams started while both replicas still serve the load (Serve's router picks the
+    # less busy replica, so one lands on each); then the load stops and Serve's demand drops to
+    # one replica while both streams are in flight, so one of them runs on the replica removed.
+    # Started after the load stopped, they could meet a fleet already scaled in (on a quiet
+    # machine stopping the load's clients outlasts the 10 s downscale delay).
+    streams = Load(url, 2, max_tokens=3000, once=True)
+    t0 = time.monotonic()
     results = LOAD.pop("more").stop() + LOAD.pop("base").stop()
     assert results and all(r.ok for r in results), [r for r in results if not r.ok][:3]
-    # Two long streams, one per replica (Serve's router picks the less busy one): Serve's demand
-    # drops to one replica while both are in flight, so one of them runs on the replica removed.
-    t0 = time.monotonic()
-    streams = Load(url, 2, max_tokens=3000, once=True)
     stopping = wait(
         "Serve to stop a replica (scale-in) while the streams run",
         lambda: [
