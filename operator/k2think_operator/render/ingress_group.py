@@ -16,6 +16,8 @@ from k2think_operator.render.meta import (
     AGENT_PORT_PARAMS,
     COMPONENT_LABEL,
     POOL_LABEL,
+    build_tolerations,
+    build_user_env,
     standard_labels,
 )
 from k2think_operator.render.security import (
@@ -64,7 +66,7 @@ def build_ingress_group(
         "volumeMounts": [{"mountPath": "/dev/shm", "name": SHM_VOLUME}],
     }
     if spec.ray.env:
-        container["env"] = [{"name": e.name, "value": e.value} for e in spec.ray.env]
+        container["env"] = build_user_env(spec.ray.env)
     container["securityContext"] = container_security_context()
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -82,9 +84,7 @@ def build_ingress_group(
     if group.node_selector:
         pod_spec["nodeSelector"] = dict(group.node_selector)
     if group.tolerations:
-        pod_spec["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True) for t in group.tolerations
-        ]
+        pod_spec["tolerations"] = build_tolerations(group.tolerations)
     if spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = spec.ray.service_account_name
     return {

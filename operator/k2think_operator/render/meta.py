@@ -1,4 +1,4 @@
-"""Names, labels, owner references and hashes shared by every child we render."""
+"""Names, labels, owner references, hashes and pod pieces shared by every child we render."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from k2think_operator.apis import K2THINK
+from k2think_operator.spec import EnvVar, Toleration
 
 FIELD_MANAGER = "k2think-operator"
 NAME_LABEL = "app.kubernetes.io/name"
@@ -101,3 +102,13 @@ def endpoint_url(rayservice_name: str, namespace: str) -> str:
 #: next wait (its HTTP port, which ``ray start`` cannot pass to the raylet) has to cover the
 #: agent's whole start-up within one 15 s bound instead of two.
 AGENT_PORT_PARAMS = {"runtime-env-agent-port": "52367"}
+
+
+def build_tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
+    """A pool's or group's tolerations as the pod spec spells them (every Ray group alike)."""
+    return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
+
+
+def build_user_env(items: list[EnvVar]) -> list[dict[str, Any]]:
+    """``spec.ray.env`` as container env entries (every Ray container alike)."""
+    return [{"name": e.name, "value": e.value} for e in items]

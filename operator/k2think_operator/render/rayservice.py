@@ -27,6 +27,8 @@ from k2think_operator.render.meta import (
     POOL_LABEL,
     SERVE_PORT,
     SPEC_HASH_ANNOTATION,
+    build_tolerations,
+    build_user_env,
     cluster_hash,
     digest,
     owner_reference,
@@ -54,7 +56,6 @@ from k2think_operator.spec import (
     POOL_FALLBACK_SECONDS,
     K2ThinkDeploymentSpec,
     PoolSpec,
-    Toleration,
 )
 
 #: Upper bound on worker pods per group when a pool has no maxNodes: KubeRay needs a number, and
@@ -77,14 +78,10 @@ def multiply_quantity(quantity: str, factor: int) -> str:
     return f"{text}{unit}"
 
 
-def _tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
-    return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
-
-
 def _add_env(container: dict[str, Any], spec: K2ThinkDeploymentSpec) -> None:
     """The user's variables and the credentials Secret, on every Ray container alike."""
     if spec.ray.env:
-        container["env"] = [{"name": e.name, "value": e.value} for e in spec.ray.env]
+        container["env"] = build_user_env(spec.ray.env)
     if spec.model.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
 
@@ -124,7 +121,7 @@ def build_head_group(spec: K2ThinkDeploymentSpec, name: str) -> dict[str, Any]:
     if head.node_selector:
         pod_spec["nodeSelector"] = dict(head.node_selector)
     if head.tolerations:
-        pod_spec["tolerations"] = _tolerations(head.tolerations)
+        pod_spec["tolerations"] = build_tolerations(head.tolerations)
     if spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = spec.ray.service_account_name
     return {
@@ -206,7 +203,7 @@ def build_worker_group(
     if pool.node_selector:
         pod_spec["nodeSelector"] = dict(pool.node_selector)
     if pool.tolerations:
-        pod_spec["tolerations"] = _tolerations(pool.tolerations)
+        pod_spec["tolerations"] = build_tolerations(pool.tolerations)
     affinity = worker_affinity(pool)
     if affinity:
         pod_spec["affinity"] = affinity
