@@ -674,10 +674,7 @@ class Reconciler:
 
         def fire() -> None:
             state.recheck = None
-            if state.body is not None:
-                task = loop.create_task(self.reconcile(state.body, None))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._reconcile_latest(state)
 
         state.recheck = loop.call_later(delay + 1.0, fire)
 
@@ -739,12 +736,17 @@ class Reconciler:
 
         def fire() -> None:
             state.queue_recheck = None
-            if state.body is not None:
-                task = loop.create_task(self.reconcile(state.body, None))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._reconcile_latest(state)
 
         state.queue_recheck = loop.call_later(current_config().queue_recheck_seconds, fire)
+
+    def _reconcile_latest(self, state: DeploymentState) -> None:
+        """Start a reconcile of the latest body the handlers saw, as a tracked background task
+        (what every timer of this class does when it fires)."""
+        if state.body is not None:
+            task = asyncio.get_running_loop().create_task(self.reconcile(state.body, None))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _schedule_retry(self, state: DeploymentState) -> None:
         """Reconcile again after ``status_retry_seconds`` (a failed or waiting reconcile).
@@ -759,10 +761,7 @@ class Reconciler:
 
         def fire() -> None:
             state.retry = None
-            if state.body is not None:
-                task = loop.create_task(self.reconcile(state.body, None))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._reconcile_latest(state)
 
         state.retry = loop.call_later(self.status_retry_seconds, fire)
 
@@ -780,9 +779,6 @@ class Reconciler:
 
         def fire() -> None:
             state.status_retry = None
-            if state.body is not None:
-                task = loop.create_task(self.reconcile(state.body, None))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._reconcile_latest(state)
 
         state.status_retry = loop.call_later(self.status_retry_seconds, fire)
