@@ -69,7 +69,14 @@ def test_job_submission_needs_the_token(served_app: ServedApp, ray_token: str) -
     # which Ray's client then sends (ray/_private/authentication/authentication_token_setup.py).
     with pytest.raises(AuthenticationError, match=r"(Missing|Invalid) authentication token"):
         JobSubmissionClient(served_app.head.dashboard_url)
-    client = JobSubmissionClient(served_app.head.dashboard_url, headers=_ray_headers(ray_token))
+    # The token goes in the standard Authorization header: Ray's client adds its own
+    # Authorization header (from ~/.ray/auth_token or RAY_AUTH_TOKEN) unless the caller sent one,
+    # and the dashboard reads Authorization before X-Ray-Authorization
+    # (ray/_private/authentication/http_token_authentication.py), so a stray local token would
+    # shadow KubeRay's header here: CI met exactly that.
+    client = JobSubmissionClient(
+        served_app.head.dashboard_url, headers={"Authorization": f"Bearer {ray_token}"}
+    )
     job_id = client.submit_job(entrypoint=f"python -c \"print('{JOB_MARKER}')\"")
 
     def finished() -> JobStatus | None:
