@@ -6,6 +6,7 @@ spec may touch). What the API server does with our writes is proven in e2e/ agai
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Mapping
 from typing import Any
@@ -112,6 +113,40 @@ async def test_valid_spec_applies_once_then_idles() -> None:
     second = await reconciler.reconcile(settled)
     assert not second.applied and not second.wrote_status
     assert len(kube.applies) == 1 and len(kube.status_patches) == 1
+
+
+class SlowKube(RecordingKube):
+    """Applies take a moment; records how many were in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().apply(obj)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_burst_of_deployments_is_reconciled_a_few_at_a_time() -> None:
+    # A burst must not render (and hold in memory) every deployment at once; each one is still
+    # reconciled.
+    kube = SlowKube()
+    reconciler = Reconciler(kube, concurrency=3)
+    docs = []
+    for i in range(12):
+        doc = with_status(minimal_doc(), {})
+        doc["metadata"]["name"] = f"burst-{i}"
+        docs.append(doc)
+    outcomes = await asyncio.gather(*(reconciler.reconcile(doc) for doc in docs))
+    assert all(outcome.applied for outcome in outcomes)
+    assert len(kube.applies) == 12
+    assert kube.most_in_flight == 3
 
 
 async def test_invalid_spec_never_touches_the_rayservice() -> None:

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 
 from k2think_operator.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD
 
+#: Reconciles at once (``K2T_RECONCILE_CONCURRENCY``, ``Reconciler``). The API server applies
+#: one object in a few ms: 16 requests in flight keep it as busy as a thousand do, without a
+#: thousand rendered deployments waiting in memory (docs/benchmarks.md, "Memory").
+DEFAULT_RECONCILE_CONCURRENCY = 16
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -43,6 +48,10 @@ class OperatorConfig:
     #: Concurrent per-object workers; 0 means unbounded (kopf's default). A small bound
     #: serialises a burst of applies: each worker also waits for its own patch to come back.
     worker_limit: int = field(default_factory=lambda: _env_int("K2T_WORKER_LIMIT", 0))
+    #: Reconciles running at once (``Reconciler``); the others wait before they render.
+    reconcile_concurrency: int = field(
+        default_factory=lambda: _env_int("K2T_RECONCILE_CONCURRENCY", DEFAULT_RECONCILE_CONCURRENCY)
+    )
     #: Leader election (k2think_operator.leader): only the holder of the Lease reconciles.
     leader_election: bool = False
     lease_name: str = "k2think-operator"

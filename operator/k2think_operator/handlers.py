@@ -66,6 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         unschedulable_grace=config.unschedulable_grace_seconds,
         status_retry_seconds=config.retry_seconds,
         gcs_ft_replica_threshold=config.gcs_ft_replica_threshold,
+        concurrency=config.reconcile_concurrency,
     )
     memo.reconciler = reconciler
     # A slow safety net for missed events. Not a kopf timer: kopf puts a finalizer on every
@@ -108,16 +109,19 @@ async def resync_forever(
 
 
 # --- indexes ---------------------------------------------------------------------------------
+# Coroutines, though they never await: kopf runs a plain function in a thread pool (one thread,
+# and one malloc arena, more per concurrent event), a coroutine on its event loop; these only
+# copy a few keys.
 
 
 @kopf.index(*PODS.gvp, labels=OURS)
-def ray_pods(meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodSummary]:
+async def ray_pods(meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodSummary]:
     key = _owner_key(meta)
     return {key: summarize_pod(body)} if key else {}
 
 
 @kopf.index(*RAYSERVICE.gvp, labels=OURS)
-def rayservices(
+async def rayservices(
     meta: kopf.Meta, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     key = _owner_key(meta)
@@ -125,7 +129,7 @@ def rayservices(
 
 
 @kopf.index(*K2THINK.gvp)
-def deployments(
+async def deployments(
     name: str, namespace: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace, name): slim(body)}
@@ -249,7 +253,7 @@ async def pod_event(
 
 
 @kopf.index(*MODELCACHE.gvp)
-def caches(
+async def caches(
     name: str, namespace: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace, name): dict(body)}

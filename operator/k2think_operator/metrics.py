@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from k2think_operator.planner import Plan
 from k2think_operator.reasons import CONDITION_TYPES
@@ -46,65 +49,130 @@ RECONCILE_SECONDS = Histogram(
 API_WRITES = Counter(
     "k2think_api_writes_total", "Writes the operator made to the API server.", ["kind"]
 )
-DESIRED_REPLICAS = Gauge(
-    "k2think_desired_replicas",
-    "Replica floor the plan asks for (fixed count, or autoscaling minimum).",
-    ["namespace", "name"],
-)
-MAX_REPLICAS = Gauge("k2think_max_replicas", "Replica ceiling of the plan.", ["namespace", "name"])
-READY_REPLICAS = Gauge(
-    "k2think_ready_replicas",
-    "Replicas whose worker pods are ready while serving.",
-    ["namespace", "name"],
-)
-PLANNED_GPUS = Gauge(
-    "k2think_planned_gpus",
-    "GPUs the plan needs at its replica floor (GPUs per replica times minimum replicas).",
-    ["namespace", "name"],
-)
-GPUS_PER_REPLICA = Gauge(
-    "k2think_gpus_per_replica", "Tensor x pipeline degree of the plan.", ["namespace", "name"]
-)
-
-
-REPLICAS = Gauge(
-    "k2think_replicas",
-    "Replicas whose worker pods exist (status.replicas), in model replicas.",
-    ["namespace", "name"],
-)
-CONDITION = Gauge(
-    "k2think_deployment_condition",
-    "1 when the condition of this type is True on the K2ThinkDeployment, else 0 "
-    "(Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked).",
-    ["namespace", "name", "type"],
-)
-APPLICATION_STATUS = Gauge(
-    "k2think_serve_application_status",
-    "1 for the Serve application status KubeRay reports for this deployment, 0 for the others.",
-    ["namespace", "name", "status"],
-)
-INFO = Gauge(
-    "k2think_deployment_info",
-    "Always 1; the plan's model, primary pool, GPU type and parallelism as labels (join on "
-    "namespace and name).",
-    ["namespace", "name", "model", "pool", "gpu_type", "tensor_parallel", "pipeline_parallel"],
-)
-POOL_GPUS = Gauge(
-    "k2think_pool_gpus_in_use",
-    "GPUs requested by this deployment's worker pods that the scheduler has bound to a node, "
-    "per pool.",
-    ["namespace", "name", "pool"],
-)
-POOL_PENDING_GPUS = Gauge(
-    "k2think_pool_gpus_pending",
-    "GPUs requested by this deployment's worker pods not yet bound to a node, per pool.",
-    ["namespace", "name", "pool"],
+#: (name, help, extra label names) of every per-deployment gauge, all labelled namespace, name.
+GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "k2think_desired_replicas",
+        "Replica floor the plan asks for (fixed count, or autoscaling minimum).",
+        (),
+    ),
+    ("k2think_max_replicas", "Replica ceiling of the plan.", ()),
+    ("k2think_ready_replicas", "Replicas whose worker pods are ready while serving.", ()),
+    (
+        "k2think_planned_gpus",
+        "GPUs the plan needs at its replica floor (GPUs per replica times minimum replicas).",
+        (),
+    ),
+    ("k2think_gpus_per_replica", "Tensor x pipeline degree of the plan.", ()),
+    (
+        "k2think_replicas",
+        "Replicas whose worker pods exist (status.replicas), in model replicas.",
+        (),
+    ),
+    (
+        "k2think_deployment_condition",
+        "1 when the condition of this type is True on the K2ThinkDeployment, else 0 "
+        "(Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked).",
+        ("type",),
+    ),
+    (
+        "k2think_serve_application_status",
+        "1 for the Serve application status KubeRay reports for this deployment, 0 for the others.",
+        ("status",),
+    ),
+    (
+        "k2think_deployment_info",
+        "Always 1; the plan's model, primary pool, GPU type and parallelism as labels (join on "
+        "namespace and name).",
+        ("model", "pool", "gpu_type", "tensor_parallel", "pipeline_parallel"),
+    ),
+    (
+        "k2think_pool_gpus_in_use",
+        "GPUs requested by this deployment's worker pods that the scheduler has bound to a node, "
+        "per pool.",
+        ("pool",),
+    ),
+    (
+        "k2think_pool_gpus_pending",
+        "GPUs requested by this deployment's worker pods not yet bound to a node, per pool.",
+        ("pool",),
+    ),
 )
 
-#: Label values last exported per deployment for the gauges whose extra labels can change
-#: (the plan's pool, pools that left the plan), so stale series are removed, not left at 1.
-_INFO_LABELS: dict[tuple[str, str], tuple[str, ...]] = {}
-_POOLS: dict[tuple[str, str], tuple[str, ...]] = {}
+
+@dataclass(slots=True)
+class DeploymentSeries:
+    """What one deployment exports, as plain values (``DeploymentCollector`` turns them into
+    series at scrape time)."""
+
+    ready_replicas: int = 0
+    replicas: int = 0
+    #: One 0/1 per ``CONDITION_TYPES``.
+    conditions: tuple[int, ...] = ()
+    application_status: str | None = None
+    #: The plan's figures; None until a valid plan was seen (an invalid spec keeps the last).
+    desired_replicas: int | None = None
+    max_replicas: int | None = None
+    planned_gpus: int | None = None
+    gpus_per_replica: int | None = None
+    info: tuple[str, ...] | None = None
+    #: (pool, bound GPUs, pending GPUs) per planned pool.
+    pools: tuple[tuple[str, int, int], ...] = ()
+
+
+#: Every deployment's series, by (namespace, name).
+_SERIES: dict[tuple[str, str], DeploymentSeries] = {}
+
+
+class DeploymentCollector(Collector):
+    """Exports the per-deployment gauges from ``_SERIES`` (prometheus_client's custom collector
+    API: ``collect`` yields metric families at scrape time).
+
+    Why not one ``Gauge`` child per series: a labelled child is a whole metric object with its
+    own lock and value holder, ~0.7 KiB each, and a deployment has ~20 series: 16.5 MiB of the
+    operator's memory at 1,000 deployments (docs/benchmarks.md, "Memory"). Here a deployment
+    costs one small record; the exposition (names, help, labels, values) is the same.
+    """
+
+    def describe(self) -> Iterable[Metric]:
+        for name, documentation, extra in GAUGES:
+            yield GaugeMetricFamily(name, documentation, labels=("namespace", "name", *extra))
+
+    def collect(self) -> Iterable[Metric]:
+        families = {
+            name: GaugeMetricFamily(name, documentation, labels=("namespace", "name", *extra))
+            for name, documentation, extra in GAUGES
+        }
+
+        def add(name: str, labels: Iterable[str], value: float) -> None:
+            families[name].add_metric(list(labels), value)
+
+        for (namespace, name), series in list(_SERIES.items()):
+            key = (namespace, name)
+            add("k2think_ready_replicas", key, series.ready_replicas)
+            add("k2think_replicas", key, series.replicas)
+            for kind, value in zip(CONDITION_TYPES, series.conditions, strict=True):
+                add("k2think_deployment_condition", (*key, kind), value)
+            for app_status in SERVE_APPLICATION_STATUSES:
+                add(
+                    "k2think_serve_application_status",
+                    (*key, app_status),
+                    int(app_status == series.application_status),
+                )
+            if series.info is None:
+                continue
+            add("k2think_desired_replicas", key, series.desired_replicas or 0)
+            add("k2think_max_replicas", key, series.max_replicas or 0)
+            add("k2think_planned_gpus", key, series.planned_gpus or 0)
+            add("k2think_gpus_per_replica", key, series.gpus_per_replica or 0)
+            add("k2think_deployment_info", (*key, *series.info), 1)
+            for pool, bound, pending in series.pools:
+                add("k2think_pool_gpus_in_use", (*key, pool), bound)
+                add("k2think_pool_gpus_pending", (*key, pool), pending)
+        yield from families.values()
+
+
+REGISTRY.register(DeploymentCollector())
 
 
 def condition_values(status: Mapping[str, Any]) -> dict[str, int]:
@@ -148,74 +216,40 @@ def observe_deployment(
     status: Mapping[str, Any],
     pods: Iterable[PodSummary] = (),
 ) -> None:
-    key = (namespace, name)
+    """Record what this deployment exports (an invalid spec keeps the last plan's figures)."""
     # Exported at 0 before the first error: `increase()` (the K2ThinkReconcileErrors alert)
     # cannot see a counter's first increment from "absent", and the dashboard's error rate
     # should read 0, not "no data".
     RECONCILE_ERRORS.labels(namespace, name)
-    READY_REPLICAS.labels(namespace, name).set(int(status.get("readyReplicas") or 0))
-    REPLICAS.labels(namespace, name).set(int(status.get("replicas") or 0))
-    for kind, value in condition_values(status).items():
-        CONDITION.labels(namespace, name, kind).set(value)
-    for app_status, value in application_status_values(status).items():
-        APPLICATION_STATUS.labels(namespace, name, app_status).set(value)
+    series = _SERIES.setdefault((namespace, name), DeploymentSeries())
+    series.ready_replicas = int(status.get("readyReplicas") or 0)
+    series.replicas = int(status.get("replicas") or 0)
+    series.conditions = tuple(condition_values(status).values())
+    current = status.get("applicationStatus")
+    series.application_status = str(current) if current is not None else None
     if plan is None:
         return
-    DESIRED_REPLICAS.labels(namespace, name).set(plan.min_replicas)
-    MAX_REPLICAS.labels(namespace, name).set(plan.max_replicas)
-    PLANNED_GPUS.labels(namespace, name).set(plan.gpus_per_replica * plan.min_replicas)
-    GPUS_PER_REPLICA.labels(namespace, name).set(plan.gpus_per_replica)
-    info = (
+    series.desired_replicas = plan.min_replicas
+    series.max_replicas = plan.max_replicas
+    series.planned_gpus = plan.gpus_per_replica * plan.min_replicas
+    series.gpus_per_replica = plan.gpus_per_replica
+    series.info = (
         plan.model,
         plan.primary.name,
         plan.primary.gpu_type,
         str(plan.tensor_parallel),
         str(plan.pipeline_parallel),
     )
-    previous = _INFO_LABELS.get(key)
-    if previous is not None and previous != info:
-        with contextlib.suppress(KeyError):
-            INFO.remove(namespace, name, *previous)
-    INFO.labels(namespace, name, *info).set(1)
-    _INFO_LABELS[key] = info
-    gpus = pool_gpus(plan, pods)
-    for pool in set(_POOLS.get(key, ())) - set(gpus):
-        for metric in (POOL_GPUS, POOL_PENDING_GPUS):
-            with contextlib.suppress(KeyError):
-                metric.remove(namespace, name, pool)
-    for pool, (bound, pending) in gpus.items():
-        POOL_GPUS.labels(namespace, name, pool).set(bound)
-        POOL_PENDING_GPUS.labels(namespace, name, pool).set(pending)
-    _POOLS[key] = tuple(sorted(gpus))
+    series.pools = tuple(
+        (pool, bound, pending) for pool, (bound, pending) in sorted(pool_gpus(plan, pods).items())
+    )
 
 
 def forget_deployment(namespace: str, name: str) -> None:
-    for metric in (
-        RECONCILE_TOTAL,
-        RECONCILE_ERRORS,
-        DESIRED_REPLICAS,
-        MAX_REPLICAS,
-        READY_REPLICAS,
-        REPLICAS,
-        PLANNED_GPUS,
-        GPUS_PER_REPLICA,
-    ):
+    for metric in (RECONCILE_TOTAL, RECONCILE_ERRORS):
         with contextlib.suppress(KeyError):
             metric.remove(namespace, name)
-    for kind in CONDITION_TYPES:
-        with contextlib.suppress(KeyError):
-            CONDITION.remove(namespace, name, kind)
-    for app_status in SERVE_APPLICATION_STATUSES:
-        with contextlib.suppress(KeyError):
-            APPLICATION_STATUS.remove(namespace, name, app_status)
-    info = _INFO_LABELS.pop((namespace, name), None)
-    if info is not None:
-        with contextlib.suppress(KeyError):
-            INFO.remove(namespace, name, *info)
-    for pool in _POOLS.pop((namespace, name), ()):
-        for metric in (POOL_GPUS, POOL_PENDING_GPUS):
-            with contextlib.suppress(KeyError):
-                metric.remove(namespace, name, pool)
+    _SERIES.pop((namespace, name), None)
 
 
 KOPF_RESTARTS = Counter(

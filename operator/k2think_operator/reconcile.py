@@ -32,7 +32,7 @@ from k2think_operator import metrics
 from k2think_operator import reasons as r
 from k2think_operator.apis import RAYSERVICE
 from k2think_operator.cacheuse import CacheView, cache_view, waiting_message, with_cache_condition
-from k2think_operator.config import current_config
+from k2think_operator.config import DEFAULT_RECONCILE_CONCURRENCY, current_config
 from k2think_operator.decision import Decision, decide, decision_events, is_subset, needs_apply
 from k2think_operator.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_risk
 from k2think_operator.kube import (
@@ -370,8 +370,15 @@ class Reconciler:
         unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
         status_retry_seconds: float = 5.0,
         gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
+        concurrency: int = DEFAULT_RECONCILE_CONCURRENCY,
     ) -> None:
         self.kube = kube
+        # A burst of events (a thousand deployments applied at once, the initial listing at
+        # start-up) would otherwise render every deployment at once and hold all of their
+        # decisions, children and API connections in memory while they wait for the API
+        # server: the operator's peak memory. A few at a time keep the API server just as
+        # busy (docs/benchmarks.md, "Memory").
+        self._slots = asyncio.Semaphore(max(1, concurrency))
         self.unschedulable_grace = unschedulable_grace
         self.status_retry_seconds = status_retry_seconds
         self.gcs_ft_replica_threshold = gcs_ft_replica_threshold
@@ -412,26 +419,27 @@ class Reconciler:
         again after ``status_retry_seconds`` with the latest body seen; an invalid spec waits
         for the next change of the spec.
         """
-        started = time.monotonic()
-        try:
-            view, waiting = await self._cache_of(body)
-        except TransientApiError as error:
-            return Outcome(status=dict(body.get("status") or {}), retry_reason=str(error))
-        decision = decide(body, view, waiting)
-        state = self._state(decision)
-        state.remember(body, pods)
-        state.cache = (view, waiting)
-        async with state.lock:
+        async with self._slots:  # a slot, then the deployment's lock (never the other way)
+            started = time.monotonic()
             try:
-                outcome = await self._converge(body, decision, state, resync=resync)
-            except Exception:
-                metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
-                self._schedule_retry(state)
-                raise
-            finally:
-                metrics.RECONCILE_TOTAL.labels(decision.namespace, decision.name).inc()
-                metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-            state.generation = decision.generation
+                view, waiting = await self._cache_of(body)
+            except TransientApiError as error:
+                return Outcome(status=dict(body.get("status") or {}), retry_reason=str(error))
+            decision = decide(body, view, waiting)
+            state = self._state(decision)
+            state.remember(body, pods)
+            state.cache = (view, waiting)
+            async with state.lock:
+                try:
+                    outcome = await self._converge(body, decision, state, resync=resync)
+                except Exception:
+                    metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
+                    self._schedule_retry(state)
+                    raise
+                finally:
+                    metrics.RECONCILE_TOTAL.labels(decision.namespace, decision.name).inc()
+                    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+                state.generation = decision.generation
         if outcome.retry_reason:
             metrics.RECONCILE_ERRORS.labels(decision.namespace, decision.name).inc()
             self._schedule_retry(state)
@@ -545,24 +553,25 @@ class Reconciler:
             str((body.get("metadata") or {}).get("namespace") or "default"),
             str((body.get("metadata") or {}).get("name")),
         )
-        cached = self._states[key].cache if key in self._states else (None, None)
-        decision = decide(body, *cached)
-        state = self._state(decision)
-        state.remember(body, pods)
-        async with state.lock:
-            current = self._current_status(body, state)
-            rayservice = newer(rayservice, state.applied)
-            # A still-standing apply failure stays visible while the child is absent.
-            failure = previous_apply_failure(current) if rayservice is None else None
-            status = self._desired_status(decision, body, current, rayservice, state, failure)
-            return await write_status(
-                self.kube,
-                decision,
-                current,
-                status,
-                lambda: self._schedule_status_retry(state),
-                lambda version, stored: self._written(state, version, stored),
-            )
+        async with self._slots:
+            cached = self._states[key].cache if key in self._states else (None, None)
+            decision = decide(body, *cached)
+            state = self._state(decision)
+            state.remember(body, pods)
+            async with state.lock:
+                current = self._current_status(body, state)
+                rayservice = newer(rayservice, state.applied)
+                # A still-standing apply failure stays visible while the child is absent.
+                failure = previous_apply_failure(current) if rayservice is None else None
+                status = self._desired_status(decision, body, current, rayservice, state, failure)
+                return await write_status(
+                    self.kube,
+                    decision,
+                    current,
+                    status,
+                    lambda: self._schedule_status_retry(state),
+                    lambda version, stored: self._written(state, version, stored),
+                )
 
     async def _read_live(
         self, decision: Decision, state: DeploymentState, *, read: bool
