@@ -268,3 +268,31 @@ async def test_status_step_keeps_a_standing_apply_failure_while_the_child_is_abs
     assert failure is not None and failure.reason == "ApplyRejected"
     # Recomputed without an apply, the status still says Degraded/ApplyRejected: nothing to write.
     assert await reconciler.refresh_status(with_status(doc, outcome.status), None, ()) is False
+
+
+class VersionedKube(RecordingKube):
+    """Status writes answer with a resourceVersion, as the API server does."""
+
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> str | None:
+        await super().patch_status(namespace, name, status)
+        return "100"
+
+
+async def test_the_copy_of_a_written_status_goes_once_the_body_includes_it() -> None:
+    # The status of our last write is kept only until an event's body includes it: a thousand
+    # deployments must not each keep a second copy of their status.
+    kube = VersionedKube()
+    reconciler = Reconciler(kube)
+    doc = with_status(minimal_doc(), {})
+    doc["metadata"]["resourceVersion"] = "99"
+    outcome = await reconciler.reconcile(doc)
+    state = reconciler._states[(doc["metadata"]["namespace"], doc["metadata"]["name"])]
+    assert outcome.wrote_status and state.written is not None
+    assert reconciler.seen(doc)  # an older body: the copy stays
+    assert state.written is not None
+    caught_up = with_status(doc, outcome.status)
+    caught_up["metadata"]["resourceVersion"] = "100"
+    assert reconciler.seen(caught_up)
+    assert state.written is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -298,21 +299,47 @@ BULKY_ANNOTATIONS = (
 )
 
 
+#: Strings up to this length are interned by ``slim`` (names, images, label values, keys);
+#: longer ones (the Serve config, condition messages) are kept as they are.
+INTERN_MAX_CHARS = 256
+
+
+def _compact(value: Any) -> Any:
+    """A deep copy whose dict keys and short strings are interned.
+
+    Every parsed API object has its own copy of each key ("name", "resources", ...) and of each
+    repeated value ("IfNotPresent", an image): a thousand RayServices held in an index repeat
+    them a thousand times. Interned, they are shared (and freed with the last object using
+    them): a RayService of the example costs 23 KiB instead of 35, a K2ThinkDeployment 7
+    instead of 16 (docs/benchmarks.md, "Memory").
+    """
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= INTERN_MAX_CHARS:
+        return sys.intern(value)
+    return value
+
+
 def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of an API object without what reconcile never reads (kept in indexes and state).
+    """A compact copy of an API object without what reconcile never reads (kept in indexes and
+    state).
 
     ``metadata.managedFields`` is most of a server-side-applied object's size; the bulky
     annotations repeat the object. Everything else (spec, status, labels, annotations, owner
     references, uid, generation, resourceVersion) stays: reconcile compares and reports them.
+    The copy is deep, with shared strings (``_compact``), and shares nothing with ``obj``.
     """
-    out = dict(obj)
-    meta = dict(out.get("metadata") or {})
+    out = {k: v for k, v in obj.items() if k != "metadata"}
+    meta = dict(obj.get("metadata") or {})
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")
     if annotations and any(key in annotations for key in BULKY_ANNOTATIONS):
         meta["annotations"] = {k: v for k, v in annotations.items() if k not in BULKY_ANNOTATIONS}
     out["metadata"] = meta
-    return out
+    compact: dict[str, Any] = _compact(out)
+    return compact
 
 
 # --- per-deployment memory and the sequence -----------------------------------------------------
@@ -458,6 +485,8 @@ class Reconciler:
         if state is None:
             return False
         state.remember(body, None)
+        if state.written is not None and resource_version(body) >= state.written[0]:
+            state.written = None  # the body includes our last status write: no copy needed
         return state.generation is not None and state.generation == int(meta.get("generation") or 0)
 
     async def _converge(
