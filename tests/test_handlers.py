@@ -43,6 +43,7 @@ async def send(memo: kopf.Memo, body: Mapping[str, Any], *, type: str | None = "
         rayservices={},
         ray_pods={},
     )
+    await memo.reconciler.settle()  # the reconcile runs in the background
 
 
 async def test_each_generation_is_reconciled_once_and_our_status_write_costs_nothing() -> None:

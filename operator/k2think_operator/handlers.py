@@ -85,6 +85,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
             await task
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
+        await reconciler.cancel_requests()
         await reconciler.kube.close()
 
 
@@ -163,14 +164,51 @@ def _reconciler(
 
 
 async def _reconcile(
-    reconciler: Reconciler, body: Mapping[str, Any], pods: list[PodSummary]
+    reconciler: Reconciler,
+    body: Mapping[str, Any],
+    pods: list[PodSummary],
+    *,
+    slot_held: bool = False,
 ) -> None:
     """Reconcile; a failure is logged (the reconciler has armed its retry)."""
     meta = body.get("metadata") or {}
     try:
-        await reconciler.reconcile(body, pods)
+        await reconciler.reconcile(body, pods, slot_held=slot_held)
     except Exception:
         log.exception("reconcile of %s/%s failed", meta.get("namespace"), meta.get("name"))
+
+
+#: Why a deployment is looked at (``Reconciler.request`` merges them while it waits):
+ON_SPEC = "spec"  # an event of the K2ThinkDeployment: reconcile a generation not reconciled yet
+ON_CHILD = "child"  # an event of its RayService (KubeRay's status, or drift): reconcile
+ON_PODS = "pods"  # an event of one of its Ray pods: status only
+
+
+def _request(
+    reconciler: Reconciler,
+    key: tuple[str, str],
+    reason: str,
+    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
+    ray_pods: kopf.Index[tuple[str, str], PodSummary],
+) -> None:
+    """Ask for the work ``reason`` calls for; it runs with the latest bodies of the indexes
+    (kopf updates them in place) once the reconciler has a slot for it."""
+
+    async def work(reasons: frozenset[str]) -> None:
+        owner = _only(deployments, key)
+        if owner is None:
+            return
+        deleting = bool((owner.get("metadata") or {}).get("deletionTimestamp"))
+        pods = _pods_of(ray_pods, key)
+        if not deleting and (
+            ON_CHILD in reasons or (ON_SPEC in reasons and not reconciler.seen(owner))
+        ):
+            await _reconcile(reconciler, owner, pods, slot_held=True)
+        elif ON_PODS in reasons:
+            await reconciler.refresh_status(owner, _only(rayservices, key), pods, slot_held=True)
+
+    reconciler.request(key, reason, work)
 
 
 @kopf.on.event(*K2THINK.gvp, id="deployment-event")
@@ -187,7 +225,7 @@ async def deployment_event(
     """Reconcile each generation once (module docstring); forget a deleted deployment.
 
     The body comes from our index (updated by kopf before handlers run), so the state and the
-    index share one slimmed copy.
+    index share one slimmed copy. The reconcile runs in the background (``Reconciler.request``).
     """
     key = (namespace, name)
     reconciler = _reconciler(memo, rayservices)
@@ -196,12 +234,7 @@ async def deployment_event(
         reconciler.forget(namespace, name)
         metrics.forget_deployment(namespace, name)
         return
-    body = _only(deployments, key)
-    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-        return
-    if reconciler.seen(body):
-        return
-    await _reconcile(reconciler, body, _pods_of(ray_pods, key))
+    _request(reconciler, key, ON_SPEC, deployments, rayservices, ray_pods)
 
 
 # --- children ----------------------------------------------------------------------------------
@@ -224,10 +257,7 @@ async def rayservice_event(
     key = _owner_key(meta)
     if key is None:
         return
-    owner = _only(deployments, key)
-    if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
-        return
-    await _reconcile(_reconciler(memo, rayservices), owner, _pods_of(ray_pods, key))
+    _request(_reconciler(memo, rayservices), key, ON_CHILD, deployments, rayservices, ray_pods)
 
 
 @kopf.on.event(*PODS.gvp, labels=OURS, id="pod-event")
@@ -242,11 +272,7 @@ async def pod_event(
     key = _owner_key(meta)
     if key is None:
         return
-    owner = _only(deployments, key)
-    if owner is None:
-        return
-    reconciler = _reconciler(memo, rayservices)
-    await reconciler.refresh_status(owner, _only(rayservices, key), _pods_of(ray_pods, key))
+    _request(_reconciler(memo, rayservices), key, ON_PODS, deployments, rayservices, ray_pods)
 
 
 # --- the model cache ---------------------------------------------------------------------------

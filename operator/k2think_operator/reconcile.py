@@ -21,11 +21,12 @@ the operator remembers of a deployment between reconciles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -406,6 +407,9 @@ class Reconciler:
         # server: the operator's peak memory. A few at a time keep the API server just as
         # busy (docs/benchmarks.md, "Memory").
         self._slots = asyncio.Semaphore(max(1, concurrency))
+        #: Deployments with a request waiting for a slot, and why (``request``).
+        self._requests: dict[tuple[str, str], set[str]] = {}
+        self._requested: set[asyncio.Task[None]] = set()
         self.unschedulable_grace = unschedulable_grace
         self.status_retry_seconds = status_retry_seconds
         self.gcs_ft_replica_threshold = gcs_ft_replica_threshold
@@ -436,6 +440,7 @@ class Reconciler:
         pods: Iterable[PodSummary] | None = (),
         *,
         resync: bool = False,
+        slot_held: bool = False,
     ) -> Outcome:
         """Converge the children of one K2ThinkDeployment and write its status.
 
@@ -446,7 +451,7 @@ class Reconciler:
         again after ``status_retry_seconds`` with the latest body seen; an invalid spec waits
         for the next change of the spec.
         """
-        async with self._slots:  # a slot, then the deployment's lock (never the other way)
+        async with self._slot(slot_held):  # a slot, then the deployment's lock (never reversed)
             started = time.monotonic()
             try:
                 view, waiting = await self._cache_of(body)
@@ -488,6 +493,56 @@ class Reconciler:
         if state.written is not None and resource_version(body) >= state.written[0]:
             state.written = None  # the body includes our last status write: no copy needed
         return state.generation is not None and state.generation == int(meta.get("generation") or 0)
+
+    def _slot(self, held: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One of the ``concurrency`` slots (nothing when the caller holds one already)."""
+        return contextlib.nullcontext() if held else self._slots
+
+    def request(
+        self,
+        key: tuple[str, str],
+        reason: str,
+        work: Callable[[frozenset[str]], Awaitable[None]],
+    ) -> None:
+        """Run ``work`` for a deployment in the background once a slot is free.
+
+        The kopf handlers return at once instead of awaiting the reconcile: a handler that
+        waits for a slot keeps kopf's whole event body (managedFields included) and its
+        per-object worker alive, and in a burst of a thousand deployments those are most of
+        the operator's memory. A request waiting for its slot holds only the key; while it
+        waits, further requests for the deployment join it (their reasons are merged), and
+        ``work`` reads the latest bodies from the indexes when it runs, holding the slot
+        (pass ``slot_held=True`` to ``reconcile``/``refresh_status``).
+        """
+        waiting = self._requests.get(key)
+        if waiting is not None:
+            waiting.add(reason)
+            return
+        self._requests[key] = {reason}
+
+        async def run() -> None:
+            async with self._slots:
+                reasons = frozenset(self._requests.pop(key, ()))
+                try:
+                    await work(reasons)
+                except Exception:
+                    log.exception("reconcile of %s/%s failed", *key)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._requested.add(task)
+        task.add_done_callback(self._requested.discard)
+
+    async def cancel_requests(self) -> None:
+        """Drop the requests not done yet (kopf is stopping; the next start lists everything)."""
+        for task in list(self._requested):
+            task.cancel()
+        await asyncio.gather(*list(self._requested), return_exceptions=True)
+        self._requests.clear()
+
+    async def settle(self) -> None:
+        """Wait until no request is waiting or running (tests, shutdown)."""
+        while self._requested:
+            await asyncio.gather(*list(self._requested), return_exceptions=True)
 
     async def _converge(
         self,
@@ -576,13 +631,15 @@ class Reconciler:
         body: Mapping[str, Any],
         rayservice: Mapping[str, Any] | None,
         pods: Iterable[PodSummary],
+        *,
+        slot_held: bool = False,
     ) -> bool:
         """Recompute status from observed children only (no apply); True if it was written."""
         key = (
             str((body.get("metadata") or {}).get("namespace") or "default"),
             str((body.get("metadata") or {}).get("name")),
         )
-        async with self._slots:
+        async with self._slot(slot_held):
             cached = self._states[key].cache if key in self._states else (None, None)
             decision = decide(body, *cached)
             state = self._state(decision)
