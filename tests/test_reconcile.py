@@ -296,3 +296,29 @@ async def test_the_copy_of_a_written_status_goes_once_the_body_includes_it() -> 
     caught_up["metadata"]["resourceVersion"] = "100"
     assert reconciler.seen(caught_up)
     assert state.written is None
+
+
+async def test_requests_of_one_deployment_run_one_after_the_other_and_merge() -> None:
+    # As kopf ran its handlers for one object: never two at once; what is asked for while one
+    # runs is merged into one later run.
+    reconciler = Reconciler(RecordingKube(), concurrency=4)
+    runs: list[frozenset[str]] = []
+    running = 0
+    gate = asyncio.Event()
+
+    async def work(reasons: frozenset[str]) -> None:
+        nonlocal running
+        running += 1
+        assert running == 1
+        runs.append(reasons)
+        await gate.wait()
+        running -= 1
+
+    key = ("ns", "demo")
+    reconciler.request(key, "spec", work)
+    await asyncio.sleep(0.01)  # the first one runs and waits
+    reconciler.request(key, "child", work)
+    reconciler.request(key, "pods", work)
+    gate.set()
+    await reconciler.settle()
+    assert runs == [frozenset({"spec"}), frozenset({"child", "pods"})]

@@ -409,6 +409,8 @@ class Reconciler:
         self._slots = asyncio.Semaphore(max(1, concurrency))
         #: Deployments with a request waiting for a slot, and why (``request``).
         self._requests: dict[tuple[str, str], set[str]] = {}
+        self._work: dict[tuple[str, str], Callable[[frozenset[str]], Awaitable[None]]] = {}
+        self._running: set[tuple[str, str]] = set()
         self._requested: set[asyncio.Task[None]] = set()
         self.unschedulable_grace = unschedulable_grace
         self.status_retry_seconds = status_retry_seconds
@@ -512,21 +514,33 @@ class Reconciler:
         the operator's memory. A request waiting for its slot holds only the key; while it
         waits, further requests for the deployment join it (their reasons are merged), and
         ``work`` reads the latest bodies from the indexes when it runs, holding the slot
-        (pass ``slot_held=True`` to ``reconcile``/``refresh_status``).
+        (pass ``slot_held=True`` to ``reconcile``/``refresh_status``). One deployment's
+        requests run one after the other, as kopf ran its handlers for one object: a request
+        made while one runs starts when it ends.
         """
+        self._work[key] = work
         waiting = self._requests.get(key)
         if waiting is not None:
             waiting.add(reason)
             return
         self._requests[key] = {reason}
+        if key not in self._running:
+            self._start(key)
 
+    def _start(self, key: tuple[str, str]) -> None:
         async def run() -> None:
             async with self._slots:
                 reasons = frozenset(self._requests.pop(key, ()))
+                work = self._work.pop(key)
+                self._running.add(key)
                 try:
                     await work(reasons)
                 except Exception:
                     log.exception("reconcile of %s/%s failed", *key)
+                finally:
+                    self._running.discard(key)
+            if key in self._requests:  # asked for while it ran
+                self._start(key)
 
         task = asyncio.get_running_loop().create_task(run())
         self._requested.add(task)
@@ -538,6 +552,7 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*list(self._requested), return_exceptions=True)
         self._requests.clear()
+        self._work.clear()
 
     async def settle(self) -> None:
         """Wait until no request is waiting or running (tests, shutdown)."""
