@@ -42,8 +42,8 @@ RAY_ENV = {
     # Ray's node health check: 10 s timeout x 5 failures by default; vLLM start-up starves it.
     "RAY_health_check_timeout_ms": "30000",
     "RAY_health_check_failure_threshold": "10",
-    # vLLM-CPU's KV cache: an explicit 1 GiB (plenty for the tiny model at maxModelLen 4096 and
-    # 16 sequences) instead of a share of the host's memory, which also skips the warm-up
+    # vLLM-CPU's KV cache: an explicit 1 GiB (plenty for the tiny model: 4 KiB of KV per token,
+    # 256k tokens) instead of a share of the host's memory, which also skips the warm-up
     # forward pass vLLM runs to size the cache (vllm/v1/worker/cpu_worker.py,
     # CPUWorker._should_warm_up_model): replicas start faster on 2 busy cores.
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -180,7 +180,8 @@ def chain_deployment(
                 "preset": "custom",
                 "source": f"file://{model_dir}",
                 "servedModelName": SERVED_NAME,
-                "maxModelLen": 4096,
+                # Long enough for the drain scenario's streams (test_10_cpu_chain.py).
+                "maxModelLen": 16384,
                 "architecture": tiny_architecture(),
             },
             "pools": pools,
@@ -336,11 +337,17 @@ class StreamResult:
     error: str | None
     started: float
     ended: float
+    # Closed by the client itself (``Load.stop(abort=True)``): neither served nor failed.
+    aborted: bool = False
 
 
 class Load:
     """``clients`` threads, each streaming chat completions through the serve Service with the
-    official ``openai`` client until stopped (or once, with ``once=True``)."""
+    official ``openai`` client until stopped (or once, with ``once=True``).
+
+    ``stop(abort=True)`` closes the streams in flight from the client side instead of waiting
+    for them: Serve's proxy sees the disconnect and cancels the request, so Serve's count of
+    ongoing requests drops at once rather than over the last requests' remaining tokens."""
 
     def __init__(self, base_url: str, clients: int, *, max_tokens: int, once: bool = False) -> None:
         import threading
@@ -349,6 +356,9 @@ class Load:
         self.max_tokens = max_tokens
         self.once = once
         self.stop_event = threading.Event()
+        self.abort_event = threading.Event()
+        # Set when any stream has received its first token (the request is on a replica).
+        self.first_token = threading.Event()
         self.results: list[StreamResult] = []
         self._lock = threading.Lock()
         self.threads = [
@@ -375,7 +385,13 @@ class Load:
             for chunk in stream:
                 if chunk.choices:
                     tokens += 1
+                    self.first_token.set()
                     finish = chunk.choices[0].finish_reason or finish
+                if self.abort_event.is_set() and finish is None:
+                    stream.close()
+                    return StreamResult(
+                        False, tokens, None, None, started, time.monotonic(), aborted=True
+                    )
             return StreamResult(finish is not None, tokens, finish, None, started, time.monotonic())
         except Exception as exc:
             return StreamResult(False, tokens, finish, repr(exc), started, time.monotonic())
@@ -388,15 +404,17 @@ class Load:
             if self.once or self.stop_event.is_set():
                 return
 
-    def stop(self, timeout: float = 900) -> list[StreamResult]:
+    def stop(self, timeout: float = 900, *, abort: bool = False) -> list[StreamResult]:
         self.stop_event.set()
+        if abort:
+            self.abort_event.set()
         for t in self.threads:
             t.join(timeout)
         return list(self.results)
 
     def failures(self) -> list[StreamResult]:
         with self._lock:
-            return [r for r in self.results if not r.ok]
+            return [r for r in self.results if not r.ok and not r.aborted]
 
 
 def serve_replicas(ns: str, name: str) -> list[dict[str, Any]]:
@@ -407,6 +425,17 @@ def serve_replicas(ns: str, name: str) -> list[dict[str, Any]]:
         if dname.startswith("LLMServer"):
             return list(dep.get("replicas") or [])
     return []
+
+
+def serve_replica_log(ground: Ground, ns: str, pod: str, replica_id: str) -> str:
+    """A Serve replica's own log file (what ``kubectl logs`` of the pod's Ray session would
+    show): in the pod's ``/tmp/ray`` while the pod runs, under ``ray-logs/`` once the stand-in
+    kept it at the pod's removal (harness/raynodes.py)."""
+    base = raynodes.pod_dir(ground.state_dir, ns, pod)
+    found = sorted(base.glob(f"tmp/ray/session_*/logs/serve/replica_*_{replica_id}.log")) + sorted(
+        base.glob(f"ray-logs/session_*/serve/replica_*_{replica_id}.log")
+    )
+    return "".join(p.read_text(errors="replace") for p in found)
 
 
 def replica_bundles(serve_config_v2: str) -> tuple[list[dict[str, float]], str]:

@@ -19,6 +19,7 @@ Times of each step are printed (``-rA``) and recorded in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,7 @@ from chain_support import (
     k2t,
     node_pool,
     ray_nodes,
+    serve_replica_log,
     serve_replicas,
     serve_url,
     wait,
@@ -50,6 +52,9 @@ NAME = "tiny"
 # machine, ~70 s seen at load 15-19), else the autoscaler gives up on a pod that is starting,
 # not waiting for room.
 FALLBACK_S = 90
+# Long reasoning streams for the drain scenario: at this machine's ~60-100 tokens/s per stream
+# they outlast Serve's scale-in decision (~40 s after the load stops) by a minute or more.
+DRAIN_TOKENS = 10_000
 TIMES: dict[str, float] = {}
 
 
@@ -235,15 +240,19 @@ def test_every_pool_full_is_capacity_blocked_and_clients_only_queue(deployed: Gr
 def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: Ground) -> None:
     g = deployed
     url = serve_url(NS, NAME)
-    # Two long streams started while both replicas still serve the load (Serve's router picks the
-    # less busy replica, so one lands on each); then the load stops and Serve's demand drops to
-    # one replica while both streams are in flight, so one of them runs on the replica removed.
-    # Started after the load stopped, they could meet a fleet already scaled in (on a quiet
-    # machine stopping the load's clients outlasts the 10 s downscale delay).
-    streams = Load(url, 2, max_tokens=3000, once=True)
     t0 = time.monotonic()
-    results = LOAD.pop("more").stop() + LOAD.pop("base").stop()
-    assert results and all(r.ok for r in results), [r for r in results if not r.ok][:3]
+    # The load's clients hang up (Serve cancels their requests at once, instead of finishing up
+    # to 600 tokens each while Serve's demand already falls); then two long streams start one
+    # after the other on the idle fleet: Serve's router sends the second to the replica without
+    # a request, so each replica holds one stream and either one Serve stops is draining one.
+    results = LOAD.pop("more").stop(abort=True) + LOAD.pop("base").stop(abort=True)
+    assert results and not [r for r in results if not r.ok and not r.aborted], results
+    streams = [Load(url, 1, max_tokens=DRAIN_TOKENS, once=True)]
+    wait("the first long stream's first token", streams[0].first_token.is_set, timeout=120)
+    streams.append(Load(url, 1, max_tokens=DRAIN_TOKENS, once=True))
+    wait("the second long stream's first token", streams[1].first_token.is_set, timeout=120)
+    # Two ongoing requests against a target of 2 per replica: Serve's demand is one replica
+    # once its 30 s look-back window has forgotten the load, then 10 s of downscale delay.
     stopping = wait(
         "Serve to stop a replica (scale-in) while the streams run",
         lambda: [
@@ -253,11 +262,25 @@ def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: 
         ],
         timeout=240,
     )
-    in_flight_at_scale_in = [t for t in streams.threads if t.is_alive()]
-    drained = streams.stop(timeout=600)
-    assert all(r.ok and r.finish_reason == "length" for r in drained), drained
-    assert in_flight_at_scale_in, "no stream was in flight when Serve stopped a replica"
-    removed = stopping[0].get("node_instance_id")
+    victim = stopping[0]
+    assert all(t.is_alive() for s in streams for t in s.threads), "a stream ended before scale-in"
+    wait(
+        f"Serve to finish stopping replica {victim['replica_id']}",
+        lambda: all(
+            r.get("replica_id") != victim["replica_id"]
+            for r in serve_replicas(NS, cluster_of(g, NS))
+        ),
+        timeout=600,
+    )
+    drained = [r for s in streams for r in s.stop(timeout=600)]
+    assert len(drained) == 2 and all(r.ok and r.finish_reason == "length" for r in drained), drained
+    assert all(r.tokens >= DRAIN_TOKENS * 0.9 for r in drained), drained
+    # Serve's own record on the replica it stopped: it waited for a request in flight, then
+    # drained (ray/serve/_private/replica.py, _drain_ongoing_requests).
+    log = serve_replica_log(g, NS, victim["node_instance_id"], victim["replica_id"])
+    assert re.search(r"to shut down: [1-9]\d* ongoing requests", log), log[-3000:]
+    assert "Drained ongoing requests" in log, log[-3000:]
+    removed = victim["node_instance_id"]
     wait(
         f"the autoscaler to remove the idle worker pod {removed} and every pending pod",
         lambda: len(ws := worker_pods(g, NS)) == 1 and ws[0]["metadata"]["name"] != removed,

@@ -32,7 +32,9 @@ NUM_ATTENTION_HEADS = 4  # head_dim = 512 / 4 = 128, as in K2-Think
 NUM_KEY_VALUE_HEADS = 2  # grouped-query attention, 2 query heads per KV head
 NUM_HIDDEN_LAYERS = 2
 INTERMEDIATE_SIZE = 1024
-MAX_POSITION_EMBEDDINGS = 4096
+# Room for the chain suite's drain scenario, whose streams must outlast Serve's scale-in decision
+# (RoPE: the position range costs no weights).
+MAX_POSITION_EMBEDDINGS = 16384
 TOKENIZER_VOCAB_SIZE = 2048
 
 # Qwen-style ChatML; the generation prompt opens the reasoning block like K2-Think's template does.
