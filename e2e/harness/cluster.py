@@ -262,7 +262,7 @@ class Cluster:
             # KubeRay's CRDs cost the apiserver 10-30 s of CPU: overlap that with the
             # controller-manager's start and the node creation.
             with ThreadPoolExecutor(max_workers=1) as pool:
-                crds_done = pool.submit(cluster.install_crds, crd_files)
+                crds_done = pool.submit(cluster.install_crds, crd_files, timeout=timeout)
                 try:
                     cluster._wait_controllers(timeout)
                     if camp is not None:
