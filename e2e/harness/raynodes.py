@@ -24,8 +24,9 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   (``--num-cpus``/``--num-gpus``/``--memory``/``--resources`` from the group), so a GPU pod's
   GPUs are logical Ray resources, nothing more;
 * when the pod is deleted (or gone), every process of the pod gets SIGTERM, then SIGKILL after
-  a bound, and the namespace is removed, before any new pod starts (KWOK reuses the IP at once). Processes are found by a marker variable in their
-  environment (``K2T_POD_UID``), which every child of a Ray node inherits;
+  a bound, and the namespace is removed, before any new pod starts (KWOK reuses the IP at
+  once). Processes are found by a marker variable in their environment (``K2T_POD_UID``),
+  which every child of a Ray node inherits;
 * it keeps ``/etc/hosts`` of the test ground (:class:`harness.netns.HostsFile`) in step with
   Services and EndpointSlices: ``<svc>.<ns>.svc.cluster.local`` (and shorter forms) resolve to
   the pod addresses behind the Service, like cluster DNS for a headless Service; for a
