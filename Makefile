@@ -88,7 +88,7 @@ bench-ingress:
 
 ## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
 .PHONY: test-chain
-test-chain: venv binaries
+test-chain: venv system-deps binaries
 	bash e2e/chain/run.sh
 ## test-observability: alert rules under promtool, dashboard drift, a real Prometheus against the
 ## operator (e2e) and the Ray head serving a completion (data plane), the chart's monitors on a

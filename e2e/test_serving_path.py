@@ -10,7 +10,7 @@
   group's pod on the CPU pool.
 
 No Redis is dialled here: KWOK's pods run nothing (the address is loopback all the same); the
-head-failure behaviour itself is for the chain ground (e2e/chain/head_failure_scenario.py).
+head-failure behaviour itself is proven on the chain ground (e2e/chain/test_30_head_failure.py).
 """
 
 from __future__ import annotations

@@ -158,3 +158,11 @@ def test_containers_that_restart_are_not_reported() -> None:
         raynodes.terminated_status(_two_container_pod("Always"), {"ray-head": 1}, now="t") is None
     )
     assert raynodes.terminated_status(_two_container_pod("Never"), {}, now="t") is None
+
+
+def test_a_pod_mac_follows_its_ip() -> None:
+    """A reused pod IP gets the same MAC, so neighbour caches of the other pods stay right."""
+    from harness import netns
+
+    assert netns.pod_mac("10.244.1.3") == "02:42:0a:f4:01:03"
+    assert netns.pod_mac("10.244.1.3") != netns.pod_mac("10.244.1.4")

@@ -340,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             report["placement_optimum"] = packing_optimum(
                 nodes_per_pool, demand, args.solver_python
             )
+            # KubeRay watches every namespace: the convergence phases' RayServices (2 x N) would
+            # become RayClusters and thousands of pods beside the placement demand (the first
+            # 1,000-node run, 2026-12-02, drowned its placement phase in them).
+            delete_namespaces(cluster, "bench-")
             cluster.start_kuberay()
             results = [run_placement(cluster, demand, "default")]
             report["placement"] = [asdict(r) for r in results]
@@ -352,6 +356,18 @@ def main(argv: list[str] | None = None) -> int:
         save(report, args.json)
     print_report(report)
     return 0
+
+
+def delete_namespaces(cluster: Cluster, prefix: str) -> None:
+    """Delete every namespace named ``prefix...`` and wait until they are gone (nothing of ours
+    holds a finalizer there: the operator puts none, KubeRay is not running yet)."""
+    names = [
+        ns["metadata"]["name"]
+        for ns in cluster.kubectl_json("get", "namespaces", timeout=300)["items"]
+        if ns["metadata"]["name"].startswith(prefix)
+    ]
+    if names:
+        cluster.kubectl("delete", "namespace", *names, "--wait=true", "--timeout=900s", timeout=960)
 
 
 def save(report: dict[str, Any], path: str | None) -> None:

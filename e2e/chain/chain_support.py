@@ -332,6 +332,10 @@ def stamp() -> float:
 @dataclass
 class StreamResult:
     ok: bool
+    # vLLM's own count (``usage.completion_tokens`` of the stream's last chunk) once the stream
+    # ends; SSE chunks until then. Not the chunk count: when vLLM's output loop falls behind (busy
+    # cores) it sends several tokens in one chunk, so chunks undercount (8,810 chunks for a full
+    # 10,000-token stream in one CI run).
     tokens: int
     finish_reason: str | None
     error: str | None
@@ -380,9 +384,12 @@ class Load:
                 messages=[{"role": "user", "content": "Think step by step about autoscaling."}],
                 max_tokens=self.max_tokens,
                 stream=True,
+                stream_options={"include_usage": True},
                 extra_body={"ignore_eos": True},
             )
             for chunk in stream:
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
                 if chunk.choices:
                     tokens += 1
                     self.first_token.set()

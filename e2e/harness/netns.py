@@ -15,7 +15,8 @@ exactly that with iproute2:
   the ``kubernetes`` Service address ``10.96.0.1`` on ``lo`` (the apiserver listens on every
   address of this namespace, so pods reach it the way they do in a cluster);
 * :func:`add_pod` makes a network namespace per pod with a veth pair on the bridge, the pod's IP
-  (KWOK's ``status.podIP``) and a default route through the gateway;
+  (KWOK's ``status.podIP``), a MAC address derived from that IP (:func:`pod_mac`) and a default
+  route through the gateway;
 * :class:`HostsFile` is bind-mounted over ``/etc/hosts`` (in the private mount namespace only)
   and rewritten in place, so Services resolve to the pod addresses behind them (Go re-reads the
   file when its mtime changes, Python's resolver on every lookup).
@@ -125,6 +126,21 @@ def _veth(name: str) -> str:
     return "k2v" + name.removeprefix("k2t-")[:10]  # <= 15 characters (IFNAMSIZ)
 
 
+def pod_mac(ip: str) -> str:
+    """The MAC of the pod with address ``ip``: ``02:42`` (locally administered, unicast) and the
+    IPv4 address, the way Docker numbers its containers' interfaces.
+
+    Why: KWOK hands a deleted pod's IP to the next pod at once (a replaced Ray head or worker
+    usually gets its predecessor's address). With a random MAC per namespace, the other pods and
+    the gateway keep the old pod's MAC in their neighbour caches for up to a minute (Linux's
+    reachable time) and their packets to the new pod go nowhere: on the chain ground a new
+    worker's TCP connection to the GCS was left half-open and a Serve replica hung in a GCS call
+    for minutes after a head crash. One MAC per IP keeps every cached entry right.
+    """
+    packed = ipaddress.IPv4Address(ip).packed
+    return "02:42:" + ":".join(f"{b:02x}" for b in packed)
+
+
 def add_pod(name: str, ip: str) -> Path:
     """Create network namespace ``name`` with ``ip`` on its eth0, bridged to the ground."""
     require_isolated()
@@ -137,6 +153,7 @@ def add_pod(name: str, ip: str) -> Path:
     _run("ip", "link", "set", veth, "master", BRIDGE)
     _run("ip", "link", "set", veth, "up")
     _run("ip", "-n", name, "link", "set", "lo", "up")
+    _run("ip", "-n", name, "link", "set", "eth0", "address", pod_mac(ip))
     _run("ip", "-n", name, "addr", "add", f"{ip}/{_prefix()}", "dev", "eth0")
     _run("ip", "-n", name, "link", "set", "eth0", "up")
     _run("ip", "-n", name, "route", "add", "default", "via", GATEWAY)

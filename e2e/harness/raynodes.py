@@ -24,8 +24,9 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   (``--num-cpus``/``--num-gpus``/``--memory``/``--resources`` from the group), so a GPU pod's
   GPUs are logical Ray resources, nothing more;
 * when the pod is deleted (or gone), every process of the pod gets SIGTERM, then SIGKILL after
-  a bound, and the namespace is removed. Processes are found by a marker variable in their
-  environment (``K2T_POD_UID``), which every child of a Ray node inherits;
+  a bound, and the namespace is removed, before any new pod starts (KWOK reuses the IP at
+  once). Processes are found by a marker variable in their environment (``K2T_POD_UID``),
+  which every child of a Ray node inherits;
 * it keeps ``/etc/hosts`` of the test ground (:class:`harness.netns.HostsFile`) in step with
   Services and EndpointSlices: ``<svc>.<ns>.svc.cluster.local`` (and shorter forms) resolve to
   the pod addresses behind the Service, like cluster DNS for a headless Service; for a
@@ -638,14 +639,19 @@ class Kubelet:
 
     def sync(self) -> None:
         pods = self.api.get("/api/v1/pods", labelSelector=RAY_CLUSTER_LABEL)["items"]
-        seen = set()
+        live = {}
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
-            uid = meta["uid"]
             gone = meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed")
-            if gone:
-                continue
-            seen.add(uid)
+            if not gone:
+                live[meta["uid"]] = pod
+        # Stop before start: KWOK gives a deleted pod's IP to the next pod at once, and two
+        # network namespaces with one address on the bridge would split its traffic (a CNI
+        # releases an IP only once the old sandbox is gone).
+        for uid in [u for u in self.pods if u not in live]:
+            self.stop_pod(uid, "pod deleted")
+        for uid, pod in live.items():
+            meta, status = pod["metadata"], pod.get("status") or {}
             if uid in self.pods or not pod["spec"].get("nodeName") or not status.get("podIP"):
                 continue
             try:
@@ -653,8 +659,6 @@ class Kubelet:
             except Exception as exc:  # a bad pod must not stop the others
                 _log(f"{meta['namespace']}/{meta['name']}: cannot start: {exc}")
                 self.stop_pod(uid, "start failed")
-        for uid in [u for u in self.pods if u not in seen]:
-            self.stop_pod(uid, "pod deleted")
         for run in list(self.pods.values()):
             self._tick_pod(run)
         services = self.api.get("/api/v1/services")["items"]

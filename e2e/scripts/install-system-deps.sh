@@ -10,10 +10,9 @@
 #              Prometheus on loopback against the operator and the Ray head (docs/observability.md).
 #              Installed with --no-install-recommends; nothing is started (the tests start their
 #              own server with a temporary TSDB).
-#   redis-server -- the external Redis of GCS fault tolerance in the chain suite's head-failure
-#              scenario (e2e/chain/head_failure_scenario.py, a draft not yet collected by pytest);
-#              the suite starts its own instance inside its network namespace, the package's
-#              service is not used.
+#   redis-server -- the external Redis of GCS fault tolerance in the chain suite's head-crash
+#              scenario (e2e/chain/test_30_head_failure.py); the test starts its own instance
+#              inside the suite's network namespace, the package's service is not used.
 set -euo pipefail
 
 PACKAGES=(lua5.4 prometheus redis-server)
