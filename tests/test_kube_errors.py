@@ -10,9 +10,8 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from kubernetes_asyncio import client
 
-from k2think_operator.kube import Kube, TransientApiError
+from k2think_operator.kube import Kube, RestClient, TransientApiError, build_path
 
 
 def _closed_port() -> int:
@@ -23,9 +22,7 @@ def _closed_port() -> int:
 
 @pytest.fixture
 async def kube() -> AsyncIterator[Kube]:
-    configuration = client.Configuration(host=f"https://127.0.0.1:{_closed_port()}")
-    configuration.verify_ssl = False
-    facade = Kube(client.ApiClient(configuration))
+    facade = Kube(RestClient(f"https://127.0.0.1:{_closed_port()}", None, dict))
     yield facade
     await facade.close()
 
@@ -51,3 +48,14 @@ async def test_calls_after_close_are_transient_not_session_errors(kube: Kube) ->
                 "metadata": {"name": "k2think", "namespace": "ns"},
             }
         )
+
+
+def test_rest_paths_of_core_and_group_apis() -> None:
+    from k2think_operator.apis import K2THINK, PODS
+
+    assert build_path(PODS, "ns") == "/api/v1/namespaces/ns/pods"
+    assert build_path(K2THINK) == "/apis/k2think.dev/v1alpha1/k2thinkdeployments"
+    assert (
+        build_path(K2THINK, "ns", "x", "status")
+        == "/apis/k2think.dev/v1alpha1/namespaces/ns/k2thinkdeployments/x/status"
+    )

@@ -1,71 +1,65 @@
-"""Leader election glue (``k2think_operator.leader``) without a cluster.
-
-The election algorithm is kubernetes_asyncio's; what is ours is that an API server that does not
-answer is a failed attempt (not an exception that would escape the renew loop while kopf keeps
-running) and the command line that turns it on. Takeover on a real API server is proven in
+"""Leader election (``k2think_operator.leader``) without a cluster: the decisions of the
+algorithm, and that an API server that does not answer is a failed attempt (not an exception that
+would escape the renew loop while kopf keeps running). Takeover on a real API server is proven in
 ``e2e/install/test_ha.py``.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import socket
 
 import pytest
-from kubernetes_asyncio import client
-from kubernetes_asyncio.leaderelection.electionconfig import Config
-from kubernetes_asyncio.leaderelection.leaderelection import LeaderElection
-from kubernetes_asyncio.leaderelection.leaderelectionrecord import LeaderElectionRecord
 
 from k2think_operator.cli import build_parser
 from k2think_operator.config import OperatorConfig
-from k2think_operator.leader import _Lock
+from k2think_operator.kube import RestClient
+from k2think_operator.leader import LeaseElector, build_lease_spec, held_by_another, micro_time
 
 
-class Unreachable:
-    """A CoordinationV1Api whose every call fails like a refused TCP connection."""
-
-    calls = 0
-
-    async def read_namespaced_lease(self, *_: Any, **__: Any) -> Any:
-        Unreachable.calls += 1
-        raise ConnectionRefusedError("connect to 127.0.0.1:6443 refused")
-
-    async def replace_namespaced_lease(self, *_: Any, **__: Any) -> Any:
-        raise ConnectionRefusedError("connect to 127.0.0.1:6443 refused")
+def test_a_lease_is_anothers_until_its_duration_passed_since_it_was_seen_changing() -> None:
+    spec = {"holderIdentity": "b", "leaseDurationSeconds": 15}
+    assert held_by_another(spec, "a", observed_at=100.0, now=114.0)
+    assert not held_by_another(spec, "a", observed_at=100.0, now=115.5)
+    # Our own lease, or one released (no holder), is free to take.
+    assert not held_by_another(spec, "b", observed_at=100.0, now=101.0)
+    assert not held_by_another({"leaseDurationSeconds": 1}, "a", observed_at=100.0, now=100.1)
 
 
-async def _noop() -> None:
-    return None
+def test_renewing_keeps_the_acquire_time_and_taking_over_counts_a_transition() -> None:
+    first = build_lease_spec({}, "a", 15, 1_000.0)
+    assert first["holderIdentity"] == "a" and first["leaseTransitions"] == 0
+    assert first["acquireTime"] == first["renewTime"] == micro_time(1_000.0)
+    renewed = build_lease_spec(first, "a", 15, 1_002.0)
+    assert renewed["acquireTime"] == micro_time(1_000.0)
+    assert renewed["renewTime"] == micro_time(1_002.0) == "1970-01-01T00:16:42.000000Z"
+    assert renewed["leaseTransitions"] == 0
+    taken = build_lease_spec(renewed, "b", 15, 1_030.0)
+    assert taken["acquireTime"] == micro_time(1_030.0) and taken["leaseTransitions"] == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def test_an_unreachable_api_server_is_a_failed_attempt_not_an_exception() -> None:
-    api = client.ApiClient(client.Configuration())
+    api = RestClient(f"https://127.0.0.1:{_closed_port()}", None, dict)
     try:
-        lock = _Lock("k2think-operator", "ops", "replica-a", api)
-        lock.api_instance = Unreachable()  # type: ignore[assignment]
-        found, error = await lock.get("k2think-operator", "ops")
-        assert found is False
-        assert json.loads(error.body)["code"] == 503
-        election = LeaderElection(
-            Config(
-                lock,
-                lease_duration=15,
-                renew_deadline=10,
-                retry_period=2,
-                onstarted_leading=_noop,
-                onstopped_leading=_noop,
-            )
+        elector = LeaseElector(
+            api,
+            "k2think-operator",
+            "ops",
+            "replica-a",
+            lease_duration=15,
+            renew_deadline=10,
+            retry_period=2,
         )
-        # Upstream would raise out of its renew loop here; with our lock it is a failed renewal.
-        assert await election.try_acquire_or_renew() is False
-        # A renewal whose write cannot reach the API server fails the same way.
-        lock.lease_reference = client.V1Lease(
-            metadata=client.V1ObjectMeta(name="k2think-operator"), spec=client.V1LeaseSpec()
-        )
-        now = "2026-12-01 20:00:00.000000"
-        record = LeaderElectionRecord("replica-a", "15", now, now)
-        assert await lock.update("k2think-operator", "ops", record) is False
+        assert await elector.try_acquire_or_renew() is False
+        # The renew loop gives up after its deadline instead of raising (a lost lease).
+        elector.renew_deadline, elector.retry_period = 0.3, 0.1
+        await elector.renew_until_lost()
+        await elector.release()  # logs, does not raise
     finally:
         await api.close()
 

@@ -13,14 +13,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, cast
 
 import aiohttp
 import kopf
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.client.rest import RESTResponse
 
 from k2think_operator.apis import (
     APPLIED,
@@ -41,6 +40,12 @@ log = logging.getLogger(__name__)
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
+JSON_CONTENT_TYPE = "application/json"
+
+#: In-cluster credentials (client-go's ``rest.InClusterConfig`` reads the same files).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Projected service-account tokens rotate; client-go re-reads the file every minute too.
+TOKEN_REREAD_SECONDS = 60.0
 
 
 class KubeError(Exception):
@@ -59,9 +64,18 @@ class TransientApiError(KubeError):
     """Conflicts, timeouts, 5xx: try again later."""
 
 
-def _message(error: ApiException) -> str:
-    raw = error.body
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
+class ApiError(Exception):
+    """A non-2xx answer of the API server: its HTTP status and its body (a ``Status`` object)."""
+
+    def __init__(self, status: int, reason: str, body: bytes = b"") -> None:
+        super().__init__(f"HTTP {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+def _message(error: ApiError) -> str:
+    text = error.body.decode(errors="replace")
     try:
         parsed = json.loads(text) if text else {}
     except ValueError:
@@ -69,7 +83,7 @@ def _message(error: ApiException) -> str:
     return str(parsed.get("message") or error.reason) if isinstance(parsed, dict) else text
 
 
-def _classify(error: ApiException, what: str) -> KubeError:
+def _classify(error: ApiError, what: str) -> KubeError:
     message = _message(error)
     if error.status == 404:
         return KubeRayMissing(
@@ -81,12 +95,127 @@ def _classify(error: ApiException, what: str) -> KubeError:
     return TransientApiError(f"{what}: HTTP {error.status}: {message}")
 
 
-_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
+_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
-def _object_missing(error: ApiException, api: Api) -> bool:
+def _object_missing(error: ApiError, api: Api) -> bool:
     """A 404 naming the object ("rayservices.ray.io "x" not found"), not a missing API."""
     return error.status == 404 and api.plural in _message(error).lower()
+
+
+def build_path(
+    api: Api, namespace: str | None = None, name: str | None = None, subresource: str = ""
+) -> str:
+    """The REST path of a collection or an object (``/api/v1/...`` for the core group)."""
+    parts = ["/api", api.version] if not api.group else ["/apis", api.group, api.version]
+    if namespace:
+        parts += ["namespaces", namespace]
+    parts.append(api.plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG")
+
+
+class _ServiceAccountToken:
+    """The pod's bearer token, re-read once a minute (kubelet rotates projected tokens)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.token = ""
+        self.read_at = -TOKEN_REREAD_SECONDS
+
+    def headers(self) -> dict[str, str]:
+        now = time.monotonic()
+        if now - self.read_at >= TOKEN_REREAD_SECONDS:
+            with open(self.path, encoding="utf-8") as f:
+                self.token = f.read().strip()
+            self.read_at = now
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+class RestClient:
+    """JSON over HTTP to the API server, on aiohttp (kopf's own HTTP library).
+
+    Why not the generated ``kubernetes_asyncio`` client: importing it loads 866 modules (every
+    generated model) for ~37 MiB of the operator's memory, and kopf imports it whenever it is
+    installed (``kopf/_cogs/helpers/thirdparty.py``); the operator uses a dozen REST calls on
+    plain JSON. Credentials come from the same places: in a pod the service account (as
+    client-go's ``InClusterConfig``: ``KUBERNETES_SERVICE_HOST``/``_PORT``, the token file,
+    ``ca.crt``), else the kubeconfig, read by kopf's own ``login_with_kubeconfig`` and turned into
+    TLS and headers by ``kopf.ConnectionInfo``.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        ssl_context: ssl.SSLContext | None,
+        headers: Callable[[], Mapping[str, str]],
+        *,
+        connections: int = 32,
+        timeout: float = 60.0,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self._headers = headers
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ssl=ssl_context or False),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers={"User-Agent": "k2think-operator", "Accept": JSON_CONTENT_TYPE},
+        )
+
+    @classmethod
+    async def connect(cls, **options: Any) -> RestClient:
+        """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+        if _in_cluster():
+            host = os.environ["KUBERNETES_SERVICE_HOST"]
+            port = os.environ.get("KUBERNETES_SERVICE_PORT_HTTPS") or os.environ.get(
+                "KUBERNETES_SERVICE_PORT", "443"
+            )
+            host = f"[{host}]" if ":" in host else host
+            context = ssl.create_default_context(cafile=f"{SERVICE_ACCOUNT_DIR}/ca.crt")
+            token = _ServiceAccountToken(f"{SERVICE_ACCOUNT_DIR}/token")
+            return cls(f"https://{host}:{port}", context, token.headers, **options)
+        info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+        if info is None:
+            raise kopf.LoginError("no in-cluster service account and no kubeconfig")
+        tls = info.as_ssl_context() if info.server.startswith("https") else None
+        fixed = info.as_http_headers()
+        return cls(info.server, tls, lambda: fixed, **options)
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON_CONTENT_TYPE,
+    ) -> Any:
+        """One call; the decoded JSON answer, or ``ApiError`` for a non-2xx status."""
+        headers = dict(self._headers())
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = content_type
+        async with self._session.request(
+            method, self.server + path, params=params, data=data, headers=headers
+        ) as response:
+            raw = await response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiError(response.status, response.reason or "", raw)
+        return json.loads(raw) if raw else None
 
 
 class KubeApi(Protocol):
@@ -127,28 +256,24 @@ class KubeApi(Protocol):
     async def close(self) -> None: ...
 
 
+CONFIGMAPS = Api("", "v1", "ConfigMap", "configmaps")
+NETWORKPOLICIES = Api("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
+SECRETS = Api("", "v1", "Secret", "secrets")
+_APPLIED_NAMESPACED = {CONFIGMAPS.kind: CONFIGMAPS, NETWORKPOLICIES.kind: NETWORKPOLICIES}
+_CREATED = {JOBS.kind: JOBS, PVCS.kind: PVCS}
+
+
 class Kube:
     """A thin async facade over the API calls the operator makes (implements ``KubeApi``)."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: RestClient) -> None:
         self._api = api
         self._closed = False
-        self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
-        self._networking = client.NetworkingV1Api(api)
-        self._batch = client.BatchV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
         """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            api = client.ApiClient()
-        else:
-            configuration = client.Configuration()
-            await config.load_kube_config(client_configuration=configuration)
-            api = client.ApiClient(configuration)
-        return cls(api)
+        return cls(await RestClient.connect())
 
     async def close(self) -> None:
         self._closed = True
@@ -158,80 +283,63 @@ class Kube:
     def _call(self, what: str) -> Iterator[None]:
         """Translate every failure of one API call into the reconciler's ``KubeError``s.
 
-        Inside the block, catch ``ApiException`` only for the answers that are not errors
+        Inside the block, catch ``ApiError`` only for the answers that are not errors
         (a 404 meaning "no such object") and re-raise the rest to this translation.
         """
         # kopf still runs handlers for a few seconds after its cleanup closed this client.
-        if self._closed:
+        if self._closed or self._api.closed:
             raise TransientApiError(f"{what}: the operator is stopping")
         try:
             yield
-        except ApiException as error:
+        except ApiError as error:
             raise _classify(error, what) from error
         except _NETWORK_ERRORS as error:
             raise TransientApiError(f"{what}: no answer from the API server: {error!r}") from error
+
+    async def _get(self, path: str, **params: str) -> Any:
+        return await self._api.request("GET", path, params=params or None)
 
     async def api_served(self, group: str, version: str, plural: str) -> bool:
         """Whether discovery lists ``plural`` in ``group/version`` (a CRD installed and served)."""
         with self._call(f"{plural}.{group} discovery"):
             try:
-                found = await self._custom.get_api_resources(group, version)
-            except ApiException as error:
+                found = await self._get(f"/apis/{group}/{version}")
+            except ApiError as error:
                 if error.status == 404:
                     return False
                 raise
-        return any(resource.name == plural for resource in (found.resources or []))
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply one namespaced custom object, taking ownership of its fields.
 
-        Returns the object as the API server stored it. The generated client decodes only an
-        HTTP 200 answer (``response_types_map`` of ``patch_namespaced_custom_object``), and an
-        apply that creates answers 201 with the same object: the body is read here instead
-        of asking for it again with a GET.
+        Returns the object as the API server stored it (200 when it existed, 201 created).
         """
         api = APPLIED[(obj["apiVersion"], obj["kind"])]
         meta = obj["metadata"]
         with self._call(api.kind):
-            response = await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
-                api.group,
-                api.version,
-                meta["namespace"],
-                api.plural,
-                meta["name"],
-                dict(obj),
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_CONTENT_TYPE,
-                _preload_content=False,
-            )
-            data = await response.read()
-            if not 200 <= response.status <= 299:
-                raise ApiException(http_resp=cast(Any, RESTResponse(response, data)))
-        return cast(dict[str, Any], json.loads(data))
+            stored = await self._apply(api, meta["namespace"], meta["name"], obj)
+        return cast(dict[str, Any], stored)
+
+    async def _apply(self, api: Api, namespace: str, name: str, obj: Mapping[str, Any]) -> Any:
+        return await self._api.request(
+            "PATCH",
+            build_path(api, namespace, name),
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type=APPLY_CONTENT_TYPE,
+        )
 
     async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply a ConfigMap or NetworkPolicy we own (no read of the object)."""
         kind = obj["kind"]
         meta = obj["metadata"]
-        options: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "force": True,
-            "_content_type": APPLY_CONTENT_TYPE,
-        }
+        if kind not in _APPLIED_NAMESPACED:
+            raise ValueError(f"apply_namespaced does not handle {kind}")
         with self._call(kind):
             try:
-                if kind == "ConfigMap":
-                    await self._core.patch_namespaced_config_map(
-                        meta["name"], meta["namespace"], dict(obj), **options
-                    )
-                elif kind == "NetworkPolicy":
-                    await self._networking.patch_namespaced_network_policy(
-                        meta["name"], meta["namespace"], dict(obj), **options
-                    )
-                else:
-                    raise ValueError(f"apply_namespaced does not handle {kind}")
-            except ApiException as error:
+                await self._apply(_APPLIED_NAMESPACED[kind], meta["namespace"], meta["name"], obj)
+            except ApiError as error:
                 if error.status == 404:  # built-in APIs are always served: not KubeRayMissing
                     raise ApplyRejected(
                         f"the API server refused the {kind}: {_message(error)}"
@@ -251,10 +359,13 @@ class Kube:
         body = {**dict(obj), "stringData": dict(generated)}
         with self._call("Secret"):
             try:
-                await self._core.create_namespaced_secret(
-                    meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER
+                await self._api.request(
+                    "POST",
+                    build_path(SECRETS, meta["namespace"]),
+                    params={"fieldManager": FIELD_MANAGER},
+                    body=body,
                 )
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 409:
                     return False
                 if error.status == 404:
@@ -266,76 +377,66 @@ class Kube:
 
     async def list_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """K2ThinkDeployments in the given namespaces (all of them when empty)."""
-        group, version, plural = K2THINK.gvp
         with self._call(f"{K2THINK.kind} list"):
-            if not namespaces:
-                found = await self._custom.list_cluster_custom_object(group, version, plural)
-                return [dict(item) for item in found.get("items", [])]
             objects: list[dict[str, Any]] = []
-            for namespace in namespaces:
-                found = await self._custom.list_namespaced_custom_object(
-                    group, version, namespace, plural
-                )
-                objects += [dict(item) for item in found.get("items", [])]
+            for namespace in namespaces or (None,):
+                found = await self._get(build_path(K2THINK, namespace))
+                objects += [dict(item) for item in (found or {}).get("items") or []]
             return objects
 
+    async def _get_object(
+        self, api: Api, namespace: str, name: str, *, api_may_be_missing: bool = False
+    ) -> dict[str, Any] | None:
+        """One object; None for a 404 naming it. A 404 for the API itself is raised (KubeRay's
+        CRDs missing is a condition), unless ``api_may_be_missing`` (then it is None too)."""
+        try:
+            return cast(dict[str, Any], await self._get(build_path(api, namespace, name)))
+        except ApiError as error:
+            if _object_missing(error, api) or (error.status == 404 and api_may_be_missing):
+                return None
+            raise
+
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        group, version, plural = RAYSERVICE.gvp
         with self._call(RAYSERVICE.kind):
-            try:
-                result = await self._custom.get_namespaced_custom_object(
-                    group, version, namespace, plural, name
-                )
-            except ApiException as error:
-                if _object_missing(error, RAYSERVICE):
-                    return None
-                raise
-        return dict(result)
+            return await self._get_object(RAYSERVICE, namespace, name)
 
     # --- Kueue: read its Workloads and LocalQueues; (de)activate our own Workload -------------
 
     async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
         """Kueue Workloads of one RayService (by Kueue's job-uid label); None: no Kueue API."""
-        group, version, plural = KUEUE_WORKLOAD.gvp
         with self._call(f"{KUEUE_WORKLOAD.kind} list"):
             try:
-                found = await self._custom.list_namespaced_custom_object(
-                    group, version, namespace, plural, label_selector=f"{JOB_UID_LABEL}={job_uid}"
+                found = await self._get(
+                    build_path(KUEUE_WORKLOAD, namespace),
+                    labelSelector=f"{JOB_UID_LABEL}={job_uid}",
                 )
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 404:
                     return None
                 raise
-        return [dict(item) for item in found.get("items", [])]
+        return [dict(item) for item in (found or {}).get("items") or []]
 
     async def local_queue_target(self, namespace: str, name: str) -> str | None:
         """The ClusterQueue a LocalQueue points at (None when it or Kueue's API is absent)."""
-        group, version, plural = KUEUE_LOCALQUEUE.gvp
         with self._call(KUEUE_LOCALQUEUE.kind):
             try:
-                found = await self._custom.get_namespaced_custom_object(
-                    group, version, namespace, plural, name
-                )
-            except ApiException as error:
+                found = await self._get(build_path(KUEUE_LOCALQUEUE, namespace, name))
+            except ApiError as error:
                 if error.status == 404:
                     return None
                 raise
-        target = (found.get("spec") or {}).get("clusterQueue")
+        target = ((found or {}).get("spec") or {}).get("clusterQueue")
         return str(target) if target else None
 
     async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         """Kueue's way to stop and restart a workload: ``spec.active`` (merge patch)."""
-        group, version, plural = KUEUE_WORKLOAD.gvp
         with self._call(KUEUE_WORKLOAD.kind):
-            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
-                group,
-                version,
-                namespace,
-                plural,
-                name,
-                {"spec": {"active": active}},
-                field_manager=FIELD_MANAGER,
-                _content_type=MERGE_CONTENT_TYPE,
+            await self._api.request(
+                "PATCH",
+                build_path(KUEUE_WORKLOAD, namespace, name),
+                params={"fieldManager": FIELD_MANAGER},
+                body={"spec": {"active": active}},
+                content_type=MERGE_CONTENT_TYPE,
             )
 
     async def patch_status(
@@ -351,20 +452,16 @@ class Kube:
         self, api: Api, namespace: str, name: str, status: Mapping[str, Any]
     ) -> str | None:
         """Merge-patch ``status`` of one of our resources; an object already gone is no error."""
-        group, version, plural = api.gvp
         with self._call(f"{api.kind} status"):
             try:
-                result = await self._custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                    group,
-                    version,
-                    namespace,
-                    plural,
-                    name,
-                    {"status": dict(status)},
-                    field_manager=FIELD_MANAGER,
-                    _content_type=MERGE_CONTENT_TYPE,
+                result = await self._api.request(
+                    "PATCH",
+                    build_path(api, namespace, name, "status"),
+                    params={"fieldManager": FIELD_MANAGER},
+                    body={"status": dict(status)},
+                    content_type=MERGE_CONTENT_TYPE,
                 )
-            except ApiException as error:
+            except ApiError as error:
                 if error.status != 404:
                     raise
                 log.info("%s/%s is gone; status not written", namespace, name)
@@ -374,70 +471,37 @@ class Kube:
 
     # --- the model cache (cachecontrol.py) ----------------------------------------------------
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        """A generated client model as the API's JSON (camelCase keys), like custom objects."""
-        return cast(dict[str, Any], self._api.sanitize_for_serialization(obj))
-
     async def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
-        group, version, plural = MODELCACHE.gvp
         with self._call(MODELCACHE.kind):
-            try:
-                result = await self._custom.get_namespaced_custom_object(
-                    group, version, namespace, plural, name
-                )
-            except ApiException as error:
-                if error.status == 404:
-                    return None
-                raise
-        return dict(result)
+            return await self._get_object(MODELCACHE, namespace, name, api_may_be_missing=True)
 
     async def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._call(PVCS.kind):
-            try:
-                found = await self._core.read_namespaced_persistent_volume_claim(name, namespace)
-            except ApiException as error:
-                if error.status == 404:
-                    return None
-                raise
-        return self._plain(found)
+            return await self._get_object(PVCS, namespace, name, api_may_be_missing=True)
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._call(JOBS.kind):
-            try:
-                found = await self._batch.read_namespaced_job(name, namespace)
-            except ApiException as error:
-                if error.status == 404:
-                    return None
-                raise
-        return self._plain(found)
+            return await self._get_object(JOBS, namespace, name, api_may_be_missing=True)
 
     async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The pods of a Job (the Job controller labels them ``job-name``)."""
         with self._call(f"{PODS.kind} list"):
-            found = await self._core.list_namespaced_pod(
-                namespace, label_selector=f"job-name={job}"
-            )
-        return [self._plain(item) for item in found.items or []]
+            found = await self._get(build_path(PODS, namespace), labelSelector=f"job-name={job}")
+        return [dict(item) for item in (found or {}).get("items") or []]
 
     async def create(self, obj: Mapping[str, Any]) -> None:
         """Create a claim or a Job; one that already exists is left as it is (both are
         immutable in the fields we set, and a Job's name says what it fills)."""
-        namespace = obj["metadata"]["namespace"]
+        api = _CREATED[obj["kind"]]
         with self._call(obj["kind"]):
             try:
-                if obj["kind"] == JOBS.kind:
-                    await self._batch.create_namespaced_job(
-                        namespace,
-                        dict(obj),  # type: ignore[arg-type]  # a dict body is sent as JSON
-                        field_manager=FIELD_MANAGER,
-                    )
-                else:
-                    await self._core.create_namespaced_persistent_volume_claim(
-                        namespace,
-                        dict(obj),  # type: ignore[arg-type]  # a dict body is sent as JSON
-                        field_manager=FIELD_MANAGER,
-                    )
-            except ApiException as error:
+                await self._api.request(
+                    "POST",
+                    build_path(api, obj["metadata"]["namespace"]),
+                    params={"fieldManager": FIELD_MANAGER},
+                    body=obj,
+                )
+            except ApiError as error:
                 if error.status != 409:
                     raise
 

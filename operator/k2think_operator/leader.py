@@ -12,12 +12,18 @@ for ``lease_duration`` seconds, and the holder stops kopf once it has failed to 
 ``renew_deadline`` seconds (< lease_duration), so the two never overlap as long as clocks tick
 at the same rate. No CRD, one namespaced Role.
 
-The election itself is ``kubernetes_asyncio.leaderelection`` (the asyncio port of client-go's
-algorithm: optimistic concurrency on the Lease's resourceVersion). Two gaps of it are closed
-here: a network error from its lock (an API server that is down) escaped from its renew loop
-without stopping the leader's work, so ``_Lock`` turns it into a failed attempt; and it has no
-"release on cancel", so a replica stopping on SIGTERM hands the lease over by clearing the
-holder (the standby then takes it at its next retry instead of waiting for the lease to expire).
+The election is client-go's algorithm (``tools/leaderelection``): optimistic concurrency on the
+Lease's resourceVersion; a candidate takes a lease whose holder it has not seen renew for
+``lease_duration`` (by its own clock: the time it *observed* the record change, so clocks of
+different machines never meet); a leader renews every ``retry_period`` and gives up when no
+renewal succeeded for ``renew_deadline``. It is written here on ``kube.RestClient`` because the
+asyncio port of it (``kubernetes_asyncio.leaderelection``) comes only with the generated client,
+whose import costs ~37 MiB of the operator's memory (``kube.RestClient`` says why). Two things
+it adds, which that port lacked: an API server that does not answer is a failed attempt (each
+bounded by the time left before the deadline), never an exception out of the renew loop while
+kopf keeps running; and a replica stopping on SIGTERM hands the lease over by clearing the holder
+(as client-go's ``ReleaseOnCancel``: the standby takes it at its next retry instead of waiting for
+the lease to expire).
 
 While standing by, the process serves ``/healthz`` itself (kopf, which normally serves it, is
 not running), so a liveness probe does not kill a healthy standby.
@@ -27,25 +33,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import datetime as dt
 import logging
 import os
 import signal
 import socket
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from aiohttp import ClientError, web
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.leaderelection.electionconfig import Config as ElectionConfig
-from kubernetes_asyncio.leaderelection.leaderelection import LeaderElection
-from kubernetes_asyncio.leaderelection.leaderelectionrecord import LeaderElectionRecord
-from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+from aiohttp import web
 from prometheus_client import Gauge
 
+from k2think_operator.apis import Api
 from k2think_operator.config import OperatorConfig
+from k2think_operator.kube import _NETWORK_ERRORS, ApiError, RestClient, build_path
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ LEADER_TRANSITIONS = Gauge(
     "k2think_operator_leader_acquisitions", "How many times this replica acquired the lease."
 )
 
-_NETWORK_ERRORS = (ClientError, TimeoutError, OSError)
+LEASES = Api("coordination.k8s.io", "v1", "Lease", "leases")
 
 
 def default_identity() -> str:
@@ -76,61 +79,159 @@ def default_namespace() -> str:
         return "default"
 
 
-def _unavailable(error: BaseException) -> ApiException:
-    failed = ApiException(status=503, reason=f"API server unreachable: {error!r}")
-    failed.body = json.dumps({"code": 503, "message": str(error)}).encode()
-    return failed
+def micro_time(now: float) -> str:
+    """A Lease's MicroTime (RFC 3339 with microseconds, UTC)."""
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class _Lock(LeaseLock):
-    """LeaseLock whose network failures are failed attempts, not exceptions (module docstring)."""
+def held_by_another(spec: Mapping[str, Any], identity: str, observed_at: float, now: float) -> bool:
+    """Whether another holder's lease is still valid: it named a holder, and less than its
+    duration has passed since this candidate saw the record change (its own monotonic clock)."""
+    holder = spec.get("holderIdentity")
+    if not holder or holder == identity:
+        return False
+    return observed_at + float(spec.get("leaseDurationSeconds") or 0) > now
 
-    async def get(self, name: str, namespace: str) -> Any:
+
+def build_lease_spec(
+    previous: Mapping[str, Any], identity: str, duration: int, now: float
+) -> dict[str, Any]:
+    """The spec this candidate writes to take or renew the lease (client-go's record)."""
+    stamp = micro_time(now)
+    renewing = previous.get("holderIdentity") == identity and previous.get("acquireTime")
+    transitions = int(previous.get("leaseTransitions") or 0)
+    return {
+        "holderIdentity": identity,
+        "leaseDurationSeconds": duration,
+        "acquireTime": previous["acquireTime"] if renewing else stamp,
+        "renewTime": stamp,
+        "leaseTransitions": transitions if renewing or not previous else transitions + 1,
+    }
+
+
+class LeaseElector:
+    """One candidate for one Lease (the module docstring says why it is written here)."""
+
+    def __init__(
+        self,
+        api: RestClient,
+        name: str,
+        namespace: str,
+        identity: str,
+        *,
+        lease_duration: int,
+        renew_deadline: float,
+        retry_period: float,
+    ) -> None:
+        self.api = api
+        self.name = name
+        self.namespace = namespace
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self.observed: dict[str, Any] | None = None
+        self.observed_at = 0.0
+
+    def _observe(self, spec: Mapping[str, Any]) -> None:
+        if self.observed != spec:
+            self.observed = dict(spec)
+            self.observed_at = time.monotonic()
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt; False when the lease is someone else's or the API did not agree."""
+        path = build_path(LEASES, self.namespace, self.name)
         try:
-            return await super().get(name, namespace)
+            try:
+                lease = await self.api.request("GET", path)
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+                lease = None
+            now = time.time()
+            if lease is None:
+                spec = build_lease_spec({}, self.identity, self.lease_duration, now)
+                body = self._lease(spec)
+                await self.api.request("POST", build_path(LEASES, self.namespace), body=body)
+            else:
+                old = lease.get("spec") or {}
+                self._observe(old)
+                if held_by_another(old, self.identity, self.observed_at, time.monotonic()):
+                    return False
+                spec = build_lease_spec(old, self.identity, self.lease_duration, now)
+                version = (lease.get("metadata") or {}).get("resourceVersion")
+                await self.api.request("PUT", path, body=self._lease(spec, version))
+        except ApiError as error:  # 409: another candidate wrote first
+            log.debug("lease %s/%s: HTTP %s", self.namespace, self.name, error.status)
+            return False
         except _NETWORK_ERRORS as error:
-            return False, _unavailable(error)
+            log.warning("lease %s/%s not acquired or renewed: %r", self.namespace, self.name, error)
+            return False
+        self._observe(spec)
+        return True
 
-    async def create(self, name: str, namespace: str, election_record: Any) -> bool:
+    def _lease(self, spec: Mapping[str, Any], version: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if version:
+            meta["resourceVersion"] = version
+        return {
+            "apiVersion": LEASES.api_version,
+            "kind": LEASES.kind,
+            "metadata": meta,
+            "spec": dict(spec),
+        }
+
+    async def _attempt(self, timeout: float) -> bool:
+        """An attempt bounded by ``timeout`` (a hanging API server is a failed attempt)."""
         try:
-            return bool(await super().create(name, namespace, election_record))
-        except _NETWORK_ERRORS as error:
-            log.warning("lease %s/%s not created: %r", namespace, name, error)
+            return await asyncio.wait_for(self.try_acquire_or_renew(), max(timeout, 0.1))
+        except TimeoutError:
+            log.warning("lease %s/%s: no answer in %.1f s", self.namespace, self.name, timeout)
             return False
 
-    async def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+    async def acquire(self) -> None:
+        """Return once this candidate holds the lease."""
+        while not await self._attempt(self.renew_deadline):
+            await asyncio.sleep(self.retry_period)
+
+    async def renew_until_lost(self) -> None:
+        """Renew every ``retry_period``; return when no renewal succeeded for ``renew_deadline``."""
+        while True:
+            deadline = time.monotonic() + self.renew_deadline
+            while not await self._attempt(deadline - time.monotonic()):
+                if time.monotonic() + self.retry_period >= deadline:
+                    return
+                await asyncio.sleep(self.retry_period)
+            await asyncio.sleep(self.retry_period)
+
+    async def run(
+        self, lead: Callable[[], Coroutine[Any, Any, None]], lost: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Stand by, lead while the lease is held (``lead`` runs as a task), return when lost."""
+        await self.acquire()
+        leading: asyncio.Task[None] = asyncio.create_task(lead(), name="leading")
         try:
-            return bool(await super().update(name, namespace, updated_record))
-        except _NETWORK_ERRORS as error:
-            log.warning("lease %s/%s not renewed: %r", namespace, name, error)
-            return False
+            await self.renew_until_lost()
+        finally:
+            leading.cancel()
+        await lost()
 
     async def release(self) -> None:
         """Clear the holder if it is still us, so a standby takes over without waiting."""
-        found, record = await self.get(self.name, self.namespace)
-        if not found or not isinstance(record, LeaderElectionRecord):
-            return
-        if record.holder_identity != self.identity or self.lease_reference is None:
-            return
-        spec = self.lease_reference.spec
-        spec.holder_identity = None  # type: ignore[assignment]
-        spec.lease_duration_seconds = 1
+        path = build_path(LEASES, self.namespace, self.name)
         try:
-            await self.api_instance.replace_namespaced_lease(
-                name=self.name, namespace=self.namespace, body=self.lease_reference
+            lease = await self.api.request("GET", path)
+            spec = dict(lease.get("spec") or {})
+            if spec.get("holderIdentity") != self.identity:
+                return
+            spec.update(
+                holderIdentity=None, leaseDurationSeconds=1, renewTime=micro_time(time.time())
             )
+            version = (lease.get("metadata") or {}).get("resourceVersion")
+            await self.api.request("PUT", path, body=self._lease(spec, version))
             log.info("released lease %s/%s", self.namespace, self.name)
-        except (ApiException, *_NETWORK_ERRORS) as error:
+        except (ApiError, *_NETWORK_ERRORS) as error:
             log.warning("lease %s/%s not released: %r", self.namespace, self.name, error)
-
-
-async def _api_client() -> client.ApiClient:
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    configuration = client.Configuration()
-    await config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
 
 
 async def _standby_health(host: str, port: int) -> web.AppRunner:
@@ -151,7 +252,7 @@ class _Term:
     """One stand-by-then-lead cycle of a replica (a new one after each lost lease)."""
 
     def __init__(
-        self, lock: _Lock, stop: asyncio.Event, work: Callable[[], Awaitable[int]]
+        self, lock: LeaseElector, stop: asyncio.Event, work: Callable[[], Awaitable[int]]
     ) -> None:
         self.lock = lock
         self.stop = stop
@@ -177,17 +278,7 @@ class _Term:
 
     async def run(self, settings: OperatorConfig) -> None:
         self.health = await _standby_health(settings.health_host, settings.health_port)
-        election = LeaderElection(
-            ElectionConfig(
-                self.lock,
-                lease_duration=settings.lease_duration_seconds,
-                renew_deadline=settings.lease_renew_deadline_seconds,
-                retry_period=settings.lease_retry_seconds,
-                onstarted_leading=self.lead,
-                onstopped_leading=self.lost,
-            )
-        )
-        elector = asyncio.create_task(election.run(), name="leader election")
+        elector = asyncio.create_task(self.lock.run(self.lead, self.lost), name="leader election")
         stopper = asyncio.create_task(self.stop.wait())
         await asyncio.wait({elector, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -219,12 +310,15 @@ async def run_as_leader(settings: OperatorConfig, work: Callable[[], Awaitable[i
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    api = await _api_client()
-    lock = _Lock(
+    api = await RestClient.connect()
+    lock = LeaseElector(
+        api,
         settings.lease_name,
         settings.lease_namespace or default_namespace(),
         settings.lease_identity or default_identity(),
-        api,
+        lease_duration=settings.lease_duration_seconds,
+        renew_deadline=settings.lease_renew_deadline_seconds,
+        retry_period=settings.lease_retry_seconds,
     )
     log.info(
         "leader election: lease %s/%s as %s (duration %.0f s, renew deadline %.0f s)",
