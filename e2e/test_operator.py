@@ -620,10 +620,13 @@ def test_pods_waiting_for_gpus_surface_as_capacity_blocked(
     apply_doc(cluster, doc)
 
     def blocked() -> dict[str, Any] | None:
+        # KubeRay creates the worker pods one by one and the scheduler refuses them one by one:
+        # the condition turns True with the first refused pod and counts up to 4.
         cond = condition(k2t(cluster, "k2think-big", ns), "CapacityBlocked")
-        return cond if cond and cond["status"] == "True" else None
+        blocked = cond and cond["status"] == "True" and "4 pod(s)" in cond["message"]
+        return cond if blocked else None
 
-    cond = eventually("CapacityBlocked=True", blocked, timeout=180)
+    cond = eventually("CapacityBlocked=True for 4 pods", blocked, timeout=180)
     assert cond["reason"] == "Unschedulable"
     assert "4 pod(s) in h100 cannot be scheduled" in cond["message"]
     assert "nvidia.com/gpu" in cond["message"]  # the scheduler's own words
