@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from k2think_operator import handlers
-from k2think_operator.compact import BULKY_ANNOTATIONS, Packed, pack, slim
+from k2think_operator.compact import (
+    BULKY_ANNOTATIONS,
+    REFERENCE,
+    Packed,
+    pack,
+    reference_json,
+    slim,
+)
 from k2think_operator.reconcile import Reconciler, decide, needs_apply
 from k2think_operator.status import read_rayservice
 from tests.conftest import load_example, minimal_doc
@@ -146,3 +153,13 @@ async def test_the_reconciler_reads_packed_rayservices_as_plain_ones() -> None:
     drifted["metadata"]["resourceVersion"] = "99"
     watched[key] = pack(drifted)
     assert (await reconciler.reconcile(doc)).applied and len(kube.applies) == 2
+
+
+def test_the_reference_renders_a_rayservice() -> None:
+    # zlib's preset dictionary (``reference_json``): a reference that stopped rendering would
+    # still pack correctly, only larger.
+    decision = decide(REFERENCE)
+    assert not decision.problems and decision.children[0]["kind"] == "RayService"
+    assert json.dumps(decision.children[0]["spec"], separators=(",", ":")) in (
+        reference_json().decode()
+    )

@@ -9,11 +9,15 @@ strings; ``pack`` also keeps spec and status as compressed JSON, decoded when re
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from k2think_operator.decision import decide
+from k2think_operator.status import Observation, build_status
 
 #: Annotations that only repeat the object (kubectl's client-side apply, kopf's bookkeeping of
 #: earlier operator versions): never read by the operator, often larger than the spec.
@@ -77,16 +81,48 @@ class PackedJson(bytes):
 
     @classmethod
     def of(cls, value: Any) -> PackedJson:
-        text = json.dumps(value, separators=(",", ":"), default=_plain)
-        return cls(zlib.compress(text.encode("ascii"), ZLIB_LEVEL))
+        text = json.dumps(value, separators=(",", ":"), default=_plain).encode("ascii")
+        packer = zlib.compressobj(ZLIB_LEVEL, zdict=reference_json())
+        return cls(packer.compress(text) + packer.flush())
 
     def unpack(self) -> Any:
-        return json.loads(zlib.decompress(self))
+        unpacker = zlib.decompressobj(zdict=reference_json())
+        return json.loads(unpacker.decompress(self) + unpacker.flush())
 
 
 #: zlib's fastest level: it is paid on every watch event of a packed object, and level 6
-#: makes a RayService's spec only 7% smaller (1,857 bytes vs 1,992).
+#: makes a RayService's spec only 7% smaller.
 ZLIB_LEVEL = 1
+
+#: The smallest valid K2ThinkDeployment: what the operator renders for it is zlib's preset
+#: dictionary for every packed value (``reference_json``).
+REFERENCE: dict[str, Any] = {
+    "apiVersion": "k2think.dev/v1alpha1",
+    "kind": "K2ThinkDeployment",
+    "metadata": {"name": "k2think", "namespace": "default", "uid": "reference", "generation": 1},
+    "spec": {
+        "model": {"preset": "k2-think"},
+        "pools": [{"name": "h100", "gpuType": "H100-80GB", "gpusPerNode": 8}],
+    },
+}
+
+
+@functools.cache
+def reference_json() -> bytes:
+    """JSON of the K2ThinkDeployment status and the RayService spec the operator writes for
+    ``REFERENCE``, as zlib's preset dictionary.
+
+    Why: most of a packed object is what the operator itself rendered (keys, security
+    contexts, ports, probes, labels). With our own output as the dictionary, zlib stores
+    mostly what differs from it: a RayService's spec of the example packs into ~280 bytes
+    instead of ~2,000, a K2ThinkDeployment's status into ~460 instead of ~1,130. Rendering is
+    deterministic, so every pack and unpack of this process uses the same dictionary (it is
+    never stored or sent). Made once, on first use.
+    """
+    decision = decide(REFERENCE)
+    status = build_status(Observation(generation=1, plan=decision.plan), {}, "")
+    specs = [child.get("spec") for child in decision.children[:1]]
+    return json.dumps([status, *specs], separators=(",", ":")).encode("ascii")
 
 
 def _plain(value: Any) -> Any:
