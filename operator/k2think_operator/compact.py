@@ -38,8 +38,9 @@ def _compact(value: Any) -> Any:
     Every parsed API object has its own copy of each key ("name", "resources", ...) and of each
     repeated value ("IfNotPresent", an image): a thousand RayServices held in an index repeat
     them a thousand times. Interned, they are shared (and freed with the last object using
-    them): a RayService of the example costs 23 KiB instead of 35, a K2ThinkDeployment 7
-    instead of 16 (docs/benchmarks.md, "Memory").
+    them): slimmed, a RayService of the example costs 23 KiB instead of 35, a
+    K2ThinkDeployment 7 instead of 16; packed (``pack``), 2.6 and 1.5 KiB
+    (docs/benchmarks.md, "Memory").
     """
     if isinstance(value, Mapping):
         return {sys.intern(k) if isinstance(k, str) else k: _compact(v) for k, v in value.items()}
@@ -137,8 +138,8 @@ class Packed(Mapping[str, Any]):
 
     Why: a RayService's spec is ~6 KiB of JSON but ~20 KiB of Python objects (a dict per
     container, port, env var...), and the operator reads it only to compare it with what it
-    renders (``decision.needs_apply``): packed, it is ~2 KiB, decoded for that comparison and
-    dropped again. Reading ``obj["spec"]`` (or ``obj.get("status")``) returns a new decoded copy
+    renders (``decision.needs_apply``): packed, it is a few hundred bytes, decoded for that
+    comparison and dropped again. Reading ``obj["spec"]`` (or ``obj.get("status")``) returns a new decoded copy
     each time, equal to what was packed: JSON round-trips every value an API object holds
     (strings, numbers, booleans, null, lists, maps), so comparisons see the same values.
     ``metadata`` (names, uid, resourceVersion, labels and annotations, read on every event)
@@ -189,7 +190,8 @@ class Packed(Mapping[str, Any]):
 def pack(obj: Mapping[str, Any]) -> Packed:
     """``slim(obj)``, with every non-empty map or list besides metadata packed (``Packed``)."""
     fields: dict[str, Any] = {}
-    for key, value in obj.items():
+    for name, value in obj.items():
+        key = sys.intern(name)
         if key == "metadata":
             fields[key] = _slim_metadata(value or {})
         elif isinstance(value, Mapping | list) and value:
