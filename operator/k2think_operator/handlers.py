@@ -3,8 +3,9 @@
 Watches: K2ThinkDeployments (the API), our labelled RayServices (status and drift) and our
 labelled Ray pods (replica counts, capacity). Pods and RayServices are kept in kopf indexes so
 reconciles and status refreshes cost no API reads, which matters on a campus with thousands of
-Ray pods and hundreds of deployments. The indexes hold slimmed copies (``reconcile.slim``: no
-``managedFields``), the pods only a summary.
+Ray pods and hundreds of deployments. The indexes hold packed copies (``compact.pack``: no
+``managedFields``, spec and status as compressed JSON decoded when read), the pods only a
+summary.
 
 K2ThinkDeployments are handled by a plain event handler, not kopf's create/update/resume
 handlers: those keep kopf's progress and last-handled configuration on the object (a PATCH of
@@ -29,9 +30,10 @@ from k2think_operator import metrics
 from k2think_operator.apis import JOBS, K2THINK, MODELCACHE, PODS, RAYSERVICE
 from k2think_operator.cachecontrol import reconcile_cache, revision_moved
 from k2think_operator.cachejob import CACHE_LABEL
+from k2think_operator.compact import Packed, pack
 from k2think_operator.config import OperatorConfig, current_config
 from k2think_operator.kube import Kube, KubeError
-from k2think_operator.reconcile import Reconciler, slim, summarize_pod
+from k2think_operator.reconcile import Reconciler, summarize_pod
 from k2think_operator.render.meta import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from k2think_operator.status import PodSummary
 
@@ -104,7 +106,7 @@ async def resync_forever(
             if (body.get("metadata") or {}).get("deletionTimestamp"):
                 continue
             try:
-                await reconciler.reconcile(slim(body), None, resync=True)
+                await reconciler.reconcile(pack(body), None, resync=True)
             except Exception:  # one bad object must not stop the loop
                 log.exception("resync of %s failed", (body.get("metadata") or {}).get("name"))
 
@@ -122,18 +124,16 @@ async def ray_pods(meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[tuple[str
 
 
 @kopf.index(*RAYSERVICE.gvp, labels=OURS)
-async def rayservices(
-    meta: kopf.Meta, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
+async def rayservices(meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Packed]:
     key = _owner_key(meta)
-    return {key: slim(body)} if key else {}
+    return {key: pack(body)} if key else {}
 
 
 @kopf.index(*K2THINK.gvp)
 async def deployments(
     name: str, namespace: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace, name): slim(body)}
+) -> dict[tuple[str, str], Packed]:
+    return {(namespace, name): pack(body)}
 
 
 def _pods_of(
@@ -143,15 +143,15 @@ def _pods_of(
 
 
 def _only(
-    index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, str]
-) -> dict[str, Any] | None:
+    index: kopf.Index[tuple[str, str], Mapping[str, Any]], key: tuple[str, str]
+) -> Mapping[str, Any] | None:
     for item in index.get(key, []):
         return item
     return None
 
 
 def _reconciler(
-    memo: kopf.Memo, rayservices: kopf.Index[tuple[str, str], dict[str, Any]]
+    memo: kopf.Memo, rayservices: kopf.Index[tuple[str, str], Mapping[str, Any]]
 ) -> Reconciler:
     """The reconciler, reading live RayServices from kopf's index (no GET per reconcile)."""
     reconciler: Reconciler = memo.reconciler
@@ -188,8 +188,8 @@ def _request(
     reconciler: Reconciler,
     key: tuple[str, str],
     reason: str,
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
-    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
 ) -> None:
     """Ask for the work ``reason`` calls for; it runs with the latest bodies of the indexes
@@ -217,8 +217,8 @@ async def deployment_event(
     name: str,
     namespace: str,
     memo: kopf.Memo,
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
-    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
@@ -244,8 +244,8 @@ async def deployment_event(
 async def rayservice_event(
     meta: kopf.Meta,
     memo: kopf.Memo,
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
-    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
@@ -264,8 +264,8 @@ async def rayservice_event(
 async def pod_event(
     meta: kopf.Meta,
     memo: kopf.Memo,
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
-    rayservices: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    rayservices: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
@@ -288,7 +288,7 @@ async def caches(
 async def _reconcile_cache(
     memo: kopf.Memo,
     body: Mapping[str, Any],
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
 ) -> None:
     """Fill the cache; when the revision to serve moved, re-render the deployments using it."""
@@ -315,7 +315,7 @@ async def _reconcile_cache(
 async def reconcile_modelcache(
     memo: kopf.Memo,
     body: kopf.Body,
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:
@@ -326,8 +326,8 @@ async def reconcile_modelcache(
 async def fill_job_event(
     meta: kopf.Meta,
     memo: kopf.Memo,
-    caches: kopf.Index[tuple[str, str], dict[str, Any]],
-    deployments: kopf.Index[tuple[str, str], dict[str, Any]],
+    caches: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    deployments: kopf.Index[tuple[str, str], Mapping[str, Any]],
     ray_pods: kopf.Index[tuple[str, str], PodSummary],
     **_: Any,
 ) -> None:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from k2think_operator import metrics
 from k2think_operator import reasons as r
 from k2think_operator.apis import RAYSERVICE
 from k2think_operator.cacheuse import CacheView, cache_view, waiting_message, with_cache_condition
+from k2think_operator.compact import Packed, pack
 from k2think_operator.config import DEFAULT_RECONCILE_CONCURRENCY, current_config
 from k2think_operator.decision import Decision, decide, decision_events, is_subset, needs_apply
 from k2think_operator.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_risk
@@ -185,14 +185,14 @@ class ApplyFailure:
 class ApplyResult:
     """What the apply step did: the child as it now is, and what went wrong."""
 
-    live: dict[str, Any] | None
+    live: Mapping[str, Any] | None
     applied: bool = False
     failure: ApplyFailure | None = None
     retry: str | None = None
 
 
 async def apply_children(
-    kube: KubeApi, decision: Decision, live: dict[str, Any] | None
+    kube: KubeApi, decision: Decision, live: Mapping[str, Any] | None
 ) -> ApplyResult:
     """Server-side apply each child that is missing or differs from what we render.
 
@@ -292,57 +292,6 @@ def newer(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mapping[s
     return b if resource_version(b) > resource_version(a) else a
 
 
-#: Annotations that only repeat the object (kubectl's client-side apply, kopf's bookkeeping of
-#: earlier operator versions): never read by the operator, often larger than the spec.
-BULKY_ANNOTATIONS = (
-    "kubectl.kubernetes.io/last-applied-configuration",
-    "k2think.dev/last-handled-configuration",
-)
-
-
-#: Strings up to this length are interned by ``slim`` (names, images, label values, keys);
-#: longer ones (the Serve config, condition messages) are kept as they are.
-INTERN_MAX_CHARS = 256
-
-
-def _compact(value: Any) -> Any:
-    """A deep copy whose dict keys and short strings are interned.
-
-    Every parsed API object has its own copy of each key ("name", "resources", ...) and of each
-    repeated value ("IfNotPresent", an image): a thousand RayServices held in an index repeat
-    them a thousand times. Interned, they are shared (and freed with the last object using
-    them): a RayService of the example costs 23 KiB instead of 35, a K2ThinkDeployment 7
-    instead of 16 (docs/benchmarks.md, "Memory").
-    """
-    if isinstance(value, dict):
-        return {sys.intern(k) if isinstance(k, str) else k: _compact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_compact(v) for v in value]
-    if isinstance(value, str) and len(value) <= INTERN_MAX_CHARS:
-        return sys.intern(value)
-    return value
-
-
-def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A compact copy of an API object without what reconcile never reads (kept in indexes and
-    state).
-
-    ``metadata.managedFields`` is most of a server-side-applied object's size; the bulky
-    annotations repeat the object. Everything else (spec, status, labels, annotations, owner
-    references, uid, generation, resourceVersion) stays: reconcile compares and reports them.
-    The copy is deep, with shared strings (``_compact``), and shares nothing with ``obj``.
-    """
-    out = {k: v for k, v in obj.items() if k != "metadata"}
-    meta = dict(obj.get("metadata") or {})
-    meta.pop("managedFields", None)
-    annotations = meta.get("annotations")
-    if annotations and any(key in annotations for key in BULKY_ANNOTATIONS):
-        meta["annotations"] = {k: v for k, v in annotations.items() if k not in BULKY_ANNOTATIONS}
-    out["metadata"] = meta
-    compact: dict[str, Any] = _compact(out)
-    return compact
-
-
 # --- per-deployment memory and the sequence -----------------------------------------------------
 
 
@@ -363,8 +312,9 @@ class DeploymentState:
     #: The generation last reconciled in this process (events of the same generation, e.g. our
     #: own status writes coming back, need no reconcile).
     generation: int | None = None
-    #: The RayService as our last apply returned it, until the watch delivers that version.
-    applied: dict[str, Any] | None = None
+    #: The RayService as our last apply returned it, until the watch delivers that version
+    #: (packed, as the index keeps it: ``compact.pack``).
+    applied: Packed | None = None
     #: The resourceVersion and status of our last status write (the next event's body may
     #: predate it).
     written: tuple[int, Mapping[str, Any]] | None = None
@@ -590,7 +540,7 @@ class Reconciler:
             blocked = await self._converge_supporting(decision, live, events, resync=resync)
             result = blocked or await apply_children(self.kube, decision, live)
             if result.applied and result.live is not None:
-                state.applied = slim(result.live)
+                state.applied = pack(result.live)
             if result.applied:
                 verb = r.EVENT_UPDATED if live is not None else r.EVENT_CREATED
                 events.append((False, verb, f"applied RayService {decision.name}"))
@@ -624,7 +574,7 @@ class Reconciler:
     async def _converge_supporting(
         self,
         decision: Decision,
-        live: dict[str, Any] | None,
+        live: Mapping[str, Any] | None,
         events: list[tuple[bool, str, str]],
         *,
         resync: bool,
@@ -676,7 +626,7 @@ class Reconciler:
 
     async def _read_live(
         self, decision: Decision, state: DeploymentState, *, read: bool
-    ) -> dict[str, Any] | None:
+    ) -> Mapping[str, Any] | None:
         """The live RayService: from the watch's index (or our newer last apply), or a GET.
 
         ``read``: GET it (the resync's safety net, or no index to look in).
@@ -691,8 +641,7 @@ class Reconciler:
             state.applied
         ):
             state.applied = None  # the watch caught up: one copy is enough
-        found = newer(watched, state.applied)
-        return dict(found) if found is not None else None
+        return newer(watched, state.applied)
 
     @staticmethod
     def _current_status(body: Mapping[str, Any], state: DeploymentState) -> dict[str, Any]:
