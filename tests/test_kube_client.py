@@ -75,14 +75,19 @@ async def api_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path, list[dict
     await runner.cleanup()
 
 
-async def test_in_a_pod_the_service_account_reaches_the_api_server(
-    api_server: tuple[int, Path, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    port, account, seen = api_server
+def _in_a_pod(monkeypatch: pytest.MonkeyPatch, port: int, account: Path) -> None:
+    """The environment kubelet gives a pod (no kubeconfig), pointing at the test server."""
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT_HTTPS", str(port))
     monkeypatch.setattr(kube, "SERVICE_ACCOUNT_DIR", str(account))
+
+
+async def test_in_a_pod_the_service_account_reaches_the_api_server(
+    api_server: tuple[int, Path, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, account, seen = api_server
+    _in_a_pod(monkeypatch, port, account)
     facade = Kube(await RestClient.connect())
     try:
         stored = await facade.patch_status("ns", "k2think", {"phase": "Ready"})
@@ -117,10 +122,7 @@ async def test_a_server_not_signed_by_the_service_account_ca_is_not_trusted(
     port, account, seen = api_server
     other = make_pki(tmp_path / "other")
     (account / "ca.crt").write_bytes(other.ca_cert.read_bytes())
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT_HTTPS", str(port))
-    monkeypatch.setattr(kube, "SERVICE_ACCOUNT_DIR", str(account))
+    _in_a_pod(monkeypatch, port, account)
     facade = Kube(await RestClient.connect())
     try:
         with pytest.raises(TransientApiError, match="no answer from the API server"):

@@ -551,14 +551,7 @@ class Reconciler:
                     result = ApplyResult(result.live, result.applied, result.failure, queue_retry)
         # status
         status = self._desired_status(decision, body, current, result.live, state, result.failure)
-        wrote = await write_status(
-            self.kube,
-            decision,
-            current,
-            status,
-            lambda: self._schedule_status_retry(state),
-            lambda version, stored: self._written(state, version, stored),
-        )
+        wrote = await self._write_status(decision, current, status, state)
         events = self._unannounced(state, events)
         for warning, reason, message in events:
             emit_event(body, warning=warning, reason=reason, message=message)
@@ -615,14 +608,7 @@ class Reconciler:
                 # A still-standing apply failure stays visible while the child is absent.
                 failure = previous_apply_failure(current) if rayservice is None else None
                 status = self._desired_status(decision, body, current, rayservice, state, failure)
-                return await write_status(
-                    self.kube,
-                    decision,
-                    current,
-                    status,
-                    lambda: self._schedule_status_retry(state),
-                    lambda version, stored: self._written(state, version, stored),
-                )
+                return await self._write_status(decision, current, status, state)
 
     async def _read_live(
         self, decision: Decision, state: DeploymentState, *, read: bool
@@ -642,6 +628,23 @@ class Reconciler:
         ):
             state.applied = None  # the watch caught up: one copy is enough
         return newer(watched, state.applied)
+
+    async def _write_status(
+        self,
+        decision: Decision,
+        current: Mapping[str, Any],
+        status: Mapping[str, Any],
+        state: DeploymentState,
+    ) -> bool:
+        """``write_status``, remembering what was written and retrying a failed write."""
+        return await write_status(
+            self.kube,
+            decision,
+            current,
+            status,
+            lambda: self._schedule_status_retry(state),
+            lambda version, stored: self._written(state, version, stored),
+        )
 
     @staticmethod
     def _current_status(body: Mapping[str, Any], state: DeploymentState) -> dict[str, Any]:
