@@ -409,28 +409,12 @@ def status_patch(
     Fields we own that ``desired`` no longer has are set to null (merge-patch removal); fields
     of others (none today) are left alone.
     """
-    current = without_nulls(current or {})
-    stored = without_nulls(desired)
-    stale = {key: None for key in current if key in OWNED_STATUS_KEYS and key not in stored}
-    changed = any(current.get(key) != value for key, value in stored.items())
+    current = current or {}
+    stale = {key: None for key in current if key in OWNED_STATUS_KEYS and key not in desired}
+    changed = any(current.get(key) != value for key, value in desired.items())
     if not changed and not stale:
         return None
     return {**desired, **stale}
-
-
-def without_nulls(value: Any) -> Any:
-    """``value`` as the API server stores it: a null field is no field (a merge patch's null
-    deletes it, and a CRD's structural schema prunes the nulls of fields not ``nullable``).
-
-    Comparing the desired status with nulls in it (``plan.pools[].maxReplicas`` of a pool
-    without a cap) against the stored one found a difference every time, so every reconcile
-    wrote the status again: a write that changes nothing (docs/benchmarks.md, "Convergence").
-    """
-    if isinstance(value, Mapping):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [without_nulls(v) for v in value]
-    return value
 
 
 def _app_reason(app_status: str | None) -> str:
