@@ -225,7 +225,7 @@ async def deployment_event(
     """Reconcile each generation once (module docstring); forget a deleted deployment.
 
     The body comes from our index (updated by kopf before handlers run), so the state and the
-    index share one slimmed copy. The reconcile runs in the background (``Reconciler.request``).
+    index share one packed copy. The reconcile runs in the background (``Reconciler.request``).
     """
     key = (namespace, name)
     reconciler = _reconciler(memo, rayservices)

@@ -95,7 +95,7 @@ def _classify(error: ApiError, what: str) -> KubeError:
     return TransientApiError(f"{what}: HTTP {error.status}: {message}")
 
 
-_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
 def _object_missing(error: ApiError, api: Api) -> bool:
@@ -293,7 +293,7 @@ class Kube:
             yield
         except ApiError as error:
             raise _classify(error, what) from error
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             raise TransientApiError(f"{what}: no answer from the API server: {error!r}") from error
 
     async def _get(self, path: str, **params: str) -> Any:

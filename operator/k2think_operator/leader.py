@@ -48,7 +48,7 @@ from prometheus_client import Gauge
 
 from k2think_operator.apis import Api
 from k2think_operator.config import OperatorConfig
-from k2think_operator.kube import _NETWORK_ERRORS, ApiError, RestClient, build_path
+from k2think_operator.kube import NETWORK_ERRORS, ApiError, RestClient, build_path
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class LeaseElector:
         except ApiError as error:  # 409: another candidate wrote first
             log.debug("lease %s/%s: HTTP %s", self.namespace, self.name, error.status)
             return False
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             log.warning("lease %s/%s not acquired or renewed: %r", self.namespace, self.name, error)
             return False
         self._observe(spec)
@@ -230,7 +230,7 @@ class LeaseElector:
             version = (lease.get("metadata") or {}).get("resourceVersion")
             await self.api.request("PUT", path, body=self._lease(spec, version))
             log.info("released lease %s/%s", self.namespace, self.name)
-        except (ApiError, *_NETWORK_ERRORS) as error:
+        except (ApiError, *NETWORK_ERRORS) as error:
             log.warning("lease %s/%s not released: %r", self.namespace, self.name, error)
 
 

@@ -109,7 +109,8 @@ class DeploymentSeries:
     replicas: int = 0
     #: One 0/1 per ``CONDITION_TYPES``.
     conditions: tuple[int, ...] = ()
-    application_status: str | None = None
+    #: One 0/1 per ``SERVE_APPLICATION_STATUSES``.
+    application_statuses: tuple[int, ...] = ()
     #: The plan's figures; None until a valid plan was seen (an invalid spec keeps the last).
     desired_replicas: int | None = None
     max_replicas: int | None = None
@@ -134,15 +135,18 @@ class DeploymentCollector(Collector):
     costs one small record; the exposition (names, help, labels, values) is the same.
     """
 
-    def describe(self) -> Iterable[Metric]:
-        for name, documentation, extra in GAUGES:
-            yield GaugeMetricFamily(name, documentation, labels=("namespace", "name", *extra))
-
-    def collect(self) -> Iterable[Metric]:
-        families = {
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {
             name: GaugeMetricFamily(name, documentation, labels=("namespace", "name", *extra))
             for name, documentation, extra in GAUGES
         }
+
+    def describe(self) -> Iterable[Metric]:
+        yield from self._families().values()
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
 
         def add(name: str, labels: Iterable[str], value: float) -> None:
             families[name].add_metric(list(labels), value)
@@ -153,12 +157,10 @@ class DeploymentCollector(Collector):
             add("k2think_replicas", key, series.replicas)
             for kind, value in zip(CONDITION_TYPES, series.conditions, strict=True):
                 add("k2think_deployment_condition", (*key, kind), value)
-            for app_status in SERVE_APPLICATION_STATUSES:
-                add(
-                    "k2think_serve_application_status",
-                    (*key, app_status),
-                    int(app_status == series.application_status),
-                )
+            for app_status, value in zip(
+                SERVE_APPLICATION_STATUSES, series.application_statuses, strict=True
+            ):
+                add("k2think_serve_application_status", (*key, app_status), value)
             if series.info is None:
                 continue
             add("k2think_desired_replicas", key, series.desired_replicas or 0)
@@ -225,8 +227,7 @@ def observe_deployment(
     series.ready_replicas = int(status.get("readyReplicas") or 0)
     series.replicas = int(status.get("replicas") or 0)
     series.conditions = tuple(condition_values(status).values())
-    current = status.get("applicationStatus")
-    series.application_status = str(current) if current is not None else None
+    series.application_statuses = tuple(application_status_values(status).values())
     if plan is None:
         return
     series.desired_replicas = plan.min_replicas

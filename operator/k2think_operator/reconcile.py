@@ -333,6 +333,17 @@ class DeploymentState:
         if pods is not None:
             self.pods = tuple(pods)
 
+    def unseen_write(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The status of our last write when ``body`` predates it; else None, and the copy is
+        dropped (the body includes it: one copy is enough)."""
+        if self.written is None:
+            return None
+        version, stored = self.written
+        if resource_version(body) < version:
+            return stored
+        self.written = None
+        return None
+
 
 class Reconciler:
     """Runs read -> decide -> apply -> status for one deployment at a time.
@@ -442,8 +453,7 @@ class Reconciler:
         if state is None:
             return False
         state.remember(body, None)
-        if state.written is not None and resource_version(body) >= state.written[0]:
-            state.written = None  # the body includes our last status write: no copy needed
+        state.unseen_write(body)
         return state.generation is not None and state.generation == int(meta.get("generation") or 0)
 
     def _slot(self, held: bool) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -649,12 +659,8 @@ class Reconciler:
     @staticmethod
     def _current_status(body: Mapping[str, Any], state: DeploymentState) -> dict[str, Any]:
         """The status as stored: the body's, unless our last write is newer than the body."""
-        if state.written is not None:
-            version, stored = state.written
-            if resource_version(body) < version:
-                return dict(stored)
-            state.written = None  # the body includes it
-        return dict(body.get("status") or {})
+        stored = state.unseen_write(body)
+        return dict(stored if stored is not None else body.get("status") or {})
 
     @staticmethod
     def _written(state: DeploymentState, version: str | None, stored: Mapping[str, Any]) -> None:
