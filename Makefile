@@ -15,12 +15,14 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,cachefill]'
 	touch $@
 
+## lint: ruff, and the package's layers (.importlinter: no upward import, no cycle; docs/architecture.md)
 lint: venv
 	$(VENV)/bin/ruff check operator tests e2e
 	$(VENV)/bin/ruff format --check operator tests e2e
+	$(VENV)/bin/lint-imports
 
 ## typecheck: mypy strict on the package, tests/ and e2e/ (the data-plane helpers separately: their
 ## conftest.py shares a module name with e2e/'s; vllm/torch are not in .venv and are skipped)
@@ -112,7 +114,7 @@ crds: venv
 	$(VENV)/bin/k2think-operator crd --cache > crds/k2think.dev_k2thinkmodelcaches.yaml
 	$(MAKE) manifests
 
-## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check, prometheus)
+## system-deps: Debian packages the tests need (lua5.4 for the Argo CD health check, prometheus, redis-server; iptables and ipset for the chain ground's NetworkPolicy agent)
 system-deps:
 	@bash e2e/scripts/install-system-deps.sh
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from harness import Cluster, wait_for
 from harness.restart import restart_process
-from k2think_operator.reconcile import decide
+from k2think_operator.deployment.controller import decide
 from k2think_operator.render.meta import SPEC_HASH_ANNOTATION
 from support import OperatorProcess, load_example
 

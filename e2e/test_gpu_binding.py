@@ -13,9 +13,9 @@ import json
 from typing import Any
 
 from harness import Cluster
-from k2think_operator.planner import plan_deployment
+from k2think_operator.api.spec import INGRESS_GROUP, parse_spec
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import build_children
-from k2think_operator.spec import INGRESS_GROUP, parse_spec
 from support import eventually, get, namespace
 
 TOLERATE_GPUS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

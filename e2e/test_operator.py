@@ -19,13 +19,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Cluster
+from k2think_operator.api.schema_check import schema_errors
+from k2think_operator.api.spec import parse_spec
 from k2think_operator.cli import main as cli_main
-from k2think_operator.planner import plan_deployment
-from k2think_operator.reconcile import is_subset
+from k2think_operator.deployment.controller import is_subset
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
-from k2think_operator.schema_check import schema_errors
-from k2think_operator.spec import parse_spec
 from support import (
     ROOT,
     OperatorProcess,

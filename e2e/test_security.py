@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from harness import Cluster
-from k2think_operator.planner import plan_deployment
+from k2think_operator.api.spec import parse_spec
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render.security import (
     INGRESS_PYTHONPATH,
     SA_TOKEN_PATH,
     ingress_module_source,
 )
-from k2think_operator.spec import parse_spec
 from support import (
     OperatorProcess,
     apply_doc,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.status import (
+from k2think_operator.deployment.status import (
     UNSCHEDULABLE_GRACE_SECONDS,
     Observation,
     PodSummary,

@@ -27,7 +27,7 @@ from ray.core.generated.autoscaler_pb2 import (  # type: ignore[attr-defined]
     GangResourceRequest,
 )
 
-from k2think_operator.reconcile import decide
+from k2think_operator.deployment.controller import decide
 from k2think_operator.render.rayservice import ALLOCATE_TIMEOUT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,9 +172,9 @@ def test_k2think_tp4_replica_scales_the_h100_group_with_four_gpus() -> None:
 
 
 def test_pool_replicas_count_what_really_runs_per_pool() -> None:
-    from k2think_operator.planner import plan_deployment
-    from k2think_operator.spec import parse_spec
-    from k2think_operator.status import Observation, PodSummary, pool_replicas
+    from k2think_operator.api.spec import parse_spec
+    from k2think_operator.deployment.status import Observation, PodSummary, pool_replicas
+    from k2think_operator.plan.planner import plan_deployment
 
     plan = plan_deployment(parse_spec(_two_cpu_pools()["spec"]), "chain")
 

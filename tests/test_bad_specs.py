@@ -11,8 +11,8 @@ import json
 
 import pytest
 
+from k2think_operator.api.schema_check import schema_errors
 from k2think_operator.cli import check_document, main
-from k2think_operator.schema_check import schema_errors
 from tests.corpus import CATEGORIES, Case, load_cases
 
 CASES = load_cases()

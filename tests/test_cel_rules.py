@@ -11,11 +11,11 @@ import cel
 import pytest
 import yaml
 
-from k2think_operator.apischema import VALIDATIONS, walk
+from k2think_operator.api.crd import openapi_schema
+from k2think_operator.api.schema import VALIDATIONS, walk
+from k2think_operator.api.schema_check import cel_errors, schema_errors, with_defaults
+from k2think_operator.api.spec import InvalidSpec, parse_spec
 from k2think_operator.cli import main
-from k2think_operator.crd import openapi_schema
-from k2think_operator.schema_check import cel_errors, schema_errors, with_defaults
-from k2think_operator.spec import InvalidSpec, parse_spec
 from tests.conftest import CPU_POOL, TINY_MODEL, load_example, minimal_doc
 
 ARCH = TINY_MODEL["architecture"]

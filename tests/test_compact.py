@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from k2think_operator import handlers
-from k2think_operator.compact import (
+from k2think_operator.app import registrations as handlers
+from k2think_operator.deployment.controller import DeploymentReconciler, decide, needs_apply
+from k2think_operator.deployment.reference import REFERENCE, reference_json
+from k2think_operator.deployment.status import read_rayservice
+from k2think_operator.runtime.compact import (
     BULKY_ANNOTATIONS,
-    REFERENCE,
     Packed,
     pack,
-    reference_json,
+    preset_dictionary,
     slim,
 )
-from k2think_operator.reconcile import Reconciler, decide, needs_apply
-from k2think_operator.status import read_rayservice
 from tests.conftest import load_example, minimal_doc
 from tests.test_reconcile import RecordingKube, with_status
 
@@ -132,27 +132,42 @@ async def test_the_index_functions_keep_packed_copies(live: dict[str, Any]) -> N
     assert isinstance(value, Packed) and value == slim(live)
 
 
+class IndexView:
+    """The controller's ``Sources`` over a dict standing in for kopf's RayService index."""
+
+    def __init__(self, rayservices: dict[tuple[str, str], Mapping[str, Any]]) -> None:
+        self.rayservices = rayservices
+
+    def deployment(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
+        return None
+
+    def rayservice(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
+        return self.rayservices.get(key)
+
+    def pods(self, key: tuple[str, str]) -> list[Any]:
+        return []
+
+
 async def test_the_reconciler_reads_packed_rayservices_as_plain_ones() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
     watched: dict[tuple[str, str], Mapping[str, Any]] = {}
-    reconciler.lookup = watched.get  # the watch has delivered nothing yet
+    reconciler = DeploymentReconciler(kube, IndexView(watched))  # nothing delivered yet
     doc = with_status(minimal_doc(), {})
-    first = await reconciler.reconcile(doc)
+    first = await reconciler.converge(doc)
     assert first.applied and len(kube.applies) == 1
     # Our own apply (kept packed) stands in for the watch: nothing to apply again.
     doc = with_status(doc, first.status)
-    assert not (await reconciler.reconcile(doc)).applied
+    assert not (await reconciler.converge(doc)).applied
     # The watch delivers it (packed, as kopf's index keeps it).
     key = ("team-a", "demo")
     watched[key] = pack(kube.objects[key])
-    assert not (await reconciler.reconcile(doc)).applied and len(kube.applies) == 1
+    assert not (await reconciler.converge(doc)).applied and len(kube.applies) == 1
     # Someone edits a field we own: the packed copy shows the drift and it is repaired.
     drifted = copy.deepcopy(kube.objects[key])
     drifted["spec"]["serveConfigV2"] = "applications: []\n"
     drifted["metadata"]["resourceVersion"] = "99"
     watched[key] = pack(drifted)
-    assert (await reconciler.reconcile(doc)).applied and len(kube.applies) == 2
+    assert (await reconciler.converge(doc)).applied and len(kube.applies) == 2
 
 
 def test_the_reference_renders_a_rayservice() -> None:
@@ -163,3 +178,11 @@ def test_the_reference_renders_a_rayservice() -> None:
     assert json.dumps(decision.children[0]["spec"], separators=(",", ":")) in (
         reference_json().decode()
     )
+
+
+def test_the_operator_packs_with_its_own_reference() -> None:
+    # The composition root (app/registrations.py) hands the deployment's reference to the
+    # domain-free packer; a process packing without it would pack several times larger.
+    assert preset_dictionary() == reference_json()
+    spec = decide(REFERENCE).children[0]["spec"]
+    assert pack({"metadata": {}, "spec": spec}).packed_size() < 400

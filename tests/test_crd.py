@@ -9,13 +9,13 @@ import pytest
 import yaml
 from jsonschema import Draft4Validator
 
-from k2think_operator.crd import build_crd, openapi_schema
-from k2think_operator.planner import plan_deployment
+from k2think_operator.api.crd import build_crd, openapi_schema
+from k2think_operator.api.resource import K2ThinkDeploymentStatus
+from k2think_operator.api.schema_check import schema_errors
+from k2think_operator.api.spec import parse_spec
+from k2think_operator.deployment.status import Observation, PodSummary, RayServiceView, build_status
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import render_yaml
-from k2think_operator.resource import K2ThinkDeploymentStatus
-from k2think_operator.schema_check import schema_errors
-from k2think_operator.spec import parse_spec
-from k2think_operator.status import Observation, PodSummary, RayServiceView, build_status
 from tests.conftest import ROOT, load_example, minimal_doc
 
 CRD_FILE = ROOT / "crds" / "k2think.dev_k2thinkdeployments.yaml"

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from k2think_operator.apischema import (
+from k2think_operator.api.resource import K2ThinkDeployment, K2ThinkDeploymentStatus
+from k2think_operator.api.schema import (
     INT_OR_STRING,
     PRESERVE_UNKNOWN,
     VALIDATIONS,
@@ -29,8 +30,7 @@ from k2think_operator.apischema import (
     SchemaExtra,
     cel_rules,
 )
-from k2think_operator.resource import K2ThinkDeployment, K2ThinkDeploymentStatus
-from k2think_operator.spec import K2ThinkDeploymentSpec, ModelSpec, PoolSpec
+from k2think_operator.api.spec import K2ThinkDeploymentSpec, ModelSpec, PoolSpec
 from tests.conftest import ROOT
 
 CRD_FILE = ROOT / "crds" / "k2think.dev_k2thinkdeployments.yaml"
@@ -270,7 +270,7 @@ def test_parity_catches_a_cel_rule_dropped_from_the_crd() -> None:
 
 
 def test_presets_come_from_the_catalog() -> None:
-    from k2think_operator.catalog import MODEL_PRESETS
+    from k2think_operator.api.catalog import MODEL_PRESETS
 
     preset = committed_schema()["properties"]["spec"]["properties"]["model"]["properties"]
     assert preset["preset"]["enum"] == [*sorted(MODEL_PRESETS), "custom"]

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from k2think_operator import reasons as r
-from k2think_operator.fault_tolerance import gcs_ft_condition, gcs_ft_risk
-from k2think_operator.planner import plan_deployment
-from k2think_operator.spec import InvalidSpec, parse_spec
-from k2think_operator.status import Observation, build_status, phase
+from k2think_operator.api import reasons as r
+from k2think_operator.api.spec import InvalidSpec, parse_spec
+from k2think_operator.deployment.status import Observation, build_status, phase
+from k2think_operator.plan.fault_tolerance import gcs_ft_condition, gcs_ft_risk
+from k2think_operator.plan.planner import plan_deployment
 from tests.conftest import minimal_doc
 from tests.test_render import rayservice_of
 

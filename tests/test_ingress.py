@@ -17,16 +17,16 @@ from ray.llm._internal.common.dict_utils import (
     maybe_apply_llm_deployment_config_defaults,
 )
 
-from k2think_operator.ingress import (
+from k2think_operator.api.spec import INGRESS_GROUP, InvalidSpec, parse_spec
+from k2think_operator.plan.ingress_sizing import (
     HEAD_RESOURCE,
     INGRESS_RESOURCE,
     SERVE_LLM_DEFAULT_INGRESS_OPTIONS,
     default_target,
     ingress_deployment_config,
 )
-from k2think_operator.planner import plan_deployment
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
-from k2think_operator.spec import INGRESS_GROUP, InvalidSpec, parse_spec
 from tests.conftest import CPU_POOL, TINY_MODEL, minimal_doc
 from tests.test_render import rayservice_of
 

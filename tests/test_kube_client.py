@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from k2think_operator import kube
-from k2think_operator.kube import ApiError, Kube, RestClient, TransientApiError
+from k2think_operator.api.coordinates import K2THINK, RAYSERVICE
+from k2think_operator.runtime import credentials
+from k2think_operator.runtime.kube import ApiError, Kube, RestClient, TransientApiError
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "e2e"))
@@ -80,7 +81,7 @@ def _in_a_pod(monkeypatch: pytest.MonkeyPatch, port: int, account: Path) -> None
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT_HTTPS", str(port))
-    monkeypatch.setattr(kube, "SERVICE_ACCOUNT_DIR", str(account))
+    monkeypatch.setattr(credentials, "SERVICE_ACCOUNT_DIR", str(account))
 
 
 async def test_in_a_pod_the_service_account_reaches_the_api_server(
@@ -88,9 +89,9 @@ async def test_in_a_pod_the_service_account_reaches_the_api_server(
 ) -> None:
     port, account, seen = api_server
     _in_a_pod(monkeypatch, port, account)
-    facade = Kube(await RestClient.connect())
+    facade = Kube(await RestClient.connect(), "k2think-operator")
     try:
-        stored = await facade.patch_status("ns", "k2think", {"phase": "Ready"})
+        stored = await facade.patch_status(K2THINK, "ns", "k2think", {"phase": "Ready"})
         assert stored == "7"
         assert seen[-1] == {
             "method": "PATCH",
@@ -101,14 +102,14 @@ async def test_in_a_pod_the_service_account_reaches_the_api_server(
             "body": {"status": {"phase": "Ready"}},
         }
         # An object that is not there is None; the API's own refusal is ApplyRejected-worthy.
-        assert await facade.get_rayservice("ns", "missing") is None
+        assert await facade.get(RAYSERVICE, "ns", "missing") is None
         with pytest.raises(ApiError) as refused:
             await facade._api.request("PATCH", "/apis/ray.io/v1/namespaces/ns/rayservices/denied")
         assert refused.value.status == 422 and b"denied by policy" in refused.value.body
         # kubelet rotated the token: it is read again (here at once: re-read interval 0).
         (account / "token").write_text("token-2\n")
-        monkeypatch.setattr(kube, "TOKEN_REREAD_SECONDS", 0.0)
-        await facade.get_rayservice("ns", "missing")
+        monkeypatch.setattr(credentials, "TOKEN_REREAD_SECONDS", 0.0)
+        await facade.get(RAYSERVICE, "ns", "missing")
         assert seen[-1]["auth"] == "Bearer token-2"
     finally:
         await facade.close()
@@ -123,10 +124,10 @@ async def test_a_server_not_signed_by_the_service_account_ca_is_not_trusted(
     other = make_pki(tmp_path / "other")
     (account / "ca.crt").write_bytes(other.ca_cert.read_bytes())
     _in_a_pod(monkeypatch, port, account)
-    facade = Kube(await RestClient.connect())
+    facade = Kube(await RestClient.connect(), "k2think-operator")
     try:
         with pytest.raises(TransientApiError, match="no answer from the API server"):
-            await facade.get_rayservice("ns", "k2think")
+            await facade.get(RAYSERVICE, "ns", "k2think")
         assert seen == []  # no request (and no token) went to it
     finally:
         await facade.close()

@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from k2think_operator.kube import Kube, RestClient, TransientApiError, build_path
+from k2think_operator.api.coordinates import K2THINK, RAYSERVICE
+from k2think_operator.deployment.cluster import ClusterApi
+from k2think_operator.runtime.credentials import Credentials
+from k2think_operator.runtime.kube import Kube, RestClient, TransientApiError, build_path
 
 
 def _closed_port() -> int:
@@ -22,36 +25,38 @@ def _closed_port() -> int:
 
 @pytest.fixture
 async def kube() -> AsyncIterator[Kube]:
-    facade = Kube(RestClient(f"https://127.0.0.1:{_closed_port()}", None, dict))
+    server = Credentials(server=f"https://127.0.0.1:{_closed_port()}")
+    facade = Kube(RestClient(server), "k2think-operator")
     yield facade
     await facade.close()
 
 
 async def test_an_unreachable_api_server_is_a_transient_error(kube: Kube) -> None:
     with pytest.raises(TransientApiError, match="no answer from the API server"):
-        await kube.get_rayservice("ns", "k2think")
+        await kube.get(RAYSERVICE, "ns", "k2think")
     with pytest.raises(TransientApiError, match="K2ThinkDeployment status"):
-        await kube.patch_status("ns", "k2think", {"phase": "Pending"})
+        await kube.patch_status(K2THINK, "ns", "k2think", {"phase": "Pending"})
     with pytest.raises(TransientApiError, match="K2ThinkDeployment list"):
-        await kube.list_deployments(())
+        await ClusterApi(kube).list_deployments(())
 
 
 async def test_calls_after_close_are_transient_not_session_errors(kube: Kube) -> None:
     await kube.close()
     with pytest.raises(TransientApiError, match="the operator is stopping"):
-        await kube.get_rayservice("ns", "k2think")
+        await ClusterApi(kube).get_rayservice("ns", "k2think")
     with pytest.raises(TransientApiError, match="the operator is stopping"):
         await kube.apply(
+            RAYSERVICE,
             {
                 "apiVersion": "ray.io/v1",
                 "kind": "RayService",
                 "metadata": {"name": "k2think", "namespace": "ns"},
-            }
+            },
         )
 
 
 def test_rest_paths_of_core_and_group_apis() -> None:
-    from k2think_operator.apis import K2THINK, PODS
+    from k2think_operator.api.coordinates import PODS
 
     assert build_path(PODS, "ns") == "/api/v1/namespaces/ns/pods"
     assert build_path(K2THINK) == "/apis/k2think.dev/v1alpha1/k2thinkdeployments"

@@ -1,4 +1,4 @@
-"""Leader election (``k2think_operator.leader``) without a cluster: the decisions of the
+"""Leader election (``k2think_operator.runtime.leader``) without a cluster: the decisions of the
 algorithm, and that an API server that does not answer is a failed attempt (not an exception that
 would escape the renew loop while kopf keeps running). Takeover on a real API server is proven in
 ``e2e/install/test_ha.py``.
@@ -10,10 +10,16 @@ import socket
 
 import pytest
 
+from k2think_operator.app.config import OperatorConfig
 from k2think_operator.cli import build_parser
-from k2think_operator.config import OperatorConfig
-from k2think_operator.kube import RestClient
-from k2think_operator.leader import LeaseElector, build_lease_spec, held_by_another, micro_time
+from k2think_operator.runtime.credentials import Credentials
+from k2think_operator.runtime.kube import RestClient
+from k2think_operator.runtime.leader import (
+    LeaseElector,
+    build_lease_spec,
+    held_by_another,
+    micro_time,
+)
 
 
 def test_a_lease_is_anothers_until_its_duration_passed_since_it_was_seen_changing() -> None:
@@ -44,7 +50,7 @@ def _closed_port() -> int:
 
 
 async def test_an_unreachable_api_server_is_a_failed_attempt_not_an_exception() -> None:
-    api = RestClient(f"https://127.0.0.1:{_closed_port()}", None, dict)
+    api = RestClient(Credentials(server=f"https://127.0.0.1:{_closed_port()}"))
     try:
         elector = LeaseElector(
             api,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from k2think_operator import metrics
-from k2think_operator.planner import plan_deployment
-from k2think_operator.reasons import CONDITION_TYPES
-from k2think_operator.spec import parse_spec
-from k2think_operator.status import PodSummary
+from k2think_operator.api.reasons import CONDITION_TYPES
+from k2think_operator.api.spec import parse_spec
+from k2think_operator.deployment import metrics
+from k2think_operator.deployment.status import PodSummary
+from k2think_operator.plan.planner import plan_deployment
 from tests.conftest import minimal_doc
 
 PLAN = plan_deployment(parse_spec(minimal_doc()["spec"]), "demo")  # h100, 4 GPUs per worker pod

@@ -13,23 +13,23 @@ import pytest
 import yaml
 
 from k2think_operator import cachefill
-from k2think_operator import reasons as r
-from k2think_operator.cachejob import (
+from k2think_operator.api import reasons as r
+from k2think_operator.api.crd import build_cache_crd
+from k2think_operator.api.modelcache import parse_cache_spec
+from k2think_operator.api.spec import InvalidSpec
+from k2think_operator.cli import main
+from k2think_operator.deployment.cache import CacheView, cache_view
+from k2think_operator.deployment.controller import DeploymentReconciler
+from k2think_operator.deployment.decide import decide
+from k2think_operator.modelcache.decide import decide_cache
+from k2think_operator.modelcache.jobs import (
     build_claim,
     build_fill_job,
-    decide_cache,
     fill_job_name,
     fill_report,
     job_state,
 )
-from k2think_operator.cacheuse import CacheView, cache_view
-from k2think_operator.cli import main
-from k2think_operator.crd import build_cache_crd
-from k2think_operator.decision import decide
-from k2think_operator.modelcache import parse_cache_spec
-from k2think_operator.reconcile import Reconciler
 from k2think_operator.render import render_yaml
-from k2think_operator.spec import InvalidSpec
 from tests.conftest import ROOT, minimal_doc
 from tests.test_reconcile import RecordingKube
 
@@ -368,8 +368,8 @@ def test_cache_view_follows_the_current_revision_only() -> None:
 
 async def test_a_deployment_waits_for_its_cache_then_serves_from_it() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
-    outcome = await reconciler.reconcile(cached_doc(), [])
+    reconciler = DeploymentReconciler(kube)
+    outcome = await reconciler.converge(cached_doc(), [])
     assert kube.applies == [] and not outcome.invalid
     (cond,) = [c for c in outcome.status["conditions"] if c["type"] == r.CACHE_READY]
     assert (cond["status"], cond["reason"]) == ("False", r.CACHE_NOT_READY)
@@ -377,7 +377,7 @@ async def test_a_deployment_waits_for_its_cache_then_serves_from_it() -> None:
     assert outcome.status["phase"] == "WaitingForCache"
     done = decide_cache(cache_doc(), bound_claim(), job("Complete"), None, NOW)
     kube.caches[("team-a", "k2")] = {**cache_doc(), "status": done.status}
-    outcome = await reconciler.reconcile(cached_doc(), [])
+    outcome = await reconciler.converge(cached_doc(), [])
     assert len(kube.applies) == 1
     (cond,) = [c for c in outcome.status["conditions"] if c["type"] == r.CACHE_READY]
     assert cond["status"] == "True"
@@ -415,7 +415,7 @@ def test_the_campus_cache_example_is_shared_by_both_models() -> None:
 
 
 def test_deployments_are_woken_when_the_served_revision_or_readiness_moves() -> None:
-    from k2think_operator.cachecontrol import revision_moved
+    from k2think_operator.modelcache.controller import revision_moved
 
     first = decide_cache(cache_doc(), None, None, None, NOW)
     assert revision_moved({}, first)  # claimName appears

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.catalog import ACCELERATORS
-from k2think_operator.kube import TransientApiError
-from k2think_operator.reconcile import Reconciler
-from k2think_operator.spec import INGRESS_GROUP, InvalidSpec, parse_spec
+from k2think_operator.api.catalog import ACCELERATORS
+from k2think_operator.api.spec import INGRESS_GROUP, InvalidSpec, parse_spec
+from k2think_operator.deployment.controller import DeploymentReconciler
+from k2think_operator.runtime.controller import Controller
+from k2think_operator.runtime.kube import TransientApiError
+from k2think_operator.runtime.workqueue import Backoff
 from tests.conftest import minimal_doc
-from tests.test_reconcile import RecordingKube
+from tests.test_reconcile import DictSources, RecordingKube
 from tests.test_render import rayservice_of
 
 ROCM_IMAGE = "registry.example/ray-llm:2.60.0-py311-rocm"
@@ -213,23 +215,39 @@ class FlakyStatusKube(RecordingKube):
 
 async def test_failed_status_write_is_retried_without_a_new_event() -> None:
     kube = FlakyStatusKube(failures=2)
-    reconciler = Reconciler(kube, status_retry_seconds=0.05)
-    outcome = await reconciler.reconcile(minimal_doc(), ())
-    assert outcome.applied and not outcome.wrote_status
-    # No event, no resync: the retry alone writes the status (after a second 503).
-    await asyncio.wait_for(kube.patched.wait(), timeout=5)
+    doc = minimal_doc()
+    reconciler = DeploymentReconciler(kube, DictSources(doc))
+    outcome = await reconciler.converge(doc, ())
+    assert outcome.applied and not outcome.wrote_status and outcome.retry_reason
+    controller: Controller[tuple[str, str]] = Controller(
+        "test", reconciler.reconcile, backoff=Backoff(base=0.02, cap=0.1)
+    )
+    controller.start()
+    try:
+        controller.enqueue(("team-a", "demo"))  # the runtime's retry of the failed pass
+        # No event, no resync: the retries alone write the status (after a second 503).
+        await asyncio.wait_for(kube.patched.wait(), timeout=5)
+    finally:
+        await controller.stop()
     assert kube.attempts == 3
     assert kube.status_patches[-1]["observedGeneration"] == 0
     assert len(kube.applies) == 1  # the retry did not re-apply an unchanged RayService
 
 
-async def test_forget_cancels_a_pending_status_retry() -> None:
-    kube = FlakyStatusKube(failures=1)
-    reconciler = Reconciler(kube, status_retry_seconds=0.2)
-    await reconciler.reconcile(minimal_doc(), ())
-    [state] = reconciler._states.values()
-    handle = state.status_retry
-    assert handle is not None
-    reconciler.forget("team-a", "demo")
-    assert handle.cancelled()
-    assert not reconciler._states
+async def test_forget_cancels_a_pending_retry() -> None:
+    kube = FlakyStatusKube(failures=5)
+    doc = minimal_doc()
+    reconciler = DeploymentReconciler(kube, DictSources(doc))
+    controller: Controller[tuple[str, str]] = Controller(
+        "test", reconciler.reconcile, backoff=Backoff(base=0.5, cap=1.0)
+    )
+    controller.start()
+    try:
+        controller.enqueue(("team-a", "demo"))
+        await asyncio.wait_for(controller.settle(), timeout=5)
+        assert not controller.queue.idle  # the retry's timer is armed
+        controller.forget(("team-a", "demo"))
+        reconciler.forget(("team-a", "demo"))
+        assert controller.queue.idle and not reconciler._states
+    finally:
+        await controller.stop()

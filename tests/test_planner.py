@@ -6,14 +6,15 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.catalog import ACCELERATORS, GIB, K2_THINK, K2_THINK_V2
-from k2think_operator.planner import (
+from k2think_operator.api.catalog import ACCELERATORS, GIB, K2_THINK, K2_THINK_V2
+from k2think_operator.api.spec import parse_spec
+from k2think_operator.plan.planner import (
+    MemoryBudget,
     PlanError,
     evaluate_layout,
     kv_bytes_per_token,
     plan_deployment,
 )
-from k2think_operator.spec import parse_spec
 from tests.conftest import CPU_POOL, TINY_MODEL, minimal_doc
 
 
@@ -36,20 +37,19 @@ def test_kv_bytes_per_token_matches_design_numbers() -> None:
 def test_worked_example_of_the_design() -> None:
     """K2-Think on 80 GB H100 at 0.9: TP=1 cannot hold one 32k sequence; TP=2/4 grow fast."""
     h100 = ACCELERATORS["H100-80GB"]
-    common: dict[str, Any] = {
-        "arch": K2_THINK.architecture,
-        "accelerator": h100,
-        "memory_gib": h100.memory_gib,
-        "utilization": 0.9,
-        "reserve_gib": h100.runtime_reserve_gib,
-        "dtype_bytes": 2.0,
-        "kv_dtype_bytes": 2.0,
-        "max_model_len": 32768,
-        "pipeline": 1,
-    }
-    tp1 = evaluate_layout(tensor=1, **common)
-    tp2 = evaluate_layout(tensor=2, **common)
-    tp4 = evaluate_layout(tensor=4, **common)
+    budget = MemoryBudget(
+        arch=K2_THINK.architecture,
+        accelerator=h100,
+        memory_gib=h100.memory_gib,
+        utilization=0.9,
+        reserve_gib=h100.runtime_reserve_gib,
+        dtype_bytes=2.0,
+        kv_dtype_bytes=2.0,
+        max_model_len=32768,
+    )
+    tp1 = evaluate_layout(budget, tensor=1, pipeline=1)
+    tp2 = evaluate_layout(budget, tensor=2, pipeline=1)
+    tp4 = evaluate_layout(budget, tensor=4, pipeline=1)
     assert tp1.concurrent_sequences == 0 and tp1.kv_tokens_per_replica < 32768
     assert 250_000 < tp2.kv_tokens_per_replica < 330_000
     assert 750_000 < tp4.kv_tokens_per_replica < 900_000

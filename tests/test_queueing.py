@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.planner import plan_deployment
-from k2think_operator.queueing import (
+from k2think_operator.api.kueue import (
     ADMITTED,
     DEACTIVATED,
     ELASTIC_ANNOTATION,
@@ -26,10 +25,17 @@ from k2think_operator.queueing import (
     view_from_status,
     workload_activation,
 )
-from k2think_operator.reconcile import Reconciler, decide, is_subset, needs_apply
+from k2think_operator.api.spec import InvalidSpec, parse_spec
+from k2think_operator.deployment.controller import (
+    DeploymentReconciler,
+    decide,
+    is_subset,
+    needs_apply,
+)
+from k2think_operator.deployment.status import Observation, build_status
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import build_children
-from k2think_operator.spec import InvalidSpec, parse_spec
-from k2think_operator.status import Observation, build_status
+from k2think_operator.runtime.events import Event
 from tests.conftest import minimal_doc
 from tests.test_reconcile import RecordingKube
 
@@ -304,15 +310,15 @@ def test_events_on_each_verdict_change() -> None:
     queued = QueueView(QUEUED, "waiting", "q", "cq", "wl")
     admitted = QueueView(ADMITTED, "ok", "q", "cq", "wl")
     preempted = QueueView(PREEMPTED, "Preempted to accommodate a workload", "q", "cq", "wl")
-    assert queue_events(None, queued) == [(False, "Queued", "waiting")]
+    assert queue_events(None, queued) == [Event.normal("Queued", "waiting")]
     assert queue_events(queue_status(queued), queued) == []
     assert queue_events(queue_status(queued), admitted) == [
-        (False, "Admitted", "Kueue admitted the RayService by ClusterQueue cq")
+        Event.normal("Admitted", "Kueue admitted the RayService by ClusterQueue cq")
     ]
     assert queue_events(queue_status(admitted), preempted) == [
-        (True, "Preempted", "Preempted to accommodate a workload")
+        Event.warn("Preempted", "Preempted to accommodate a workload")
     ]
-    assert queue_events(queue_status(preempted), admitted)[0][1] == "Resumed"
+    assert queue_events(queue_status(preempted), admitted)[0].reason == "Resumed"
 
 
 def test_spec_suspend_deactivates_the_workload_and_resume_reactivates_it() -> None:
@@ -396,15 +402,15 @@ class KueueKube(RecordingKube):
 
 async def test_reconcile_reports_kueue_and_deactivates_on_suspend() -> None:
     kube = KueueKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = copy.deepcopy(QUEUED_DOC)
     doc["metadata"]["generation"] = 1
     try:
-        queued = await reconciler.reconcile(doc)
+        queued = await reconciler.converge(doc)
         assert queued.applied and "suspend" not in kube.applies[0]["spec"]["rayClusterConfig"]
         assert queued.status["phase"] == "Queued"
         assert queued.status["queue"]["clusterQueue"] == "tenant-a-cq"
-        assert ("Queued" in [e[1] for e in queued.events]) and not queued.retry_reason
+        assert ("Queued" in [e.reason for e in queued.events]) and not queued.retry_reason
 
         kube.workloads = [
             workload(
@@ -412,17 +418,17 @@ async def test_reconcile_reports_kueue_and_deactivates_on_suspend() -> None:
             )
         ]
         doc["status"] = queued.status
-        admitted = await reconciler.reconcile(doc)
+        admitted = await reconciler.converge(doc)
         assert not admitted.applied  # Kueue's side of the RayService is not drift
         assert {c["type"]: c["status"] for c in admitted.status["conditions"]}["Admitted"] == "True"
-        assert [e[1] for e in admitted.events] == ["Admitted"]
+        assert [e.reason for e in admitted.events] == ["Admitted"]
 
         doc = copy.deepcopy(doc)
         doc["spec"]["suspend"] = True
         doc["metadata"]["generation"] = 2
         doc["status"] = admitted.status
-        await reconciler.reconcile(doc)
+        await reconciler.converge(doc)
         assert kube.activations == [("rayservice-demo-1a2b3", False)]
         assert "suspend" not in kube.applies[-1]["spec"]["rayClusterConfig"]
     finally:
-        reconciler.forget("team-a", "demo")
+        reconciler.forget(("team-a", "demo"))

@@ -13,16 +13,18 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.kube import ApplyRejected, KubeApi, KubeRayMissing, TransientApiError
-from k2think_operator.reconcile import (
+from k2think_operator.deployment.cluster import ApplyRejected, KubeApi, KubeRayMissing
+from k2think_operator.deployment.controller import (
     ApplyFailure,
-    Reconciler,
+    DeploymentReconciler,
     apply_children,
     decide,
     is_subset,
     needs_apply,
     previous_apply_failure,
 )
+from k2think_operator.runtime.controller import Controller, RetryLater
+from k2think_operator.runtime.kube import TransientApiError
 from tests.conftest import minimal_doc
 
 
@@ -104,13 +106,13 @@ def with_status(doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
 
 async def test_valid_spec_applies_once_then_idles() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
-    first = await reconciler.reconcile(doc)
+    first = await reconciler.converge(doc)
     assert first.applied and len(kube.applies) == 1 and first.wrote_status
     assert kube.applies[0]["kind"] == "RayService"
     settled = with_status(doc, first.status)
-    second = await reconciler.reconcile(settled)
+    second = await reconciler.converge(settled)
     assert not second.applied and not second.wrote_status
     assert len(kube.applies) == 1 and len(kube.status_patches) == 1
 
@@ -133,59 +135,80 @@ class SlowKube(RecordingKube):
             self.in_flight -= 1
 
 
+class DictSources:
+    """The controller's ``Sources`` over plain dicts (kopf's indexes in the operator)."""
+
+    def __init__(self, *bodies: Mapping[str, Any]) -> None:
+        self.bodies = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in bodies}
+        self.rayservices: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    def deployment(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
+        return self.bodies.get(key)
+
+    def rayservice(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
+        return self.rayservices.get(key)
+
+    def pods(self, key: tuple[str, str]) -> list[Any]:
+        return []
+
+
 async def test_a_burst_of_deployments_is_reconciled_a_few_at_a_time() -> None:
     # A burst must not render (and hold in memory) every deployment at once; each one is still
-    # reconciled.
+    # reconciled: the runtime's workers bound it.
     kube = SlowKube()
-    reconciler = Reconciler(kube, concurrency=3)
     docs = []
     for i in range(12):
         doc = with_status(minimal_doc(), {})
         doc["metadata"]["name"] = f"burst-{i}"
         docs.append(doc)
-    outcomes = await asyncio.gather(*(reconciler.reconcile(doc) for doc in docs))
-    assert all(outcome.applied for outcome in outcomes)
+    reconciler = DeploymentReconciler(kube, DictSources(*docs))
+    controller: Controller[tuple[str, str]] = Controller("test", reconciler.reconcile, workers=3)
+    controller.start()
+    for doc in docs:
+        controller.enqueue(("team-a", doc["metadata"]["name"]))
+    await asyncio.wait_for(controller.settle(), timeout=10)
+    await controller.stop()
     assert len(kube.applies) == 12
     assert kube.most_in_flight == 3
 
 
 async def test_invalid_spec_never_touches_the_rayservice() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     good = with_status(minimal_doc(), {})
-    outcome = await reconciler.reconcile(good)
+    outcome = await reconciler.converge(good)
     before = copy.deepcopy(kube.objects)
     bad = with_status(minimal_doc(parallelism={"tensor": 3}), outcome.status)
     bad["metadata"]["generation"] = 2
-    result = await reconciler.reconcile(bad)
+    result = await reconciler.converge(bad)
     assert result.invalid and not result.applied
     assert kube.objects == before and len(kube.applies) == 1
     conds = {c["type"]: c for c in result.status["conditions"]}
     assert conds["InvalidSpec"]["status"] == "True"
     assert "tensor=3 does not divide the 40 attention heads" in conds["InvalidSpec"]["message"]
     assert result.status["plan"] == outcome.status["plan"]  # the running plan stays visible
-    assert any(warning and reason == "InvalidSpec" for warning, reason, _ in result.events)
+    assert any(e.warning and e.reason == "InvalidSpec" for e in result.events)
 
 
 async def test_drift_is_repaired() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
-    outcome = await reconciler.reconcile(doc)
+    outcome = await reconciler.converge(doc)
     live = kube.objects[("team-a", "demo")]
     live["spec"]["serveConfigV2"] = "applications: []\n"  # someone edited a field we own
-    repaired = await reconciler.reconcile(with_status(doc, outcome.status))
+    repaired = await reconciler.converge(with_status(doc, outcome.status))
     assert repaired.applied
     assert kube.objects[("team-a", "demo")]["spec"]["serveConfigV2"] != "applications: []\n"
     del kube.objects[("team-a", "demo")]  # someone deleted it
-    recreated = await reconciler.reconcile(with_status(doc, repaired.status))
+    recreated = await reconciler.converge(with_status(doc, repaired.status))
     assert recreated.applied and ("team-a", "demo") in kube.objects
 
 
 async def test_missing_kuberay_is_a_condition_and_a_retry() -> None:
     kube = RecordingKube(kuberay=False)
-    reconciler = Reconciler(kube)
-    outcome = await reconciler.reconcile(with_status(minimal_doc(), {}))
+    reconciler = DeploymentReconciler(kube)
+    outcome = await reconciler.converge(with_status(minimal_doc(), {}))
     assert outcome.retry_reason and "not available" in outcome.retry_reason
     conds = {c["type"]: c for c in outcome.status["conditions"]}
     assert conds["Degraded"]["status"] == "True"
@@ -194,11 +217,11 @@ async def test_missing_kuberay_is_a_condition_and_a_retry() -> None:
 
 async def test_a_failed_read_of_the_rayservice_leaves_status_alone() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
-    settled = with_status(doc, (await reconciler.reconcile(doc)).status)
+    settled = with_status(doc, (await reconciler.converge(doc)).status)
     kube.unreachable = True
-    outcome = await reconciler.reconcile(settled)
+    outcome = await reconciler.converge(settled)
     assert outcome.retry_reason and "no answer" in outcome.retry_reason
     assert not outcome.applied and not outcome.wrote_status
     assert outcome.status == settled["status"] and len(kube.status_patches) == 1
@@ -206,12 +229,12 @@ async def test_a_failed_read_of_the_rayservice_leaves_status_alone() -> None:
 
 async def test_cluster_reshape_is_announced() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
-    outcome = await reconciler.reconcile(doc)
+    outcome = await reconciler.converge(doc)
     changed = with_status(minimal_doc(parallelism={"tensor": 8}), outcome.status)
-    result = await reconciler.reconcile(changed)
-    reasons = [reason for _, reason, _ in result.events]
+    result = await reconciler.converge(changed)
+    reasons = [e.reason for e in result.events]
     assert "NewRayCluster" in reasons and "Planned" in reasons
 
 
@@ -261,13 +284,15 @@ async def test_apply_step_reports_a_rejection_as_a_typed_failure() -> None:
 
 async def test_status_step_keeps_a_standing_apply_failure_while_the_child_is_absent() -> None:
     kube = RejectingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
-    outcome = await reconciler.reconcile(doc)
+    outcome = await reconciler.converge(doc)
     failure = previous_apply_failure(outcome.status)
     assert failure is not None and failure.reason == "ApplyRejected"
     # Recomputed without an apply, the status still says Degraded/ApplyRejected: nothing to write.
-    assert await reconciler.refresh_status(with_status(doc, outcome.status), None, ()) is False
+    assert not (
+        await reconciler.refresh_status(with_status(doc, outcome.status), None, ())
+    ).wrote_status
 
 
 class VersionedKube(RecordingKube):
@@ -284,41 +309,51 @@ async def test_the_copy_of_a_written_status_goes_once_the_body_includes_it() -> 
     # The status of our last write is kept only until an event's body includes it: a thousand
     # deployments must not each keep a second copy of their status.
     kube = VersionedKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
     doc["metadata"]["resourceVersion"] = "99"
-    outcome = await reconciler.reconcile(doc)
+    outcome = await reconciler.converge(doc)
     state = reconciler._states[(doc["metadata"]["namespace"], doc["metadata"]["name"])]
     assert outcome.wrote_status and state.written is not None
-    assert reconciler.seen(doc)  # an older body: the copy stays
+    assert state.unseen_write(doc) == outcome.status  # an older body: the copy stays
     assert state.written is not None
     caught_up = with_status(doc, outcome.status)
     caught_up["metadata"]["resourceVersion"] = "100"
-    assert reconciler.seen(caught_up)
+    assert state.unseen_write(caught_up) is None
     assert state.written is None
 
 
-async def test_requests_of_one_deployment_run_one_after_the_other_and_merge() -> None:
-    # As kopf ran its handlers for one object: never two at once; what is asked for while one
-    # runs is merged into one later run.
-    reconciler = Reconciler(RecordingKube(), concurrency=4)
-    runs: list[frozenset[str]] = []
-    running = 0
-    gate = asyncio.Event()
+async def test_reconcile_by_key_does_nothing_when_nothing_changed() -> None:
+    # Our own status write comes back as an event of the same generation: no decide, no write.
+    kube = RecordingKube()
+    doc = with_status(minimal_doc(), {})
+    sources = DictSources(doc)
+    reconciler = DeploymentReconciler(kube, sources)
+    key = ("team-a", "demo")
+    assert (await reconciler.reconcile(key)).requeue_after is None
+    assert len(kube.applies) == 1 and len(kube.status_patches) == 1
+    sources.bodies[key] = with_status(doc, kube.status_patches[-1])
+    await reconciler.reconcile(key)
+    assert len(kube.applies) == 1 and len(kube.status_patches) == 1
+    # The RayService moved (KubeRay wrote its status): the whole sequence runs again.
+    moved = {**kube.objects[key], "status": {"serviceStatus": "Running"}}
+    moved["metadata"] = {**kube.objects[key]["metadata"], "resourceVersion": "9"}
+    sources.rayservices[key] = moved
+    await reconciler.reconcile(key)
+    assert len(kube.applies) == 1 and reconciler.state(key).inputs is not None
 
-    async def work(reasons: frozenset[str]) -> None:
-        nonlocal running
-        running += 1
-        assert running == 1
-        runs.append(reasons)
-        await gate.wait()
-        running -= 1
 
-    key = ("ns", "demo")
-    reconciler.request(key, "spec", work)
-    await asyncio.sleep(0.01)  # the first one runs and waits
-    reconciler.request(key, "child", work)
-    reconciler.request(key, "pods", work)
-    gate.set()
-    await reconciler.settle()
-    assert runs == [frozenset({"spec"}), frozenset({"child", "pods"})]
+async def test_reconcile_by_key_retries_a_failure_and_forgets_a_deleted_deployment() -> None:
+    kube = RecordingKube(kuberay=False)
+    sources = DictSources(with_status(minimal_doc(), {}))
+    reconciler = DeploymentReconciler(kube, sources)
+    key = ("team-a", "demo")
+    with pytest.raises(RetryLater, match="RayService"):
+        await reconciler.reconcile(key)
+    assert reconciler.state(key).dirty  # the retry runs the whole sequence
+    kube.kuberay = True
+    await reconciler.reconcile(key)
+    assert len(kube.applies) == 1 and not reconciler.state(key).dirty
+    del sources.bodies[key]
+    await reconciler.reconcile(key)
+    assert key not in reconciler._states

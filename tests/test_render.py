@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from k2think_operator.planner import plan_deployment
+from k2think_operator.api.spec import INGRESS_GROUP, parse_spec
+from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import build_children, render_yaml
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION
 from k2think_operator.render.rayservice import multiply_quantity
-from k2think_operator.spec import INGRESS_GROUP, parse_spec
 from tests.conftest import ROOT, load_example, minimal_doc
 
 GOLDEN = ROOT / "tests" / "golden"

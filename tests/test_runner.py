@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
 
-from k2think_operator import runner
-from k2think_operator.config import OperatorConfig
+from k2think_operator.app.config import OperatorConfig
+from k2think_operator.app.main import supervisor_settings
+from k2think_operator.runtime import supervisor as runner
+
+
+def settings(**config: Any) -> runner.SupervisorSettings:
+    """The supervisor's settings as ``run`` builds them from the command line."""
+    return supervisor_settings(OperatorConfig(**config))
 
 
 async def test_failed_kopf_is_restarted_and_a_normal_stop_ends(
@@ -27,7 +34,7 @@ async def test_failed_kopf_is_restarted_and_a_normal_stop_ends(
 
     monkeypatch.setattr(kopf, "operator", fake_operator)
     monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
-    code = await runner.supervise(OperatorConfig(all_namespaces=True))
+    code = await runner.supervise(settings(all_namespaces=True))
     assert code == 0
     assert len(calls) == 3
     assert all(c["clusterwide"] and c["standalone"] for c in calls)
@@ -40,7 +47,7 @@ async def test_namespaces_are_passed_through(monkeypatch: pytest.MonkeyPatch) ->
         seen.update(kwargs)
 
     monkeypatch.setattr(kopf, "operator", fake_operator)
-    await runner.supervise(OperatorConfig(namespaces=("a", "b")))
+    await runner.supervise(settings(namespaces=("a", "b")))
     assert seen["namespaces"] == ["a", "b"] and seen["clusterwide"] is False
     assert seen["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
 
@@ -102,7 +109,12 @@ async def test_kopfs_dead_watcher_log_line_is_recognised() -> None:
             False,
         ),
         ("kopf.objects", logging.ERROR, "Handler 'reconcile-create' failed temporarily: x", False),
-        ("k2think_operator.reconcile", logging.ERROR, "Watcher for x has failed: y", False),
+        (
+            "k2think_operator.deployment.controller",
+            logging.ERROR,
+            "Watcher for x has failed: y",
+            False,
+        ),
     ],
 )
 def test_only_kopfs_dead_watcher_lines_count(
@@ -127,7 +139,7 @@ async def test_a_dead_watcher_stops_and_restarts_kopf(monkeypatch: pytest.Monkey
     monkeypatch.setattr(kopf, "operator", fake_operator)
     monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
     before = _restarts("dead-watcher")
-    code = await runner.supervise(OperatorConfig(all_namespaces=True))
+    code = await runner.supervise(settings(all_namespaces=True))
     assert code == 0
     assert runs == ["started", "stopped by supervisor", "started"]
     assert _restarts("dead-watcher") == before + 1
@@ -154,7 +166,9 @@ def _kopf_reports_unresolved(*selectors: tuple[str, str, str]) -> None:
 def test_kopfs_unresolved_line_names_our_apis() -> None:
     with kopf_records() as records:
         _kopf_reports_unresolved(("ray.io", "v1", "rayservices"), ("", "v1", "pods"))
-    assert [runner.unresolved_apis(r) for r in records] == [(("ray.io", "v1", "rayservices"),)]
+    assert [runner.unresolved_apis(r, settings().watched) for r in records] == [
+        (("ray.io", "v1", "rayservices"),)
+    ]
     assert not runner.is_dead_watcher_record(records[0])
 
 
@@ -191,11 +205,32 @@ async def test_an_api_kopf_gave_up_on_restarts_kopf_once_served(
             runs.append("stopped by supervisor")
 
     monkeypatch.setattr(kopf, "operator", fake_operator)
-    monkeypatch.setattr(runner, "connect_kube", connect)
     monkeypatch.setattr(runner, "RESTART_BACKOFF_SECONDS", (0.01,))
     monkeypatch.setattr(runner, "DISCOVERY_POLL_SECONDS", 0.01)
     before = _restarts("rescan")
-    assert await runner.supervise(OperatorConfig(all_namespaces=True)) == 0
+    watching = dataclasses.replace(settings(all_namespaces=True), connect=cast(Any, connect))
+    assert await runner.supervise(watching) == 0
     assert runs == ["started", "stopped by supervisor", "started"]
     assert discovery.asked == [("ray.io", "v1", "rayservices")] * 3 and discovery.closed
     assert _restarts("rescan") == before + 1
+
+
+def test_kopf_identity_needs_no_user_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's uid 65532 has no passwd entry: kopf's own identity (getpass.getuser) raises
+    there, so the supervisor names the process itself (the pod name and the pid)."""
+    import getpass
+    import os
+    import pwd
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME", "POD_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(KeyError):
+        getpass.getuser()  # what kopf would call
+    monkeypatch.setenv("POD_NAME", "k2think-operator-abc-x1")
+    assert runner.kopf_identity() == f"k2think-operator-abc-x1/{os.getpid()}"
+    monkeypatch.setenv("POD_ID", "from-kopf-env")
+    assert runner.kopf_identity().startswith("from-kopf-env/")

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from k2think_operator.reconcile import Reconciler, decide
+from k2think_operator.api.spec import INGRESS_GROUP
+from k2think_operator.deployment.controller import DeploymentReconciler, decide
+from k2think_operator.deployment.supporting import supporting_children
 from k2think_operator.render import render_yaml
 from k2think_operator.render.meta import digest
 from k2think_operator.render.security import (
@@ -29,12 +31,10 @@ from k2think_operator.render.security import (
     INGRESS_PYTHONPATH,
     SA_TOKEN_PATH,
 )
-from k2think_operator.spec import INGRESS_GROUP
-from k2think_operator.supporting import supporting_children
 from tests.conftest import ROOT, minimal_doc
 from tests.test_reconcile import RecordingKube, with_status
 
-INGRESS_FILE = ROOT / "operator" / "k2think_operator" / "data" / "k2think_api_key_ingress.py"
+INGRESS_FILE = ROOT / "operator" / "k2think_operator" / "ray_modules" / "k2think_api_key_ingress.py"
 
 
 def children(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,8 +88,8 @@ def test_auth_off_renders_no_auth_and_warns() -> None:
     items = children(doc)
     assert "authOptions" not in cluster(items)
     assert of_kind(items, "Secret") == []
-    outcome = asyncio.run(Reconciler(RecordingKube()).reconcile(doc))
-    warnings = [e for e in outcome.events if e[0] and e[1] == "RayAuthDisabled"]
+    outcome = asyncio.run(DeploymentReconciler(RecordingKube()).converge(doc))
+    warnings = [e for e in outcome.events if e.warning and e.reason == "RayAuthDisabled"]
     assert len(warnings) == 1
 
 
@@ -269,9 +269,9 @@ def test_supporting_objects_come_first_in_apply_order() -> None:
 
 async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> None:
     kube = RecordingKube()
-    reconciler = Reconciler(kube)
+    reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(serving={"apiKeysSecret": "k"}), {})
-    first = await reconciler.reconcile(doc)
+    first = await reconciler.converge(doc)
     assert first.applied
     assert kube.supporting_writes == [
         ("Secret", "demo-ray-token"),
@@ -281,12 +281,14 @@ async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> N
     ]
     token = kube.supporting[("Secret", "team-a", "demo-ray-token")]["stringData"]["auth_token"]
     assert len(token) >= 40
-    assert ("RayTokenCreated" in [e[1] for e in first.events]) and token not in str(first.events)
+    assert ("RayTokenCreated" in [e.reason for e in first.events]) and token not in str(
+        first.events
+    )
     # Unchanged: nothing is written again.
-    await reconciler.reconcile(with_status(doc, first.status))
+    await reconciler.converge(with_status(doc, first.status))
     assert len(kube.supporting_writes) == 4
     # Resync pass: everything applied again (drift repair); the token survives.
-    await reconciler.reconcile(with_status(doc, first.status), None, resync=True)
+    await reconciler.converge(with_status(doc, first.status), None, resync=True)
     assert len(kube.supporting_writes) == 8
     again = kube.supporting[("Secret", "team-a", "demo-ray-token")]["stringData"]["auth_token"]
     assert again == token
@@ -295,8 +297,8 @@ async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> N
 async def test_a_refused_supporting_object_holds_the_rayservice_back() -> None:
     kube = RecordingKube()
     kube.refuse_supporting = "secrets is forbidden"
-    reconciler = Reconciler(kube)
-    outcome = await reconciler.reconcile(with_status(minimal_doc(), {}))
+    reconciler = DeploymentReconciler(kube)
+    outcome = await reconciler.converge(with_status(minimal_doc(), {}))
     assert not outcome.applied and kube.applies == []
     assert outcome.retry_reason
     degraded = next(c for c in outcome.status["conditions"] if c["type"] == "Degraded")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.spec import InvalidSpec, parse_spec
+from k2think_operator.api.spec import InvalidSpec, parse_spec
 from tests.conftest import load_example, minimal_doc
 
 

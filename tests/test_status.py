@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from k2think_operator.planner import plan_deployment
-from k2think_operator.spec import parse_spec
-from k2think_operator.status import (
+from k2think_operator.api.spec import parse_spec
+from k2think_operator.deployment.status import (
     Observation,
     PodSummary,
     RayServiceView,
@@ -21,6 +20,8 @@ from k2think_operator.status import (
     status_patch,
     summarize_error,
 )
+from k2think_operator.plan.planner import plan_deployment
+from k2think_operator.runtime.conditions import without_nulls
 from tests.conftest import minimal_doc
 from tests.kuberay_view import rayservice_from_serve
 
@@ -222,6 +223,23 @@ def test_unchanged_world_means_no_write() -> None:
     second = build_status(obs, first, T1)
     assert status_patch(first, second) is None
     assert status_patch(first, build_status(observe(rayservice=rs("DEPLOYING")), first, T1))
+
+
+def test_the_stored_status_has_no_nulls_and_is_no_reason_to_write() -> None:
+    """The API server keeps no null fields (merge-patch deletes them, the CRD's structural schema
+    prunes them): the status read back must compare equal to the one that was written."""
+    obs = observe(rayservice=rs("RUNNING", ready=True), pods=(worker("a"),))
+    desired = build_status(obs, None, T0)
+    assert any(pool.get("maxReplicas", 0) is None for pool in desired["plan"]["pools"])
+    stored = without_nulls(desired)
+    assert "maxReplicas" not in stored["plan"]["pools"][0]
+    assert status_patch(stored, build_status(obs, stored, T1)) is None
+    # A field that had a value and now has none is a change (the patch's null deletes it).
+    capped = {
+        **stored,
+        "plan": {**stored["plan"], "pools": [{**stored["plan"]["pools"][0], "maxReplicas": 3}]},
+    }
+    assert status_patch(capped, build_status(obs, capped, T1)) is not None
 
 
 def test_plan_survives_an_invalid_spec() -> None:

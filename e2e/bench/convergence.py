@@ -39,7 +39,7 @@ sys.path[:0] = [str(E2E), str(ROOT)]
 
 from harness import Cluster, wait_for  # noqa: E402
 from harness.operator_process import OperatorProcess  # noqa: E402
-from k2think_operator.decision import decide  # noqa: E402
+from k2think_operator.deployment.decide import decide  # noqa: E402
 from k2think_operator.render.security import RAY_TOKEN_KEY  # noqa: E402
 from support import load_example, unique_namespace  # noqa: E402
 

@@ -32,10 +32,10 @@ sys.path[:0] = [str(ROOT / "e2e"), str(ROOT / "operator")]
 
 import yaml  # noqa: E402
 
-from k2think_operator import handlers  # noqa: E402
-from k2think_operator.decision import decide  # noqa: E402
-from k2think_operator.reconcile import observe  # noqa: E402
-from k2think_operator.status import build_status  # noqa: E402
+from k2think_operator.app import registrations as handlers  # noqa: E402
+from k2think_operator.deployment.controller import observe  # noqa: E402
+from k2think_operator.deployment.decide import decide  # noqa: E402
+from k2think_operator.deployment.status import build_status  # noqa: E402
 
 EXAMPLE = ROOT / "crds" / "examples" / "k2think.yaml"
 NOW = "2026-12-02T06:00:00Z"

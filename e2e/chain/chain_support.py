@@ -1,6 +1,13 @@
 """The chain suite's test ground and the helpers its scenarios share.
 
 Everything runs inside the namespaces ``e2e/chain/run.sh`` created; see ``conftest.py``.
+
+NetworkPolicies are enforced on this ground (kube-router on every simulated node,
+``harness.policyagent``), so the suite reaches pods the way things reach them in a cluster whose
+CNI enforces policies: KubeRay's operator from a pod of its own namespace (``kuberay-system``),
+the suite's reads of Ray's dashboard from the node hosting the head (as ``kubectl port-forward``
+does: :func:`http_json`), and its OpenAI clients from a client pod in the deployment's namespace
+(:func:`client_netns`), which the rendered policies admit to the serve port by default.
 """
 
 from __future__ import annotations
@@ -8,14 +15,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import Cluster, netns, processes, raynodes
+from harness import Cluster, netns, policyagent, processes, raynodes
+from harness.binaries import kube_router_binary
+from harness.campus import load_campus
 from harness.kubeapi import ApiError, KubeAPI
 from harness.polling import wait_for
 from harness.processes import Proc
@@ -26,6 +37,11 @@ E2E = HERE.parent
 CAMPUS = E2E / "campus" / "chain.yaml"
 SERVED_NAME = "k2-think-tiny"
 POOL_LABEL = "k2think.dev/pool"
+#: Where KubeRay's operator runs as a pod, with the labels of its Helm chart (what the rendered
+#: NetworkPolicies admit to the dashboard by default: ``api/spec.py``, ``KubeRayPeer``).
+KUBERAY_NAMESPACE = "kuberay-system"
+KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+CLIENT_POD = "k2t-client"
 
 #: Environment every Ray container of the suite's deployments gets (through spec.ray.env, as a
 #: user would set it): no model hub, no telemetry, and timeouts that 2 busy cores can meet.
@@ -62,6 +78,8 @@ class Ground:
     operator: OperatorProcess
     model_dir: Path
     venv: Path
+    nodes: list[netns.NodeNet]
+    agents: list[Proc]
 
     @property
     def state_dir(self) -> Path:
@@ -72,14 +90,19 @@ class Ground:
         """Stop operator, stand-in (which stops every pod) and cluster; report leftovers."""
         with contextlib.suppress(Exception):
             self.operator.stop()
+        self.cluster.stop_kuberay()
         self.kubelet.stop(timeout=180)
         left = raynodes.all_pod_processes()
         described = [_describe(pid) for pid in left]
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+        for agent in self.agents:
+            agent.stop()
         keep = bool(os.environ.get("K2T_E2E_KEEP"))
         self.cluster.stop(remove_state=not keep)
+        for node in self.nodes:
+            netns.remove_node(node)
         return described
 
 
@@ -94,16 +117,23 @@ def _describe(pid: int) -> str:
 def start_ground() -> Ground:
     netns.setup_ground()
     venv = Path(os.environ.get("K2T_CHAIN_VENV", str(E2E.parent / ".venv-dataplane")))
+    # Every node of the campus runs pods with real processes: each is a network namespace with
+    # its own bridge, iptables and policy agent (harness/netns.py, harness/policyagent.py).
+    nodes = netns.plan_nodes(load_campus(CAMPUS).node_names())
+    for node in nodes:
+        netns.add_node(node, nodes)
     cluster = Cluster.start(
         campus=CAMPUS,
         name="chain",
         pod_cidr=netns.KWOK_CIDR,
         apiserver_bind="0.0.0.0",
         timeout=300,
+        node_overlays={n.name: netns.node_manifest_network(n) for n in nodes},
     )
     kubelet: Proc | None = None
+    agents: list[Proc] = []
     try:
-        cluster.start_kuberay()
+        agents = policyagent.start_agents(cluster, nodes, kube_router_binary())
         sd = cluster.state_dir
         assert sd is not None
         kubelet = processes.start(
@@ -112,6 +142,7 @@ def start_ground() -> Ground:
             sd,
             env={"PYTHONPATH": str(E2E)},
         )
+        start_kuberay_pod(cluster)
         from tiny_model import build_tiny_k2think
 
         model_dir = build_tiny_k2think(sd / "model" / SERVED_NAME, seed=0)
@@ -122,11 +153,103 @@ def start_ground() -> Ground:
             env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": "30", "K2T_RESYNC_SECONDS": "20"},
         ).start()
     except BaseException:
+        cluster.stop_kuberay()
         if kubelet is not None:
             kubelet.stop(timeout=120)
+        for agent in agents:
+            agent.stop()
         cluster.stop(remove_state=False)
+        for node in nodes:
+            netns.remove_node(node)
         raise
-    return Ground(cluster, kubelet, operator, model_dir, venv)
+    return Ground(cluster, kubelet, operator, model_dir, venv, nodes, agents)
+
+
+# ------------------------------------------------------------------------------ pods of the ground
+def sandbox_pod(
+    cluster: Cluster, ns: str, name: str, labels: dict[str, str], *, timeout: float = 120
+) -> Path:
+    """A pod that the kubelet stand-in gives a network namespace only (``raynodes.SANDBOX_LABEL``)
+    on the head pool's node; returns the namespace's path once it is complete. Processes the
+    harness runs in it (or threads it moves there, ``netns.inside``) are that pod to the rest of
+    the cluster, NetworkPolicies included."""
+    api = cluster.api
+    assert api is not None
+    with contextlib.suppress(ApiError):
+        api.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    path = f"/api/v1/namespaces/{ns}/pods/{name}"
+    if not api.exists(path):
+        api.create(
+            f"/api/v1/namespaces/{ns}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": {**labels, raynodes.SANDBOX_LABEL: "true"},
+                },
+                "spec": {
+                    "nodeSelector": {POOL_LABEL: "head"},
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": name, "image": "registry.k8s.io/pause:3.10"}],
+                },
+            },
+        )
+
+    def ready() -> Path | None:
+        pod = api.get(path)
+        if not (pod.get("status") or {}).get("podIP"):
+            return None
+        name_ = netns.netns_name(pod["metadata"]["uid"])
+        return netns.netns_path(name_) if netns.pod_network_ready(name_) else None
+
+    found: Path = wait(f"the network namespace of pod {ns}/{name}", ready, timeout=timeout)
+    return found
+
+
+def start_kuberay_pod(cluster: Cluster) -> None:
+    """KubeRay's operator as a pod of ``kuberay-system`` with its chart's labels: the process runs
+    in that pod's network namespace and reaches the apiserver at the ``kubernetes`` Service."""
+    where = sandbox_pod(cluster, KUBERAY_NAMESPACE, "kuberay-operator", KUBERAY_LABELS)
+    from harness.cluster import write_kubeconfig
+
+    assert cluster.state_dir is not None
+    server = f"https://{netns.KUBERNETES_SERVICE_IP}:{cluster.ports['apiserver']}"
+    kubeconfig = write_kubeconfig(
+        cluster.state_dir / "kubeconfigs" / "ray-operator-pod",
+        server,
+        cluster.pki,
+        "admin",
+        "k2t-pod",
+    )
+    cluster.start_kuberay(netns=where, kubeconfig=kubeconfig)
+
+
+def remove_sandbox(ground: Ground, ns: str, name: str, *, timeout: float = 120) -> None:
+    """Delete a :func:`sandbox_pod` and wait until it is gone (the stand-in removes its network
+    namespace)."""
+    api = _api(ground)
+    path = f"/api/v1/namespaces/{ns}/pods/{name}"
+    with contextlib.suppress(ApiError):
+        api.delete(path)
+    wait(f"pod {ns}/{name} to go", lambda: not api.exists(path), timeout=timeout)
+    if name == CLIENT_POD:
+        _CLIENTS.pop(ns, None)
+
+
+_CLIENTS: dict[str, Path] = {}
+
+
+def client_netns(ground: Ground, ns: str) -> Path:
+    """The network namespace of the suite's client pod in ``ns`` (made on first use): where its
+    OpenAI clients run, a workload of the deployment's namespace (the rendered serve policy
+    admits every pod of it by default)."""
+    found = _CLIENTS.get(ns)
+    if found is None or not found.exists():
+        found = _CLIENTS[ns] = sandbox_pod(ground.cluster, ns, CLIENT_POD, {"app": CLIENT_POD})
+    return found
 
 
 # ------------------------------------------------------------------------------ deployments
@@ -281,7 +404,13 @@ def dashboard(ns: str, name: str) -> str:
 
 
 def http_json(url: str, timeout: float = 10.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    """GET ``url`` from the node that hosts the pod behind its host name (a head Service): how
+    ``kubectl port-forward`` reaches a pod, and what kube-router admits whatever the policies
+    say (its node's own traffic). From anywhere else the rendered policies refuse the dashboard
+    to all but KubeRay's pods."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    node = netns.from_node_of(socket.gethostbyname(host))
+    with node, urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read().decode())
 
 
@@ -347,16 +476,20 @@ class StreamResult:
 
 class Load:
     """``clients`` threads, each streaming chat completions through the serve Service with the
-    official ``openai`` client until stopped (or once, with ``once=True``).
+    official ``openai`` client until stopped (or once, with ``once=True``), from the network
+    namespace ``via`` (a client pod's: :func:`client_netns`).
 
     ``stop(abort=True)`` closes the streams in flight from the client side instead of waiting
     for them: Serve's proxy sees the disconnect and cancels the request, so Serve's count of
     ongoing requests drops at once rather than over the last requests' remaining tokens."""
 
-    def __init__(self, base_url: str, clients: int, *, max_tokens: int, once: bool = False) -> None:
+    def __init__(
+        self, base_url: str, clients: int, *, via: Path, max_tokens: int, once: bool = False
+    ) -> None:
         import threading
 
         self.base_url = base_url
+        self.via = via
         self.max_tokens = max_tokens
         self.once = once
         self.stop_event = threading.Event()
@@ -404,12 +537,13 @@ class Load:
             return StreamResult(False, tokens, finish, repr(exc), started, time.monotonic())
 
     def _run(self) -> None:
-        while True:
-            result = self._one()
-            with self._lock:
-                self.results.append(result)
-            if self.once or self.stop_event.is_set():
-                return
+        with netns.inside(self.via):
+            while True:
+                result = self._one()
+                with self._lock:
+                    self.results.append(result)
+                if self.once or self.stop_event.is_set():
+                    return
 
     def stop(self, timeout: float = 900, *, abort: bool = False) -> list[StreamResult]:
         self.stop_event.set()

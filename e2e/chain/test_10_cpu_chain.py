@@ -11,7 +11,12 @@ for one worker pod each (``e2e/campus/chain.yaml``), tests in file order on one 
 3. more load -> a third replica with every pool full -> ``CapacityBlocked`` with the scheduler's
    message, and clients only queue (no request fails);
 4. load stops -> Serve scales in, the streams in flight (also on the replica being removed)
-   finish, and the autoscaler removes the idle worker pod and its Ray node.
+   finish, and the autoscaler removes the idle worker pod and its Ray node;
+5. the NetworkPolicies the operator rendered (on by default, nothing in this suite turns them
+   off) are enforced by kube-router on every node: everything above ran through them; from a
+   pod of another namespace the dashboard (8265), the GCS (6379) and the serve port (8000) are
+   refused while the peers the policies admit reach the same ports; a namespace added to
+   ``serveFrom`` gets 8000 (an answered completion), and still nothing else.
 
 Times of each step are printed (``-rA``) and recorded in docs/benchmarks.md.
 """
@@ -26,17 +31,24 @@ from typing import Any
 
 import pytest
 from chain_support import (
+    CLIENT_POD,
+    KUBERAY_LABELS,
+    KUBERAY_NAMESPACE,
     SERVED_NAME,
     Ground,
     Load,
     app_status,
     apply,
     chain_deployment,
+    client_netns,
     cluster_of,
     cpu_pool,
     k2t,
     node_pool,
+    pods,
     ray_nodes,
+    remove_sandbox,
+    sandbox_pod,
     serve_replica_log,
     serve_replicas,
     serve_url,
@@ -80,6 +92,7 @@ def deployed(ground: Ground) -> Iterator[Ground]:
     )
     apply(ground, doc)
     yield ground
+    remove_sandbox(ground, NS, CLIENT_POD)
     timings = {k: round(v, 1) for k, v in TIMES.items()}
     print("\nchain timings (s):", timings)
     # Kept with the run's state (K2T_E2E_KEEP=1) for docs/benchmarks.md.
@@ -147,10 +160,14 @@ def test_first_replica_serves_from_the_first_pool(deployed: Ground) -> None:
 
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{serve_url(NS, NAME)}/v1", api_key="none", timeout=120)
-    reply = client.chat.completions.create(
-        model=SERVED_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
-    )
+    from harness import netns
+
+    # From a pod of the deployment's namespace: what the rendered serve policy admits by default.
+    with netns.inside(client_netns(g, NS)):
+        client = OpenAI(base_url=f"{serve_url(NS, NAME)}/v1", api_key="none", timeout=120)
+        reply = client.chat.completions.create(
+            model=SERVED_NAME, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
+        )
     message = reply.choices[0].message
     assert (message.content or getattr(message, "reasoning", None) or "") != ""
 
@@ -166,7 +183,7 @@ def test_load_spills_over_to_the_second_pool_when_the_first_is_full(deployed: Gr
     url = serve_url(NS, NAME)
     t0 = time.monotonic()
     # Four clients with long streams: Serve's target of 2 ongoing requests asks for 2 replicas.
-    LOAD["base"] = Load(url, 4, max_tokens=600)
+    LOAD["base"] = Load(url, 4, via=client_netns(g, NS), max_tokens=600)
     # Ray's autoscaler asks the first pool first (spec order): its pod cannot be scheduled.
     wait(
         "a worker pod of group cpu-a that the scheduler cannot place (the first pool is full)",
@@ -219,7 +236,7 @@ def test_every_pool_full_is_capacity_blocked_and_clients_only_queue(deployed: Gr
     url = serve_url(NS, NAME)
     t0 = time.monotonic()
     # Eight more clients: Serve wants a third replica; both pools have no room left.
-    LOAD["more"] = Load(url, 8, max_tokens=300)
+    LOAD["more"] = Load(url, 8, via=client_netns(g, NS), max_tokens=300)
     blocked = wait(
         "CapacityBlocked=True on the K2ThinkDeployment",
         lambda: (
@@ -247,9 +264,10 @@ def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: 
     # a request, so each replica holds one stream and either one Serve stops is draining one.
     results = LOAD.pop("more").stop(abort=True) + LOAD.pop("base").stop(abort=True)
     assert results and not [r for r in results if not r.ok and not r.aborted], results
-    streams = [Load(url, 1, max_tokens=DRAIN_TOKENS, once=True)]
+    via = client_netns(g, NS)
+    streams = [Load(url, 1, via=via, max_tokens=DRAIN_TOKENS, once=True)]
     wait("the first long stream's first token", streams[0].first_token.is_set, timeout=120)
-    streams.append(Load(url, 1, max_tokens=DRAIN_TOKENS, once=True))
+    streams.append(Load(url, 1, via=via, max_tokens=DRAIN_TOKENS, once=True))
     wait("the second long stream's first token", streams[1].first_token.is_set, timeout=120)
     # Two ongoing requests against a target of 2 per replica: Serve's demand is one replica
     # once its 30 s look-back window has forgotten the load, then 10 s of downscale delay.
@@ -297,3 +315,143 @@ def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: 
         lambda: (c := condition(k2t(g, NS, NAME), "CapacityBlocked")) and c["status"] == "False",
         timeout=120,
     )
+
+
+OUTSIDER_NS = "chain-outsider"
+ADMITTED_NS = "chain-admitted"
+
+
+def _pod_netns(pod: dict[str, Any]) -> Any:
+    from harness import netns
+
+    return netns.netns_path(netns.netns_name(pod["metadata"]["uid"]))
+
+
+def _verdicts(where: Any, targets: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """``open``/``refused``/``timeout`` of a TCP connect to each target, from network namespace
+    ``where`` (kube-router REJECTs what no policy admits: a refused connect, as from a port
+    nothing listens on; the same port open from an admitted peer tells the two apart)."""
+    import errno
+    import socket
+
+    from harness import netns
+
+    out = {}
+    with netns.inside(where):
+        for label, (addr, port) in targets.items():
+            with socket.socket() as sock:
+                sock.settimeout(3)
+                code = sock.connect_ex((addr, port))
+            out[label] = (
+                "open"
+                if code == 0
+                else "refused"
+                if code == errno.ECONNREFUSED
+                else f"timeout({errno.errorcode.get(code, code)})"
+            )
+    return out
+
+
+def _completion(where: Any) -> int:
+    """HTTP status of a small completion through the serve Service, sent from ``where``."""
+    import httpx
+
+    from harness import netns
+
+    body = {"model": SERVED_NAME, "prompt": "hi", "max_tokens": 4}
+    with netns.inside(where):
+        return int(
+            httpx.post(f"{serve_url(NS, NAME)}/v1/completions", json=body, timeout=60).status_code
+        )
+
+
+@pytest.mark.timeout(900)
+def test_network_policies_refuse_other_namespaces_and_admit_serve_from(deployed: Ground) -> None:
+    from harness import policyagent
+
+    g = deployed
+    wait("the Serve application RUNNING", lambda: app_status(g, NS, NAME) == "RUNNING", 600)
+    policies = g.cluster.kubectl_json("get", "networkpolicies", "-n", NS)["items"]
+    names = sorted(p["metadata"]["name"] for p in policies)
+    assert names == [f"{NAME}-ray-internal", f"{NAME}-serve"], names
+    head = pods(g, NS, "ray.io/node-type=head")[0]
+    # A worker that runs a replica (Serve runs a proxy on 8000 only where replicas are), seen
+    # listening from inside its own pod, where no policy applies.
+    worker = wait(
+        "a worker pod whose Serve proxy listens",
+        lambda: next(
+            (
+                w
+                for w in _running_in(g, "cpu-a") + _running_in(g, "cpu-b")
+                if _running_replicas_on(g, {w["metadata"]["name"]})
+                and _verdicts(_pod_netns(w), {"own": (w["status"]["podIP"], 8000)})["own"] == "open"
+            ),
+            None,
+        ),
+        timeout=300,
+    )
+    head_ip, worker_ip = head["status"]["podIP"], worker["status"]["podIP"]
+    # The agent of the head's node has a chain for each policy that selects the head pod.
+    head_node = next(n for n in g.nodes if n.name == head["spec"]["nodeName"])
+    rules = policyagent.filter_rules(head_node)
+    for name in names:
+        assert f"run through nw policy {name}" in rules, name
+
+    targets = {
+        "dashboard": (head_ip, 8265),
+        "gcs": (head_ip, 6379),
+        "serve-head": (head_ip, 8000),
+        "serve-worker": (worker_ip, 8000),
+    }
+    outsider = sandbox_pod(g.cluster, OUTSIDER_NS, "probe", {"app": "probe"})
+    admitted = sandbox_pod(g.cluster, ADMITTED_NS, "probe", {"app": "probe"})
+    try:
+        _check_verdicts(g, targets, outsider, admitted, worker)
+    finally:
+        remove_sandbox(g, OUTSIDER_NS, "probe")
+        remove_sandbox(g, ADMITTED_NS, "probe")
+
+
+def _check_verdicts(
+    g: Ground, targets: dict[str, tuple[str, int]], outsider: Any, admitted: Any, worker: Any
+) -> None:
+    kuberay = _pod_netns(
+        pods(g, KUBERAY_NAMESPACE, ",".join(f"{k}={v}" for k, v in KUBERAY_LABELS.items()))[0]
+    )
+    seen = {
+        "outsider": _verdicts(outsider, targets),
+        "admitted (before serveFrom)": _verdicts(admitted, targets),
+        "own namespace (client pod)": _verdicts(client_netns(g, NS), targets),
+        "KubeRay's pod": _verdicts(kuberay, targets),
+        "a worker of the deployment": _verdicts(_pod_netns(worker), targets),
+    }
+    print("\nNetworkPolicy verdicts (before serveFrom):", json.dumps(seen, indent=1))
+    every_port_refused = dict.fromkeys(targets, "refused")
+    serve_only = {**every_port_refused, "serve-head": "open", "serve-worker": "open"}
+    assert seen["outsider"] == every_port_refused, seen
+    assert seen["admitted (before serveFrom)"] == every_port_refused, seen
+    # Each refused port is open to the peer the policies admit to it.
+    assert seen["own namespace (client pod)"] == serve_only, seen
+    assert seen["KubeRay's pod"] == {**serve_only, "dashboard": "open"}, seen
+    assert set(seen["a worker of the deployment"].values()) == {"open"}, seen
+
+    # serveFrom: the admitted namespace (and the deployment's own, kept) may call 8000.
+    g.cluster.kubectl(
+        "patch", "k2t", NAME, "-n", NS, "--type=merge", "-p",
+        json.dumps({"spec": {"networkPolicy": {"serveFrom": [{"namespace": NS}, {"namespace": ADMITTED_NS}]}}}),
+    )  # fmt: skip
+    t0 = time.monotonic()
+    wait(
+        "a completion answered from the admitted namespace",
+        lambda: _completion(admitted) == 200,
+        timeout=180,
+    )
+    TIMES["serve_from_patch_to_admitted_completion"] = time.monotonic() - t0
+    after = {
+        "outsider": _verdicts(outsider, targets),
+        "admitted": _verdicts(admitted, targets),
+    }
+    print("NetworkPolicy verdicts (serveFrom admits chain-admitted):", json.dumps(after, indent=1))
+    assert after["outsider"] == every_port_refused, after
+    assert after["admitted"] == serve_only, after
+    assert _completion(client_netns(g, NS)) == 200

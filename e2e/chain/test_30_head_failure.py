@@ -5,9 +5,9 @@ CPU pools are free again for whatever runs next); both reuse the session's groun
 
 1. ``test_head_crash_with_gcs_ft``: two replicas serving (one per CPU pool, ``maxNodes: 1``
    each, so both worker pods start at once) with ``spec.ray.gcsFaultTolerance`` pointing at a
-   password-protected ``redis-server`` (Debian's package) that this test starts on the pod
-   network's gateway (:data:`harness.netns.GATEWAY`, an address that exists only inside the
-   suite's network namespace, reachable from every pod). Two streams run through a worker pod's
+   password-protected ``redis-server`` (Debian's package) that this test starts on the ground's
+   address (:data:`harness.netns.GROUND_IP`, an address that exists only inside the suite's
+   network namespace, every node's default gateway, so every pod reaches it). Two streams run through a worker pod's
    Serve proxy; then every process of the head pod is SIGKILLed, i.e. its containers crash as a
    kubelet sees it: the kubelet stand-in reports the ended containers (``restartPolicy: Never``,
    what KubeRay gives pods under autoscaler v2), KubeRay deletes the pod and creates a new head,
@@ -52,6 +52,7 @@ from chain_support import (
     app_status,
     apply,
     chain_deployment,
+    client_netns,
     cluster_of,
     cpu_pool,
     pods,
@@ -81,9 +82,9 @@ def _figures(ground: Ground) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def redis_on_gateway(state_dir: Path) -> Iterator[tuple[str, str]]:
-    """``redis-server`` (AOF on, a random password) on the pod network's gateway: reachable from
-    the pods' network namespaces, and only inside the suite's own network namespace."""
+def redis_on_ground(state_dir: Path) -> Iterator[tuple[str, str]]:
+    """``redis-server`` (AOF on, a random password) on the ground's address: reachable from the
+    pods' network namespaces, and only inside the suite's own network namespace."""
     port = free_port()
     password = secrets.token_hex(16)
     work = state_dir / "redis"
@@ -93,7 +94,7 @@ def redis_on_gateway(state_dir: Path) -> Iterator[tuple[str, str]]:
             [
                 "redis-server",
                 "--bind",
-                netns.GATEWAY,
+                netns.GROUND_IP,
                 "--port",
                 str(port),
                 "--requirepass",
@@ -111,10 +112,10 @@ def redis_on_gateway(state_dir: Path) -> Iterator[tuple[str, str]]:
     try:
         wait(
             "redis-server to accept connections",
-            lambda: raynodes.tcp_open(netns.GATEWAY, port),
+            lambda: raynodes.tcp_open(netns.GROUND_IP, port),
             timeout=30,
         )
-        yield f"{netns.GATEWAY}:{port}", password
+        yield f"{netns.GROUND_IP}:{port}", password
     finally:
         proc.terminate()
         try:
@@ -251,9 +252,10 @@ def head_answers(g: Ground, ns: str) -> bool:
     return bool(_quiet(lambda: ray_nodes(ns, cluster_of(g, ns))))
 
 
-def served(base: str) -> bool:
+def served(base: str, via: Path) -> bool:
+    """A completion answered, asked from the network namespace ``via`` (a client pod's)."""
     body = {"model": SERVED_NAME, "prompt": "hi", "max_tokens": 4}
-    with contextlib.suppress(httpx.HTTPError):
+    with contextlib.suppress(httpx.HTTPError), netns.inside(via):
         return bool(httpx.post(f"{base}/v1/completions", json=body, timeout=30).status_code == 200)
     return False
 
@@ -268,9 +270,11 @@ def replica_env(g: Ground, ns: str, name: str) -> dict[str, str]:
 
 @dataclass
 class Stream:
-    """One streaming chat completion (SSE read with httpx) whose progress can be watched."""
+    """One streaming chat completion (SSE read with httpx) whose progress can be watched, sent
+    from the network namespace ``via`` (a client pod's)."""
 
     base: str
+    via: Path
     max_tokens: int
     chunks: int = 0
     finish: str | None = None
@@ -294,9 +298,12 @@ class Stream:
         # reported as one (a hang), not waited for.
         timeout = httpx.Timeout(10.0, read=60.0)
         try:
-            with httpx.stream(
-                "POST", f"{self.base}/v1/chat/completions", json=body, timeout=timeout
-            ) as resp:
+            with (
+                netns.inside(self.via),
+                httpx.stream(
+                    "POST", f"{self.base}/v1/chat/completions", json=body, timeout=timeout
+                ) as resp,
+            ):
                 if resp.status_code != 200:
                     self.error = f"HTTP {resp.status_code}"
                     return
@@ -343,7 +350,7 @@ def retryable(s: Stream) -> bool:
 @pytest.mark.timeout(2400)
 def test_head_crash_with_gcs_ft(ground: Ground) -> None:
     g, ns, name = ground, "chain-gcs-ft", "ft"
-    with redis_on_gateway(g.state_dir) as (address, password):
+    with redis_on_ground(g.state_dir) as (address, password):
         ft = {"redisAddress": address, "passwordSecret": {"name": "redis", "key": "password"}}
         with deployment(g, ns, name, ["cpu-a", "cpu-b"], ft, secret=password):
             assert replica_env(g, ns, name).get("VLLM_CONFIGURE_LOGGING") == "0"
@@ -352,8 +359,9 @@ def test_head_crash_with_gcs_ft(ground: Ground) -> None:
             assert len(before.replicas) == 2 and all(r[2] for r in before.replicas), before
             worker_ip = worker_pods(g, ns)[0]["status"]["podIP"]
             base = f"http://{worker_ip}:8000"
-            assert served(base)
-            streams = [Stream(base, max_tokens=3000) for _ in range(2)]
+            via = client_netns(g, ns)
+            assert served(base, via)
+            streams = [Stream(base, via, max_tokens=3000) for _ in range(2)]
             wait("both streams streaming", lambda: all(s.chunks > 5 for s in streams), 120)
             old_uid = crash_head(g, ns)
             t0 = time.monotonic()
@@ -374,7 +382,9 @@ def test_head_crash_with_gcs_ft(ground: Ground) -> None:
             FIGURES["with GCS FT: crash -> new head's Ray answers (s)"] = round(
                 time.monotonic() - t0, 1
             )
-            wait("a request served again on the worker proxy", lambda: served(base), RECOVERY_S)
+            wait(
+                "a request served again on the worker proxy", lambda: served(base, via), RECOVERY_S
+            )
             FIGURES["with GCS FT: crash -> served again (s)"] = round(time.monotonic() - t0, 1)
             after = wait(
                 "Ray's view of the nodes and 2 RUNNING replicas again",
@@ -385,7 +395,11 @@ def test_head_crash_with_gcs_ft(ground: Ground) -> None:
             FIGURES["with GCS FT: same replica actors"] = after.actors == before.actors
             FIGURES["with GCS FT: same replica processes"] = after.replicas == before.replicas
             assert after == before, (before, after)
-            wait("served through the serve Service too", lambda: served(serve_url(ns, name)), 120)
+            wait(
+                "served through the serve Service too",
+                lambda: served(serve_url(ns, name), via),
+                120,
+            )
 
 
 @pytest.mark.timeout(1800)
@@ -411,7 +425,8 @@ def test_head_crash_without_gcs_ft(ground: Ground) -> None:
         FIGURES["without GCS FT: crash -> a new replica RUNNING (s)"] = round(
             time.monotonic() - t0, 1
         )
-        wait("a request served again", lambda: served(serve_url(ns, name)), RECOVERY_S)
+        via = client_netns(g, ns)
+        wait("a request served again", lambda: served(serve_url(ns, name), via), RECOVERY_S)
         FIGURES["without GCS FT: crash -> served again (s)"] = round(time.monotonic() - t0, 1)
         new_pods = {p["metadata"]["uid"] for p in worker_pods(g, ns)}
         FIGURES["without GCS FT: worker pod replaced"] = not old_pods & new_pods

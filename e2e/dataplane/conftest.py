@@ -109,7 +109,7 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ray_token() -> str:
     """The Ray token, made by the operator's own generator (what goes into <name>-ray-token)."""
-    from k2think_operator.supporting import new_ray_token
+    from k2think_operator.deployment.supporting import new_ray_token
 
     return new_ray_token()
 

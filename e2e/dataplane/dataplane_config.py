@@ -19,7 +19,9 @@ HEAD_RESOURCE = "k2think_head"
 HEAD_RESOURCE_CAPACITY = 1000
 #: Where the operator's package keeps the Ray-side API-key ingress module it ships in a ConfigMap
 #: (mounted on PYTHONPATH in a pod; the suite puts this directory there instead).
-INGRESS_MODULE_DIR = Path(__file__).resolve().parents[2] / "operator" / "k2think_operator" / "data"
+INGRESS_MODULE_DIR = (
+    Path(__file__).resolve().parents[2] / "operator" / "k2think_operator" / "ray_modules"
+)
 
 
 def serve_config_for(
@@ -80,7 +82,7 @@ def _rendered_by_operator(
     """``serveConfigV2`` exactly as the operator renders it for a CPU-pool K2ThinkDeployment."""
     import tiny_model as tm
 
-    from k2think_operator.reconcile import decide
+    from k2think_operator.deployment.controller import decide
 
     params = 2 * tm.TOKENIZER_VOCAB_SIZE * tm.HIDDEN_SIZE + tm.NUM_HIDDEN_LAYERS * (
         4 * tm.HIDDEN_SIZE**2 + 3 * tm.HIDDEN_SIZE * tm.INTERMEDIATE_SIZE

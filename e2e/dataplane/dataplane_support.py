@@ -480,7 +480,7 @@ def capture_status(name: str, data: dict[str, Any], also_into: Path | None = Non
 
 def operator_status(serve: dict[str, Any]) -> dict[str, Any]:
     """What the operator would write to ``status`` if KubeRay reported this Serve answer."""
-    from k2think_operator.status import Observation, build_status, read_rayservice
+    from k2think_operator.deployment.status import Observation, build_status, read_rayservice
     from tests.kuberay_view import rayservice_from_serve
 
     view = read_rayservice(rayservice_from_serve(serve))

@@ -25,7 +25,7 @@ def _args(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 def test_ray_defaults_are_what_the_operator_overrides() -> None:
     from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_INGRESS_OPTIONS
 
-    from k2think_operator.ingress import SERVE_LLM_DEFAULT_INGRESS_OPTIONS
+    from k2think_operator.plan.ingress_sizing import SERVE_LLM_DEFAULT_INGRESS_OPTIONS
 
     assert DEFAULT_INGRESS_OPTIONS == SERVE_LLM_DEFAULT_INGRESS_OPTIONS
 

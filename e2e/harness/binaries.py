@@ -49,6 +49,21 @@ def find_bindir(*, build: bool = True) -> Path:
     return check_bindir(Path(out.strip().splitlines()[-1]))
 
 
+def kube_router_binary() -> Path:
+    """kube-router, the chain ground's NetworkPolicy agent (its own cache directory, keyed by
+    ``KUBE_ROUTER_VERSION``; built with the rest by ``build-binaries.sh``)."""
+    out = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--print-kube-router"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    binary = Path(out.strip().splitlines()[-1]) / "kube-router"
+    if not os.access(binary, os.X_OK):
+        raise BinariesMissingError(f"{binary} is missing; run `make binaries`")
+    return binary
+
+
 def kuberay_crds(bindir: Path) -> list[Path]:
     crds = sorted((bindir / "crds" / "kuberay").glob("*.yaml"))
     if not crds:

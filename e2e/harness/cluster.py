@@ -200,6 +200,9 @@ class Cluster:
     apiserver_bind: str = NODE_IP
     #: KubeSchedulerConfiguration profile for the scheduler (harness/scheduling.py); None: defaults
     scheduler_profile: Path | None = None
+    #: Per node name, what its manifest carries besides the campus's (``spec``/``status`` keys):
+    #: the chain ground gives each node its pod range and address (netns.node_manifest_network).
+    node_overlays: dict[str, dict[str, Any]] = field(default_factory=dict)
     _t0: float = field(default=0.0, repr=False)
 
     # ----------------------------------------------------------------- construction
@@ -219,6 +222,7 @@ class Cluster:
         apiserver_bind: str = NODE_IP,
         kueue: bool = False,
         scheduler_profile: str | Path | None = None,
+        node_overlays: dict[str, dict[str, Any]] | None = None,
     ) -> Cluster:
         """Start a fresh control plane and return it once it is usable.
 
@@ -226,7 +230,8 @@ class Cluster:
         are always installed. ``detach``: processes survive this Python process (the CLI's
         ``up``); otherwise they die with it and :meth:`close` / atexit stops them.
         ``kueue``: also run Kueue (harness/kueue.py); ``scheduler_profile``: run the scheduler
-        with that KubeSchedulerConfiguration (e.g. ``scheduling.GPU_BINPACKING_PROFILE``).
+        with that KubeSchedulerConfiguration (e.g. ``scheduling.GPU_BINPACKING_PROFILE``);
+        ``node_overlays``: extra ``spec``/``status`` fields per node name (:attr:`node_overlays`).
         """
         t0 = time.monotonic()
         sd = Path(state_dir) if state_dir else STATE_ROOT / name
@@ -253,6 +258,7 @@ class Cluster:
             pod_cidr=pod_cidr,
             apiserver_bind=apiserver_bind,
             scheduler_profile=Path(scheduler_profile).resolve() if scheduler_profile else None,
+            node_overlays=dict(node_overlays or {}),
         )
         if not detach:
             atexit.register(cluster.close)
@@ -688,6 +694,8 @@ class Cluster:
 
         def create(node: dict[str, Any]) -> None:
             name = node["metadata"]["name"]
+            for part, fields in self.node_overlays.get(name, {}).items():
+                node.setdefault(part, {}).update(fields)
             try:
                 created = api.create("/api/v1/nodes", node)
             except ApiError as exc:
@@ -738,8 +746,14 @@ class Cluster:
         watch_namespace: str | None = None,
         extra_args: Sequence[str] = (),
         timeout: float = 90.0,
+        netns: Path | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
-        """Run KubeRay's ray-operator on this machine against this cluster (KUBECONFIG)."""
+        """Run KubeRay's ray-operator on this machine against this cluster (KUBECONFIG).
+
+        ``netns``: in that network namespace (the chain ground runs it in the network namespace
+        of a pod standing for KubeRay's, so NetworkPolicies see its calls as that pod's), with
+        ``kubeconfig`` naming a server reachable from there."""
         if self.kuberay_running():
             return
         if self.state_dir is None:
@@ -754,13 +768,25 @@ class Cluster:
             watch_namespace=watch_namespace,
             extra_args=extra_args,
         )
-        self._start("ray-operator", argv, env={"KUBECONFIG": str(self.kubeconfig)})
-        self._wait(
-            "ray-operator /readyz",
-            lambda: _http_status(f"http://127.0.0.1:{probe}/readyz") == 200,
-            timeout,
+        assert self.state_dir is not None
+        self.procs["ray-operator"] = processes.start(
             "ray-operator",
+            argv,
+            self.state_dir,
+            env={"KUBECONFIG": str(kubeconfig or self.kubeconfig)},
+            detach=self.detached,
+            netns=netns,
         )
+
+        def ready() -> bool:
+            if netns is None:
+                return _http_status(f"http://127.0.0.1:{probe}/readyz") == 200
+            from .netns import inside
+
+            with inside(netns):
+                return _http_status(f"http://127.0.0.1:{probe}/readyz") == 200
+
+        self._wait("ray-operator /readyz", ready, timeout, "ray-operator")
         self._save()
         _log(f"KubeRay operator ready ({time.monotonic() - t0:.1f}s)")
 

@@ -1,54 +1,75 @@
-"""A private pod network for the chain test ground: one network namespace per simulated pod.
+"""The chain test ground's network: one network namespace per simulated node, one per pod.
 
 Why this exists (home-made, on purpose): there is no container runtime here, but the chain
 suite (``e2e/chain/``) runs the real Ray processes of KWOK's pods. Ray binds several ports on
 every interface (the dashboard agent's 52365, the metrics exporter, Serve's proxy on 8000 on
 every node that hosts a replica), so two Ray nodes cannot share one network stack, and
 EndpointSlices refuse loopback addresses, so KubeRay could not reach a head whose address is
-127.x. A Kubernetes pod gets its own network namespace with its own address; this module does
-exactly that with iproute2:
+127.x. A Kubernetes pod gets its own network namespace with its own address, on a node that has
+its own network stack, bridge and packet filter; this module builds exactly that with iproute2:
 
 * the whole test ground runs inside a network (and mount) namespace its runner created
   (``unshare -n -m``, see ``e2e/chain/run.sh``): only ``lo`` and the devices made here exist,
-  so nothing can reach the host's networks, whatever address a process dials;
-* :func:`setup_ground` adds a bridge ``k2t0`` holding the pod gateway ``10.244.255.254/16``, puts
-  the ``kubernetes`` Service address ``10.96.0.1`` on ``lo`` (the apiserver listens on every
-  address of this namespace, so pods reach it the way they do in a cluster);
-* :func:`add_pod` makes a network namespace per pod with a veth pair on the bridge, the pod's IP
-  (KWOK's ``status.podIP``), a MAC address derived from that IP (:func:`pod_mac`) and a default
-  route through the gateway;
+  so nothing can reach the host's networks, whatever address a process dials. That namespace
+  (the "ground") plays the machine room: the control plane listens there, and the bridge
+  ``k2f0`` (:data:`NODE_NETWORK`, the ground at :data:`GROUND_IP`) is the wire between nodes;
+* :func:`add_node` makes a node: a network namespace ``k2n-<k>`` with its uplink ``eth0`` on
+  that wire at ``10.243.0.<k>`` (the Node's ``InternalIP``), its own pod bridge ``k2t0`` holding
+  the gateway of its pod range ``10.244.<k>.0/24`` (the Node's ``spec.podCIDR``, which KWOK
+  hands pod IPs from), IP forwarding and ``bridge-nf-call-iptables`` on (so its iptables see
+  bridged pod-to-pod packets, as on a node whose CNI bridges pods), and a route to every other
+  node's pod range through that node's address (host-gateway routing, what flannel's host-gw
+  or kube-router's routing do); the ground routes each pod range to its node too;
+* :func:`add_pod` makes a network namespace per pod with a veth pair on its node's bridge (the
+  node is the one whose range holds the IP), the pod's IP (KWOK's ``status.podIP``), a MAC
+  derived from that IP (:func:`pod_mac`) and a default route through the node's gateway;
+* the ``kubernetes`` Service address ``10.96.0.1`` is on the ground's ``lo`` (the apiserver
+  listens on every address of the ground), reached by pods and nodes through their default route;
+* :func:`inside` runs the calling thread in another network namespace (a node's, a pod's): the
+  test ground reaches pods the way a kubelet does (from their node) or the way a workload does
+  (from a pod), never from outside every node, where NetworkPolicies would rightly refuse it;
 * :class:`HostsFile` is bind-mounted over ``/etc/hosts`` (in the private mount namespace only)
   and rewritten in place, so Services resolve to the pod addresses behind them (Go re-reads the
   file when its mtime changes, Python's resolver on every lookup).
 
-Every function refuses to run unless :func:`require_isolated` passes.
+Every function that changes the network refuses to run unless :func:`require_isolated` passes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import os
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-#: The pod network. KWOK v0.8 hands out pod IPs from ``--cidr`` counting up from the address
-#: written there (``pkg/utils/net/ip.go``, ``ParseCIDR`` keeps it; nodes without
-#: ``spec.podCIDR`` use it: ``pkg/kwok/controllers/pod_controller.go``); the gateway sits at the
-#: other end of the range so the two never meet.
+#: Every pod address of the ground; node ``k`` owns ``10.244.<k>.0/24``.
 POD_CIDR = "10.244.0.0/16"
-GATEWAY = "10.244.255.254"
-KWOK_CIDR = "10.244.1.1/16"
+#: KWOK's ``--cidr``: only for pods on a node without ``spec.podCIDR``. Range 0 belongs to no
+#: node, so such a pod gets an address no node routes (and :func:`add_pod` says so).
+KWOK_CIDR = "10.244.0.1/24"
+#: The wire between the nodes and the ground (node ``k`` at ``10.243.0.<k>``).
+NODE_NETWORK = "10.243.0.0/24"
+#: The ground's own address on that wire: what pods and nodes reach the ground at (the default
+#: route of every node; a test's own servers, e.g. Redis, listen here).
+GROUND_IP = "10.243.0.254"
+#: The highest node index (a /24 each; the last address of a node's range is its gateway).
+MAX_NODES = 250
 #: ClusterIP of the ``kubernetes`` Service (first address of the harness's service range; the
 #: apiserver's serving certificate carries it).
 KUBERNETES_SERVICE_IP = "10.96.0.1"
+FABRIC = "k2f0"
 BRIDGE = "k2t0"
 #: Environment variable the runner sets after entering its own namespaces.
 ISOLATED_ENV = "K2T_CHAIN_NETNS"
 #: The mount namespace the runner started in (``readlink /proc/self/ns/mnt`` before unshare).
 OUTER_MNTNS_ENV = "K2T_OUTER_MNTNS"
+_CLONE_NEWNET = 0x40000000
 
 
 class NotIsolatedError(RuntimeError):
@@ -70,8 +91,8 @@ def interfaces() -> list[str]:
 
 
 def foreign_interfaces(names: Sequence[str]) -> list[str]:
-    """Devices that this module did not make (anything but lo, the bridge and pod veths)."""
-    return [n for n in names if n != "lo" and n != BRIDGE and not n.startswith("k2v")]
+    """Devices that this module did not make (anything but lo, the wire and node uplinks)."""
+    return [n for n in names if n not in ("lo", FABRIC) and not n.startswith("k2u")]
 
 
 def require_isolated() -> None:
@@ -97,22 +118,128 @@ def require_isolated() -> None:
 
 
 def setup_ground() -> None:
-    """Loopback up, the pod bridge with its gateway, the kubernetes Service address on lo."""
+    """Loopback up, the wire between nodes with the ground's address, the kubernetes Service
+    address on lo."""
     require_isolated()
     _run("ip", "link", "set", "lo", "up")
-    if BRIDGE not in interfaces():
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{GATEWAY}/{_prefix()}", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
+    if FABRIC not in interfaces():
+        _run("ip", "link", "add", FABRIC, "type", "bridge")
+        _run("ip", "addr", "add", f"{GROUND_IP}/{_prefix(NODE_NETWORK)}", "dev", FABRIC)
+        _run("ip", "link", "set", FABRIC, "up")
     addrs = _run("ip", "-o", "addr", "show", "dev", "lo")
     if f" {KUBERNETES_SERVICE_IP}/" not in addrs:
         _run("ip", "addr", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", "lo")
 
 
-def _prefix() -> int:
-    return ipaddress.ip_network(POD_CIDR).prefixlen
+def _prefix(cidr: str) -> int:
+    return ipaddress.ip_network(cidr).prefixlen
 
 
+# ------------------------------------------------------------------------------ nodes
+@dataclass(frozen=True)
+class NodeNet:
+    """The network identity of simulated node number ``index`` (1-based)."""
+
+    name: str
+    index: int
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_network(NODE_NETWORK)[self.index])
+
+    @property
+    def pod_cidr(self) -> str:
+        return f"10.244.{self.index}.0/24"
+
+    @property
+    def gateway(self) -> str:
+        return f"10.244.{self.index}.254"
+
+    @property
+    def netns(self) -> str:
+        return f"k2n-{self.index}"
+
+    @property
+    def uplink(self) -> str:
+        """The ground's end of the node's veth pair (the node's end is its ``eth0``)."""
+        return f"k2u{self.index}"
+
+
+def plan_nodes(names: Sequence[str]) -> list[NodeNet]:
+    """Node numbers for ``names``: sorted, from 1, so a campus always maps the same way."""
+    ordered = sorted(set(names))
+    if len(ordered) > MAX_NODES:
+        raise ValueError(f"{len(ordered)} nodes: the ground's address plan holds {MAX_NODES}")
+    return [NodeNet(n, i) for i, n in enumerate(ordered, start=1)]
+
+
+def node_netns_for_ip(ip: str) -> str:
+    """The namespace of the node whose pod range holds ``ip`` (``10.244.<k>.x`` -> ``k2n-<k>``)."""
+    addr = ipaddress.ip_address(ip)
+    if addr not in ipaddress.ip_network(POD_CIDR):
+        raise ValueError(f"{ip} is outside the pod network {POD_CIDR}")
+    index = addr.packed[2]
+    if not 1 <= index <= MAX_NODES:
+        raise ValueError(f"{ip} is in no node's pod range (its node has no spec.podCIDR?)")
+    return f"k2n-{index}"
+
+
+def node_manifest_network(node: NodeNet) -> dict[str, object]:
+    """What a node's manifest carries of its network: ``spec.podCIDR`` (KWOK hands its pods IPs
+    from it, as from a range the node IPAM controller assigned) and its ``InternalIP`` (KWOK keeps
+    an address that is there; kube-router finds its node's pods by ``status.hostIP``, which KWOK
+    sets to it)."""
+    return {
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": node.ip},
+                {"type": "Hostname", "address": node.name},
+            ]
+        },
+    }
+
+
+def _sysctl(netns: str, key: str, value: str) -> None:
+    _run("ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{key}={value}")
+
+
+def add_node(node: NodeNet, peers: Sequence[NodeNet]) -> Path:
+    """Create node ``node``'s namespace (uplink, pod bridge, forwarding, routes to ``peers``'s
+    pod ranges) and the ground's route to its pod range."""
+    require_isolated()
+    remove_node(node)
+    ns = node.netns
+    _run("ip", "netns", "add", ns)
+    _run("ip", "link", "add", node.uplink, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _run("ip", "link", "set", node.uplink, "master", FABRIC)
+    _run("ip", "link", "set", node.uplink, "up")
+    _run("ip", "-n", ns, "link", "set", "lo", "up")
+    _run("ip", "-n", ns, "addr", "add", f"{node.ip}/{_prefix(NODE_NETWORK)}", "dev", "eth0")
+    _run("ip", "-n", ns, "link", "set", "eth0", "up")
+    _run("ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge")
+    _run("ip", "-n", ns, "addr", "add", f"{node.gateway}/24", "dev", BRIDGE)
+    _run("ip", "-n", ns, "link", "set", BRIDGE, "up")
+    _sysctl(ns, "net.ipv4.ip_forward", "1")
+    # Per network namespace since Linux 5.3: bridged pod-to-pod packets pass this node's
+    # iptables (kube-router's -m physdev --physdev-is-bridged rules), as on a real node.
+    _sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
+    _run("ip", "-n", ns, "route", "add", "default", "via", GROUND_IP)
+    for peer in peers:
+        if peer.index != node.index:
+            _run("ip", "-n", ns, "route", "replace", peer.pod_cidr, "via", peer.ip)
+    _run("ip", "route", "replace", node.pod_cidr, "via", node.ip)
+    return netns_path(ns)
+
+
+def remove_node(node: NodeNet) -> None:
+    """Delete the node's namespace (its pods' veths and its uplink go with it)."""
+    if netns_path(node.netns).exists():
+        subprocess.run(["ip", "netns", "del", node.netns], capture_output=True, check=False)
+    subprocess.run(["ip", "route", "del", node.pod_cidr], capture_output=True, check=False)
+
+
+# ------------------------------------------------------------------------------ pods
 def netns_name(pod_uid: str) -> str:
     """Namespace name of a pod: short, stable, derived from its uid."""
     return "k2t-" + hashlib.sha256(pod_uid.encode()).hexdigest()[:10]
@@ -142,28 +269,82 @@ def pod_mac(ip: str) -> str:
 
 
 def add_pod(name: str, ip: str) -> Path:
-    """Create network namespace ``name`` with ``ip`` on its eth0, bridged to the ground."""
+    """Create network namespace ``name`` with ``ip`` on its eth0, on the bridge of the node whose
+    pod range holds ``ip``."""
     require_isolated()
-    if ipaddress.ip_address(ip) not in ipaddress.ip_network(POD_CIDR):
-        raise ValueError(f"pod IP {ip} is outside the pod network {POD_CIDR}")
+    node_ns = node_netns_for_ip(ip)
+    if not netns_path(node_ns).exists():
+        raise RuntimeError(f"pod IP {ip} belongs to node namespace {node_ns}, which does not exist")
+    gateway = str(ipaddress.ip_network(f"{ip}/24", strict=False)[254])
+    if ip == gateway:
+        raise ValueError(f"pod IP {ip} is its node's gateway")
     remove_pod(name)
     veth = _veth(name)
     _run("ip", "netns", "add", name)
-    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
-    _run("ip", "link", "set", veth, "master", BRIDGE)
-    _run("ip", "link", "set", veth, "up")
+    _run("ip", "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+         "netns", name)  # fmt: skip
+    _run("ip", "-n", node_ns, "link", "set", veth, "master", BRIDGE)
+    _run("ip", "-n", node_ns, "link", "set", veth, "up")
     _run("ip", "-n", name, "link", "set", "lo", "up")
     _run("ip", "-n", name, "link", "set", "eth0", "address", pod_mac(ip))
-    _run("ip", "-n", name, "addr", "add", f"{ip}/{_prefix()}", "dev", "eth0")
+    _run("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth0")
     _run("ip", "-n", name, "link", "set", "eth0", "up")
-    _run("ip", "-n", name, "route", "add", "default", "via", GATEWAY)
+    _run("ip", "-n", name, "route", "add", "default", "via", gateway)
     return netns_path(name)
+
+
+def pod_network_ready(name: str) -> bool:
+    """The pod's namespace is complete (its default route, the last step of :func:`add_pod`)."""
+    if not netns_path(name).exists():
+        return False
+    proc = subprocess.run(
+        ["ip", "-n", name, "route", "show", "default"], capture_output=True, text=True
+    )
+    return proc.returncode == 0 and "default" in proc.stdout
 
 
 def remove_pod(name: str) -> None:
     """Delete the pod's namespace (its veth pair goes with it); no error if it is gone."""
     if netns_path(name).exists():
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+# ------------------------------------------------------------------------------ reaching in
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)  # Python >= 3.12
+    if setns is not None:
+        setns(fd, _CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def inside(path: Path) -> Iterator[None]:
+    """Run the calling thread, and only it, in the network namespace at ``path`` (``setns(2)``
+    moves one thread); sockets opened meanwhile stay in that namespace for their whole life.
+    The thread's own namespace is restored on exit."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+def from_node_of(ip: str) -> contextlib.AbstractContextManager[None]:
+    """:func:`inside` the node that hosts pod address ``ip``: where a kubelet's probes and
+    ``kubectl port-forward`` come from (NetworkPolicy agents let a pod's own node in)."""
+    return inside(netns_path(node_netns_for_ip(ip)))
 
 
 def in_pod_argv(netns: Path, pod_dir: Path, argv: Sequence[str]) -> list[str]:

@@ -20,6 +20,15 @@ class WaitTimeoutError(TimeoutError, AssertionError):
     """
 
 
+class NotYet(Exception):
+    """A probe's way to say "not yet, because ..." (the reason is reported on timeout)."""
+
+
+class Aborted(Exception):
+    """A probe's way to say "this will never happen": the wait fails at once with the cause
+    (a pod it waits on crash-looping, a process that exited)."""
+
+
 def _not_none_or_false(result: Any) -> bool:
     return result is not None and result is not False
 
@@ -37,8 +46,10 @@ def wait_for(
     """Call ``probe`` until ``done(result)`` (default: not None/False); bounded by ``timeout``.
 
     Exceptions of the ``retry_on`` types count as "not yet" (the last one is reported on
-    timeout); others propagate at once. The interval grows by half each round up to
-    ``max_interval``.
+    timeout); others propagate at once. A failed assertion inside the probe is a failure, never
+    "not yet" (unless ``retry_on`` names ``AssertionError`` itself): a probe that checks
+    something wrong must not read as one that waits. ``Aborted`` always propagates. The interval
+    grows by half each round up to ``max_interval``.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -49,6 +60,10 @@ def wait_for(
             if done(last):
                 return cast(T, last)
         except retry_on as exc:
+            if isinstance(exc, Aborted) or (
+                isinstance(exc, AssertionError) and AssertionError not in retry_on
+            ):
+                raise
             last_error = exc
         if time.monotonic() >= deadline:
             if last_error is not None:

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,21 @@ def free_port() -> int:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(path: Path) -> None:
+    """``setns(2)`` the (just forked, single-threaded) child into network namespace ``path``: the
+    process then runs there as its own executable (a record names it, not a wrapper)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
 
 
 def _exe_of(pid: int) -> str | None:
@@ -163,6 +178,18 @@ def wait_gone(pgid: int, timeout: float) -> bool:
     return True
 
 
+def _child_setup(*, detach: bool, netns: Path | None) -> Callable[[], None] | None:
+    if netns is None:
+        return None if detach else _die_with_parent
+
+    def setup() -> None:
+        _enter_netns(netns)
+        if not detach:
+            _die_with_parent()
+
+    return setup
+
+
 def start(
     name: str,
     argv: Sequence[str],
@@ -171,8 +198,10 @@ def start(
     env: Mapping[str, str] | None = None,
     detach: bool = False,
     cwd: Path | None = None,
+    netns: Path | None = None,
 ) -> Proc:
-    """Start ``argv`` in its own session, logging to ``state_dir/logs/<name>.log``."""
+    """Start ``argv`` in its own session, logging to ``state_dir/logs/<name>.log``; with
+    ``netns``, in that network namespace (a simulated node's or pod's, harness/netns.py)."""
     logs = state_dir / "logs"
     pids = state_dir / "pids"
     logs.mkdir(parents=True, exist_ok=True)
@@ -190,7 +219,7 @@ def start(
             env=full_env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
-            preexec_fn=None if detach else _die_with_parent,
+            preexec_fn=_child_setup(detach=detach, netns=netns),
         )
     record = pids / f"{name}.json"
     exe = os.path.realpath(argv[0])

@@ -7,12 +7,13 @@ joining the head), so this module does a kubelet's job for exactly those pods:
 
 * it watches (polls) pods labelled ``ray.io/cluster`` that the scheduler bound to a node and
   KWOK gave an IP;
-* per pod it creates a network namespace with the pod's IP (:mod:`harness.netns`) and a private
-  ``/tmp``, runs the init containers to completion, then every container, each with
-  ``command + args`` and ``env`` resolved the way a kubelet does: ``value`` (with ``$(VAR)``
-  references to earlier variables), ``fieldRef`` (``metadata.name``, ``metadata.labels['k']``,
-  ``status.podIP``, ...), ``resourceFieldRef``, ``secretKeyRef``/``configMapKeyRef`` and
-  ``envFrom``; ``$(VAR)`` in command and args is expanded from that environment;
+* per pod it creates a network namespace with the pod's IP on its node's bridge
+  (:mod:`harness.netns`) and a private ``/tmp``, runs the init containers to completion, then
+  every container, each with ``command + args`` and ``env`` resolved the way a kubelet does:
+  ``value`` (with ``$(VAR)`` references to earlier variables), ``fieldRef`` (``metadata.name``,
+  ``metadata.labels['k']``, ``status.podIP``, ...), ``resourceFieldRef``,
+  ``secretKeyRef``/``configMapKeyRef`` and ``envFrom``; ``$(VAR)`` in command and args is expanded
+  from that environment;
 * it injects what a kubelet injects (``KUBERNETES_SERVICE_HOST``/``_PORT``/``_PORT_HTTPS``,
   ``HOSTNAME``) and, instead of the projected service-account token (a fixed path in the
   filesystem), a client certificate for the pod's service account, signed by the harness CA and
@@ -31,7 +32,13 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   Services and EndpointSlices: ``<svc>.<ns>.svc.cluster.local`` (and shorter forms) resolve to
   the pod addresses behind the Service, like cluster DNS for a headless Service; for a
   ClusterIP Service, only endpoints whose target port accepts connections are listed (what a
-  readiness probe plus kube-proxy would achieve; KWOK marks every pod Ready at once).
+  readiness probe plus kube-proxy would achieve; KWOK marks every pod Ready at once), probed
+  from the endpoint's node as a kubelet probes (from outside every node, NetworkPolicies would
+  refuse the probe);
+* pods labelled :data:`SANDBOX_LABEL` get their network namespace and nothing else (a pod of
+  ``pause`` containers): the harness runs processes that play such pods in it (KubeRay's
+  operator, a test's client; ``harness.netns.inside``), so NetworkPolicies see them as the
+  pods they are.
 
 * a container that exits is restarted with back-off under ``restartPolicy: Always``; under
   ``Never`` (what KubeRay renders for autoscaled clusters) its termination goes into the pod's
@@ -74,6 +81,8 @@ from .kubeapi import ApiError, KubeAPI
 from .pki import Pki, issue_client_cert
 
 RAY_CLUSTER_LABEL = "ray.io/cluster"
+#: Pods the stand-in gives a network namespace only (see the module docstring).
+SANDBOX_LABEL = "k2think.dev/e2e-sandbox"
 POD_MARKER = "K2T_POD_UID"
 STOP_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 10.0
@@ -278,6 +287,15 @@ def tcp_open(addr: str, port: int, timeout: float = 0.3) -> bool:
         return s.connect_ex((addr, port)) == 0
 
 
+def tcp_open_from_node(addr: str, port: int, timeout: float = 0.3) -> bool:
+    """:func:`tcp_open` from the node that hosts pod address ``addr`` (a kubelet's probe)."""
+    try:
+        with netns.from_node_of(addr):
+            return tcp_open(addr, port, timeout)
+    except (OSError, ValueError):
+        return False
+
+
 def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
     """Where the stand-in keeps a pod's ``/tmp``, ``HOME`` and container logs."""
     return state_dir / "pods" / f"{namespace}_{name}"
@@ -445,6 +463,7 @@ class PodRun:
     init: list[Container] = field(default_factory=list)
     main: list[Container] = field(default_factory=list)
     started: bool = False
+    sandbox: bool = False
 
 
 class Kubelet:
@@ -550,6 +569,11 @@ class Kubelet:
         netns.add_pod(ns_name, ip)
         run = PodRun(uid, name, ns, ip, ns_name, pdir)
         (pdir / "pod.json").write_text(json.dumps(pod, indent=1))
+        if SANDBOX_LABEL in (meta.get("labels") or {}):
+            run.sandbox = run.started = True
+            self.pods[uid] = run
+            _log(f"{ns}/{name}: sandbox on {pod['spec'].get('nodeName')} at {ip}")
+            return
         run.init = self._containers(pod, pdir, "initContainers")
         run.main = self._containers(pod, pdir, "containers")
         self.pods[uid] = run
@@ -639,6 +663,7 @@ class Kubelet:
 
     def sync(self) -> None:
         pods = self.api.get("/api/v1/pods", labelSelector=RAY_CLUSTER_LABEL)["items"]
+        pods += self.api.get("/api/v1/pods", labelSelector=SANDBOX_LABEL)["items"]
         live = {}
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
@@ -663,7 +688,7 @@ class Kubelet:
             self._tick_pod(run)
         services = self.api.get("/api/v1/services")["items"]
         slices = self.api.get("/apis/discovery.k8s.io/v1/endpointslices")["items"]
-        entries = service_hosts(services, slices, tcp_open)
+        entries = service_hosts(services, slices, tcp_open_from_node)
         if self.hosts.update(entries):
             names = sorted(n for n in entries if n.endswith(".cluster.local"))
             _log(f"hosts: {', '.join(f'{n}={entries[n]}' for n in names) or '(no services)'}")

@@ -4,6 +4,7 @@
 #   e2e/scripts/build-binaries.sh           # builds what is missing, prints the bin dir on stdout
 #   e2e/scripts/build-binaries.sh --print   # prints the bin dir without building anything
 #   e2e/scripts/build-binaries.sh --print-kueue   # prints Kueue's directory (bin, crds/, webhook/)
+#   e2e/scripts/build-binaries.sh --print-kube-router   # prints kube-router's directory
 #
 # Versions come from e2e/build/versions.env only. The binaries land in
 #   ${K2T_CACHE:-$HOME/.cache/k2think-operator}/bin/<key>/
@@ -19,7 +20,7 @@ CACHE="${K2T_CACHE:-$HOME/.cache/k2think-operator}"
 # shellcheck source=../build/versions.env
 source "$BUILD_SRC/versions.env"
 : "${KUBERNETES_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${KUBERAY_VERSION:?}"
-: "${HELM_VERSION:?}" "${KUEUE_VERSION:?}"
+: "${HELM_VERSION:?}" "${KUEUE_VERSION:?}" "${KUBE_ROUTER_VERSION:?}"
 
 # versions.env is hashed only up to its "optional components" marker: those components (Kueue)
 # live in directories keyed by their own version, so adding one never rebuilds Kubernetes.
@@ -34,6 +35,7 @@ hash_inputs() {
 KEY="${KUBERNETES_VERSION}-$(hash_inputs)"
 BIN="$CACHE/bin/$KEY"
 KUEUE_BIN="$CACHE/bin/kueue-${KUEUE_VERSION:?}"
+KUBE_ROUTER_BIN="$CACHE/bin/kube-router-${KUBE_ROUTER_VERSION:?}"
 KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ALL_BINS=("${KUBE_BINS[@]}" etcd kwok ray-operator helm)
 STAGES=(node-initialize node-heartbeat pod-ready pod-complete pod-delete)
@@ -43,8 +45,10 @@ complete() {
     for b in "${ALL_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
     for b in "${STAGES[@]}"; do [[ -s "$BIN/kwok-stages/$b.yaml" ]] || return 1; done
     compgen -G "$BIN/crds/kuberay/*.yaml" >/dev/null || return 1
-    [[ -s "$BIN/versions.env" ]] && kueue_complete
+    [[ -s "$BIN/versions.env" ]] && kueue_complete && kube_router_complete
 }
+
+kube_router_complete() { [[ -x "$KUBE_ROUTER_BIN/kube-router" ]]; }
 
 kueue_complete() {
     [[ -x "$KUEUE_BIN/kueue" && -s "$KUEUE_BIN/webhook/manifests.yaml" ]] \
@@ -57,6 +61,10 @@ if [[ "${1:-}" == "--print" ]]; then
 fi
 if [[ "${1:-}" == "--print-kueue" ]]; then
     echo "$KUEUE_BIN"
+    exit 0
+fi
+if [[ "${1:-}" == "--print-kube-router" ]]; then
+    echo "$KUBE_ROUTER_BIN"
     exit 0
 fi
 if complete; then
@@ -139,15 +147,16 @@ build_etcd() {
     mv -f "$BIN/.tmp-etcd" "$BIN/etcd"
 }
 
-go_install() { # <binary name> <package@version> [extra ldflags]
-    log "$1: go install $2"
-    GOBIN="$BIN/.tmp-$1" go install -ldflags="-s -w ${3:-}" "$2"
+go_install_to() { # <directory> <binary name> <package@version> [extra ldflags]
+    log "$2: go install $3 into $1"
+    GOBIN="$1/.tmp-$2" go install -ldflags="-s -w ${4:-}" "$3"
     local built
-    built="$(find "$BIN/.tmp-$1" -maxdepth 1 -type f -perm -u+x | head -n1)"
-    [[ -n "$built" ]] || { log "go install $2 produced no binary"; exit 1; }
-    mv -f "$built" "$BIN/$1"
-    rm -rf "$BIN/.tmp-$1"
+    built="$(find "$1/.tmp-$2" -maxdepth 1 -type f -perm -u+x | head -n1)"
+    [[ -n "$built" ]] || { log "go install $3 produced no binary"; exit 1; }
+    mv -f "$built" "$1/$2"
+    rm -rf "$1/.tmp-$2"
 }
+go_install() { go_install_to "$BIN" "$@"; } # <binary name> <package@version> [extra ldflags]
 
 missing() { local b; for b in "$@"; do [[ -x "$BIN/$b" ]] || return 0; done; return 1; }
 
@@ -167,12 +176,8 @@ build_kueue() { # its own directory and lock: keyed by KUEUE_VERSION, not by the
     exec 8>"$KUEUE_BIN/.lock"
     if command -v flock >/dev/null; then flock 8; fi
     if kueue_complete; then return 0; fi
-    log "kueue: go install sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION into $KUEUE_BIN"
-    GOBIN="$KUEUE_BIN/.tmp" go install \
-        -ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
-        "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
-    mv -f "$KUEUE_BIN/.tmp/kueue" "$KUEUE_BIN/kueue"
-    rm -rf "$KUEUE_BIN/.tmp"
+    go_install_to "$KUEUE_BIN" kueue "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION" \
+        "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
     # CRDs and webhook configurations, copied so nothing reads GOMODCACHE at run time.
     local dir
     dir="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" \
@@ -184,6 +189,18 @@ build_kueue() { # its own directory and lock: keyed by KUEUE_VERSION, not by the
     echo "KUEUE_VERSION=$KUEUE_VERSION" >"$KUEUE_BIN/version.env"
 }
 if ! kueue_complete; then build_kueue; fi
+
+build_kube_router() { # keyed by KUBE_ROUTER_VERSION, like Kueue
+    mkdir -p "$KUBE_ROUTER_BIN"
+    exec 7>"$KUBE_ROUTER_BIN/.lock"
+    if command -v flock >/dev/null; then flock 7; fi
+    if kube_router_complete; then return 0; fi
+    local module=github.com/cloudnativelabs/kube-router/v2
+    go_install_to "$KUBE_ROUTER_BIN" kube-router "$module/cmd/kube-router@$KUBE_ROUTER_VERSION" \
+        "-X $module/pkg/version.Version=$KUBE_ROUTER_VERSION"
+    echo "KUBE_ROUTER_VERSION=$KUBE_ROUTER_VERSION" >"$KUBE_ROUTER_BIN/version.env"
+}
+if ! kube_router_complete; then build_kube_router; fi
 
 # Data files the harness needs, copied next to the binaries so nothing reads GOMODCACHE at run time.
 kuberay_dir="$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \

@@ -13,10 +13,13 @@
 #   redis-server -- the external Redis of GCS fault tolerance in the chain suite's head-crash
 #              scenario (e2e/chain/test_30_head_failure.py); the test starts its own instance
 #              inside the suite's network namespace, the package's service is not used.
+#   iptables, ipset -- what kube-router's NetworkPolicy controller drives (it execs iptables-save,
+#              iptables-restore and ipset) on each simulated node of the chain suite
+#              (e2e/harness/policyagent.py); only ever inside the suite's network namespaces.
 set -euo pipefail
 
-PACKAGES=(lua5.4 prometheus redis-server)
-COMMANDS=(lua5.4 promtool redis-server)
+PACKAGES=(lua5.4 prometheus redis-server iptables ipset)
+COMMANDS=(lua5.4 promtool redis-server iptables-restore ipset)
 
 missing=()
 for i in "${!COMMANDS[@]}"; do

@@ -12,15 +12,15 @@ from typing import Any, TextIO
 import yaml
 
 from k2think_operator import __version__
-from k2think_operator.apis import K2THINK, MODELCACHE
-from k2think_operator.cacheuse import planned_cache_view
-from k2think_operator.config import OperatorConfig, current_config
-from k2think_operator.decision import Decision, decide
-from k2think_operator.fault_tolerance import gcs_ft_risk
-from k2think_operator.modelcache import parse_cache_spec
-from k2think_operator.planner import Plan
+from k2think_operator.api.coordinates import K2THINK, MODELCACHE
+from k2think_operator.api.modelcache import parse_cache_spec
+from k2think_operator.api.spec import InvalidSpec
+from k2think_operator.app.config import OperatorConfig, current_config
+from k2think_operator.deployment.cache import planned_cache_view
+from k2think_operator.deployment.decide import Decision, decide
+from k2think_operator.plan.fault_tolerance import gcs_ft_risk
+from k2think_operator.plan.planner import Plan
 from k2think_operator.render import render_yaml
-from k2think_operator.spec import InvalidSpec
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -74,7 +74,7 @@ def check_document(
 
     A deployment with ``spec.model.cacheRef`` is decided as it will run once the cache (a
     K2ThinkModelCache of the same file) has filled its revision."""
-    from k2think_operator.schema_check import schema_errors
+    from k2think_operator.api.schema_check import schema_errors
 
     problems = schema_errors(doc)
     if problems:
@@ -243,14 +243,14 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_crd(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from k2think_operator.crd import build_cache_crd, build_crd
+    from k2think_operator.api.crd import build_cache_crd, build_crd
 
     out.write(render_yaml([build_cache_crd() if args.cache else build_crd()]))
     return 0
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from k2think_operator.runner import run_operator
+    from k2think_operator.app.main import run_operator
 
     if args.all_namespaces and args.namespace:
         print("error: --namespace and --all-namespaces are exclusive", file=err)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from k2think_operator.ingress import INGRESS_RESOURCE, IngressPlan, cpu_count
-from k2think_operator.planner import Plan
+from k2think_operator.api.spec import INGRESS_GROUP, K2ThinkDeploymentSpec
+from k2think_operator.plan.ingress_sizing import INGRESS_RESOURCE, IngressPlan, cpu_count
+from k2think_operator.plan.planner import Plan
 from k2think_operator.render.meta import (
     AGENT_PORT_PARAMS,
     COMPONENT_LABEL,
@@ -26,7 +27,6 @@ from k2think_operator.render.security import (
     container_security_context,
     pod_security_context,
 )
-from k2think_operator.spec import INGRESS_GROUP, K2ThinkDeploymentSpec
 
 INGRESS_COMPONENT = "ray-ingress"
 #: Same envelope as rayservice.UNBOUNDED_WORKERS (not imported: rayservice imports this module).

@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from k2think_operator.apis import K2THINK
-from k2think_operator.spec import EnvVar, Toleration
+from k2think_operator.api.coordinates import K2THINK
+from k2think_operator.api.spec import EnvVar, Toleration
 
 FIELD_MANAGER = "k2think-operator"
 NAME_LABEL = "app.kubernetes.io/name"

@@ -17,8 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from k2think_operator.catalog import ACCELERATORS, GPU_BINDING_LABELS
-from k2think_operator.spec import PoolSpec
+from k2think_operator.api.catalog import ACCELERATORS, GPU_BINDING_LABELS
+from k2think_operator.api.spec import PoolSpec
 
 
 def _named_keys(affinity: Any) -> set[str]:

@@ -15,10 +15,15 @@ from typing import Any
 
 import yaml
 
-from k2think_operator.apis import RAYSERVICE
-from k2think_operator.ingress import HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY
-from k2think_operator.planner import Plan, PoolPlan
-from k2think_operator.queueing import kueue_annotations, kueue_labels
+from k2think_operator.api.coordinates import RAYSERVICE
+from k2think_operator.api.kueue import kueue_annotations, kueue_labels
+from k2think_operator.api.spec import (
+    POOL_FALLBACK_SECONDS,
+    K2ThinkDeploymentSpec,
+    PoolSpec,
+)
+from k2think_operator.plan.ingress_sizing import HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY
+from k2think_operator.plan.planner import Plan, PoolPlan
 from k2think_operator.render.ingress_group import build_ingress_group, wants_ingress_group
 from k2think_operator.render.meta import (
     AGENT_PORT_PARAMS,
@@ -51,11 +56,6 @@ from k2think_operator.render.serve_config import (
     MODEL_MOUNT_ROOT,
     pvc_claim,
     render_serve_config,
-)
-from k2think_operator.spec import (
-    POOL_FALLBACK_SECONDS,
-    K2ThinkDeploymentSpec,
-    PoolSpec,
 )
 
 #: Upper bound on worker pods per group when a pool has no maxNodes: KubeRay needs a number, and

@@ -22,13 +22,13 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from k2think_operator.api.spec import K2ThinkDeploymentSpec
 from k2think_operator.render.meta import (
     SERVE_PORT,
     owner_reference,
     selector_labels,
     standard_labels,
 )
-from k2think_operator.spec import K2ThinkDeploymentSpec
 
 RAY_TOKEN_KEY = "auth_token"
 GENERATED_ANNOTATION = "k2think.dev/generated-keys"
@@ -163,7 +163,7 @@ def autoscaler_options_security() -> dict[str, Any]:
 def ingress_module_source() -> str:
     return (
         resources.files("k2think_operator")
-        .joinpath("data", f"{INGRESS_MODULE}.py")
+        .joinpath("ray_modules", f"{INGRESS_MODULE}.py")
         .read_text(encoding="utf-8")
     )
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
-from k2think_operator.ingress import HEAD_RESOURCE, ingress_deployment_config
-from k2think_operator.planner import Plan
+from k2think_operator.api.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
+from k2think_operator.plan.ingress_sizing import HEAD_RESOURCE, ingress_deployment_config
+from k2think_operator.plan.planner import Plan
 from k2think_operator.render.security import ingress_cls_config
-from k2think_operator.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
 
 APP_NAME = "llm"
 IMPORT_PATH = "ray.serve.llm:build_openai_app"

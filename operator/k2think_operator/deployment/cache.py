@@ -1,0 +1,116 @@
+"""How a K2ThinkDeployment with ``spec.model.cacheRef`` is served from its cache (pure).
+
+The cache is reduced to a ``CacheView`` (the claim and the path of the revision to serve); the
+deployment's spec is then rewritten into one the renderer already knows: the source becomes
+``pvc://CLAIM/ORG--NAME/COMMIT`` (workers mount the claim read-only, ``model_source`` is the local
+path, nothing is downloaded) and ``HF_HUB_OFFLINE=1`` joins the Ray env, so a replica can never
+fall back to the hub. Rewriting the spec instead of teaching the renderer a second loading path
+keeps one renderer and one set of golden files.
+
+The view follows ``status.currentRevision``, which the cache controller moves only once a new
+revision is verified: a revision change keeps deployments on the old path until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from k2think_operator.api import reasons as r
+from k2think_operator.api.modelcache import claim_of, parse_cache_spec, revision_path
+from k2think_operator.api.spec import EnvVar, InvalidSpec, K2ThinkDeploymentSpec
+from k2think_operator.deployment.status import set_condition
+from k2think_operator.runtime.conditions import condition
+
+HF_OFFLINE_ENV = "HF_HUB_OFFLINE"
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """What a deployment needs of its cache: a verified revision on a claim."""
+
+    name: str
+    claim: str
+    path: str  # the revision's directory inside the claim, ORG--NAME/COMMIT
+    revision: str
+
+
+def cache_view(cache: Mapping[str, Any] | None) -> CacheView | None:
+    """The revision to serve, from a live cache's status (None: nothing verified yet)."""
+    if cache is None:
+        return None
+    status = cache.get("status") or {}
+    claim, path, revision = (
+        status.get("claimName"),
+        status.get("path"),
+        status.get("currentRevision"),
+    )
+    if not (claim and path and revision):
+        return None
+    name = str((cache.get("metadata") or {}).get("name"))
+    return CacheView(name, str(claim), str(path), str(revision))
+
+
+def planned_cache_view(cache: Mapping[str, Any]) -> CacheView | None:
+    """Offline (``render``/``plan``/``validate`` of a file): the cache as it will be once its
+    revision is filled. A branch shows as written (the fill Job resolves it to a commit)."""
+    name = str((cache.get("metadata") or {}).get("name"))
+    try:
+        spec = parse_cache_spec(dict(cache.get("spec") or {}))
+    except InvalidSpec:
+        return None
+    return CacheView(name, claim_of(spec, name), revision_path(spec, spec.revision), spec.revision)
+
+
+def serve_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2ThinkDeploymentSpec:
+    """The spec as served from ``view``: a read-only claim path, and the hub switched off."""
+    model = spec.model.model_copy(
+        update={"source": f"pvc://{view.claim}/{view.path}", "cache_ref": None, "revision": None}
+    )
+    env = [e for e in spec.ray.env if e.name != HF_OFFLINE_ENV]
+    env.append(EnvVar(name=HF_OFFLINE_ENV, value="1"))
+    ray = spec.ray.model_copy(update={"env": env})
+    return spec.model_copy(update={"model": model, "ray": ray})
+
+
+def waiting_message(ref: str, cache: Mapping[str, Any] | None) -> str:
+    """Why a deployment waits for its cache, for its CacheReady condition."""
+    if cache is None:
+        return f"K2ThinkModelCache {ref} does not exist in this namespace"
+    for cond in (cache.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "CacheReady":
+            return f"K2ThinkModelCache {ref} is not ready ({cond.get('reason')}): {cond.get('message')}"
+    return f"K2ThinkModelCache {ref} has no verified revision yet"
+
+
+def with_cache_condition(
+    status: dict[str, Any],
+    *,
+    waiting: str | None,
+    served: CacheView | None,
+    generation: int,
+    now: str,
+) -> dict[str, Any]:
+    """Add a deployment's CacheReady condition (only with cacheRef: ``waiting`` says why it
+    waits, or ``served`` is the revision it serves) and, while it waits with nothing running,
+    the phase WaitingForCache."""
+    if waiting is None and served is None:
+        return status
+    if waiting is not None:
+        new = condition(r.CACHE_READY, False, r.CACHE_NOT_READY, waiting, generation)
+    else:
+        assert served is not None
+        new = condition(
+            r.CACHE_READY,
+            True,
+            r.CACHE_FILLED,
+            f"serving revision {served.revision} of K2ThinkModelCache {served.name} from "
+            f"{served.claim}:/{served.path}",
+            generation,
+        )
+    result = dict(status)
+    result["conditions"] = set_condition(status.get("conditions") or [], new, now)
+    if waiting is not None and not status.get("endpoint"):
+        result["phase"] = "WaitingForCache"
+    return result

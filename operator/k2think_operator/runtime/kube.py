@@ -1,0 +1,386 @@
+"""The operator's only Kubernetes API client: a thin REST client and a generic facade.
+
+Writes are server-side apply with one field manager (so we never clobber fields other actors
+own), create-if-absent, and merge patches; reads are gets and paged lists. Every failure comes
+out as one of four errors, decided once here (``Kube._call``): ``ApiNotServed`` (the resource
+type is not served: a CRD not installed), ``ApplyRejected`` (the API server refused the object:
+validation, admission, RBAC — not worth hammering), ``TransientApiError`` (conflicts, timeouts,
+5xx, no answer: worth retrying), and a 404 for one object, which is no error (``None``). What a
+missing API or a refusal means for a deployment is the controllers' business.
+
+Why not the generated ``kubernetes`` / ``kubernetes_asyncio`` clients: importing one loads every
+generated model (~40 MiB of the operator's memory, and kopf imports it whenever it is installed);
+the operator makes a dozen REST calls on plain JSON. Credentials: ``runtime/credentials.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
+
+import aiohttp
+
+from k2think_operator.runtime.credentials import Credentials, load_credentials
+from k2think_operator.runtime.events import Event, build_event
+from k2think_operator.runtime.resources import EVENTS, Api, build_path
+
+__all__ = [
+    "NETWORK_ERRORS",
+    "ApiError",
+    "ApiNotServed",
+    "ApplyRejected",
+    "EventRecorder",
+    "Kube",
+    "KubeError",
+    "RestClient",
+    "TransientApiError",
+    "build_path",
+]
+
+log = logging.getLogger(__name__)
+
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+MERGE_CONTENT_TYPE = "application/merge-patch+json"
+JSON_CONTENT_TYPE = "application/json"
+#: Items per page of a list (client-go's pager default is 500).
+LIST_PAGE_SIZE = 500
+
+
+class KubeError(Exception):
+    """Base of the API errors the controllers map to conditions."""
+
+
+class ApiNotServed(KubeError):
+    """The resource type is not served (its CRD is not installed, or not yet)."""
+
+    def __init__(self, api: Api, message: str) -> None:
+        super().__init__(f"the {api.resource} API ({api.api_version}) is not served: {message}")
+        self.api = api
+
+
+class ApplyRejected(KubeError):
+    """The API server refused the object (validation, admission, RBAC)."""
+
+
+class TransientApiError(KubeError):
+    """Conflicts, timeouts, 5xx, no answer: try again later."""
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server: its HTTP status and its body (a ``Status`` object)."""
+
+    def __init__(self, status: int, reason: str, body: bytes = b"") -> None:
+        super().__init__(f"HTTP {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+    @property
+    def status_object(self) -> dict[str, Any]:
+        """The body as a ``Status`` (empty when it is not one)."""
+        try:
+            parsed = json.loads(self.body) if self.body else {}
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    @property
+    def message(self) -> str:
+        text = self.body.decode(errors="replace")
+        status = self.status_object
+        return str(status.get("message") or (text if not status else "") or self.reason)
+
+
+NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+def _object_missing(error: ApiError, api: Api) -> bool:
+    """A 404 naming the object ("rayservices.ray.io "x" not found"), not a missing API.
+
+    The API server answers a path it does not serve with 404 "the server could not find the
+    requested resource"; an object that is not there with 404 and the object's kind and name.
+    """
+    if error.status != 404:
+        return False
+    details = error.status_object.get("details") or {}
+    return bool(details.get("name")) or api.plural in error.message.lower()
+
+
+def _classify(error: ApiError, api: Api, what: str) -> KubeError:
+    if error.status == 404:
+        return ApiNotServed(api, error.message)
+    if error.status in (400, 403, 422):
+        return ApplyRejected(f"the API server refused the {what}: {error.message}")
+    return TransientApiError(f"{what}: HTTP {error.status}: {error.message}")
+
+
+class RestClient:
+    """JSON over HTTP to the API server, on aiohttp (kopf's own HTTP library)."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        connections: int = 32,
+        timeout: float = 60.0,
+    ) -> None:
+        self.credentials = credentials
+        self.server = credentials.server.rstrip("/")
+        context = credentials.ssl_context()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ssl=context or False),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers={"User-Agent": "k2think-operator", "Accept": JSON_CONTENT_TYPE},
+        )
+
+    @classmethod
+    async def connect(cls, **options: Any) -> RestClient:
+        """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+        return cls(load_credentials(), **options)
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON_CONTENT_TYPE,
+    ) -> Any:
+        """One call; the decoded JSON answer, or ``ApiError`` for a non-2xx status.
+
+        A 401 with renewable credentials (an exec plugin, a rotated token file) is tried once
+        more with fresh ones, as client-go does.
+        """
+        data = None
+        headers: dict[str, str] = {}
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = content_type
+        for attempt in (0, 1):
+            auth = await self.credentials.headers(renew=attempt > 0)
+            async with self._session.request(
+                method, self.server + path, params=params, data=data, headers={**headers, **auth}
+            ) as response:
+                raw = await response.read()
+                status, reason = response.status, response.reason or ""
+            if status == 401 and attempt == 0 and self.credentials.renewable:
+                continue
+            if not 200 <= status <= 299:
+                raise ApiError(status, reason, raw)
+            return json.loads(raw) if raw else None
+        raise AssertionError("unreachable")
+
+
+class Kube:
+    """Generic calls on any resource type (``Api``), with one error translation."""
+
+    def __init__(self, api: RestClient, field_manager: str) -> None:
+        self._api = api
+        self.field_manager = field_manager
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, field_manager: str) -> Kube:
+        return cls(await RestClient.connect(), field_manager)
+
+    @property
+    def rest(self) -> RestClient:
+        return self._api
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._api.close()
+
+    @contextlib.contextmanager
+    def _call(self, api: Api, what: str = "") -> Iterator[None]:
+        """Translate every failure of one API call into a ``KubeError``.
+
+        Inside the block, catch ``ApiError`` only for the answers that are not errors (a 404
+        meaning "no such object", a 409 meaning "already there") and re-raise the rest.
+        """
+        what = what or api.kind
+        # kopf may still run a handler for a few seconds after shutdown closed this client.
+        if self._closed or self._api.closed:
+            raise TransientApiError(f"{what}: the operator is stopping")
+        try:
+            yield
+        except ApiError as error:
+            raise _classify(error, api, what) from error
+        except NETWORK_ERRORS as error:
+            raise TransientApiError(f"{what}: no answer from the API server: {error!r}") from error
+
+    async def api_served(self, group: str, version: str, plural: str) -> bool:
+        """Whether discovery lists ``plural`` in ``group/version`` (a CRD installed and served)."""
+        api = Api(group, version, "", plural)
+        with self._call(api, f"{plural}.{group} discovery"):
+            try:
+                found = await self._api.request("GET", f"/apis/{group}/{version}")
+            except ApiError as error:
+                if error.status == 404:
+                    return False
+                raise
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
+    async def get(self, api: Api, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """One object; None when it does not exist (``ApiNotServed`` when its type is not)."""
+        with self._call(api):
+            try:
+                found = await self._api.request("GET", build_path(api, namespace, name))
+            except ApiError as error:
+                if _object_missing(error, api):
+                    return None
+                raise
+        return cast(dict[str, Any], found)
+
+    async def list(
+        self,
+        api: Api,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        page_size: int = LIST_PAGE_SIZE,
+    ) -> list[dict[str, Any]]:
+        """Every object of a collection, in pages of ``page_size`` (``limit``/``continue``).
+
+        Why pages: an unpaged list of a campus's objects is one response the API server builds
+        and the operator parses whole. client-go's pager is followed: when the server has
+        compacted away the list's snapshot (410 Gone on a ``continue``), the list starts again
+        from the beginning, once.
+        """
+        path = build_path(api, namespace)
+        with self._call(api, f"{api.kind} list"):
+            for attempt in (0, 1):
+                items: list[dict[str, Any]] = []
+                params = {"limit": str(page_size)}
+                if label_selector:
+                    params["labelSelector"] = label_selector
+                try:
+                    while True:
+                        page = await self._api.request("GET", path, params=params) or {}
+                        items += [dict(item) for item in page.get("items") or []]
+                        token = (page.get("metadata") or {}).get("continue")
+                        if not token:
+                            return items
+                        params = {**params, "continue": str(token)}
+                except ApiError as error:
+                    if error.status == 410 and attempt == 0:
+                        log.info("list of %s: the snapshot expired; listing again", api.resource)
+                        continue
+                    raise
+        raise AssertionError("unreachable")
+
+    async def apply(
+        self, api: Api, obj: Mapping[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Server-side apply one namespaced object, taking ownership of the fields it sets.
+
+        Returns the object as the API server stored it (or would: ``dry_run``).
+        """
+        meta = obj["metadata"]
+        params = {"fieldManager": self.field_manager, "force": "true"}
+        if dry_run:
+            params["dryRun"] = "All"
+        with self._call(api):
+            stored = await self._api.request(
+                "PATCH",
+                build_path(api, meta.get("namespace"), meta["name"]),
+                params=params,
+                body=obj,
+                content_type=APPLY_CONTENT_TYPE,
+            )
+        return cast(dict[str, Any], stored)
+
+    async def create(self, api: Api, obj: Mapping[str, Any], *, dry_run: bool = False) -> bool:
+        """Create an object unless one of that name exists (409: left as it is).
+
+        True when this call created it (or would: ``dry_run``).
+        """
+        params = {"fieldManager": self.field_manager}
+        if dry_run:
+            params["dryRun"] = "All"
+        with self._call(api):
+            try:
+                await self._api.request(
+                    "POST",
+                    build_path(api, obj["metadata"].get("namespace")),
+                    params=params,
+                    body=obj,
+                )
+            except ApiError as error:
+                if error.status == 409:
+                    return False
+                raise
+        return True
+
+    async def merge_patch(
+        self,
+        api: Api,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str = "",
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch of one object (or its subresource); None when it is gone."""
+        with self._call(api, f"{api.kind} {subresource}".strip()):
+            try:
+                result = await self._api.request(
+                    "PATCH",
+                    build_path(api, namespace, name, subresource),
+                    params={"fieldManager": self.field_manager},
+                    body=dict(patch),
+                    content_type=MERGE_CONTENT_TYPE,
+                )
+            except ApiError as error:
+                if not _object_missing(error, api):
+                    raise
+                log.info("%s %s/%s is gone; not patched", api.kind, namespace, name)
+                return None
+        return cast(dict[str, Any], result or {})
+
+    async def patch_status(
+        self, api: Api, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> str | None:
+        """Merge-patch ``status`` through the status subresource; the object's new
+        resourceVersion (None when the object is gone)."""
+        result = await self.merge_patch(
+            api, namespace, name, {"status": dict(status)}, subresource="status"
+        )
+        if result is None:
+            return None
+        stored = (result.get("metadata") or {}).get("resourceVersion")
+        return str(stored) if stored else None
+
+
+class EventRecorder:
+    """Posts Events about objects (best effort: a failed post is logged, never retried into a
+    reconcile's failure)."""
+
+    def __init__(self, kube: Kube, component: str) -> None:
+        self.kube = kube
+        self.component = component
+        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+
+    async def post(self, obj: Mapping[str, Any], event: Event) -> None:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        body = build_event(obj, event, component=self.component, instance=self.instance, now=now)
+        try:
+            await self.kube.create(EVENTS, body)
+        except KubeError as error:
+            log.warning(
+                "event %s about %s not posted: %s", event.reason, body["involvedObject"], error
+            )
