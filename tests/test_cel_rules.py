@@ -4,6 +4,7 @@ API server says, and the spec models refuse the same documents (they are the rul
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,14 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
     ({"parallelism": {"pipeline": "many"}}, "spec.parallelism.pipeline", "type(self) == int"),
     ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling", "self.minReplicas"),
     # minReplicas defaults to 1 before the rule runs, as on the API server.
-    ({"autoscaling": {"maxReplicas": 4, "initialReplicas": 0}}, "spec.autoscaling", "!has(self.i"),
+    (
+        {"autoscaling": {"maxReplicas": 4, "initialReplicas": 0}},
+        "spec.autoscaling.initialReplicas",
+        "!has(self.i",
+    ),
     (
         {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 9}},
-        "spec.autoscaling",
+        "spec.autoscaling.initialReplicas",
         "!has(self.i",
     ),
     (
@@ -86,6 +91,78 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
     ),
 ]
 
+# The input boundary (#22): side doors, credentials, what the cluster would refuse later.
+H100 = {"name": "h100", "gpuType": "H100-80GB", "gpusPerNode": 8}
+TOKEN = "hf_" + "a" * 34
+VIOLATIONS += [
+    (
+        {"ray": {"env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}]}},
+        "spec.ray.env[0].name",
+        "!(self.name in",
+    ),
+    ({"ray": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "spec.ray.env[0].name", "!self.name"),
+    ({"ray": {"env": [{"name": "X", "value": TOKEN}]}}, "spec.ray.env[0].value", "!self.value"),
+    (
+        {"model": {"source": "s3://bucket/k2", "revision": "main"}},
+        "spec.model.revision",
+        "!has(self.revision)",
+    ),
+    (
+        {"pools": [{**H100, "memoryPerGpu": 64}]},
+        "spec.pools[0].memoryPerGpu",
+        "type(self) == string && self.matches(",
+    ),
+    (
+        {"serving": {"ingress": {"cpuGroup": {"memory": 8}}}},
+        "spec.serving.ingress.cpuGroup.memory",
+        "type(self) == string && self.matches(",
+    ),
+    ({"serving": {"maxQueuedRequests": 0}}, "spec.serving.maxQueuedRequests", "self == -1"),
+    (
+        {"networkPolicy": {"kuberay": {"podLabels": {}}}},
+        "spec.networkPolicy.kuberay.podLabels",
+        "!has(self.podLabels)",
+    ),
+    ({"ray": {"image": "rayproject/ray-llm:2.46.0-py311-cu121"}}, "spec.ray.image", "(has(self.a"),
+    (
+        {"serving": {"apiKeysSecret": "s"}, "ray": {"auth": {"secretName": "s"}}},
+        "spec.serving.apiKeysSecret",
+        "!has(self.serving) || !has(self.serving.apiKeysSecret) || !has(self.ray)",
+    ),
+    (
+        {"serving": {"apiKeysSecret": "s"}, "model": {"credentialsSecret": "s"}},
+        "spec.serving.apiKeysSecret",
+        "!has(self.serving) || !has(self.serving.apiKeysSecret) || !has(self.model)",
+    ),
+]
+_BAD_TOLERATIONS = [
+    ({"key": "k", "operator": "Exists", "value": "v"}, "value", "!has(self.operator)"),
+    (
+        {"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5},
+        "tolerationSeconds",
+        "!has(self.tol",
+    ),
+    ({"operator": "Equal", "value": "v"}, "operator", "(has(self.key)"),
+]
+for _toleration, _field, _fragment in _BAD_TOLERATIONS:
+    VIOLATIONS += [
+        (
+            {"pools": [{**H100, "tolerations": [_toleration]}]},
+            f"spec.pools[0].tolerations[0].{_field}",
+            _fragment,
+        ),
+        (
+            {"ray": {"head": {"tolerations": [_toleration]}}},
+            f"spec.ray.head.tolerations[0].{_field}",
+            _fragment,
+        ),
+        (
+            {"serving": {"ingress": {"cpuGroup": {"tolerations": [_toleration]}}}},
+            f"spec.serving.ingress.cpuGroup.tolerations[0].{_field}",
+            _fragment,
+        ),
+    ]
+
 #: Documents right at the edges of the same rules, which both the API server and models accept.
 ACCEPTED: list[dict[str, Any]] = [
     {"replicas": 0},
@@ -105,6 +182,14 @@ ACCEPTED: list[dict[str, Any]] = [
     },
     {"scheduling": {"queueName": "q", "priorityClassName": "production"}},
     {"scheduling": {}},
+    {"serving": {"maxQueuedRequests": -1}},
+    {"serving": {"maxQueuedRequests": 1}},
+    {"ray": {"image": "rayproject/ray-llm:2.52.0-py311-cu128"}},
+    {"ray": {"image": "rayproject/ray-llm:2.46.0-py311-cu121", "auth": {"enabled": False}}},
+    {"ray": {"env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]}},
+    {"model": {"source": "hf://LLM360/K2-Think", "revision": "main"}},
+    {"pools": [{**H100, "memoryPerGpu": "64Gi", "tolerations": [{"operator": "Exists"}]}]},
+    {"serving": {"apiKeysSecret": "keys"}, "ray": {"auth": {"secretName": "token"}}},
     # Without a queue, 8 pools and a pool named head are fine (Kueue's limits do not apply).
     {"pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(8)]},
     {"pools": [{"name": "head", "gpuType": "H100-80GB"}]},
@@ -131,7 +216,16 @@ def all_rules() -> set[tuple[str, str]]:
 
 
 def _matching(path: str, fragment: str) -> tuple[str, str]:
-    (hit,) = [(p, r) for p, r in all_rules() if p == path and r.startswith(fragment)]
+    """The rule an error at ``path`` comes from: declared there, or on an object above it with
+    a ``fieldPath`` (list indices written ``[]`` as in the schema's paths)."""
+    schema_path = re.sub(r"\[\d+\]", "[]", path)
+    hits = [
+        (p, r)
+        for p, r in all_rules()
+        if (schema_path == p or schema_path.startswith(p + ".")) and r.startswith(fragment)
+    ]
+    longest = max(len(p) for p, _ in hits)
+    (hit,) = [h for h in hits if len(h[0]) == longest]
     return hit
 
 
@@ -168,7 +262,9 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    assert len(all_rules()) == 15  # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue)
+    # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue); #22: 3 env, revision, 2 memory,
+    # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places.
+    assert len(all_rules()) == 15 + 20
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

@@ -64,7 +64,7 @@ def _problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 9}},
-            "spec.autoscaling",
+            "spec.autoscaling.initialReplicas",
             "initialReplicas=9 is outside",
         ),
         (

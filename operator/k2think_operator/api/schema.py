@@ -54,9 +54,15 @@ class Cel:
     rule: str
     message: str
     on: str | None = None
+    #: The field the API server names in its error (``fieldPath``, relative: ``.initialReplicas``)
+    #: when the rule is about one field of the object it is declared on.
+    field_path: str | None = None
 
     def as_schema(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message}
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
 
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
@@ -66,7 +72,9 @@ class Cel:
         return json_schema
 
 
-def cel(rule: str, message: str, *, on: str | None = None) -> Callable[[F], F]:
+def cel(
+    rule: str, message: str, *, on: str | None = None, field_path: str | None = None
+) -> Callable[[F], F]:
     """Declare, on a pydantic validator, the CEL rule that makes the API server check the same.
 
     Put it directly above the function (below ``@model_validator``); stacked rules keep their
@@ -75,7 +83,7 @@ def cel(rule: str, message: str, *, on: str | None = None) -> Callable[[F], F]:
 
     def mark(func: F) -> F:
         rules: tuple[Cel, ...] = getattr(func, _CEL_ATTRIBUTE, ())
-        setattr(func, _CEL_ATTRIBUTE, (Cel(rule, message, on), *rules))
+        setattr(func, _CEL_ATTRIBUTE, (Cel(rule, message, on, field_path), *rules))
         return func
 
     return mark

@@ -117,7 +117,8 @@ def cel_errors(document: dict[str, Any], schema: Schema | None = None) -> list[S
         message = str(rule.get("message") or f"failed rule: {rule['rule']}")
         if verdict is not False:
             message += f" (rule {rule['rule']!r} could not be evaluated: {verdict})"
-        problems.append(SpecError(_path(path), message))
+        where = [*path, *str(rule.get("fieldPath") or "").strip(".").split(".")]
+        problems.append(SpecError(_path([p for p in where if p != ""]), message))
     return problems
 
 

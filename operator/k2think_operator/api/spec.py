@@ -30,6 +30,17 @@ from k2think_operator.api.catalog import (
     preset_names,
 )
 from k2think_operator.api.coordinates import K2THINK
+from k2think_operator.api.owned import (
+    CREDENTIAL_ENV_PATTERN,
+    CREDENTIAL_VALUE_PATTERN,
+    CREDENTIALS_FIELD,
+    ENGINE_ARG_KEY,
+    OWNED_ENV,
+    PLANNED_ENGINE_ARGS,
+    credential_in,
+    engine_arg_problem,
+    env_problem,
+)
 from k2think_operator.api.schema import Cel, IntOrString, cel
 
 # Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
@@ -40,21 +51,7 @@ PLURAL = K2THINK.plural
 
 DEFAULT_RAY_IMAGE = "rayproject/ray-llm:2.60.0-py311-cu128"
 
-#: engine_kwargs the planner and the typed spec own; extraArgs may not set them.
-PLANNED_ENGINE_ARGS: dict[str, str] = {
-    "tensor_parallel_size": "spec.parallelism.tensor",
-    "pipeline_parallel_size": "spec.parallelism.pipeline",
-    "max_model_len": "spec.model.maxModelLen",
-    "gpu_memory_utilization": "spec.engine.gpuMemoryUtilization",
-    "dtype": "spec.model.dtype",
-    "max_num_seqs": "spec.engine.maxNumSeqs",
-    "enable_prefix_caching": "spec.engine.enablePrefixCaching",
-    "reasoning_parser": "spec.engine.reasoningParser",
-    "kv_cache_dtype": "spec.engine.kvCacheDtype",
-    "revision": "spec.model.revision",
-    "model": "spec.model.source",
-    "served_model_name": "spec.model.servedModelName",
-}
+__all__ = ["ENGINE_ARG_KEY", "PLANNED_ENGINE_ARGS"]
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|K|M|G|T)?$"
 
@@ -75,21 +72,82 @@ Quantity = Annotated[
     IntOrString(description="A resource quantity."),
 ]
 
+#: Memory needs a unit: Kubernetes reads a bare number as bytes, so ``memoryPerGpu: 64`` would
+#: ask for 64 bytes. A unit is required rather than guessed (no silent "Gi").
+MEMORY_PATTERN = r"^[0-9]+([.][0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)$"
+MEMORY_MESSAGE = (
+    "memory needs a unit (e.g. 64Gi): a bare number is bytes; use Ki, Mi, Gi, Ti (or K, M, G, T)"
+)
+
+
+def _memory_text(value: object) -> object:
+    text = _quantity_text(value)
+    if (
+        isinstance(text, str)
+        and re.fullmatch(QUANTITY_PATTERN, text)
+        and not re.fullmatch(MEMORY_PATTERN, text)
+    ):
+        raise ValueError(f"{text!r}: {MEMORY_MESSAGE}")
+    return text
+
+
+MemoryQuantity = Annotated[
+    str,
+    Field(pattern=QUANTITY_PATTERN),
+    BeforeValidator(_memory_text),
+    IntOrString(description="A memory quantity with a unit (e.g. 64Gi)."),
+    Cel(f"type(self) == string && self.matches('{MEMORY_PATTERN}')", MEMORY_MESSAGE),
+]
+
 #: Git revisions (branches, tags, commits): no spaces, newlines or shell syntax.
 REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 #: OpenAI model ids as vLLM serves them (e.g. LLM360/K2-Think, org/model:tag).
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
-#: vLLM EngineArgs keywords.
-ENGINE_ARG_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
 SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
 #: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
 SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Label values (and so every field that ends up in one): 63 characters, this alphabet.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: Qualified names (label keys, taint keys): an optional DNS-subdomain prefix and a name.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+#: An image reference as the kubelet parses it (distribution's reference grammar): a registry
+#: only when the first part has a dot, a port or is localhost; repository path lowercase; an
+#: optional tag and digest. The API server admits any string; the kubelet then reports
+#: InvalidImageName and the pod never starts.
+IMAGE_PATTERN = (
+    r"^((localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:[0-9]+)?/|[A-Za-z0-9-]+:[0-9]+/)?"
+    r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*"
+    r":[0-9a-fA-F]{32,})?$"
+)
+#: Ray images older than 2.52 have no token auth (KubeRay's authOptions need it).
+#: (``[.]``, not a backslash: the pattern goes into CEL string literals as it is.)
+OLD_RAY_IMAGE = (
+    r"^(docker[.]io/)?rayproject/ray(-ml|-llm)?:([01][.]|2[.]([0-9]|[1-4][0-9]|5[01])[.])"
+)
+RAY_TOKEN_AUTH_MIN = "2.52"
+#: One rule for every Secret name (Secrets are DNS subdomains).
+SecretName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 
 #: Bounds on lists and maps keep the API server's CEL cost estimates finite.
 MAX_MAP_ENTRIES = 64
+
+
+class FieldProblem(ValueError):
+    """A validator's error about one field below the model it checks (``field``: its camelCase
+    path relative to that model, e.g. ``initialReplicas``), so the message names what the user
+    wrote rather than the object around it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SpecError(ValueError):
@@ -120,13 +178,17 @@ class ArchitectureSpec(_Model):
         gt=0, le=2000, description="Total parameter count in billions (e.g. 32.8)."
     )
     layers: int = Field(ge=1, le=1024, description="Number of decoder layers (num_hidden_layers).")
-    hidden_size: int = Field(ge=1, description="Hidden size (hidden_size).")
-    attention_heads: int = Field(ge=1, description="Attention heads (num_attention_heads).")
-    kv_heads: int = Field(ge=1, description="Key/value heads (num_key_value_heads).")
-    head_dim: int = Field(ge=1, description="Dimension of one attention head (head_dim).")
-    vocab_size: int = Field(ge=1, description="Vocabulary size (vocab_size).")
+    hidden_size: int = Field(ge=1, le=1048576, description="Hidden size (hidden_size).")
+    attention_heads: int = Field(
+        ge=1, le=65536, description="Attention heads (num_attention_heads)."
+    )
+    kv_heads: int = Field(ge=1, le=65536, description="Key/value heads (num_key_value_heads).")
+    head_dim: int = Field(ge=1, le=65536, description="Dimension of one attention head (head_dim).")
+    vocab_size: int = Field(ge=1, le=16777216, description="Vocabulary size (vocab_size).")
     max_position_embeddings: int = Field(
-        ge=1, description="Longest context the model supports (max_position_embeddings)."
+        ge=1,
+        le=67108864,
+        description="Longest context the model supports (max_position_embeddings).",
     )
 
     @model_validator(mode="after")
@@ -212,10 +274,8 @@ class ModelSpec(_Model):
         description="Shape of a custom model (preset custom only): the numbers the memory model "
         "needs, as in the model's config.json.",
     )
-    credentials_secret: str | None = Field(
+    credentials_secret: SecretName | None = Field(
         default=None,
-        pattern=DNS_LABEL,
-        max_length=253,
         description="Name of a Secret in this namespace whose keys become environment variables "
         "of the Ray pods (e.g. HF_TOKEN, AWS_ACCESS_KEY_ID).",
     )
@@ -273,7 +333,23 @@ class ModelSpec(_Model):
         "!has(self.cacheRef) || (!has(self.source) && !has(self.revision))",
         "cacheRef excludes source and revision: the cache names the weights",
     )
+    @cel(
+        "!has(self.revision) || !has(self.source) || self.source.startsWith('hf://')",
+        "revision applies only to hf:// sources; s3://, gs://, pvc:// and file:// name one set "
+        "of files (put the revision in the path)",
+        field_path=".revision",
+    )
     def _architecture_only_for_custom(self) -> ModelSpec:
+        if (
+            self.revision is not None
+            and self.source is not None
+            and not self.source.startswith("hf://")
+        ):
+            raise FieldProblem(
+                "revision",
+                "revision applies only to hf:// sources; s3://, gs://, pvc:// and file:// name "
+                "one set of files (put the revision in the path)",
+            )
         if self.cache_ref is not None and (self.source is not None or self.revision is not None):
             raise ValueError("cacheRef excludes source and revision: the cache names the weights")
         if self.preset == "custom" and self.architecture is None:
@@ -312,12 +388,17 @@ class Toleration(_Model):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
     key: str | None = Field(
-        default=None, description="Taint key the toleration applies to; empty matches all keys."
+        default=None,
+        max_length=316,
+        pattern=QUALIFIED_NAME,
+        description="Taint key the toleration applies to; empty matches all keys.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal."
     )
-    value: str | None = Field(default=None, description="Taint value to match with operator Equal.")
+    value: LabelValue | None = Field(
+        default=None, description="Taint value to match with operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
@@ -326,6 +407,38 @@ class Toleration(_Model):
         description="For NoExecute: how long the pod stays bound after the taint appears.",
         json_schema_extra={"format": "int64"},
     )
+
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "operator Exists matches every value: leave value empty (or use operator Equal)",
+        field_path=".value",
+    )
+    @cel(
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds applies only to effect NoExecute",
+        field_path=".tolerationSeconds",
+    )
+    @cel(
+        "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        "an empty key tolerates every taint and needs operator Exists",
+        field_path=".operator",
+    )
+    def _kubernetes_rules(self) -> Toleration:
+        """The API server's own Pod validation (``validateTolerations``), said at admission."""
+        if self.operator == "Exists" and self.value:
+            raise FieldProblem(
+                "value", "operator Exists matches every value: leave value empty (or use Equal)"
+            )
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise FieldProblem(
+                "tolerationSeconds", "tolerationSeconds applies only to effect NoExecute"
+            )
+        if not self.key and self.operator != "Exists":
+            raise FieldProblem(
+                "operator", "an empty key tolerates every taint and needs operator Exists"
+            )
+        return self
 
 
 MAX_TOLERATIONS = 32
@@ -350,7 +463,7 @@ class PoolSpec(_Model):
         le=64,
         description="GPUs on one node of the pool. Tensor-parallel groups never span nodes.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Node labels a worker pod of this pool requires.",
@@ -375,13 +488,14 @@ class PoolSpec(_Model):
         default=None,
         alias="gpuMemoryGiB",
         gt=0,
+        le=4096,
         description="Override the usable memory per GPU the catalog assumes for gpuType (GiB).",
     )
     cpu_per_gpu: Quantity = Field(
         default="8",
         description="CPU requested per GPU of a worker pod (tokenization, scheduling, NCCL).",
     )
-    memory_per_gpu: Quantity = Field(
+    memory_per_gpu: MemoryQuantity = Field(
         default="64Gi",
         description="Host memory requested per GPU of a worker pod (weight loading, CPU offload).",
     )
@@ -504,6 +618,7 @@ class AutoscalingSpec(_Model):
         "!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && "
         "self.initialReplicas <= self.maxReplicas)",
         "initialReplicas must lie within [minReplicas, maxReplicas]",
+        field_path=".initialReplicas",
     )
     def _bounds(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
@@ -512,9 +627,10 @@ class AutoscalingSpec(_Model):
             )
         initial = self.initial_replicas
         if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
-            raise ValueError(
+            raise FieldProblem(
+                "initialReplicas",
                 f"initialReplicas={initial} is outside "
-                f"[minReplicas={self.min_replicas}, maxReplicas={self.max_replicas}]"
+                f"[minReplicas={self.min_replicas}, maxReplicas={self.max_replicas}]",
             )
         return self
 
@@ -555,6 +671,7 @@ class EngineSpec(_Model):
         default=None,
         alias="runtimeReserveGiB",
         ge=0,
+        le=1024,
         description="GiB per GPU the planner keeps free for activations, CUDA graphs and NCCL "
         "buffers. Default from the accelerator profile (4 GiB on GPUs).",
     )
@@ -572,19 +689,16 @@ class EngineSpec(_Model):
     @field_validator("extra_args")
     @classmethod
     def _no_planned_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Owned keys in any spelling, non-keyword spellings, credentials (``api/owned.py``).
+
+        Ray Serve LLM passes engine_kwargs to vLLM's EngineArgs by keyword: a flag spelling
+        (``--enforce-eager``) would make every replica fail. Checked here and by the operator
+        (InvalidSpec): the CRD cannot, CEL sees nothing inside a free-form map.
+        """
         for key in sorted(value):
-            if key in PLANNED_ENGINE_ARGS:
-                raise ValueError(
-                    f"{key} is set by the operator; use {PLANNED_ENGINE_ARGS[key]} instead"
-                )
-            if not ENGINE_ARG_KEY.match(key):
-                # Ray Serve LLM passes engine_kwargs to vLLM's EngineArgs by keyword: a flag
-                # spelling ("--enforce-eager") or a dashed name would make every replica fail.
-                raise ValueError(
-                    f"{key!r} is not a vLLM engine argument name; use the snake_case keyword "
-                    f"(e.g. {key.lstrip('-').replace('-', '_') or 'enforce_eager'!r}), not a "
-                    "command-line flag"
-                )
+            problem = engine_arg_problem(key, value[key])
+            if problem:
+                raise ValueError(problem)
         return value
 
 
@@ -608,7 +722,7 @@ class HeadSpec(_Model):
         ),
         description="Head container resources; its CPUs bound the ingress replicas.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Node labels the head pod requires (a CPU pool).",
@@ -618,11 +732,50 @@ class HeadSpec(_Model):
     )
 
 
+_OWNED_ENV_LIST = ", ".join(f"'{n}'" for n in sorted(OWNED_ENV))
+
+
 class EnvVar(_Model):
     """A name/value environment variable."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
-    value: str = Field(description="Variable value.")
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=256,
+        description="Variable name. Names the operator, KubeRay or Ray token auth set, device "
+        "visibility variables and credentials are refused (docs/security.md).",
+    )
+    value: str = Field(max_length=8192, description="Variable value (never a credential).")
+
+    @model_validator(mode="after")
+    @cel(
+        f"!(self.name in [{_OWNED_ENV_LIST}])",
+        "this variable is set by the operator, KubeRay or Ray token auth, or controls GPU "
+        "visibility; it may not be set in spec.ray.env",
+        field_path=".name",
+    )
+    @cel(
+        f"!self.name.matches('{CREDENTIAL_ENV_PATTERN}')",
+        f"this variable holds a credential: put it in a Secret and name the Secret in "
+        f"{CREDENTIALS_FIELD}",
+        field_path=".name",
+    )
+    @cel(
+        f"!self.value.matches('{CREDENTIAL_VALUE_PATTERN}')",
+        f"the value looks like a credential (a token or key): put it in a Secret and name the "
+        f"Secret in {CREDENTIALS_FIELD}",
+        field_path=".value",
+    )
+    def _not_owned(self) -> EnvVar:
+        problem = env_problem(self.name)
+        if problem:
+            raise FieldProblem("name", problem)
+        if credential_in(self.value):
+            raise FieldProblem(
+                "value",
+                f"the value of {self.name} looks like a credential (a token or key): put it in "
+                f"a Secret and name the Secret in {CREDENTIALS_FIELD}",
+            )
+        return self
 
 
 class RayAuthSpec(_Model):
@@ -634,10 +787,8 @@ class RayAuthSpec(_Model):
         "GCS and every Ray RPC. Turn it off only for clusters isolated otherwise; the operator "
         "then posts a Warning event (RayAuthDisabled).",
     )
-    secret_name: str | None = Field(
+    secret_name: SecretName | None = Field(
         default=None,
-        pattern=DNS_LABEL,
-        max_length=253,
         description="Secret (key auth_token) holding the token. Default: the operator creates "
         "<name>-ray-token with a random token once and never rewrites it. Pointing this at a "
         "new Secret rotates the token through a new Ray cluster (zero-downtime upgrade).",
@@ -647,7 +798,7 @@ class RayAuthSpec(_Model):
 class SecretKeyRef(_Model):
     """One key of a Secret in the deployment's namespace."""
 
-    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    name: SecretName = Field(description="Secret name.")
     key: str = Field(
         pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key inside the Secret."
     )
@@ -662,7 +813,7 @@ class GcsFaultToleranceSpec(_Model):
     redis_address: str = Field(
         min_length=1,
         max_length=512,
-        pattern=r"^(rediss?://)?[^\s/]+:[0-9]{1,5}$",
+        pattern=r"^(rediss?://)?[^\s/]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
         description="Redis the Ray head stores its GCS tables in, HOST:PORT (or redis://HOST:PORT, "
         "rediss://HOST:PORT for TLS), e.g. redis-ha.ray-system.svc:6379. Use a highly available "
         "Redis (Sentinel or a managed service): while it is down a head failure is fatal again.",
@@ -690,7 +841,11 @@ class RaySpec(_Model):
     image: str = Field(
         default=DEFAULT_RAY_IMAGE,
         min_length=1,
-        description="Ray image with Ray Serve LLM and vLLM (used by head and workers).",
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="Ray image with Ray Serve LLM and vLLM (used by head and workers): an image "
+        "reference the kubelet can pull (lowercase repository, optional tag and digest). Ray "
+        f"token auth (auth.enabled) needs Ray {RAY_TOKEN_AUTH_MIN} or newer.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy of the Ray containers."
@@ -729,6 +884,23 @@ class RaySpec(_Model):
         "runs without it.",
     )
 
+    @model_validator(mode="after")
+    @cel(
+        "(has(self.auth) && has(self.auth.enabled) && !self.auth.enabled) || "
+        f"!self.image.matches('{OLD_RAY_IMAGE}')",
+        f"Ray token auth needs Ray {RAY_TOKEN_AUTH_MIN} or newer: use a newer image (or turn "
+        "auth off, which is loud)",
+        field_path=".image",
+    )
+    def _image_supports_auth(self) -> RaySpec:
+        if self.auth.enabled and re.match(OLD_RAY_IMAGE, self.image):
+            raise FieldProblem(
+                "image",
+                f"{self.image} is older than Ray {RAY_TOKEN_AUTH_MIN}, which token auth "
+                f"(spec.ray.auth.enabled) needs: use e.g. {DEFAULT_RAY_IMAGE}",
+            )
+        return self
+
 
 #: Worker group name of the ingress CPU pods (ingress.py); pools may not take it.
 INGRESS_GROUP = "k2t-ingress"
@@ -742,8 +914,8 @@ class IngressGroupSpec(_Model):
         description="CPUs of one ingress pod (requests = limits); it hosts one ingress replica "
         "per CPU.",
     )
-    memory: Quantity = Field(default="8Gi", description="Memory of one ingress pod.")
-    node_selector: dict[str, str] = Field(
+    memory: MemoryQuantity = Field(default="8Gi", description="Memory of one ingress pod.")
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Node labels the ingress pods require (a CPU pool).",
@@ -813,7 +985,7 @@ class ServePeer(_Model):
         max_length=63,
         description="Namespace of the callers; default the deployment's own namespace.",
     )
-    pod_labels: dict[str, str] = Field(
+    pod_labels: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=16,
         description="Only pods with all these labels; empty means every pod of the namespace.",
@@ -829,11 +1001,30 @@ class KubeRayPeer(_Model):
         max_length=63,
         description="Namespace of KubeRay's operator; default any namespace (narrow it).",
     )
-    pod_labels: dict[str, str] = Field(
+    pod_labels: dict[str, LabelValue] = Field(
         default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"},
         max_length=16,
-        description="Labels of KubeRay's operator pods (its Helm chart's default).",
+        description="Labels of KubeRay's operator pods (its Helm chart's default). May not be "
+        "empty: an empty selector would admit every pod (of every namespace, without "
+        "namespace) to the dashboard and the serve port.",
     )
+
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.podLabels) || size(self.podLabels) > 0",
+        "an empty podLabels selector admits every pod to the Ray dashboard (8265) and the serve "
+        "port: name KubeRay's operator pod labels (e.g. app.kubernetes.io/name: kuberay-operator)",
+        field_path=".podLabels",
+    )
+    def _selects_something(self) -> KubeRayPeer:
+        if not self.pod_labels:
+            raise FieldProblem(
+                "podLabels",
+                "an empty podLabels selector admits every pod to the Ray dashboard (8265) and "
+                "the serve port: name KubeRay's operator pod labels (e.g. "
+                "app.kubernetes.io/name: kuberay-operator)",
+            )
+        return self
 
 
 class NetworkPolicySpec(_Model):
@@ -878,20 +1069,38 @@ class ServingSpec(_Model):
         description="Requests Serve sends one replica at once; beyond it, requests queue in the "
         "router where autoscaling sees them. Default: max(maxNumSeqs, 2 x target).",
     )
-    max_queued_requests: int | None = Field(
+    max_queued_requests: (
+        Annotated[
+            int,
+            Cel(
+                "self == -1 || self >= 1",
+                "maxQueuedRequests must be -1 (no limit) or at least 1 (Serve refuses 0)",
+            ),
+        ]
+        | None
+    ) = Field(
         default=None,
         ge=-1,
-        description="Requests a caller may queue before Serve answers 503; -1 for no limit.",
+        description="Requests a caller may queue before Serve answers 503; -1 for no limit, else "
+        "at least 1 (Serve refuses 0).",
     )
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _serve_queue_bound(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError(
+                "maxQueuedRequests must be -1 (no limit) or at least 1 (Serve refuses 0)"
+            )
+        return value
+
     ingress: IngressSpec = Field(
         default_factory=IngressSpec,
         description="Sizing and placement of the OpenAI ingress deployment (every token "
         "passes it); sized from the fleet by default.",
     )
-    api_keys_secret: str | None = Field(
+    api_keys_secret: SecretName | None = Field(
         default=None,
-        pattern=DNS_LABEL,
-        max_length=253,
         description="Secret whose values are the API keys the OpenAI endpoint accepts (one "
         "key per data entry, as `Authorization: Bearer <key>`); without a valid key a request "
         "gets 401. Edits of the Secret are picked up without a restart.",
@@ -926,7 +1135,8 @@ class SchedulingSpec(_Model):
     priority_class_name: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-        max_length=253,
+        # It becomes a label value (kueue.x-k8s.io/priority-class): 63 characters at most.
+        max_length=63,
         description=PRIORITY_CLASS_DESCRIPTION,
     )
 
@@ -1078,7 +1288,37 @@ class K2ThinkDeploymentSpec(_Model):
         "ray.gcsFaultTolerance.externalStorageNamespace needs upgradeStrategy None: the old and "
         "the new Ray cluster of an upgrade would share one Redis namespace",
     )
+    @cel(
+        "!has(self.serving) || !has(self.serving.apiKeysSecret) || !has(self.ray) || "
+        "!has(self.ray.auth) || !has(self.ray.auth.secretName) || "
+        "self.serving.apiKeysSecret != self.ray.auth.secretName",
+        "serving.apiKeysSecret may not name the Ray token Secret (ray.auth.secretName): the "
+        "cluster's token would become a client API key",
+        field_path=".serving.apiKeysSecret",
+    )
+    @cel(
+        "!has(self.serving) || !has(self.serving.apiKeysSecret) || !has(self.model) || "
+        "!has(self.model.credentialsSecret) || "
+        "self.serving.apiKeysSecret != self.model.credentialsSecret",
+        "serving.apiKeysSecret may not name the credentials Secret (model.credentialsSecret): "
+        "its hub or cloud credentials would become client API keys",
+        field_path=".serving.apiKeysSecret",
+    )
     def _cross_field(self) -> K2ThinkDeploymentSpec:
+        keys = self.serving.api_keys_secret
+        if keys is not None and keys == self.ray.auth.secret_name:
+            raise FieldProblem(
+                "serving.apiKeysSecret",
+                "serving.apiKeysSecret may not name the Ray token Secret (ray.auth.secretName): "
+                "the cluster's token would become a client API key",
+            )
+        if keys is not None and keys == self.model.credentials_secret:
+            raise FieldProblem(
+                "serving.apiKeysSecret",
+                "serving.apiKeysSecret may not name the credentials Secret "
+                "(model.credentialsSecret): its hub or cloud credentials would become client "
+                "API keys",
+            )
         ft = self.ray.gcs_fault_tolerance
         if (
             ft is not None
@@ -1162,6 +1402,9 @@ def format_validation_error(error: ValidationError) -> list[SpecError]:
     seen: set[str] = set()
     for item in error.errors(include_url=False):
         field = _field_path(tuple(item["loc"]))
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldProblem):
+            field = f"{field}.{cause.field}"
         message = str(item["msg"]).removeprefix("Value error, ")
         key = f"{field}: {message}"
         if key in seen:

@@ -69,7 +69,8 @@ def serve_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2ThinkDep
         update={"source": f"pvc://{view.claim}/{view.path}", "cache_ref": None, "revision": None}
     )
     env = [e for e in spec.ray.env if e.name != HF_OFFLINE_ENV]
-    env.append(EnvVar(name=HF_OFFLINE_ENV, value="1"))
+    # The operator's own variable: constructed, not validated (the user may not set it).
+    env.append(EnvVar.model_construct(name=HF_OFFLINE_ENV, value="1"))
     ray = spec.ray.model_copy(update={"env": env})
     return spec.model_copy(update={"model": model, "ray": ray})
 
