@@ -48,6 +48,7 @@ def test_crd_identity() -> None:
         "Status",
         "Queue",
         "Admission",
+        "Downgraded",
         "Age",
     ]
 

@@ -150,40 +150,122 @@ def test_binding_is_anded_into_every_user_term_and_keeps_preferences() -> None:
     )
 
 
+PRODUCT = "nvidia.com/gpu.product"
+H100_PRODUCTS = ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"]
+
+
+def _required(*expressions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": list(expressions)}]
+            }
+        }
+    }
+
+
+def _preferred(*expressions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchExpressions": list(expressions)}}
+            ]
+        }
+    }
+
+
+def _requirement_in(spec: dict[str, Any]) -> bool:
+    node = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (node.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get(
+        "nodeSelectorTerms"
+    ) or []
+    wanted = {"key": PRODUCT, "operator": "In", "values": H100_PRODUCTS}
+    return bool(terms) and all(wanted in (t.get("matchExpressions") or []) for t in terms)
+
+
 @pytest.mark.parametrize(
     "pool_extra",
     [
-        {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-NVL"}},
-        {"nodeSelector": {"nvidia.com/gpu.memory": "95830"}},
-        {
-            "affinity": {
-                "nodeAffinity": {
-                    "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": "nvidia.com/gpu.memory",
-                                        "operator": "Gt",
-                                        "values": ["80000"],
-                                    }
-                                ]
-                            }
-                        ]
-                    }
-                }
-            }
-        },
+        {"nodeSelector": {PRODUCT: "NVIDIA-H100-PCIe"}},
+        {"affinity": _required({"key": PRODUCT, "operator": "In", "values": ["NVIDIA-H100-PCIe"]})},
     ],
-    ids=["product-selector", "memory-selector", "memory-affinity"],
+    ids=["product-selector-subset", "required-in-subset"],
 )
-def test_a_pool_that_binds_itself_gets_nothing_added(pool_extra: dict[str, Any]) -> None:
+def test_a_pool_that_pins_a_subset_of_its_boards_gets_nothing_added(
+    pool_extra: dict[str, Any],
+) -> None:
     pool = {"name": "h100", "gpuType": "H100-80GB", **pool_extra}
     [group] = _workers(minimal_doc(pools=[pool]))
     spec = group["template"]["spec"]
     assert spec.get("affinity") == pool_extra.get("affinity")
-    if "nodeSelector" in pool_extra:
-        assert spec["nodeSelector"] == pool_extra["nodeSelector"]
+    assert not _requirement_in(spec) or "affinity" in pool_extra
+
+
+@pytest.mark.parametrize(
+    "pool_extra",
+    [
+        {"nodeSelector": {"nvidia.com/gpu.memory": "81559"}},
+        {
+            "affinity": _required(
+                {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["80000"]}
+            )
+        },
+        {
+            "affinity": _preferred(
+                {"key": PRODUCT, "operator": "In", "values": ["NVIDIA-A100-SXM4-40GB"]}
+            )
+        },
+        {
+            "affinity": _required(
+                {"key": PRODUCT, "operator": "NotIn", "values": ["NVIDIA-H100-PCIe"]}
+            )
+        },
+        {"affinity": _preferred({"key": PRODUCT, "operator": "In", "values": H100_PRODUCTS})},
+    ],
+    ids=["memory-selector", "memory-affinity", "preferred-other-board", "notin", "preferred-own"],
+)
+def test_mentioning_the_product_label_does_not_disable_the_binding(
+    pool_extra: dict[str, Any],
+) -> None:
+    """#22: a preferred term, a NotIn or a memory label used to skip the binding."""
+    pool = {"name": "h100", "gpuType": "H100-80GB", **pool_extra}
+    [group] = _workers(minimal_doc(pools=[pool]))
+    assert _requirement_in(group["template"]["spec"]), group["template"]["spec"].get("affinity")
+
+
+@pytest.mark.parametrize(
+    ("pool_extra", "field"),
+    [
+        (
+            {"nodeSelector": {PRODUCT: "NVIDIA-A100-SXM4-40GB"}},
+            f"spec.pools[0].nodeSelector.{PRODUCT}",
+        ),
+        (
+            {
+                "affinity": _required(
+                    {"key": PRODUCT, "operator": "In", "values": ["NVIDIA-A100-SXM4-40GB"]}
+                )
+            },
+            "spec.pools[0].affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+            ".nodeSelectorTerms[0]",
+        ),
+        (
+            {"affinity": _required({"key": PRODUCT, "operator": "NotIn", "values": H100_PRODUCTS})},
+            "spec.pools[0].affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+            ".nodeSelectorTerms[0]",
+        ),
+    ],
+    ids=["selector-other-board", "required-other-board", "excludes-every-board"],
+)
+def test_a_pool_contradicting_its_gpu_type_is_refused_with_the_field(
+    pool_extra: dict[str, Any], field: str
+) -> None:
+    from k2think_operator.deployment.decide import decide
+
+    pool = {"name": "h100", "gpuType": "H100-80GB", **pool_extra}
+    decision = decide(minimal_doc(pools=[pool]))
+    assert decision.children == ()
+    assert any(p.startswith(f"{field}: ") for p in decision.problems), decision.problems
 
 
 def test_cpu_profile_pool_is_not_bound() -> None:

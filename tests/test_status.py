@@ -196,6 +196,7 @@ def test_every_condition_carries_generation_and_message() -> None:
         "InvalidSpec",
         "CapacityBlocked",
         "GcsFaultToleranceOff",
+        "SecurityDowngraded",
     ]
     for cond in status["conditions"]:
         assert (

@@ -90,6 +90,13 @@ def build_crd() -> dict[str, Any]:
                             "type": "string",
                             "jsonPath": ".status.queue.state",
                         },
+                        {
+                            "name": "Downgraded",
+                            "type": "string",
+                            "description": "The spec turns a protection off (SecurityDowngraded)",
+                            "jsonPath": '.status.conditions[?(@.type=="SecurityDowngraded")]'
+                            ".status",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

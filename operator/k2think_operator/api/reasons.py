@@ -19,6 +19,8 @@ CAPACITY_BLOCKED: Final = "CapacityBlocked"
 GCS_FAULT_TOLERANCE_OFF: Final = "GcsFaultToleranceOff"
 #: Only for a deployment queued through Kueue (spec.scheduling.queueName; queueing.py).
 ADMITTED: Final = "Admitted"
+#: Informational: the spec turns a protection off (api/downgrades.py); a column of kubectl get.
+SECURITY_DOWNGRADED: Final = "SecurityDowngraded"
 CONDITION_TYPES: Final = (
     READY,
     PROGRESSING,
@@ -27,6 +29,7 @@ CONDITION_TYPES: Final = (
     CAPACITY_BLOCKED,
     ADMITTED,
     GCS_FAULT_TOLERANCE_OFF,
+    SECURITY_DOWNGRADED,
 )
 
 # Condition reasons.
@@ -52,8 +55,14 @@ APPLY_REJECTED: Final = "ApplyRejected"
 GCS_FT_CONFIGURED: Final = "Configured"
 ABOVE_REPLICA_THRESHOLD: Final = "AboveReplicaThreshold"
 BELOW_REPLICA_THRESHOLD: Final = "BelowReplicaThreshold"
+#: SecurityDowngraded reasons.
+DOWNGRADED: Final = "Downgraded"
+SECURE_DEFAULTS: Final = "SecureDefaults"
+#: Degraded/Progressing while the API server's dry run refuses a child (deployment/dryrun.py):
+#: nothing was applied, what runs is untouched.
+CHILD_REJECTED: Final = "ChildRejected"
 #: Reasons of an apply failure that stays visible until the child exists again.
-APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED)
+APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED, CHILD_REJECTED)
 
 # Reasons of the Admitted condition (also status.queue.state, the phase while not admitted, and
 # the Events told when Kueue's verdict changes). ADMITTED doubles as the admitted reason.
@@ -75,6 +84,8 @@ EVENT_GCS_FAULT_TOLERANCE_OFF: Final = GCS_FAULT_TOLERANCE_OFF
 EVENT_RESUMED: Final = "Resumed"
 #: Ray token auth switched off by the spec (docs/security.md): a Warning.
 EVENT_RAY_AUTH_DISABLED: Final = "RayAuthDisabled"
+#: A protection other than token auth turned off (NetworkPolicies, trust_remote_code): a Warning.
+EVENT_SECURITY_DOWNGRADED: Final = SECURITY_DOWNGRADED
 #: The operator created a deployment's Ray token Secret (the token itself is never told).
 EVENT_RAY_TOKEN_CREATED: Final = "RayTokenCreated"
 #: Events told once per message per object (the rest are told each time they happen).
@@ -83,6 +94,7 @@ ANNOUNCED_ONCE: Final = (
     EVENT_PLAN_WARNING,
     EVENT_INVALID_SPEC,
     EVENT_RAY_AUTH_DISABLED,
+    EVENT_SECURITY_DOWNGRADED,
     EVENT_GCS_FAULT_TOLERANCE_OFF,
 )
 

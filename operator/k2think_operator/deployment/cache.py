@@ -14,7 +14,7 @@ revision is verified: a revision change keeps deployments on the old path until 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from k2think_operator.api import reasons as r
@@ -34,6 +34,8 @@ class CacheView:
     claim: str
     path: str  # the revision's directory inside the claim, ORG--NAME/COMMIT
     revision: str
+    #: The cache's spec.source (hf://ORG/NAME): which model it holds (None: not known).
+    source: str | None = field(default=None, compare=False)
 
 
 def cache_view(cache: Mapping[str, Any] | None) -> CacheView | None:
@@ -49,7 +51,8 @@ def cache_view(cache: Mapping[str, Any] | None) -> CacheView | None:
     if not (claim and path and revision):
         return None
     name = str((cache.get("metadata") or {}).get("name"))
-    return CacheView(name, str(claim), str(path), str(revision))
+    source = (cache.get("spec") or {}).get("source")
+    return CacheView(name, str(claim), str(path), str(revision), str(source) if source else None)
 
 
 def planned_cache_view(cache: Mapping[str, Any]) -> CacheView | None:
@@ -60,7 +63,30 @@ def planned_cache_view(cache: Mapping[str, Any]) -> CacheView | None:
         spec = parse_cache_spec(dict(cache.get("spec") or {}))
     except InvalidSpec:
         return None
-    return CacheView(name, claim_of(spec, name), revision_path(spec, spec.revision), spec.revision)
+    return CacheView(
+        name, claim_of(spec, name), revision_path(spec, spec.revision), spec.revision, spec.source
+    )
+
+
+def cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | None:
+    """Why ``view`` cannot serve this deployment's model, or None.
+
+    A preset names its Hugging Face repository; a cache holding another repository would serve
+    those weights under this model's name (and the planner's memory model would be wrong).
+    A custom model names no repository: the user's cacheRef is the only statement of which
+    weights it is, so nothing can be compared.
+    """
+    preset = spec.model.preset_info
+    if preset is None or view.source is None:
+        return None
+    held = view.source.removeprefix("hf://").strip("/")
+    if held.lower() != preset.hf_id.lower():
+        return (
+            f"spec.model.cacheRef: K2ThinkModelCache {view.name} holds {held}, not "
+            f"{preset.hf_id} (preset {spec.model.preset}); name a cache of {preset.hf_id}, or "
+            "use preset custom with the architecture of the cached model"
+        )
+    return None
 
 
 def serve_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2ThinkDeploymentSpec:

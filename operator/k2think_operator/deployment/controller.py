@@ -186,6 +186,7 @@ def observe(
         unschedulable_grace=unschedulable_grace,
         gcs_ft_replica_threshold=gcs_ft_replica_threshold,
         queue=queue if spec is not None and spec.queued else None,
+        downgrades=decision.downgrades if spec is not None else None,
     )
 
 

@@ -8,18 +8,30 @@ functions, so ``k2think-operator render`` prints exactly what the operator appli
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from k2think_operator.api import reasons as r
+from k2think_operator.api.downgrades import AUTH_OFF, downgrades
+from k2think_operator.api.k8s_rules import (
+    affinity_problems,
+    child_problems,
+    labels_problems,
+    resources_problems,
+)
 from k2think_operator.api.limits import name_problems
 from k2think_operator.api.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
-from k2think_operator.deployment.cache import CacheView, serve_from_cache
+from k2think_operator.deployment.cache import CacheView, cache_problem, serve_from_cache
 from k2think_operator.plan.planner import Plan, PlanError, plan_deployment
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
+from k2think_operator.render.placement import binding_problems
+from k2think_operator.render.security import ray_token_secret_name
 from k2think_operator.runtime.events import Event
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,8 @@ class Decision:
     waiting_for_cache: str | None = None
     #: The cache revision served (None without cacheRef).
     cache: CacheView | None = None
+    #: What the spec turns off (api/downgrades.py): Warning events and SecurityDowngraded.
+    downgrades: tuple[str, ...] = ()
 
 
 def decide(
@@ -49,16 +63,49 @@ def decide(
 
     ``cache`` is the verified revision of the cache ``spec.model.cacheRef`` names
     (``cacheuse.cache_view``); without it such a deployment waits (``cache_waiting`` says why).
+
+    Total: whatever the API server admits yields a Decision. A bug of ours meeting an input
+    nobody thought of becomes an InvalidSpec naming the spec (and is logged with its
+    traceback), never an exception that would leave the deployment without a status.
     """
     meta = body.get("metadata") or {}
     name = str(meta.get("name"))
     namespace = str(meta.get("namespace") or "default")
-    generation = int(meta.get("generation") or 0)
+    try:
+        generation = int(meta.get("generation") or 0)
+    except (TypeError, ValueError):
+        generation = 0
+    try:
+        return _decide(body, name, namespace, generation, cache, cache_waiting)
+    except Exception as error:
+        log.exception("decide failed for %s/%s", namespace, name)
+        problem = (
+            f"spec: the operator could not process this spec ({type(error).__name__}: {error}); "
+            "nothing was changed. Please report it with the spec"
+        )
+        return Decision(name, namespace, generation, None, None, (), (problem,))
+
+
+def _decide(
+    body: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    generation: int,
+    cache: CacheView | None,
+    cache_waiting: str | None,
+) -> Decision:
+    meta = body.get("metadata") or {}
     named = name_problems(meta)
     if named:
         return Decision(name, namespace, generation, None, None, (), tuple(map(str, named)))
+    raw = body.get("spec") or {}
+    if not isinstance(raw, Mapping):
+        return Decision(name, namespace, generation, None, None, (), ("spec: must be an object",))
     try:
-        spec = parse_spec(dict(body.get("spec") or {}))
+        spec = parse_spec(dict(raw))
+        checked = list(spec_problems(spec, name))
+        if checked:
+            return Decision(name, namespace, generation, None, None, (), tuple(checked))
         plan = plan_deployment(spec, name)
     except InvalidSpec as error:
         return Decision(
@@ -66,13 +113,67 @@ def decide(
         )
     except PlanError as error:
         return Decision(name, namespace, generation, None, None, (), (str(error),))
+    loosened = tuple(downgrades(spec))
     if spec.model.cache_ref is not None:
         if cache is None:
             waiting = cache_waiting or f"K2ThinkModelCache {spec.model.cache_ref} is not ready"
-            return Decision(name, namespace, generation, spec, plan, (), (), waiting, None)
+            return Decision(
+                name, namespace, generation, spec, plan, (), (), waiting, None, loosened
+            )
+        wrong = cache_problem(spec, cache)
+        if wrong:
+            return Decision(name, namespace, generation, None, None, (), (wrong,))
         spec = serve_from_cache(spec, cache)
     children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
-    return Decision(name, namespace, generation, spec, plan, tuple(children), (), None, cache)
+    refused = [problem for child in children for problem in child_problems(child)]
+    if refused:
+        return Decision(
+            name,
+            namespace,
+            generation,
+            None,
+            None,
+            (),
+            tuple(f"children: {p}" for p in refused),
+        )
+    return Decision(
+        name, namespace, generation, spec, plan, tuple(children), (), None, cache, loosened
+    )
+
+
+def spec_problems(spec: K2ThinkDeploymentSpec, name: str) -> Iterator[str]:
+    """What the CRD schema cannot check in a parsed spec: the free-form maps as Pod validation
+    will read them (``api/k8s_rules.py``), the GPU binding's contradictions, and a default
+    Secret name colliding with another Secret field."""
+    found: list[tuple[str, str]] = []
+    for index, pool in enumerate(spec.pools):
+        base = f"spec.pools[{index}]"
+        found += labels_problems(pool.node_selector, f"{base}.nodeSelector")
+        found += affinity_problems(pool.affinity, f"{base}.affinity")
+        if not any(p.startswith(f"{base}.affinity") for p, _ in found):
+            found += binding_problems(pool, index)
+    head = spec.ray.head
+    found += labels_problems(head.node_selector, "spec.ray.head.nodeSelector")
+    found += resources_problems(head.resources.model_dump(), "spec.ray.head.resources")
+    group = spec.serving.ingress.cpu_group
+    found += labels_problems(group.node_selector, "spec.serving.ingress.cpuGroup.nodeSelector")
+    policy = spec.network_policy
+    found += labels_problems(policy.kuberay.pod_labels, "spec.networkPolicy.kuberay.podLabels")
+    for index, peer in enumerate(policy.serve_from):
+        found += labels_problems(
+            peer.pod_labels, f"spec.networkPolicy.serveFrom[{index}].podLabels"
+        )
+    keys = spec.serving.api_keys_secret
+    if keys is not None and spec.ray.auth.enabled and keys == ray_token_secret_name(spec, name):
+        found.append(
+            (
+                "spec.serving.apiKeysSecret",
+                f"{keys} is this deployment's Ray token Secret: the cluster's token would "
+                "become a client API key; name another Secret",
+            )
+        )
+    for path, message in found:
+        yield f"{path}: {message}"
 
 
 def is_subset(desired: Any, live: Any) -> bool:
@@ -122,14 +223,9 @@ def decision_events(
         events.append(Event.normal(r.EVENT_PLANNED, plan.explanation))
     for warning in plan.warnings:
         events.append(Event.warn(r.EVENT_PLAN_WARNING, warning))
-    if decision.spec is not None and not decision.spec.ray.auth.enabled:
-        events.append(
-            Event.warn(
-                r.EVENT_RAY_AUTH_DISABLED,
-                "spec.ray.auth.enabled is false: anyone who reaches the Ray pods can submit "
-                "jobs (run code) through the dashboard and talk to the GCS",
-            )
-        )
+    for loosened in decision.downgrades:
+        reason = r.EVENT_RAY_AUTH_DISABLED if loosened == AUTH_OFF else r.EVENT_SECURITY_DOWNGRADED
+        events.append(Event.warn(reason, loosened))
     if live is not None and decision.children:
         want = (decision.children[0].get("metadata") or {}).get("annotations") or {}
         have = (live.get("metadata") or {}).get("annotations") or {}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k2think_operator.api import reasons as r
+from k2think_operator.api.downgrades import downgraded_condition
 from k2think_operator.api.kueue import QueueView, admitted_condition, queue_status
 from k2think_operator.api.reasons import (
     ADMITTED,
@@ -92,6 +93,8 @@ class Observation:
     gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD
     #: Kueue's view (only for a deployment with spec.scheduling.queueName).
     queue: QueueView | None = None
+    #: What the spec turns off (api/downgrades.py); None for an invalid spec.
+    downgrades: tuple[str, ...] | None = ()
 
     @property
     def waiting_for_kueue(self) -> bool:
@@ -319,6 +322,9 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
         invalid_spec_condition(obs),
         capacity_condition(obs),
         gcs_ft_condition(obs.plan, obs.generation, obs.gcs_ft_replica_threshold),
+        downgraded_condition(
+            None if obs.downgrades is None else list(obs.downgrades), obs.generation
+        ),
     ):
         conds = set_condition(conds, new, now)
     if obs.queue is not None:
