@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from k2think_operator import __version__
 from k2think_operator.api.coordinates import K2THINK, MODELCACHE
+from k2think_operator.api.manifest_yaml import ManifestYamlError, load_manifests
 from k2think_operator.api.modelcache import parse_cache_spec
 from k2think_operator.api.spec import InvalidSpec
 from k2think_operator.app.config import OperatorConfig, current_config
@@ -38,9 +37,11 @@ def load_all(path: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]
     except OSError as error:
         raise InputError(f"{path}: {error.strerror}") from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML: {error}") from None
+        # Read as kubectl reads it (api/manifest_yaml.py): what validate checks is what the
+        # API server would receive.
+        docs = load_manifests(text)
+    except ManifestYamlError as error:
+        raise InputError(f"{path}: {error}") from None
     found: list[dict[str, Any]] = []
     caches: dict[str, dict[str, Any]] = {}
     for doc in docs:
@@ -62,8 +63,10 @@ def load_documents(path: str) -> list[dict[str, Any]]:
 
 
 def _meta(doc: dict[str, Any]) -> tuple[str, str]:
+    """The document's name and namespace for messages (``<no name>`` when it has none: that is
+    an error of its own, never a made-up name)."""
     meta = doc.get("metadata") or {}
-    return str(meta.get("name") or "k2think"), str(meta.get("namespace") or "default")
+    return str(meta.get("name") or "<no name>"), str(meta.get("namespace") or "default")
 
 
 def check_document(
@@ -74,11 +77,17 @@ def check_document(
 
     A deployment with ``spec.model.cacheRef`` is decided as it will run once the cache (a
     K2ThinkModelCache of the same file) has filled its revision."""
-    from k2think_operator.api.schema_check import schema_errors
+    from k2think_operator.api.crd import openapi_schema
+    from k2think_operator.api.schema_check import as_stored, schema_errors
 
+    meta = doc.get("metadata") or {}
+    if not (meta.get("name") or meta.get("generateName")):
+        # The API server refuses it ("name or generateName is required").
+        return ["metadata.name: Required value: name or generateName is required"], None
     problems = schema_errors(doc)
     if problems:
         return [str(p) for p in problems], None
+    doc = as_stored(doc, openapi_schema())
     name, namespace = _meta(doc)
     body = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": name}}
     body["metadata"]["namespace"] = namespace
@@ -129,13 +138,17 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             name, namespace = _meta(cache)
             print(f"{namespace}/{name}: valid", file=out)
     for doc in docs:
-        problems, _ = check_document(doc, caches)
+        problems, decision = check_document(doc, caches)
         if problems:
             failed = True
             _report(doc, problems, err)
         else:
             name, namespace = _meta(doc)
             print(f"{namespace}/{name}: valid", file=out)
+            # Allowed, but never silent (api/downgrades.py): the operator posts the same as
+            # Warning events and the SecurityDowngraded condition.
+            for loosened in decision.downgrades if decision else ():
+                print(f"{namespace}/{name}: warning: {loosened}", file=err)
     return EXIT_INVALID if failed else 0
 
 

@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import cel
-from jsonschema import Draft4Validator
+from jsonschema import Draft4Validator, validators
 
 from k2think_operator.api.crd import openapi_schema
 from k2think_operator.api.schema import VALIDATIONS, Schema
@@ -44,11 +44,50 @@ def strict(schema: Any) -> Any:
     return copy_
 
 
+def _integer(checker: Any, instance: Any) -> bool:
+    """An integer as the API server decodes JSON: ``32768.0`` is the integer 32768."""
+    if isinstance(instance, bool):
+        return False
+    return isinstance(instance, int) or (isinstance(instance, float) and instance.is_integer())
+
+
+#: Draft 4 (OpenAPI v3.0's dialect) with the API server's reading of integers.
+_ApiServerValidator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft4Validator, type_checker=Draft4Validator.TYPE_CHECKER.redefine("integer", _integer)
+)
+
+
 @lru_cache(maxsize=1)
-def _validator() -> Draft4Validator:
+def _validator() -> Any:
     schema = strict(openapi_schema())
     schema["properties"]["metadata"] = {"type": "object"}
-    return Draft4Validator(schema)
+    return _ApiServerValidator(schema)
+
+
+def as_stored(value: Any, schema: Schema) -> Any:
+    """``value`` as the API server stores it: null fields pruned, integral floats in integer
+    fields as integers (``32768.0`` -> ``32768``)."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        values = schema.get("additionalProperties")
+        extra = values if isinstance(values, dict) else {}
+        return {
+            key: as_stored(child, props.get(key) or extra)
+            for key, child in value.items()
+            if child is not None
+        }
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [as_stored(item, items if isinstance(items, dict) else {}) for item in value]
+    if isinstance(value, float) and value.is_integer() and _is_integer_schema(schema):
+        return int(value)
+    return value
+
+
+def _is_integer_schema(schema: Schema) -> bool:
+    if schema.get("type") == "integer":
+        return True
+    return any(b.get("type") == "integer" for b in schema.get("anyOf") or [])
 
 
 def _path(parts: list[Any]) -> str:
@@ -152,8 +191,10 @@ def schema_errors(document: dict[str, Any]) -> list[SpecError]:
     """Every schema violation, each with the path of the offending field; then the CEL rules.
 
     CEL runs only on a document the schema accepts: the API server compiles its rules against
-    the declared types, so a value of the wrong type never reaches them.
+    the declared types, so a value of the wrong type never reaches them. The document is read
+    as the server stores it first (``as_stored``: nulls pruned, ``32768.0`` an integer).
     """
+    document = as_stored(document, openapi_schema())
     errors = sorted(
         _validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
     )
