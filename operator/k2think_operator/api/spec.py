@@ -313,6 +313,12 @@ class ModelSpec(_Model):
         scheme, rest = match.groups()
         if scheme == "pvc" and "/" not in rest.strip("/"):
             raise ValueError(f"{value!r}: a pvc source needs a claim and a path, pvc://CLAIM/PATH")
+        if scheme == "pvc" and not re.fullmatch(DNS_SUBDOMAIN, rest.split("/", 1)[0]):
+            # The worker pods mount it as a volume: Pod validation would refuse the claim name.
+            raise ValueError(
+                f"{value!r}: {rest.split('/', 1)[0]!r} is not a valid claim name (lowercase "
+                "letters, digits, '-' and '.')"
+            )
         if scheme == "file" and not rest.startswith("/"):
             raise ValueError(f"{value!r}: a file source needs an absolute path, file:///PATH")
         if ".." in rest.split("/"):
