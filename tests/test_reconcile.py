@@ -357,3 +357,68 @@ async def test_reconcile_by_key_retries_a_failure_and_forgets_a_deleted_deployme
     del sources.bodies[key]
     await reconciler.reconcile(key)
     assert key not in reconciler._states
+
+
+class DryRunRefusingKube(RecordingKube):
+    """The API server's dry run refuses the Pod KubeRay would create for the head (an admission
+    policy, say); everything else is admitted. Records what was dry-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dry_runs: list[str] = []
+        self.refuse = True
+
+    async def dry_run(self, obj: Mapping[str, Any]) -> None:
+        self.dry_runs.append(f"{obj['kind']} {obj['metadata']['name']}")
+        if (
+            self.refuse
+            and obj["kind"] == "Pod"
+            and obj["metadata"]["labels"].get("ray.io/node-type") == "head"
+        ):
+            raise ApplyRejected('pods "x" is forbidden: violates PodSecurity "restricted"')
+
+
+async def test_a_child_the_dry_run_refuses_leaves_what_runs_untouched() -> None:
+    """#22: the refused edit writes nothing (no supporting object, no RayService) and says why
+    in Degraded (ChildRejected); a pod event does not clear it; the next good spec applies."""
+    kube = DryRunRefusingKube()
+    kube.refuse = False
+    reconciler = DeploymentReconciler(kube)
+    doc = with_status(minimal_doc(), {})
+    first = await reconciler.converge(doc)
+    assert first.applied and kube.dry_runs[0].startswith("RayService ")
+    assert any(d.startswith("Pod ") for d in kube.dry_runs)
+    running = copy.deepcopy(kube.objects)
+    writes = len(kube.supporting_writes)
+
+    kube.refuse = True
+    edited = with_status(minimal_doc(replicas=3), first.status)
+    edited["metadata"]["generation"] = 2
+    refused = await reconciler.converge(edited)
+    assert not refused.applied and kube.objects == running
+    assert len(kube.supporting_writes) == writes
+    failure = previous_apply_failure(refused.status)
+    assert failure is not None and failure.reason == "ChildRejected"
+    assert "PodSecurity" in failure.message and "nothing was applied" in failure.message
+    live = kube.objects[("team-a", "demo")]
+    seen = with_status(edited, refused.status)
+    seen["metadata"]["generation"] = 2
+    again = await reconciler.refresh_status(seen, live, ())
+    assert not again.wrote_status  # still Degraded/ChildRejected
+
+    kube.refuse = False
+    fixed = with_status(minimal_doc(replicas=2), refused.status)
+    fixed["metadata"]["generation"] = 3
+    healed = await reconciler.converge(fixed)
+    assert healed.applied and previous_apply_failure(healed.status) is None
+
+
+async def test_no_dry_run_when_nothing_is_applied() -> None:
+    kube = DryRunRefusingKube()
+    kube.refuse = False
+    reconciler = DeploymentReconciler(kube)
+    doc = with_status(minimal_doc(), {})
+    first = await reconciler.converge(doc)
+    count = len(kube.dry_runs)
+    await reconciler.converge(with_status(doc, first.status))
+    assert len(kube.dry_runs) == count

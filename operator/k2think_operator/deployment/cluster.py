@@ -18,6 +18,7 @@ from k2think_operator.api.coordinates import (
     KUEUE_LOCALQUEUE,
     KUEUE_WORKLOAD,
     MODELCACHE,
+    PODS,
     RAYSERVICE,
     SECRETS,
 )
@@ -59,6 +60,10 @@ class KubeApi(Protocol):
 
     # Security objects (supporting.py): apply without reading, create a Secret only if absent.
     async def apply_namespaced(self, obj: Mapping[str, Any]) -> None: ...
+
+    async def dry_run(self, obj: Mapping[str, Any]) -> None:
+        """Server-side dry run (``dryRun=All``) of applying a child, or of creating a Pod;
+        raises ``ApplyRejected`` with the server's message when it would be refused."""
 
     async def create_secret_if_absent(
         self, obj: Mapping[str, Any], generated: Mapping[str, str]
@@ -117,6 +122,22 @@ class ClusterApi(KubeApi):
     async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply a ConfigMap or NetworkPolicy we own (no read of the object)."""
         await self.apply(obj)
+
+    async def dry_run(self, obj: Mapping[str, Any]) -> None:
+        if obj.get("kind") == PODS.kind and obj.get("apiVersion") == PODS.api_version:
+            # A Pod is created by KubeRay, never applied by us: dry-run the create.
+            try:
+                await self.kube.create(PODS, obj, dry_run=True)
+            except ApiNotServed as error:
+                raise ApplyRejected(str(error)) from error
+            return
+        api = APPLIED[(obj["apiVersion"], obj["kind"])]
+        try:
+            await self.kube.apply(api, obj, dry_run=True)
+        except ApiNotServed as error:
+            if api == RAYSERVICE:
+                raise _kuberay_missing(error) from error
+            raise ApplyRejected(str(error)) from error
 
     async def create_secret_if_absent(
         self, obj: Mapping[str, Any], generated: Mapping[str, str]

@@ -58,6 +58,7 @@ from k2think_operator.deployment.decide import (
     is_subset,
     needs_apply,
 )
+from k2think_operator.deployment.dryrun import pods_for, rayservice_of, rejection_message
 from k2think_operator.deployment.status import (
     UNSCHEDULABLE_GRACE_SECONDS,
     Observation,
@@ -399,12 +400,14 @@ class DeploymentReconciler:
         unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
         gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
         queue_recheck_seconds: float = DEFAULT_QUEUE_RECHECK_SECONDS,
+        dry_run_pods: bool = True,
     ) -> None:
         self.kube = kube
         self.sources = sources
         self.unschedulable_grace = unschedulable_grace
         self.gcs_ft_replica_threshold = gcs_ft_replica_threshold
         self.queue_recheck_seconds = queue_recheck_seconds
+        self.dry_run_pods = dry_run_pods
         self._states: dict[Key, DeploymentState] = {}
         self.supporting = SupportingObjects(kube)
         #: Bodies the slow resync listed from the API, for keys the index does not hold (a
@@ -518,8 +521,11 @@ class DeploymentReconciler:
         decision = decide(body, *state.cache)
         current = self._current_status(body, state)
         rayservice = newer(rayservice, state.applied)
-        # A still-standing apply failure stays visible while the child is absent.
-        failure = previous_apply_failure(current) if rayservice is None else None
+        # A still-standing apply failure stays visible while the child is absent; a dry-run
+        # refusal while the spec that caused it is the current one (the old child still runs).
+        failure = previous_apply_failure(current)
+        if rayservice is not None and not _rejected_now(current, decision.generation):
+            failure = None
         status = self._desired_status(decision, body, current, rayservice, state, failure)
         write = await self._write_status(decision, current, status, state)
         return Outcome(
@@ -556,9 +562,14 @@ class DeploymentReconciler:
                 risk = gcs_ft_risk(decision.plan, self.gcs_ft_replica_threshold)
                 if risk is not None:
                     events.append(Event.warn(r.EVENT_GCS_FAULT_TOLERANCE_OFF, risk))
-            # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods that need them.
-            blocked = await self._converge_supporting(decision, live, events, resync=resync)
-            result = blocked or await apply_children(self.kube, decision, live)
+            # The API server judges the children first (dry run): a refusal writes nothing.
+            rejected = await self._dry_run(decision, live)
+            if rejected is not None:
+                result = ApplyResult(live, failure=rejected)
+            else:
+                # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods needing them.
+                blocked = await self._converge_supporting(decision, live, events, resync=resync)
+                result = blocked or await apply_children(self.kube, decision, live)
             if result.applied and result.live is not None:
                 state.applied = pack(result.live)
             if result.applied:
@@ -603,6 +614,27 @@ class DeploymentReconciler:
             return ApplyResult(live, failure=failure, retry=str(error))
         except TransientApiError as error:
             return ApplyResult(live, retry=str(error))
+        return None
+
+    async def _dry_run(
+        self, decision: Decision, live: Mapping[str, Any] | None
+    ) -> ApplyFailure | None:
+        """Dry-run the RayService about to be applied and the Pods KubeRay will create from it
+        (``deployment/dryrun.py``); the refusal, if any. Nothing to apply: nothing to ask."""
+        rayservice = rayservice_of(decision.children)
+        if rayservice is None or not needs_apply(rayservice, live):
+            return None
+        objects = [rayservice, *(pods_for(rayservice) if self.dry_run_pods else [])]
+        for obj in objects:
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            try:
+                await self.kube.dry_run(obj)
+            except ApplyRejected as error:
+                metrics.API_WRITES.labels("dry_run").inc()
+                return ApplyFailure(r.CHILD_REJECTED, rejection_message(what, error))
+            except (TransientApiError, KubeRayMissing):
+                return None  # the apply meets the same and says so (retry, KubeRayMissing)
+            metrics.API_WRITES.labels("dry_run").inc()
         return None
 
     async def _read_live(
@@ -765,6 +797,16 @@ class DeploymentReconciler:
         if not view.admitted:
             state.kueue_due = time.monotonic() + self.queue_recheck_seconds
         return None, queue_events(previous, view)
+
+
+def _rejected_now(status: Mapping[str, Any], generation: int) -> bool:
+    """Degraded says a dry run refused this generation's children."""
+    return any(
+        c.get("type") == r.DEGRADED
+        and c.get("reason") == r.CHILD_REJECTED
+        and c.get("observedGeneration") == generation
+        for c in status.get("conditions") or []
+    )
 
 
 def _generation(body: Mapping[str, Any]) -> int:
