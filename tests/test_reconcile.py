@@ -76,6 +76,9 @@ class RecordingKube(KubeApi):
     async def close(self) -> None:
         pass
 
+    async def dry_run(self, obj: Mapping[str, Any]) -> None:
+        """The API server's dry run admits everything here (``DryRunRefusingKube`` refuses)."""
+
     async def apply_namespaced(self, obj: Mapping[str, Any]) -> None:
         if self.refuse_supporting:
             raise ApplyRejected(self.refuse_supporting)
