@@ -196,7 +196,7 @@ def test_downgrades_show_in_a_condition_a_column_and_warning_events(
 
     def warned() -> set[str] | None:
         reasons = {
-            e.get("reason")
+            str(e.get("reason"))
             for e in items(cluster, "events", ns)
             if e.get("type") == "Warning" and e["involvedObject"]["name"] == "k2think"
         }
