@@ -565,7 +565,10 @@ class DeploymentReconciler:
             # The API server judges the children first (dry run): a refusal writes nothing.
             rejected = await self._dry_run(decision, live)
             if rejected is not None:
-                result = ApplyResult(live, failure=rejected)
+                # Retried with backoff, as an apply the server refuses: what refused may be
+                # gone next time (a namespace's default ServiceAccount not created yet, a
+                # policy changed); the condition stays until an apply succeeds.
+                result = ApplyResult(live, failure=rejected, retry=rejected.message)
             else:
                 # Token Secret, ingress ConfigMap, NetworkPolicies: before the pods needing them.
                 blocked = await self._converge_supporting(decision, live, events, resync=resync)
