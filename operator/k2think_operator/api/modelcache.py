@@ -25,6 +25,7 @@ from k2think_operator.api.spec import (
     InvalidSpec,
     Quantity,
     ResourceRequirements,
+    SecretName,
     _Model,
     format_validation_error,
 )
@@ -101,10 +102,8 @@ class DownloaderSpec(_Model):
         ),
         description="Resources of the download container.",
     )
-    credentials_secret: str | None = Field(
+    credentials_secret: SecretName | None = Field(
         default=None,
-        pattern=DNS_LABEL,
-        max_length=253,
         description="Secret in this namespace whose keys become the downloader's environment "
         "(HF_TOKEN for gated repositories, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ...). "
         "Replicas never see it: they read the claim offline.",
