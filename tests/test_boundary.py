@@ -439,3 +439,24 @@ def test_every_admitted_generated_spec_yields_a_decision(spec: dict[str, Any]) -
     second = decide(doc)
     assert json.dumps(first.children, sort_keys=True) == json.dumps(second.children, sort_keys=True)
     assert [p for c in first.children for p in child_problems(c)] == []
+
+
+def test_the_pods_kubernetes_would_create_are_built_like_kuberays() -> None:
+    from k2think_operator.deployment.dryrun import pods_for, rayservice_of
+
+    long_name = "a" * 40
+    doc = minimal_doc(serving={"ingress": {"placement": "cpuGroup"}})
+    doc["metadata"]["name"] = long_name
+    decision = decide(doc)
+    rayservice = rayservice_of(decision.children)
+    assert rayservice is not None
+    pods = pods_for(rayservice)
+    groups = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert len(pods) == 1 + len(groups) >= 3
+    names = [p["metadata"]["name"] for p in pods]
+    assert len(set(names)) == len(names) and all(len(n) <= 63 for n in names)
+    assert [p["metadata"]["labels"]["ray.io/node-type"] for p in pods][0] == "head"
+    for pod in pods:
+        assert pod["metadata"]["labels"]["ray.io/cluster"] == long_name
+        assert pod["spec"]["containers"] and pod["metadata"]["namespace"] == "team-a"
+        assert child_problems(pod) == []

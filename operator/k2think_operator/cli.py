@@ -328,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("render", cmd_render, "print every child manifest as multi-document YAML"),
         ("plan", cmd_plan, "print the plan and its explanation"),
-        ("validate", cmd_validate, "exit 0 when valid; else print field paths and reasons"),
+        (
+            "validate",
+            cmd_validate,
+            "exit 0 when valid; else print field paths and reasons. Checks what can be checked "
+            "without a server: the CRD schema and CEL, the models, the planner, Kubernetes' own "
+            "rules on every child; the cluster's admission policies (Pod Security, ...) need "
+            "the server: the operator dry-runs the children before applying them",
+        ),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-f", "--file", required=True, help="K2ThinkDeployment YAML ('-': stdin)")
