@@ -455,7 +455,7 @@ def test_the_pods_kubernetes_would_create_are_built_like_kuberays() -> None:
     assert len(pods) == 1 + len(groups) >= 3
     names = [p["metadata"]["name"] for p in pods]
     assert len(set(names)) == len(names) and all(len(n) <= 63 for n in names)
-    assert [p["metadata"]["labels"]["ray.io/node-type"] for p in pods][0] == "head"
+    assert pods[0]["metadata"]["labels"]["ray.io/node-type"] == "head"
     for pod in pods:
         assert pod["metadata"]["labels"]["ray.io/cluster"] == long_name
         assert pod["spec"]["containers"] and pod["metadata"]["namespace"] == "team-a"
