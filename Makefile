@@ -35,9 +35,10 @@ image: system-deps
 ## conftest.py shares a module name with e2e/'s; vllm/torch are not in .venv and are skipped)
 typecheck: venv
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests e2e --exclude '^e2e/dataplane/' --exclude '^e2e/chain/'
+	$(VENV)/bin/mypy tests e2e --exclude '^e2e/dataplane/' --exclude '^e2e/chain/' --exclude '^e2e/userpath/'
 	$(VENV)/bin/mypy e2e/dataplane
 	$(VENV)/bin/mypy e2e/chain
+	$(VENV)/bin/mypy e2e/userpath
 
 ## unit: offline tests (models, planner, renderer, status, CLI, Ray schema contracts)
 unit: venv
@@ -128,7 +129,7 @@ system-deps:
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
 	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench \
-		--ignore=e2e/test_fleet.py --ignore=e2e/chain
+		--ignore=e2e/test_fleet.py --ignore=e2e/chain --ignore=e2e/userpath
 
 ## test-fleet: Kueue quotas/queueing/borrowing/preemption and GPU bin-packing on their own campus
 .PHONY: test-fleet
