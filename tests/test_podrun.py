@@ -281,3 +281,14 @@ def test_a_ray_containers_token_is_bound_in_its_own_mount_namespace_only() -> No
     assert argv[-5:] == ["/pods/p/tmp", "/v/tok", podrun.SA_MOUNT, "ray", "start"]
     plain = netns.in_pod_argv(Path("/n"), Path("/p"), ["ray"])
     assert "remount" not in plain[plain.index("-c") + 1]
+
+
+def test_ray_containers_get_the_data_volumes_they_mount_not_empty_dirs() -> None:
+    volumes = [
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "ingress", "configMap": {"name": "k2think-ingress"}},
+        {"name": "api-keys", "secret": {"secretName": "keys", "defaultMode": 0o440}},
+        TOKEN_VOLUME,
+        {"name": "model", "persistentVolumeClaim": {"claimName": "m"}},
+    ]
+    assert podrun.data_volumes(volumes) == {"ingress", "api-keys", "kube-api-access-x"}

@@ -200,6 +200,13 @@ def token_mounts(container: Mapping[str, Any], volumes: Sequence[Mapping[str, An
     return [vm["name"] for vm in container.get("volumeMounts") or [] if vm["name"] in tokens]
 
 
+def data_volumes(volumes: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Names of the volumes whose content the kubelet writes (configMap, secret, downwardAPI,
+    projected): what the stand-in binds into Ray containers."""
+    kinds = ("configMap", "secret", "downwardAPI", "projected")
+    return {v["name"] for v in volumes if any(k in v for k in kinds)}
+
+
 def mounts_token(pod: Mapping[str, Any], container: Mapping[str, Any]) -> bool:
     """Whether the container gets Kubernetes credentials (its pod spec mounts a token in it)."""
     return bool(token_mounts(container, (pod.get("spec") or {}).get("volumes") or []))

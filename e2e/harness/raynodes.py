@@ -20,7 +20,10 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   KubeRay's autoscaler sidecar, or whatever ``automountServiceAccountToken`` adds): a real token
   from the TokenRequest API, bound to the pod and renewed like the kubelet renews it
   (:mod:`harness.podrun`), with ``ca.crt`` and ``namespace``, bind-mounted read-only at the
-  volume's mount path in that container's own mount namespace only. Ray's autoscaler reads it
+  volume's mount path in that container's own mount namespace only. The same goes for every
+  data volume a Ray container mounts (``configMap``, ``secret``, ``downwardAPI``,
+  ``projected``: the API-key ingress module and the keys); their mount points are made on the
+  host if missing and removed at the end. Ray's autoscaler reads it
   from the standard path (``ray/autoscaler/_private/kuberay/node_provider.py``,
   ``load_k8s_secrets``); every other Ray container has no credentials at all;
 * pods whose images are under ``localhost/`` (the operator's own pods, from the image ``make
@@ -528,6 +531,8 @@ class Kubelet:
         self.stopping = threading.Event()
         cache = Path(os.environ.get("K2T_CACHE", Path.home() / ".cache" / "k2think-operator"))
         self.rootfs_cache = rootfs_cache or cache / "image" / "rootfs"
+        #: Mount points made on the host for Ray containers' data volumes (removed at the end).
+        self.made_dirs: set[Path] = set()
 
     # ---- helpers
     def _lookup(self, namespace: str) -> Lookup:
@@ -584,12 +589,13 @@ class Kubelet:
                 continue
             env = resolve_env(pod, c, self._lookup(pod["metadata"]["namespace"]), base)
             binds = []
+            data = podrun.data_volumes(pod["spec"].get("volumes") or [])
             for vm in c.get("volumeMounts") or []:
-                if vm["name"] in podrun.token_mounts(c, pod["spec"].get("volumes") or []):
+                if vm["name"] in data and vm["name"] in run.volumes.dirs:
                     target = str(vm["mountPath"])
-                    if not target.startswith("/var/run/secrets/"):
-                        raise ValueError(f"token volume at {target}: only /var/run/secrets/...")
-                    binds.append((str(run.volumes.dirs[vm["name"]]), target))
+                    source = run.volumes.dirs[vm["name"]] / str(vm.get("subPath") or "")
+                    self._mount_point(Path(target))
+                    binds.append((str(source), target))
             out.append(
                 Container(
                     name=c["name"],
@@ -602,6 +608,16 @@ class Kubelet:
                 )
             )
         return out
+
+    def _mount_point(self, target: Path) -> None:
+        """Make the directory a Ray container's data volume is bound on (the host's filesystem
+        is the container's), remembering what did not exist so :meth:`run` removes it again."""
+        missing = target
+        while not missing.parent.exists():
+            missing = missing.parent
+        if not target.exists():
+            self.made_dirs.add(missing)
+            target.mkdir(parents=True, exist_ok=True)
 
     def _image_containers(self, pod: Mapping[str, Any], run: PodRun, kind: str) -> list[Container]:
         """Pods from local images: each container launched by :mod:`harness.podrun`."""
@@ -929,18 +945,13 @@ class Kubelet:
 
     def run(self, interval: float = 1.0) -> None:
         self.hosts.install()
-        # The mount point of Ray containers' ServiceAccount tokens (netns.in_pod_argv binds the
-        # token volume there in the container's own mount namespace; the host keeps an empty
-        # directory, removed again at the end if this made it).
-        secrets = Path("/var/run/secrets")
-        made_secrets = not secrets.exists()
         try:
             self._loop(interval)
         finally:
-            if made_secrets:
-                for sub in sorted(secrets.glob("**/"), key=lambda p: -len(p.parts)):
+            for top in self.made_dirs:
+                for sub in sorted([top, *top.glob("**/")], key=lambda p: -len(p.parts)):
                     with contextlib.suppress(OSError):
-                        sub.rmdir()
+                        sub.rmdir()  # empty mount points only
 
     def _loop(self, interval: float) -> None:
         while not self.stopping.is_set():
