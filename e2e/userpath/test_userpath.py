@@ -315,8 +315,14 @@ def test_the_example_serves_with_every_default_on(ground: Ground) -> None:
     # the API server with its pod-bound ServiceAccount token.
     workers = worker_pods(g, NS)
     assert workers, "no worker pod"
+    group = workers[0]["metadata"]["labels"]["ray.io/group"]
+    raycluster = api(g).get(f"/apis/ray.io/v1/namespaces/{NS}/rayclusters/{cluster_of(g, NS)}")
+    assert raycluster["spec"].get("enableInTreeAutoscaling") is True
+    (spec_group,) = [w for w in raycluster["spec"]["workerGroupSpecs"] if w["groupName"] == group]
+    assert int(spec_group.get("replicas", 0)) >= 1
     autoscaler_log = raynodes.pod_dir(g.state_dir, NS, head["metadata"]["name"]) / "autoscaler.log"
-    assert re.search(r"Adding \d+ node\(s\) of type|Scaling up|worker", autoscaler_log.read_text())
+    text = autoscaler_log.read_text(errors="replace")
+    assert text and not re.search(r"Unauthorized|Forbidden|\b401\b|\b403\b", text), text[-3000:]
     assert_only_the_autoscaler_holds_a_token(g, [head, *workers])
 
 
@@ -376,13 +382,24 @@ def test_the_leader_killed_the_standby_takes_over_and_serving_never_stops(ground
             ),
             timeout=180,
         )
-        assert "300" in (rayservice(g, NS, NAME) or {})["spec"]["serveConfigV2"]
+        serve = yaml.safe_load((rayservice(g, NS, NAME) or {})["spec"]["serveConfigV2"])
+        assert _values(serve, "downscale_delay_s") == [300]
     finally:
         results = load.stop(timeout=300)
     assert results, "the load sent nothing"
     assert not [r for r in results if not r.ok and not r.aborted], results
     # The killed container was restarted by the stand-in (restartPolicy Always).
     wait("two Ready operator pods again", lambda: _ready_pods(g, 2), timeout=300)
+
+
+def _values(tree: Any, key: str) -> list[Any]:
+    """Every value of ``key`` anywhere in a YAML tree."""
+    if isinstance(tree, dict):
+        found = [tree[key]] if key in tree else []
+        return found + [v for x in tree.values() for v in _values(x, key)]
+    if isinstance(tree, list):
+        return [v for x in tree for v in _values(x, key)]
+    return []
 
 
 def test_helm_upgrade_rolls_the_operator_without_touching_the_rayservice(ground: Ground) -> None:
@@ -491,6 +508,7 @@ def test_probes_drive_ready_and_restart(ground: Ground) -> None:
                 "failureThreshold": 2,
             },
         },
+        grace=5,
     )
     api(g).create("/api/v1/namespaces/userpath-pods/pods", pod)
     wait("the probed pod Ready", lambda: (p := _pod(g, "probed")) and is_ready(p), timeout=120)
