@@ -60,7 +60,10 @@ NAME = "k2think"
 KEYS_SECRET = "k2think-api-keys"
 REPOSITORY = "localhost/k2think-operator"
 UPGRADE_TAG_SUFFIX = "-upgrade"
-SA_TOKEN = "var/run/secrets/kubernetes.io/serviceaccount/token"
+#: The token's standard path without the ``/var/run -> /run`` symlink: read through
+#: ``/proc/<pid>/root``, an absolute symlink would resolve against the reader's root, not the
+#: process's.
+SA_TOKEN = "run/secrets/kubernetes.io/serviceaccount/token"
 
 STATE: dict[str, Any] = {}
 
