@@ -527,6 +527,7 @@ class Kubelet:
         self.pods: dict[str, PodRun] = {}
         #: Pods being stopped (their grace may be long): uid -> (pod IP, thread).
         self.stopping_pods: dict[str, tuple[str, threading.Thread]] = {}
+        self._stopping_lock = threading.Lock()
         self.hosts = netns.HostsFile(state_dir / "hosts")
         self.stopping = threading.Event()
         cache = Path(os.environ.get("K2T_CACHE", Path.home() / ".cache" / "k2think-operator"))
@@ -752,7 +753,8 @@ class Kubelet:
         thread = threading.Thread(
             target=self._stop, args=(run, seconds), name=f"stop-{run.name}", daemon=True
         )
-        self.stopping_pods[uid] = (run.ip, thread)
+        with self._stopping_lock:
+            self.stopping_pods[uid] = (run.ip, thread)
         thread.start()
 
     def _stop(self, run: PodRun, grace: float) -> None:
@@ -770,7 +772,8 @@ class Kubelet:
             shutil.rmtree(run.dir / "containers", ignore_errors=True)
             _log(f"{run.namespace}/{run.name}: stopped")
         finally:
-            self.stopping_pods.pop(run.uid, None)
+            with self._stopping_lock:
+                self.stopping_pods.pop(run.uid, None)
 
     def _restart_container(self, run: PodRun, c: Container, reason: str) -> None:
         """A failed liveness probe: the container alone is stopped with the pod's grace; the
@@ -922,12 +925,14 @@ class Kubelet:
         # A new pod waits until a stopping pod with its IP is gone: KWOK gives a deleted pod's
         # IP to the next pod at once, and two network namespaces with one address on the bridge
         # would split its traffic (a CNI releases an IP only once the old sandbox is gone).
-        busy_ips = {ip for ip, _ in list(self.stopping_pods.values())}
+        with self._stopping_lock:
+            busy_ips = {ip for ip, _ in self.stopping_pods.values()}
+            busy_uids = set(self.stopping_pods)
         for uid, pod in live.items():
             meta, status = pod["metadata"], pod.get("status") or {}
             if uid in self.pods or not pod["spec"].get("nodeName") or not status.get("podIP"):
                 continue
-            if status["podIP"] in busy_ips or uid in self.stopping_pods:
+            if status["podIP"] in busy_ips or uid in busy_uids:
                 continue
             try:
                 self.start_pod(pod)
@@ -962,7 +967,9 @@ class Kubelet:
             self.stopping.wait(interval)
         for uid in list(self.pods):
             self.stop_pod(uid, "stand-in stopping")
-        for _, thread in list(self.stopping_pods.values()):
+        with self._stopping_lock:
+            threads = [thread for _, thread in self.stopping_pods.values()]
+        for thread in threads:
             thread.join()
         left = all_pod_processes()
         for pid in left:
