@@ -123,9 +123,9 @@ def _describe(pid: int) -> str:
     return f"{pid} {cmd[:150]}"
 
 
-def start_ground(*, operator: bool = True) -> Ground:
+def start_ground(*, operator: bool = True, name: str = "chain") -> Ground:
     """The chain ground; ``operator=False`` leaves the operator out (a suite that installs it as
-    pods, e2e/userpath/)."""
+    pods, e2e/userpath/); ``name``: the cluster's (its state dir ``e2e/.state/<name>``)."""
     netns.setup_ground()
     venv = Path(os.environ.get("K2T_CHAIN_VENV", str(E2E.parent / ".venv-dataplane")))
     # Every node of the campus runs pods with real processes: each is a network namespace with
@@ -135,7 +135,7 @@ def start_ground(*, operator: bool = True) -> Ground:
         netns.add_node(node, nodes)
     cluster = Cluster.start(
         campus=CAMPUS,
-        name="chain",
+        name=name,
         pod_cidr=netns.KWOK_CIDR,
         apiserver_bind="0.0.0.0",
         timeout=300,

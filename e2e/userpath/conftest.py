@@ -26,7 +26,7 @@ else:
 
     @pytest.fixture(scope="session")
     def ground() -> Iterator[Ground]:
-        g = start_ground(operator=False)
+        g = start_ground(operator=False, name="userpath")
         try:
             yield g
         finally:
