@@ -20,12 +20,12 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   KubeRay's autoscaler sidecar, or whatever ``automountServiceAccountToken`` adds): a real token
   from the TokenRequest API, bound to the pod and renewed like the kubelet renews it
   (:mod:`harness.podrun`), with ``ca.crt`` and ``namespace``, bind-mounted read-only at the
-  volume's mount path in that container's own mount namespace only. The same goes for every
-  data volume a Ray container mounts (``configMap``, ``secret``, ``downwardAPI``,
-  ``projected``: the API-key ingress module and the keys); their mount points are made on the
-  host if missing and removed at the end. Ray's autoscaler reads it
+  volume's mount path in that container's own mount namespace only. Ray's autoscaler reads it
   from the standard path (``ray/autoscaler/_private/kuberay/node_provider.py``,
-  ``load_k8s_secrets``); every other Ray container has no credentials at all;
+  ``load_k8s_secrets``); every other Ray container has no credentials at all. The same goes for
+  every data volume a Ray container mounts (``configMap``, ``secret``, ``downwardAPI``,
+  ``projected``: the API-key ingress module and the keys); their mount points are made on the
+  host if missing and removed at the end;
 * pods whose images are under ``localhost/`` (the operator's own pods, from the image ``make
   image`` builds) run from that image with their volumes, securityContext, probes and grace
   period (:mod:`harness.podrun`); readiness drives their ``Ready`` condition, a failed liveness
@@ -37,8 +37,8 @@ joining the head), so this module does a kubelet's job for exactly those pods:
 * when the pod is deleted (or gone), every process of the pod gets SIGTERM, then SIGKILL once
   the pod's ``terminationGracePeriodSeconds`` (or the deletion's grace) has passed, in a thread
   of its own so other pods go on; the namespace is removed before a new pod with the same IP
-  starts (KWOK reuses the IP at once). Processes are found by a marker variable in their environment (``K2T_POD_UID``),
-  which every child of a Ray node inherits;
+  starts (KWOK reuses the IP at once). Processes are found by a marker variable in their
+  environment (``K2T_POD_UID``), which every child of a Ray node inherits;
 * it keeps ``/etc/hosts`` of the test ground (:class:`harness.netns.HostsFile`) in step with
   Services and EndpointSlices: ``<svc>.<ns>.svc.cluster.local`` (and shorter forms) resolve to
   the pod addresses behind the Service, like cluster DNS for a headless Service; for a
@@ -61,7 +61,7 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   (``ray-logs/``) for post-mortems; the rest of its ``/tmp`` is removed.
 
 What it does not do for Ray pods: probes (KubeRay's are ``exec`` probes; KWOK marks the pods
-Ready), volumes other than the token (the venv and the model are host paths), resource limits
+Ready), volumes other than data volumes (the venv and the model are host paths), resource limits
 (nothing is enforced: Ray's resources are logical).
 
 Run: ``python -m harness.raynodes --state-dir <cluster state> --venv <.venv-dataplane>`` (the
