@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export K2T_CACHE ?= $(HOME)/.cache/k2think-operator
 
-.PHONY: venv lint typecheck unit test
+.PHONY: venv lint typecheck unit test image
 
 ## venv: create .venv with the package and its test extras (idempotent)
 venv: $(VENV)/.installed
@@ -23,14 +23,22 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests e2e
 	$(VENV)/bin/ruff format --check operator tests e2e
 	$(VENV)/bin/lint-imports
+	bash e2e/scripts/actionlint.sh
+
+## image: the operator image from docker/Dockerfile without a Docker daemon (mmdebstrap base +
+## buildah --isolation=chroot), as localhost/k2think-operator:<chart appVersion> in buildah's
+## local store; a no-op when its inputs are unchanged (docker/build-image.sh, docs/install.md)
+image: system-deps
+	bash docker/build-image.sh
 
 ## typecheck: mypy strict on the package, tests/ and e2e/ (the data-plane helpers separately: their
 ## conftest.py shares a module name with e2e/'s; vllm/torch are not in .venv and are skipped)
 typecheck: venv
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests e2e --exclude '^e2e/dataplane/' --exclude '^e2e/chain/'
+	$(VENV)/bin/mypy tests e2e --exclude '^e2e/dataplane/' --exclude '^e2e/chain/' --exclude '^e2e/userpath/'
 	$(VENV)/bin/mypy e2e/dataplane
 	$(VENV)/bin/mypy e2e/chain
+	$(VENV)/bin/mypy e2e/userpath
 
 ## unit: offline tests (models, planner, renderer, status, CLI, Ray schema contracts)
 unit: venv
@@ -121,7 +129,7 @@ system-deps:
 ## e2e: the operator against the local control plane (starts its own campus, or uses $$KUBECONFIG)
 e2e: venv binaries
 	$(PY) -m pytest -q -p no:cacheprovider e2e --ignore=e2e/dataplane --ignore=e2e/bench \
-		--ignore=e2e/test_fleet.py --ignore=e2e/chain
+		--ignore=e2e/test_fleet.py --ignore=e2e/chain --ignore=e2e/userpath
 
 ## test-fleet: Kueue quotas/queueing/borrowing/preemption and GPU bin-packing on their own campus
 .PHONY: test-fleet
@@ -137,13 +145,22 @@ test-chaos: venv binaries
 demo: venv binaries
 	$(PY) e2e/demo.py --name $(CLUSTER)
 
-## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, fleet, data plane, chain
+## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, fleet, data plane, chain,
+## the image and the user's path (helm install of that image on the chain ground)
 test: venv system-deps binaries
 	$(MAKE) lint typecheck unit
 	$(MAKE) e2e
 	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
 	$(MAKE) test-chain
+	$(MAKE) image
+	$(MAKE) test-userpath
+
+## test-userpath: helm install of the chart with the image `make image` built, the operator running
+## as pods from that image, the CPU example served with every production default on (e2e/userpath/)
+.PHONY: test-userpath
+test-userpath: venv system-deps binaries image
+	bash e2e/userpath/run.sh
 
 # ---------------------------------------------------------------- chart, raw manifests, install e2e
 # charts/k2think-operator is the source; manifests/ and the chart's CRD copy are generated from it

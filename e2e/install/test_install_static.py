@@ -98,3 +98,24 @@ def test_dockerfile_runs_the_operator_as_non_root() -> None:
         for src in sources.split():
             assert f"!{src}" in ignore, f"{src} is copied but excluded from the build context"
     assert "!pyproject.toml" in ignore and "!operator/" in ignore
+
+
+def test_chart_default_image_tag_is_the_app_version() -> None:
+    """The chart pulls `<repository>:<appVersion>` unless told otherwise, and the release workflow
+    publishes exactly that tag: chart version, appVersion and the package's version move together
+    (`.github/workflows/release.yml` refuses a tag that differs)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["tag"] == "" and values["image"]["digest"] == ""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert "(default .Chart.AppVersion .Values.image.tag)" in helpers
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    package = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, flags=re.M)
+    assert package is not None
+    assert chart["appVersion"] == chart["version"] == package.group(1)
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    assert "file: docker/Dockerfile" in workflow
+    assert "linux/amd64,linux/arm64" in workflow and "sbom: true" in workflow
+    assert "cosign sign" in workflow and "helm push" in workflow
+    # `make image` tags the local build the same way (docker/build-image.sh).
+    assert "localhost/k2think-operator:$VERSION" in (ROOT / "docker" / "build-image.sh").read_text()

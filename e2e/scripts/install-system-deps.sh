@@ -16,10 +16,14 @@
 #   iptables, ipset -- what kube-router's NetworkPolicy controller drives (it execs iptables-save,
 #              iptables-restore and ipset) on each simulated node of the chain suite
 #              (e2e/harness/policyagent.py); only ever inside the suite's network namespaces.
+#   buildah, mmdebstrap -- `make image` (docker/build-image.sh) without a Docker daemon: mmdebstrap
+#              makes the Debian bookworm + python3 base from the Debian mirror, buildah builds
+#              docker/Dockerfile on it with --isolation=chroot (docs/install.md).
+#   uidmap     -- newuidmap/newgidmap: buildah's user-namespace helpers (needed when not root).
 set -euo pipefail
 
-PACKAGES=(lua5.4 prometheus redis-server iptables ipset)
-COMMANDS=(lua5.4 promtool redis-server iptables-restore ipset)
+PACKAGES=(lua5.4 prometheus redis-server iptables ipset buildah mmdebstrap uidmap)
+COMMANDS=(lua5.4 promtool redis-server iptables-restore ipset buildah mmdebstrap newuidmap)
 
 missing=()
 for i in "${!COMMANDS[@]}"; do
