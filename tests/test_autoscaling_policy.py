@@ -187,7 +187,7 @@ def test_kv_cache_full_under_the_old_target_scales_out_only_with_the_new_policy(
 
 
 def test_scale_in_waits_for_the_downscale_delay_and_keeps_headroom(clock: Clock) -> None:
-    new = Controller(rendered_autoscaling("latencyTarget"), 4)
+    new = Controller(rendered_autoscaling("latencyTarget", kvCacheCeiling=0.8), 4)
     # 4 x 0.5 = 2.0 replica-loads: at ceiling 0.8 that is 2.5 replicas, with headroom 3.1 -> 4.
     assert run(new, clock, 700, ongoing=8, kv=0.5, running=2) == 4
     # 4 x 0.3 = 1.2: 1.875 with headroom -> 2 replicas, but only after 600 s.
@@ -196,7 +196,7 @@ def test_scale_in_waits_for_the_downscale_delay_and_keeps_headroom(clock: Clock)
 
 
 def test_waiting_requests_add_capacity_even_below_the_ceiling(clock: Clock) -> None:
-    new = Controller(rendered_autoscaling("latencyTarget"), 2)
+    new = Controller(rendered_autoscaling("latencyTarget", kvCacheCeiling=0.8), 2)
     # 2 x 0.6 = 1.2 loads from 8 running (0.15 each) + 8 waiting = 2.4 loads: 3 replicas at 0.8.
     assert run(new, clock, 31, ongoing=16, kv=0.6, running=4, waiting=8) == 3
 

@@ -19,7 +19,7 @@ replica's reports, as the controller aggregates them.
 
 **The replica model** is built from the planner's numbers for K2-Think (bf16) on H100-80GB
 (``plan.planner.plan_deployment``: TP=4, KV-cache tokens per replica, ``max_num_seqs``) and from
-published hardware figures (docs/autoscaling.md cites them):
+published hardware figures (docs/benchmarks.md cites them):
 
 - prefill is compute-bound: ``2 x parameters`` FLOPs per prompt token at ``PREFILL_MFU`` of the
   H100's dense BF16 peak (989 TFLOPS per GPU, NVIDIA H100 datasheet) times TP;
@@ -37,7 +37,7 @@ published hardware figures (docs/autoscaling.md cites them):
 - Serve's router sends a request to the less busy of two random replicas
   (power of two choices) with room under ``max_ongoing_requests``; otherwise it queues.
 
-**Traces** (seeded): a day of reasoning chat with a diurnal arrival rate (trough at 04:00, peak
+**Traces** (seeded): a day of reasoning chat with a diurnal arrival rate (trough at 03:00, peak
 at 15:00, ``PEAK_RATE`` requests/s) and a burst (baseline at 30% of the peak rate, then 20
 minutes at the peak). Prompts are multi-turn histories (log-normal, median 2,000 tokens), outputs
 are long-tailed reasoning (log-normal, median 3,000 tokens, capped by ``maxModelLen``).
@@ -199,7 +199,7 @@ def _requests(rate: np.ndarray, rng: np.random.Generator, max_len: int) -> tuple
 
 def day_trace(rng: np.random.Generator, max_len: int) -> Trace:
     t = np.arange(DAY_S, dtype=np.float64)
-    # Trough at 04:00 (10% of peak), peak at 15:00; a raised cosine over the day.
+    # Trough at 03:00 (10% of peak), peak at 15:00; a raised cosine over the day.
     phase = (t / 3600.0 - 15.0) / 24.0 * 2 * math.pi
     shape = 0.1 + 0.9 * ((1 + np.cos(phase)) / 2) ** 1.5
     arrival, prompt, output = _requests(PEAK_RATE * shape, rng, max_len)

@@ -85,12 +85,15 @@ def _running(data: dict[str, Any]) -> int:
 def _redeploy(app: ServedApp, serve_config_v2: str) -> dict[str, Any]:
     """Replace the suite's application: delete, wait until gone, put, wait RUNNING."""
     dash = app.head.dashboard_url
+    # Serve shuts itself down when its last application goes (test_30_broken_config.py).
     assert delete_serve_applications(dash).status_code == 200
     poll(
-        lambda: APP_NAME not in (get_serve_status(dash).get("applications") or {}),
+        lambda: not get_serve_status(dash).get("applications"),
         timeout=DEPLOY_TIMEOUT_S,
-        what="application deleted",
+        what="no Serve applications",
     )
+    # Restart Serve on loopback before the PUT, or it would come up on the config's 0.0.0.0:8000.
+    app.head.start_serve_on_loopback()
     response = put_serve_config_v2(dash, serve_config_v2)
     assert response.status_code == 200, response.text
     return wait_for_app(
@@ -128,7 +131,8 @@ async def _load(app: ServedApp, stop: asyncio.Event, results: list[str]) -> None
                 )
                 results.append(completion.choices[0].finish_reason or "none")
             except openai.APIError as exc:
-                results.append(f"error: {exc!r}"[:300])
+                # Fail the test at once (``_under_load`` surfaces it), not after the poll's limit.
+                raise AssertionError(f"a completion failed: {exc!r}"[:500]) from exc
 
     try:
         await asyncio.gather(*(one_client() for _ in range(STREAMS)))

@@ -26,7 +26,7 @@ PolicyMode = Literal["ongoingRequests", "latencyTarget"]
 
 #: Defaults of the latencyTarget mode, shared with the renderer and the simulator.
 DEFAULT_TTFT_TARGET_SECONDS = 2.0
-DEFAULT_KV_CACHE_CEILING = 0.8
+DEFAULT_KV_CACHE_CEILING = 0.7
 DEFAULT_SCALE_IN_HEADROOM = 0.2
 
 
