@@ -350,3 +350,68 @@ def test_policy_and_reporter_agree_on_metric_names() -> None:
         signals_module.TTFT_SECONDS,
     )
     assert names == policy_module().METRICS
+
+
+# ------------------------------------------------------------------ what reaches the Ray pods
+
+
+def test_latency_mode_ships_its_modules_to_every_ray_pod() -> None:
+    from tests.test_security import children, of_kind, pod_specs
+
+    doc = minimal_doc(
+        autoscaling={"minReplicas": 1, "maxReplicas": 4, "policy": {"mode": "latencyTarget"}}
+    )
+    items = children(doc)
+    (configmap,) = of_kind(items, "ConfigMap")
+    modules = ("k2think_autoscaling", "k2think_engine_signals", "k2think_llm_server")
+    assert configmap["data"] == {f"{m}.py": (RAY_MODULES / f"{m}.py").read_text() for m in modules}
+    serve = yaml.safe_load(items[0]["spec"]["serveConfigV2"])
+    (llm,) = serve["applications"][0]["args"]["llm_configs"]
+    assert llm["server_cls"] == "k2think_llm_server:LLMServer"
+    assert "ingress_cls_config" not in serve["applications"][0]["args"]  # no API keys asked
+    for pod in pod_specs(items):
+        (container,) = pod["containers"]
+        assert {"name": "PYTHONPATH", "value": "/opt/k2think/python"} in container["env"]
+
+
+def test_default_mode_ships_nothing_and_renders_the_stock_server() -> None:
+    from tests.test_security import children, of_kind
+
+    items = children(minimal_doc(autoscaling={"minReplicas": 1, "maxReplicas": 4}))
+    assert of_kind(items, "ConfigMap") == []
+    serve = yaml.safe_load(items[0]["spec"]["serveConfigV2"])
+    assert "server_cls" not in serve["applications"][0]["args"]["llm_configs"][0]
+
+
+def test_with_api_keys_both_ship_in_one_configmap() -> None:
+    from tests.test_security import children, of_kind
+
+    doc = minimal_doc(
+        autoscaling={"minReplicas": 1, "maxReplicas": 4, "policy": {"mode": "latencyTarget"}},
+        serving={"apiKeysSecret": "keys"},
+    )
+    (configmap,) = of_kind(children(doc), "ConfigMap")
+    assert sorted(configmap["data"]) == [
+        "k2think_api_key_ingress.py",
+        "k2think_autoscaling.py",
+        "k2think_engine_signals.py",
+        "k2think_llm_server.py",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"mode": "gpuUtilisation"}, "spec.autoscaling.policy.mode"),
+        ({"kvCacheCeiling": 1.5}, "spec.autoscaling.policy.kvCacheCeiling"),
+        ({"ttftTargetSeconds": 0}, "spec.autoscaling.policy.ttftTargetSeconds"),
+        ({"scaleInHeadroom": 1}, "spec.autoscaling.policy.scaleInHeadroom"),
+        ({"ttftTarget": 2}, "spec.autoscaling.policy.ttftTarget"),
+    ],
+)
+def test_bad_policy_values_name_the_field(policy: dict[str, Any], field: str) -> None:
+    from k2think_operator.api.spec import InvalidSpec, parse_spec
+
+    doc = minimal_doc(autoscaling={"minReplicas": 1, "maxReplicas": 4, "policy": policy})
+    with pytest.raises(InvalidSpec, match=field.replace(".", r"\.")):
+        parse_spec(doc["spec"])
