@@ -101,14 +101,20 @@ def _redeploy(app: ServedApp, serve_config_v2: str) -> dict[str, Any]:
     )
 
 
-def kv_usage_from_ray_metrics(metrics_port: int) -> float:
-    """The highest ``ray_vllm_kv_cache_usage_perc`` Ray's metrics export shows (vLLM's gauge)."""
+def kv_usage_from_ray_metrics(metrics_port: int, replicas: set[str]) -> float:
+    """The highest ``ray_vllm_kv_cache_usage_perc`` (vLLM's gauge, through Ray's metrics export)
+    among ``replicas`` (Serve replica ids: series of earlier replicas may linger)."""
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
     values = [
-        float(m.group(1))
-        for m in re.finditer(r"^ray_vllm_kv_cache_usage_perc\{[^}]*\} ([0-9.eE+-]+)$", text, re.M)
+        float(m.group(2))
+        for m in re.finditer(r"^ray_vllm_kv_cache_usage_perc\{([^}]*)\} ([0-9.eE+-]+)$", text, re.M)
+        if any(f'ReplicaId="{replica}"' in m.group(1) for replica in replicas)
     ]
     return max(values, default=0.0)
+
+
+def _replica_ids(data: dict[str, Any]) -> set[str]:
+    return {str(r["replica_id"]) for r in _llm(data)["replicas"]}
 
 
 async def _load(app: ServedApp, stop: asyncio.Event, results: list[str]) -> None:
@@ -174,8 +180,8 @@ def test_kv_cache_full_scales_out_under_latency_target_and_not_under_ongoing_req
         seen_kv: list[float] = []
 
         def scaled_out() -> dict[str, Any] | None:
-            seen_kv.append(kv_usage_from_ray_metrics(metrics_port))
             data = get_serve_status(dash)
+            seen_kv.append(kv_usage_from_ray_metrics(metrics_port, _replica_ids(data)))
             return data if _running(data) >= 2 else None
 
         started = time.monotonic()
@@ -193,17 +199,21 @@ def test_kv_cache_full_scales_out_under_latency_target_and_not_under_ongoing_req
         window_s = max(90.0, 3 * reaction_s)
         full: list[float] = []
 
+        def kv_now() -> float:
+            return kv_usage_from_ray_metrics(metrics_port, _replica_ids(get_serve_status(dash)))
+
         def stays_at_one_while_full() -> None:
             poll(
-                lambda: kv_usage_from_ray_metrics(metrics_port) > KV_CEILING,
+                lambda: kv_now() > KV_CEILING,
                 timeout=UPSCALE_TIMEOUT_S,
                 interval=3,
                 what="KV cache over the ceiling under the default policy",
             )
 
             def one_replica() -> bool:
-                full.append(kv_usage_from_ray_metrics(metrics_port))
-                llm = _llm(get_serve_status(dash))
+                data = get_serve_status(dash)
+                full.append(kv_usage_from_ray_metrics(metrics_port, _replica_ids(data)))
+                llm = _llm(data)
                 return llm["target_num_replicas"] == 1 and len(llm["replicas"]) == 1
 
             holds_for("one replica under the default policy", one_replica, window_s, interval=3)
