@@ -96,6 +96,11 @@ bench-ingress:
 	bash e2e/dataplane/install.sh
 	flock /tmp/k2t-heavy.lock unshare -n bash -c 'ip link set lo up && exec .venv-dataplane/bin/python e2e/bench/ingress_capacity.py'
 
+## bench-autoscaling: GPU-hours and TTFT of static / ongoingRequests / latencyTarget on simulated traces (Serve's own policy code; not in `test`)
+.PHONY: bench-autoscaling
+bench-autoscaling: venv
+	$(PY) e2e/bench/autoscaling_sim.py
+
 ## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
 .PHONY: test-chain
 test-chain: venv system-deps binaries

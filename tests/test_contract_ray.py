@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import CPU_POOL, TINY_MODEL, load_example, minimal_doc
+from tests.conftest import CPU_POOL, ROOT, TINY_MODEL, load_example, minimal_doc
 from tests.test_render import rayservice_of
 
 pytestmark = pytest.mark.contract
@@ -39,12 +39,23 @@ CASES: dict[str, dict[str, Any]] = {
         pools=[CPU_POOL],
         autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetOngoingRequests": 2},
     ),
+    "latency-target": minimal_doc(
+        autoscaling={"minReplicas": 1, "maxReplicas": 4, "policy": {"mode": "latencyTarget"}},
+        serving={"apiKeysSecret": "keys"},
+    ),
     "mi300x": minimal_doc(
         model={"preset": "k2-think-v2", "maxModelLen": 131072},
         pools=[{"name": "amd", "gpuType": "MI300X-192GB"}],
         ray={"image": "registry.example/ray-llm:2.60.0-py311-rocm"},
     ),
 }
+
+
+@pytest.fixture(autouse=True)
+def ray_modules_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's Ray-side modules, as the pods get them (ConfigMap on PYTHONPATH): Ray
+    imports the autoscaling policy by path when it parses ``autoscaling_config``."""
+    monkeypatch.syspath_prepend(str(ROOT / "operator" / "k2think_operator" / "ray_modules"))
 
 
 @pytest.fixture(params=sorted(CASES))
@@ -64,6 +75,9 @@ def test_llm_config_accepts_it(serve_config: dict[str, Any]) -> None:
     """Ray's LLMConfig (extra keys rejected). LLMServingArgs, the whole ``args`` block, needs
     vLLM importable and is checked in the data-plane suite."""
     (raw,) = serve_config["applications"][0]["args"]["llm_configs"]
+    # server_cls is imported by LLMConfig, and the operator's server subclasses Serve LLM's,
+    # which needs vLLM: the data-plane suite deploys it (test_25_latency_autoscaling.py).
+    raw = {k: v for k, v in raw.items() if k != "server_cls"}
     llm = llm_config_mod.LLMConfig.model_validate(raw)
     assert llm.engine_kwargs["tensor_parallel_size"] >= 1
     assert llm.model_id == raw["model_loading_config"]["model_id"]

@@ -363,6 +363,82 @@ def build() -> dict[str, Any]:
             f"k2think_gpus_per_replica{{{DEPLOYMENT}}}",
         ),
     ]
+    policy_inputs = [
+        series(
+            "Serve autoscaler: decision and ongoing requests",
+            "The replicas Serve's policy asks for before bounds (ray_serve_autoscaling_desired_"
+            "replicas) and the ongoing requests it saw over its look-back window divided by "
+            "targetOngoingRequests (ray_serve_autoscaling_total_requests / "
+            "ray_serve_autoscaling_target_ongoing_requests): the default policy's whole "
+            "decision. Under autoscaling.policy.mode latencyTarget the decision follows the "
+            "panels beside this one instead.",
+            [
+                (
+                    f"max by (namespace, name, deployment) "
+                    f"(ray_serve_autoscaling_desired_replicas{{{DEPLOYMENT}}})",
+                    "decision {{deployment}}",
+                ),
+                (
+                    f"max by (namespace, name, deployment) "
+                    f"(ray_serve_autoscaling_total_requests{{{DEPLOYMENT}}}) / max by "
+                    f"(namespace, name, deployment) "
+                    f"(ray_serve_autoscaling_target_ongoing_requests{{{DEPLOYMENT}}})",
+                    "ongoing / target {{deployment}}",
+                ),
+            ],
+        ),
+        series(
+            "KV-cache usage the latency policy sees",
+            "Mean and highest share of the replicas' vLLM KV cache in use "
+            "(ray_vllm_kv_cache_usage_perc). The latencyTarget policy adds replicas while the "
+            "mean (plus the queued requests' share) is above kvCacheCeiling, and removes one "
+            "only when the rest stay scaleInHeadroom under it.",
+            [
+                (
+                    f"avg by (namespace, name) (ray_vllm_kv_cache_usage_perc{{{ON_POOL}}})",
+                    "mean {{namespace}}/{{name}}",
+                ),
+                (
+                    f"max by (namespace, name) (ray_vllm_kv_cache_usage_perc{{{ON_POOL}}})",
+                    "max {{namespace}}/{{name}}",
+                ),
+            ],
+            unit="percentunit",
+        ),
+        series(
+            "Demand not served yet",
+            "Requests waiting in the vLLM engines' queues (ray_vllm_num_requests_waiting) and "
+            "in Serve's routers (ray_serve_deployment_queued_queries): the latencyTarget "
+            "policy counts each at the KV share of a running request, and never scales in "
+            "while any wait.",
+            [
+                (
+                    f"sum by (namespace, name) (ray_vllm_num_requests_waiting{{{ON_POOL}}})",
+                    "vLLM queue {{namespace}}/{{name}}",
+                ),
+                (
+                    f"sum by (namespace, name) "
+                    f"(ray_serve_deployment_queued_queries{{{DEPLOYMENT}}})",
+                    "Serve router {{namespace}}/{{name}}",
+                ),
+            ],
+        ),
+        series(
+            "Time to first token, worst recent",
+            "The slowest first tokens of the last minute (p99 of "
+            "ray_vllm_time_to_first_token_seconds over 1 m): the latencyTarget policy asks "
+            "for one more replica while a replica's worst first token of the last 30 s is "
+            "over ttftTargetSeconds.",
+            [
+                (
+                    "histogram_quantile(0.99, sum by (namespace, name, le) "
+                    f"(rate(ray_vllm_time_to_first_token_seconds_bucket{{{ON_POOL}}}[1m])))",
+                    "p99 1m {{namespace}}/{{name}}",
+                )
+            ],
+            unit="s",
+        ),
+    ]
     builder = (
         db.Dashboard("K2 Think fleet")
         .uid(UID)
@@ -385,6 +461,9 @@ def build() -> dict[str, Any]:
         builder = builder.with_panel(panel)
     builder = builder.with_row(db.Row("Per deployment and pool"))
     for panel in per_deployment:
+        builder = builder.with_panel(panel)
+    builder = builder.with_row(db.Row("Autoscaling policy inputs"))
+    for panel in policy_inputs:
         builder = builder.with_panel(panel)
     encoded: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
     return encoded

@@ -38,28 +38,37 @@ def serve_config_for(
     max_model_len: int = 2048,
     gpu_memory_utilization: float = 0.1,
     api_keys_dir: Path | None = None,
+    policy: dict[str, Any] | None = None,
+    engine_extra_args: dict[str, Any] | None = None,
+    max_num_seqs: int = 16,
 ) -> str:
     """The ``serveConfigV2`` YAML string for serving ``model_dir`` as ``served_name`` on CPU.
 
     With ``api_keys_dir`` the deployment names an API-key Secret (``spec.serving.apiKeysSecret``)
     and the one path that differs from a pod is swapped: the directory the kubelet would mount
     the Secret at becomes ``api_keys_dir`` (the suite cannot write /etc on a shared machine).
+    ``policy`` is ``spec.autoscaling.policy``; ``engine_extra_args`` is ``spec.engine.extraArgs``.
     """
+    autoscaling: dict[str, Any] = {
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "initialReplicas": initial_replicas,
+        "targetOngoingRequests": target_ongoing_requests,
+        "upscaleDelaySeconds": upscale_delay_s,
+        "downscaleDelaySeconds": downscale_delay_s,
+    }
+    if policy is not None:
+        autoscaling["policy"] = policy
     rendered = _rendered_by_operator(
         model_dir,
         served_name,
-        autoscaling={
-            "minReplicas": min_replicas,
-            "maxReplicas": max_replicas,
-            "initialReplicas": initial_replicas,
-            "targetOngoingRequests": target_ongoing_requests,
-            "upscaleDelaySeconds": upscale_delay_s,
-            "downscaleDelaySeconds": downscale_delay_s,
-        },
+        autoscaling=autoscaling,
         max_ongoing_requests=max_ongoing_requests,
         max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization,
         api_keys=api_keys_dir is not None,
+        engine_extra_args=engine_extra_args,
+        max_num_seqs=max_num_seqs,
     )
     if api_keys_dir is None:
         return rendered
@@ -78,6 +87,8 @@ def _rendered_by_operator(
     max_model_len: int,
     gpu_memory_utilization: float,
     api_keys: bool = False,
+    engine_extra_args: dict[str, Any] | None = None,
+    max_num_seqs: int = 16,
 ) -> str:
     """``serveConfigV2`` exactly as the operator renders it for a CPU-pool K2ThinkDeployment."""
     import tiny_model as tm
@@ -109,8 +120,9 @@ def _rendered_by_operator(
         "autoscaling": autoscaling,
         "engine": {
             "gpuMemoryUtilization": gpu_memory_utilization,
-            "maxNumSeqs": 16,
+            "maxNumSeqs": max_num_seqs,
             "reasoningParser": "deepseek_r1",
+            **({"extraArgs": engine_extra_args} if engine_extra_args else {}),
         },
         "serving": {"maxOngoingRequests": max_ongoing_requests, "gracefulShutdownSeconds": 30},
     }

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from k2think_operator.api.autoscaling import AutoscalingPolicySpec
 from k2think_operator.api.catalog import (
     ACCELERATORS,
     MODEL_PRESETS,
@@ -616,6 +617,11 @@ class AutoscalingSpec(_Model):
         ge=30,
         le=86400,
         description=POOL_FALLBACK_DESCRIPTION,
+    )
+    policy: AutoscalingPolicySpec = Field(
+        default_factory=AutoscalingPolicySpec,
+        description="Which signal Serve scales on: ongoing requests (default) or a latency "
+        "target fed by the replicas' vLLM KV cache and queue (docs/autoscaling.md).",
     )
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any
 
 from k2think_operator.api.spec import K2ThinkDeploymentSpec
+from k2think_operator.render.autoscaling import ray_modules
 from k2think_operator.render.meta import (
     SERVE_PORT,
     owner_reference,
@@ -160,24 +161,32 @@ def autoscaler_options_security() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ API keys
 
 
-def ingress_module_source() -> str:
+def ingress_module_source(module: str = INGRESS_MODULE) -> str:
     return (
         resources.files("k2think_operator")
-        .joinpath("ray_modules", f"{INGRESS_MODULE}.py")
+        .joinpath("ray_modules", f"{module}.py")
         .read_text(encoding="utf-8")
     )
+
+
+def shipped_modules(spec: K2ThinkDeploymentSpec) -> tuple[str, ...]:
+    """The ``ray_modules/`` the Ray pods need: the API-key ingress, the autoscaling policy."""
+    ingress = (INGRESS_MODULE,) if spec.serving.api_keys_secret else ()
+    return ingress + ray_modules(spec)
 
 
 def build_ingress_configmap(
     spec: K2ThinkDeploymentSpec, *, name: str, namespace: str, uid: str | None
 ) -> dict[str, Any] | None:
-    if not spec.serving.api_keys_secret:
+    """The ConfigMap of the shipped modules (its name predates the autoscaling modules)."""
+    modules = shipped_modules(spec)
+    if not modules:
         return None
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(ingress_configmap_name(name), namespace, name, uid),
-        "data": {f"{INGRESS_MODULE}.py": ingress_module_source()},
+        "data": {f"{module}.py": ingress_module_source(module) for module in modules},
     }
 
 
@@ -194,8 +203,8 @@ def ingress_cls_config(spec: K2ThinkDeploymentSpec) -> dict[str, Any] | None:
 def add_ingress_module(
     pod_spec: dict[str, Any], container: dict[str, Any], spec: K2ThinkDeploymentSpec, name: str
 ) -> None:
-    """Mount the ingress module (every Ray pod: Serve may build the app on any node)."""
-    if not spec.serving.api_keys_secret:
+    """Mount the shipped modules (every Ray pod: Serve may build the app on any node)."""
+    if not shipped_modules(spec):
         return
     pod_spec.setdefault("volumes", []).append(
         {"name": INGRESS_VOLUME, "configMap": {"name": ingress_configmap_name(name)}}

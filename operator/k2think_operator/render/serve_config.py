@@ -14,6 +14,7 @@ import yaml
 from k2think_operator.api.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
 from k2think_operator.plan.ingress_sizing import HEAD_RESOURCE, ingress_deployment_config
 from k2think_operator.plan.planner import Plan
+from k2think_operator.render.autoscaling import policy_config, server_cls
 from k2think_operator.render.security import ingress_cls_config
 
 APP_NAME = "llm"
@@ -121,6 +122,9 @@ def build_deployment_config(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str
         "upscale_delay_s": _number(autoscaling.upscale_delay_seconds),
         "downscale_delay_s": _number(autoscaling.downscale_delay_seconds),
     }
+    policy = policy_config(spec, plan)
+    if policy is not None:
+        config["autoscaling_config"]["policy"] = policy
     return config
 
 
@@ -146,6 +150,9 @@ def build_llm_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict
         llm_config["accelerator_type"] = accelerator_types.pop()
     if plan.cpu_profile:
         llm_config["accelerator_config"] = {"kind": "cpu"}
+    server = server_cls(spec)
+    if server is not None:
+        llm_config["server_cls"] = server
     return llm_config
 
 
