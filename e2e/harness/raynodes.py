@@ -76,7 +76,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import netns
+from . import crashloop, netns
 from .kubeapi import ApiError, KubeAPI
 from .pki import Pki, issue_client_cert
 
@@ -313,7 +313,9 @@ def keep_ray_logs(pod_dir: Path) -> None:
             shutil.move(str(logs), str(target))
 
 
-def exec_argv(state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str]) -> list[str]:
+def exec_argv(
+    state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str], venv: Path | None = None
+) -> list[str]:
     """``kubectl exec`` for a simulated pod: ``argv`` in the pod's network namespace with the
     pod's ``/tmp`` (run it with :func:`exec_env`)."""
     meta = pod["metadata"]
@@ -321,6 +323,9 @@ def exec_argv(state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str]) -> l
         netns.netns_path(netns.netns_name(meta["uid"])),
         pod_dir(state_dir, meta["namespace"], meta["name"]),
         argv,
+        keep=netns.paths_under_tmp(
+            (*([venv] if venv else []), state_dir, Path(__file__).parents[2])
+        ),
     )
 
 
@@ -448,6 +453,7 @@ class Container:
     log: Path
     restart: bool
     popen: Any = None
+    started_at: float = 0.0
     exited_at: float | None = None
     reported: bool = False
 
@@ -464,6 +470,7 @@ class PodRun:
     main: list[Container] = field(default_factory=list)
     started: bool = False
     sandbox: bool = False
+    pod: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Kubelet:
@@ -473,6 +480,8 @@ class Kubelet:
         self.api = api
         self.state_dir = state_dir
         self.venv_bin = venv / "bin"
+        #: Host paths a pod's private /tmp must not hide (the venv, the checkout, the state dir).
+        self.keep_visible = netns.paths_under_tmp((venv, state_dir, Path(__file__).parents[2]))
         self.api_port = api_port
         self.pki = Pki(state_dir / "pki")
         self.pods: dict[str, PodRun] = {}
@@ -543,7 +552,9 @@ class Kubelet:
     def _spawn(self, run: PodRun, c: Container) -> None:
         import subprocess
 
-        argv = netns.in_pod_argv(netns.netns_path(run.netns_name), run.dir, c.argv)
+        argv = netns.in_pod_argv(
+            netns.netns_path(run.netns_name), run.dir, c.argv, keep=self.keep_visible
+        )
         with c.log.open("ab") as out:
             c.popen = subprocess.Popen(
                 argv,
@@ -555,6 +566,7 @@ class Kubelet:
                 start_new_session=True,
             )
         c.exited_at = None
+        c.started_at = time.monotonic()
         _log(f"{run.namespace}/{run.name}: started {c.name} (pid {c.popen.pid})")
 
     # ---- lifecycle
@@ -567,7 +579,7 @@ class Kubelet:
             (pdir / sub).mkdir(parents=True, exist_ok=True)
         ns_name = netns.netns_name(uid)
         netns.add_pod(ns_name, ip)
-        run = PodRun(uid, name, ns, ip, ns_name, pdir)
+        run = PodRun(uid, name, ns, ip, ns_name, pdir, pod=pod)
         (pdir / "pod.json").write_text(json.dumps(pod, indent=1))
         if SANDBOX_LABEL in (meta.get("labels") or {}):
             run.sandbox = run.started = True
@@ -630,10 +642,24 @@ class Kubelet:
                 c.exited_at = now
                 exited = True
                 _log(f"{run.name}: container {c.name} exited ({c.popen.returncode})")
+                self._record_exit(run, c, now)
             elif c.restart and now - c.exited_at >= RESTART_BACKOFF_S:
                 self._spawn(run, c)
         if exited:
             self._report_exits(run)
+
+    def _record_exit(self, run: PodRun, c: Container, now: float) -> None:
+        """Into the crash ledger a wait reads (``harness.crashloop``)."""
+        exit_ = crashloop.Exit(
+            key=crashloop.ledger_key(run.pod, c.name),
+            pod=f"{run.namespace}/{run.name}",
+            container=c.name,
+            code=int(c.popen.returncode),
+            ran_seconds=round(now - c.started_at, 3),
+            log=str(c.log),
+            at=time.time(),
+        )
+        crashloop.record_exit(self.state_dir, exit_)
 
     def _report_exits(self, run: PodRun) -> None:
         """Write the ended containers into the pod's status (``restartPolicy: Never``)."""
