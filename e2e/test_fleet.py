@@ -30,7 +30,7 @@ from support import (
     condition,
     eventually,
     get,
-    holds_for,
+    holds_without_fight,
     items,
     load_example,
     namespace,
@@ -297,10 +297,10 @@ def test_beyond_quota_waits_queued_until_the_first_is_deleted(
 
     # The operator and Kueue do not fight over the RayService: once admitted it stays put.
     generation = rs["metadata"]["generation"]
-    holds_for(
+    holds_without_fight(
         "the admitted RayService is left alone",
         lambda: (rayservice(campus, "first", ns) or {})["metadata"]["generation"] == generation,
-        seconds=8,
+        operator,
     )
 
     apply_doc(campus, deployment("second", ns, queue="team", replicas=1))  # 4 more: over quota
