@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -126,12 +127,36 @@ def plugin_identity(cluster: Cluster, ns: str) -> Iterator[None]:
     cluster.kubectl("delete", "clusterrolebinding", f"{SA}-{ns}", "--ignore-not-found", check=False)
 
 
-def token_accepted(cluster: Cluster, token: str) -> bool:
-    """Whether the API server authenticates ``token`` (``kubectl auth whoami`` with it)."""
-    proc = cluster.kubectl("auth", "whoami", f"--token={token}", check=False)
+def token_accepted(cluster: Cluster, token: str, directory: Path) -> bool:
+    """Whether the API server authenticates ``token``: ``kubectl auth whoami`` with a kubeconfig
+    holding only the server and its CA (the admin kubeconfig's client certificate would
+    authenticate the request whatever the token)."""
+    bare = directory / "token-only-kubeconfig"
+    if not bare.exists():
+        raw = cluster.kubectl_json("config", "view", "--raw", "--minify")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": dict(raw["clusters"][0]["cluster"])}],
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [{"name": "token", "context": {"cluster": "local", "user": "token"}}],
+            "current-context": "token",
+        }
+        bare.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [str(cluster.bindir / "kubectl"), "--kubeconfig", str(bare), "--token", token, "auth",
+         "whoami", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
     if proc.returncode != 0 and "Unauthorized" not in proc.stderr:
         raise RuntimeError(proc.stderr)
-    return proc.returncode == 0
+    if proc.returncode != 0:
+        return False
+    who = json.loads(proc.stdout)["status"]["userInfo"]["username"]
+    assert who.startswith("system:serviceaccount:"), who
+    return True
 
 
 def test_run_with_an_exec_plugin_kubeconfig_renews_a_revoked_token(
@@ -158,11 +183,13 @@ def test_run_with_an_exec_plugin_kubeconfig_renews_a_revoked_token(
         assert first, "the operator never ran the exec plugin"
         assert {r["asked"] for r in first} == {"client.authentication.k8s.io/v1"}
         token = first[-1]["token"]
-        assert token_accepted(cluster, token)
+        assert token_accepted(cluster, token, kubeconfig.parent)
 
         # Revoke: the token was bound to this Secret; the API server refuses it from now on.
         cluster.kubectl("delete", "secret", BOUND, "-n", ns)
-        eventually("the old token refused", lambda: not token_accepted(cluster, token))
+        eventually(
+            "the old token refused", lambda: not token_accepted(cluster, token, kubeconfig.parent)
+        )
         bound_secret(cluster, ns)
 
         # New work for the operator: it meets the 401, runs the plugin again and carries on.
@@ -181,7 +208,9 @@ def test_run_with_an_exec_plugin_kubeconfig_renews_a_revoked_token(
         assert rs is not None and "max_replicas: 7" in rs["spec"]["serveConfigV2"]
         later = plugin_runs(state)
         assert len(later) > len(first), "no new token was asked for after the 401"
-        assert later[-1]["token"] != token and token_accepted(cluster, later[-1]["token"])
+        assert later[-1]["token"] != token and token_accepted(
+            cluster, later[-1]["token"], kubeconfig.parent
+        )
         assert op.alive(), "the operator did not survive the revocation"
     finally:
         op.stop()
