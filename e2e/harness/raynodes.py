@@ -453,7 +453,7 @@ class Container:
     log: Path
     restart: bool
     popen: Any = None
-    started_at: float = 0.0
+    run_started: float = 0.0
     exited_at: float | None = None
     reported: bool = False
 
@@ -566,7 +566,7 @@ class Kubelet:
                 start_new_session=True,
             )
         c.exited_at = None
-        c.started_at = time.monotonic()
+        c.run_started = time.monotonic()
         _log(f"{run.namespace}/{run.name}: started {c.name} (pid {c.popen.pid})")
 
     # ---- lifecycle
@@ -655,7 +655,7 @@ class Kubelet:
             pod=f"{run.namespace}/{run.name}",
             container=c.name,
             code=int(c.popen.returncode),
-            ran_seconds=round(now - c.started_at, 3),
+            ran_seconds=round(now - c.run_started, 3),
             log=str(c.log),
             at=time.time(),
         )
