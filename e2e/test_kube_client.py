@@ -18,6 +18,7 @@ import base64
 import json
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -217,8 +218,8 @@ def test_run_with_an_exec_plugin_kubeconfig_renews_a_revoked_token(
 
 
 class RecordingClient(RestClient):
-    """The operator's client, recording each GET's query; ``before_continue`` runs once before
-    the first request that carries a ``continue`` token."""
+    """The operator's client, recording each GET's query; ``before_continue(token)`` runs once
+    before the first request that carries a ``continue`` token."""
 
     def __init__(self, *args: Any, before_continue: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -231,7 +232,7 @@ class RecordingClient(RestClient):
     ) -> Any:
         if params and "continue" in params and self.before_continue is not None:
             hook, self.before_continue = self.before_continue, None
-            hook()
+            hook(params["continue"])
         self.queries.append(dict(params or {}))
         try:
             answer = await super().request(method, path, params=params, **kw)
@@ -243,8 +244,12 @@ class RecordingClient(RestClient):
 
 
 def etcd_compact(cluster: Cluster) -> int:
-    """Compact etcd at its current revision (its v3 JSON gateway on loopback, what ``etcdctl
-    compact`` does): every older snapshot, a list's ``continue`` included, is gone."""
+    """Compact etcd at its current revision the way the API server's own compactor does
+    (``k8s.io/apiserver/pkg/storage/etcd3/compact.go``): record the revision under
+    ``compact_rev_key``, then compact, through etcd's v3 JSON gateway on loopback. The API
+    server's watch cache learns the revision from that key (it polls every 15 s) and drops its
+    older list snapshots; etcd has dropped the older revisions: a ``continue`` from before is
+    gone (410) wherever the API server looks."""
     base = f"http://127.0.0.1:{cluster.ports['etcd']}"
 
     def post(path: str, body: dict[str, Any]) -> Any:
@@ -256,11 +261,27 @@ def etcd_compact(cluster: Cluster) -> int:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    # A write first, so the compaction point is past everything the list has seen.
-    key = base64.b64encode(b"/k2t-e2e/compaction-marker").decode()
-    revision = int(post("/v3/kv/put", {"key": key, "value": key})["header"]["revision"])
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    marker = post("/v3/kv/put", {"key": b64("/k2t-e2e/compaction-marker"), "value": b64("x")})
+    revision = int(marker["header"]["revision"])
+    post("/v3/kv/put", {"key": b64("compact_rev_key"), "value": b64(str(revision))})
     post("/v3/kv/compaction", {"revision": revision, "physical": True})
     return revision
+
+
+def continue_gone(cluster: Cluster, ns: str, token: str) -> bool:
+    """Whether the API server answers 410 Gone to this ``continue`` token."""
+    query = urllib.parse.urlencode({"limit": "5", "continue": token})
+    proc = cluster.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{ns}/configmaps?{query}", check=False
+    )
+    if proc.returncode == 0:
+        return False
+    if "Expired" in proc.stderr or "410" in proc.stderr or "too old" in proc.stderr:
+        return True
+    raise RuntimeError(proc.stderr)
 
 
 def test_lists_page_and_restart_when_the_snapshot_was_compacted(
@@ -293,7 +314,15 @@ def test_lists_page_and_restart_when_the_snapshot_was_compacted(
     assert plugin_runs(state), "the list did not authenticate through the plugin"
 
     # The snapshot of the list is compacted away between its first and second page.
-    names, client = asyncio.run(listed(before_continue=lambda: etcd_compact(cluster)))
+    def compact(token: str) -> None:
+        etcd_compact(cluster)
+        eventually(
+            "the API server to refuse the continue token (410)",
+            lambda: continue_gone(cluster, ns, token),
+            timeout=90,
+        )
+
+    names, client = asyncio.run(listed(before_continue=compact))
     assert names == expected
     assert 410 in client.statuses, (client.statuses, client.queries)
     gone = client.statuses.index(410)
