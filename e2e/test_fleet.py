@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from harness import Cluster
-from harness.pki import Pki, issue_client_cert
+from harness.pki import Pki
 from harness.scheduling import GPU_BINPACKING_PROFILE
 from support import (
     EXAMPLES,
@@ -265,44 +265,53 @@ sys.exit(1 if errors else 0)
 """
 
 
+#: The service-account files a pod gets, made visible where client-go and Ray look for them, in a
+#: private mount namespace of the one process (a tmpfs over /run: nothing on the host changes).
+_POD_SECRETS = (
+    "mount -t tmpfs k2t-pod-run /run"
+    " && mkdir -p /run/secrets/kubernetes.io/serviceaccount"
+    ' && mount --bind "$0" /run/secrets/kubernetes.io/serviceaccount'
+    ' && exec "$@"'
+)
+
+
 def ray_autoscaler_launch(campus: Cluster, ns: str, raycluster: str, group: str, n: int) -> None:
     """Launch ``n`` more workers of ``group`` through Ray's own autoscaler v2 provider
     (``KubeRayProvider.launch``: reads the RayCluster and its pods, patches
-    ``workerGroupSpecs[i].replicas`` as the autoscaler does), authenticated as the autoscaler's
-    ServiceAccount, so KubeRay's RBAC for it applies.
+    ``workerGroupSpecs[i].replicas`` as the autoscaler does), with the autoscaler's own
+    credentials, so KubeRay's RBAC for it applies.
 
     What this stands in for: the decision to scale. The autoscaler decides from Ray's resource
     demand (GCS), and on KWOK no Ray runs (the chain suite, e2e/chain/, drives the whole loop
-    with real Ray processes); the scaling itself is Ray's code, unchanged. Its identity: a client
-    certificate for ``system:serviceaccount:<ns>:<sa>`` signed by the harness CA, passed through
-    Ray's own ``RAY_KUBERAY_CLIENT_CERT_PATH``/``_KEY_PATH``/``RAY_KUBERAY_CA_CERT_PATH`` (no
-    kubelet mounts a token here; harness/raynodes.py does the same for real Ray pods)."""
+    with real Ray processes); the scaling itself is Ray's code, unchanged. Its identity is what a
+    kubelet gives the autoscaler container: a TokenRequest token of the head pod's
+    ServiceAccount with the cluster CA at ``/var/run/secrets/kubernetes.io/serviceaccount``
+    (mounted in a private mount namespace of this one process) and ``KUBERNETES_SERVICE_HOST``/
+    ``_PORT_HTTPS``, which Ray's Kubernetes client reads (``load_k8s_secrets``)."""
     assert campus.state_dir is not None
     head = items(campus, "pods", ns, f"ray.io/cluster={raycluster}", "ray.io/node-type=head")[0]
     sa = head["spec"].get("serviceAccountName") or "default"
-    pki = Pki(campus.state_dir / "pki")
-    cert, key = issue_client_cert(
-        pki,
-        f"autoscaler-{ns}-{sa}",
-        f"system:serviceaccount:{ns}:{sa}",
-        ("system:serviceaccounts", f"system:serviceaccounts:{ns}"),
-    )
+    secrets = campus.state_dir / "pod-secrets" / f"{ns}-{sa}"
+    secrets.mkdir(parents=True, exist_ok=True)
+    token = campus.kubectl("create", "token", sa, "-n", ns, "--duration=10m").stdout.strip()
+    (secrets / "token").write_text(token)
+    (secrets / "namespace").write_text(ns)
+    (secrets / "ca.crt").write_bytes(Pki(campus.state_dir / "pki").ca_cert.read_bytes())
     env = {
         "PATH": "/usr/bin:/bin",
         "KUBERNETES_SERVICE_HOST": "127.0.0.1",
         "KUBERNETES_SERVICE_PORT_HTTPS": str(campus.ports["apiserver"]),
-        "RAY_KUBERAY_CLIENT_CERT_PATH": str(cert),
-        "RAY_KUBERAY_CLIENT_KEY_PATH": str(key),
-        "RAY_KUBERAY_CA_CERT_PATH": str(pki.ca_cert),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+    argv = [sys.executable, "-c", RAY_AUTOSCALER_LAUNCH, raycluster, ns, group, str(n)]
     proc = subprocess.run(
-        [sys.executable, "-c", RAY_AUTOSCALER_LAUNCH, raycluster, ns, group, str(n)],
+        ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _POD_SECRETS,
+         str(secrets), *argv],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, f"Ray's KubeRayProvider.launch failed:\n{proc.stdout}{proc.stderr}"
 
 

@@ -48,11 +48,15 @@ CONFIGMAPS = Api("", "v1", "ConfigMap", "configmaps")
 PLUGIN = """#!{python}
 import json, os, subprocess, sys
 info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
-token = subprocess.run(
+proc = subprocess.run(
     [{kubectl!r}, "--kubeconfig", {admin!r}, "-n", {ns!r}, "create", "token", {sa!r},
      "--bound-object-kind=Secret", "--bound-object-name={bound}", "--duration=1h"],
-    capture_output=True, text=True, check=True,
-).stdout.strip()
+    capture_output=True, text=True,
+)
+if proc.returncode != 0:  # e.g. the Secret it binds to is gone for a moment
+    sys.stderr.write(proc.stderr)
+    sys.exit(1)
+token = proc.stdout.strip()
 with open({state!r}, "a") as out:
     out.write(json.dumps({{"token": token, "asked": info["apiVersion"]}}) + "\\n")
 print(json.dumps({{"apiVersion": info["apiVersion"], "kind": "ExecCredential",
