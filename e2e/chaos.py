@@ -7,8 +7,12 @@ and waits (bounded polling) until the namespace is *converged*:
 * every K2ThinkDeployment has exactly one RayService, named after it and owned by its uid;
 * no RayService is an orphan (count equal, every owner present);
 * the RayService is what the operator renders for the CR's current spec (its spec-hash);
-* ``status.observedGeneration == metadata.generation`` and ``Ready`` is ``True`` (the
-  RayServices' status is written as KubeRay would, once, by ``play_kuberay``).
+* ``status.observedGeneration == metadata.generation``;
+* the real KubeRay operator runs: it has built exactly one RayCluster for each RayService and
+  written the RayService's status, and the deployment's ``Ready`` says what KubeRay's ``Ready``
+  says. Nothing here writes a status. On KWOK no Ray answers KubeRay's dashboard probes, so
+  KubeRay's ``Ready`` stays ``False`` and so must the deployment's; ``Ready=True`` under kills,
+  from KubeRay's own status with real Ray, is the chain suite's ``e2e/chain/test_40_chaos.py``.
 
 Faults: SIGKILL of the operator at random *progress points* (a random amount of the remaining
 work done, so kills land mid-reconcile without sleeping for random times), a restart of the
@@ -96,46 +100,15 @@ def progress(cluster: Cluster, ns: str) -> int:
     return sum(1 for cr in crs if cr["metadata"]["name"] in children) + observed
 
 
-def play_kuberay(cluster: Cluster, ns: str, rayservice: dict[str, Any]) -> None:
-    """Write a serving status on a RayService, as KubeRay does once the app is RUNNING."""
-    name = rayservice["metadata"]["name"]
-    status = {
-        "status": {
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "NonZeroServeEndpoints",
-                    "message": "written by the chaos suite",
-                    "lastTransitionTime": "2026-12-01T00:00:00Z",
-                }
-            ],
-            "activeServiceStatus": {
-                "rayClusterName": f"{name}-abcde",
-                "applicationStatuses": {
-                    "llm": {"status": "RUNNING", "message": "", "serveDeploymentStatuses": {}}
-                },
-            },
-        }
-    }
-    cluster.kubectl(
-        "patch",
-        "rayservices.ray.io",
-        name,
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(status),
-        check=False,
-    )
-
-
 def problems(cluster: Cluster, ns: str, names: list[str]) -> list[str]:
-    """Why the namespace is not converged yet (empty: converged). Plays KubeRay on the way."""
+    """Why the namespace is not converged yet (empty: converged)."""
     crs = {c["metadata"]["name"]: c for c in _list(cluster, "k2thinkdeployments.k2think.dev", ns)}
     services = _list(cluster, "rayservices.ray.io", ns)
+    clusters_of: dict[str, int] = {}
+    for rc in _list(cluster, "rayclusters.ray.io", ns):
+        for ref in rc["metadata"].get("ownerReferences") or []:
+            if ref.get("kind") == "RayService":
+                clusters_of[ref["uid"]] = clusters_of.get(ref["uid"], 0) + 1
     found: list[str] = []
     if sorted(crs) != sorted(names):
         found.append(f"K2ThinkDeployments {sorted(crs)} != {sorted(names)}")
@@ -154,8 +127,14 @@ def problems(cluster: Cluster, ns: str, names: list[str]) -> list[str]:
             found.append(f"{name}: {len(children)} RayServices")
             continue
         (rs,) = children
-        if not (rs.get("status") or {}).get("conditions"):
-            play_kuberay(cluster, ns, rs)
+        built = clusters_of.get(rs["metadata"]["uid"], 0)
+        if built != 1:
+            found.append(f"{name}: KubeRay built {built} RayClusters for its RayService")
+        theirs = [
+            c for c in (rs.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"
+        ]
+        if not theirs:
+            found.append(f"{name}: KubeRay has written no Ready condition on its RayService")
         want = decide(cr).children[0]["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         have = (rs["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
         if want != have:
@@ -167,8 +146,9 @@ def problems(cluster: Cluster, ns: str, names: list[str]) -> list[str]:
                 f"{cr['metadata']['generation']}"
             )
         ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
-        if not ready or ready[0].get("status") != "True":
-            found.append(f"{name}: Ready {ready[0].get('status') if ready else None}")
+        mine = ready[0].get("status") if ready else None
+        if theirs and mine != theirs[0].get("status"):
+            found.append(f"{name}: Ready {mine} while KubeRay's Ready is {theirs[0].get('status')}")
     return found
 
 

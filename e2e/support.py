@@ -25,6 +25,13 @@ EXAMPLES = ROOT / "crds" / "examples"
 
 T = TypeVar("T")
 
+#: The slow resync period (``K2T_RESYNC_SECONDS``; 600 s by default) of every operator the suites
+#: start, unless a test sets its own: short, so that a "nothing is rewritten" window spanning two
+#: resync passes (:func:`no_fight_window`) is short too.
+RESYNC_SECONDS = 3
+#: What a window adds to its resync periods: the time one pass takes on a busy machine.
+PASS_SLACK_SECONDS = 2.0
+
 # Every operator process the suite started, in order: a failing test's report shows the logs of
 # the ones it started (conftest.py), so a CI failure explains itself without the state directory.
 STARTED: list[OperatorProcess] = []
@@ -32,7 +39,7 @@ STARTED: list[OperatorProcess] = []
 
 class OperatorProcess(harness_operator.OperatorProcess):
     """The harness's operator runner, set up for the e2e suite: the cluster's kubeconfig, a fast
-    retry, ``--verbose``, the log at ``log_path`` (``<state>/logs/<name>.log``), and listed in
+    retry, a short resync (:data:`RESYNC_SECONDS`), ``--verbose``, the log at ``log_path`` (``<state>/logs/<name>.log``), and listed in
     ``STARTED`` so a failing test's report carries its log."""
 
     def __init__(
@@ -46,9 +53,22 @@ class OperatorProcess(harness_operator.OperatorProcess):
             args=[*args, "--verbose"],
             state_dir=log_path.parent.parent,
             name=log_path.stem,
-            env={"KUBECONFIG": str(cluster.kubeconfig), "K2T_RETRY_SECONDS": "3", **(env or {})},
+            env={
+                "KUBECONFIG": str(cluster.kubeconfig),
+                "K2T_RETRY_SECONDS": "3",
+                "K2T_RESYNC_SECONDS": str(RESYNC_SECONDS),
+                **(env or {}),
+            },
         )
         self.cluster = cluster
+
+    @property
+    def resync_seconds(self) -> float:
+        return float(self.env["K2T_RESYNC_SECONDS"])
+
+    def resync_passes(self) -> int:
+        """Resync passes the operator has logged so far (``--verbose``)."""
+        return self.log().count("resync: ")
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         STARTED.append(self)
@@ -138,6 +158,24 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
         if cond.get("type") == kind:
             return dict(cond)
     return None
+
+
+def no_fight_window(op: OperatorProcess, *, periods: int = 2) -> float:
+    """Seconds a "nothing is rewritten" check must hold: ``periods`` (at least two) of the
+    operator's resync periods plus one pass. Two, because a fight shows as a rewrite on the next
+    full pass at the latest (a resync re-reads everything and applies on any drift), and the
+    window may open just after one."""
+    assert periods >= 2
+    return periods * op.resync_seconds + PASS_SLACK_SECONDS
+
+
+def holds_without_fight(what: str, probe: Callable[[], bool], op: OperatorProcess) -> None:
+    """``probe`` holds over :func:`no_fight_window` and the operator really ran two resync
+    passes meanwhile (counted in its log), so the window cannot be too short to see a fight."""
+    passes = op.resync_passes()
+    holds_for(what, probe, no_fight_window(op))
+    ran = op.resync_passes() - passes
+    assert ran >= 2, f"only {ran} resync pass(es) during the window of {what!r}"
 
 
 def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:

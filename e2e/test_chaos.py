@@ -30,7 +30,9 @@ pytestmark = pytest.mark.chaos
 
 @pytest.fixture(scope="module")
 def chaos_cluster() -> Iterator[Cluster]:
-    cluster = Cluster.start(name="chaos", kuberay=False)
+    # The real KubeRay operator: it builds the RayClusters and writes the RayServices' status
+    # (the convergence predicate reads it; nothing in the suite writes a status).
+    cluster = Cluster.start(name="chaos", kuberay=True)
     try:
         yield cluster
     finally:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pytest
 import yaml
 
 from harness import Cluster
+from harness.pki import Pki
 from harness.scheduling import GPU_BINPACKING_PROFILE
 from support import (
     EXAMPLES,
@@ -30,7 +33,7 @@ from support import (
     condition,
     eventually,
     get,
-    holds_for,
+    holds_without_fight,
     items,
     load_example,
     namespace,
@@ -246,6 +249,72 @@ def running_workers(campus: Cluster, name: str, ns: str, count: int) -> list[dic
     return eventually(f"{count} Running worker pod(s) of {ns}/{name}", probe, timeout=WAIT)
 
 
+#: Ray's autoscaler v2 scaling a RayCluster: its KubeRay cloud provider, the code the autoscaler
+#: container runs, with the Kubernetes client it builds from its environment.
+RAY_AUTOSCALER_LAUNCH = """
+import json, sys
+from ray.autoscaler.v2.instance_manager.cloud_providers.kuberay.cloud_provider import (
+    KubeRayProvider,
+)
+cluster, namespace, group, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+provider = KubeRayProvider(cluster, {"namespace": namespace}, gcs_client=None)
+provider.launch({group: count}, "k2t-e2e-scale-up")
+errors = [str(e) for e in provider.poll_errors()]
+print(json.dumps(errors))
+sys.exit(1 if errors else 0)
+"""
+
+
+#: The service-account files a pod gets, made visible where client-go and Ray look for them, in a
+#: private mount namespace of the one process (a tmpfs over /run: nothing on the host changes).
+_POD_SECRETS = (
+    "mount -t tmpfs k2t-pod-run /run"
+    " && mkdir -p /run/secrets/kubernetes.io/serviceaccount"
+    ' && mount --bind "$0" /run/secrets/kubernetes.io/serviceaccount'
+    ' && exec "$@"'
+)
+
+
+def ray_autoscaler_launch(campus: Cluster, ns: str, raycluster: str, group: str, n: int) -> None:
+    """Launch ``n`` more workers of ``group`` through Ray's own autoscaler v2 provider
+    (``KubeRayProvider.launch``: reads the RayCluster and its pods, patches
+    ``workerGroupSpecs[i].replicas`` as the autoscaler does), with the autoscaler's own
+    credentials, so KubeRay's RBAC for it applies.
+
+    What this stands in for: the decision to scale. The autoscaler decides from Ray's resource
+    demand (GCS), and on KWOK no Ray runs (the chain suite, e2e/chain/, drives the whole loop
+    with real Ray processes); the scaling itself is Ray's code, unchanged. Its identity is what a
+    kubelet gives the autoscaler container: a TokenRequest token of the head pod's
+    ServiceAccount with the cluster CA at ``/var/run/secrets/kubernetes.io/serviceaccount``
+    (mounted in a private mount namespace of this one process) and ``KUBERNETES_SERVICE_HOST``/
+    ``_PORT_HTTPS``, which Ray's Kubernetes client reads (``load_k8s_secrets``)."""
+    assert campus.state_dir is not None
+    head = items(campus, "pods", ns, f"ray.io/cluster={raycluster}", "ray.io/node-type=head")[0]
+    sa = head["spec"].get("serviceAccountName") or "default"
+    secrets = campus.state_dir / "pod-secrets" / f"{ns}-{sa}"
+    secrets.mkdir(parents=True, exist_ok=True)
+    token = campus.kubectl("create", "token", sa, "-n", ns, "--duration=10m").stdout.strip()
+    (secrets / "token").write_text(token)
+    (secrets / "namespace").write_text(ns)
+    (secrets / "ca.crt").write_bytes(Pki(campus.state_dir / "pki").ca_cert.read_bytes())
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(campus.ports["apiserver"]),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    argv = [sys.executable, "-c", RAY_AUTOSCALER_LAUNCH, raycluster, ns, group, str(n)]
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _POD_SECRETS,
+         str(secrets), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"Ray's KubeRayProvider.launch failed:\n{proc.stdout}{proc.stderr}"
+
+
 def event_reasons(campus: Cluster, name: str, ns: str) -> list[str]:
     found = campus.kubectl_json(
         "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}"
@@ -297,10 +366,10 @@ def test_beyond_quota_waits_queued_until_the_first_is_deleted(
 
     # The operator and Kueue do not fight over the RayService: once admitted it stays put.
     generation = rs["metadata"]["generation"]
-    holds_for(
+    holds_without_fight(
         "the admitted RayService is left alone",
         lambda: (rayservice(campus, "first", ns) or {})["metadata"]["generation"] == generation,
-        seconds=8,
+        operator,
     )
 
     apply_doc(campus, deployment("second", ns, queue="team", replicas=1))  # 4 more: over quota
@@ -454,12 +523,13 @@ def test_scale_up_before_the_first_cluster_serves_is_not_a_new_slice(
     assert not (rs.get("status") or {}).get("activeServiceStatus", {}).get("rayClusterName")
     (raycluster,) = items(campus, "rayclusters.ray.io", ns)
 
-    # The Ray autoscaler scales a group by writing the RayCluster's replicas; do what it does:
+    # Ray's autoscaler asks for two more h100 workers (its own KubeRay provider code patches
+    # the RayCluster; see ray_autoscaler_launch for what stands in for its decision):
     # 3 replicas x 4 GPUs = 12 GPUs, beyond the ClusterQueue's 8.
-    campus.kubectl(
-        "patch", "rayclusters.ray.io", raycluster["metadata"]["name"], "-n", ns, "--type=json",
-        "-p", '[{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}]',
-    )  # fmt: skip
+    group = raycluster["spec"]["workerGroupSpecs"][0]["groupName"]
+    ray_autoscaler_launch(campus, ns, raycluster["metadata"]["name"], group, 2)
+    scaled = items(campus, "rayclusters.ray.io", ns)[0]
+    assert scaled["spec"]["workerGroupSpecs"][0]["replicas"] == 3
     running_workers(campus, "auto", ns, 3)
     (wl,) = campus.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
     counts = {ps["name"]: ps["count"] for ps in wl["spec"]["podSets"]}

@@ -21,7 +21,7 @@ from support import (
     condition,
     eventually,
     get,
-    holds_for,
+    holds_without_fight,
     items,
     load_example,
 )
@@ -130,8 +130,10 @@ def test_cache_gates_the_rayservice_then_serves_offline_and_switches_revisions(
         ),
     )
     assert dep["status"]["phase"] == "WaitingForCache"
-    holds_for(
-        "no RayService while the cache is missing", lambda: rayservice(cluster, ns) is None, 4
+    holds_without_fight(
+        "no RayService while the cache is missing",
+        lambda: rayservice(cluster, ns) is None,
+        operator,
     )
 
     # The cache: claim created and bound to the static PV, one Job, KWOK completes its pod.
@@ -195,8 +197,10 @@ def test_cache_gates_the_rayservice_then_serves_offline_and_switches_revisions(
     apply_doc(cluster, cache_doc(ns, static_pv, revision="v2", downloader=slow))
     eventually("v2 downloading", lambda: cache_reason(cluster, ns) == "Downloading")
     assert (cache(cluster, ns) or {})["status"]["currentRevision"] == "v1"
-    holds_for(
-        "the old revision is served meanwhile", lambda: serving(cluster, ns, "v1") is not None, 4
+    holds_without_fight(
+        "the old revision is served meanwhile",
+        lambda: serving(cluster, ns, "v1") is not None,
+        operator,
     )
     (pending,) = [
         j
@@ -255,10 +259,10 @@ def test_a_failed_fill_is_reported_and_retried_within_its_bound(
     pods = items(cluster, "pods", ns, f"job-name={job['metadata']['name']}")
     assert len(pods) == 2  # the first attempt and one retry (backoffLimit 1)
     assert all(p["status"]["phase"] == "Failed" for p in pods)
-    holds_for(
+    holds_without_fight(
         "no new Job, no RayService after the bound is spent",
         lambda: len(fill_jobs(cluster, ns)) == 1 and rayservice(cluster, ns) is None,
-        4,
+        operator,
     )
     dep = get(cluster, "k2thinkdeployments.k2think.dev", "k2think", ns)
     cond = condition(dep, "CacheReady")

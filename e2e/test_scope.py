@@ -12,7 +12,7 @@ from support import (
     apply_doc,
     eventually,
     get,
-    holds_for,
+    holds_without_fight,
     load_example,
     namespace,
 )
@@ -46,8 +46,10 @@ def test_namespaced_operator_stays_in_its_namespaces(cluster: Cluster, log_dir: 
                 "RayService in the second watched namespace", lambda: _has_rayservice(cluster, b)
             )
             # The operator has just shown it reacts within seconds; give it several times that.
-            holds_for(
-                "the unwatched namespace stays untouched", lambda: not _touched(cluster, outside), 8
+            holds_without_fight(
+                "the unwatched namespace stays untouched",
+                lambda: not _touched(cluster, outside),
+                op,
             )
         finally:
             op.stop()

@@ -30,7 +30,7 @@ from support import (
     apply_doc,
     eventually,
     get,
-    holds_for,
+    holds_without_fight,
     items,
     load_example,
     unique_namespace,
@@ -133,10 +133,10 @@ def test_security_objects_are_created_owned_and_repaired(
         timeout=60,
     )
     # The token is never rewritten: not by a re-render, not by resync passes.
-    holds_for(
-        "the token stays the same over several resync passes",
+    holds_without_fight(
+        "the token stays the same over resync passes",
         lambda: token_of(cluster, ns) == token,
-        seconds=4 * RESYNC_SECONDS,
+        operator,
     )
     # Drift 3: a deleted token Secret is recreated, with a new token (docs/security.md).
     cluster.kubectl("delete", "secret", "k2think-ray-token", "-n", ns)

@@ -277,10 +277,11 @@ def test_a_ray_containers_token_is_bound_in_its_own_mount_namespace_only() -> No
     )
     assert argv[:5] == ["nsenter", "--net=/run/netns/k2t-1", "--", "unshare", "--mount"]
     script = argv[argv.index("-c") + 1]
-    assert 'mount --bind "$1" "$2" && mount -o remount,bind,ro "$2"' in script
-    assert argv[-5:] == ["/pods/p/tmp", "/v/tok", podrun.SA_MOUNT, "ray", "start"]
+    assert 'mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"' in script
+    # the pod's /tmp, no kept paths, one bind pair, then the command
+    assert argv[-7:] == ["/pods/p/tmp", "0", "1", "/v/tok", podrun.SA_MOUNT, "ray", "start"]
     plain = netns.in_pod_argv(Path("/n"), Path("/p"), ["ray"])
-    assert "remount" not in plain[plain.index("-c") + 1]
+    assert plain[-4:] == ["/p/tmp", "0", "0", "ray"]
 
 
 def test_ray_containers_get_the_data_volumes_they_mount_not_empty_dirs() -> None:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
     log_dir = E2E / ".state" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster.start(name="bench-chaos", kuberay=False)
+    cluster = Cluster.start(name="bench-chaos", kuberay=True)
     results = []
     try:
         for scenario in args.only.split(","):

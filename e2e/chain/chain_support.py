@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import Cluster, netns, policyagent, processes, raynodes
+from harness import Cluster, crashloop, netns, policyagent, processes, raynodes
 from harness.binaries import kube_router_binary
 from harness.campus import load_campus
 from harness.kubeapi import ApiError, KubeAPI
@@ -153,6 +153,7 @@ def start_ground(*, operator: bool = True, name: str = "chain") -> Ground:
             sd,
             env={"PYTHONPATH": str(E2E)},
         )
+        CRASH_LEDGERS.append(sd)
         start_kuberay_pod(cluster)
         from tiny_model import build_tiny_k2think
 
@@ -499,11 +500,23 @@ def app_status(ground: Ground, ns: str, name: str) -> str | None:
     return app.get("status")
 
 
+#: State directories of the running ground: every :func:`wait` reads their crash ledgers.
+CRASH_LEDGERS: list[Path] = []
+
+
 def wait(what: str, probe: Any, timeout: float) -> Any:
     """Bounded polling until ``probe`` returns something truthy (``wait_for`` alone would take
     an empty list for an answer), which is returned. Every 1-3 s: the chain's steps take tens of
-    seconds, and each look costs the busy machine some CPU."""
-    return wait_for(what, lambda: probe() or None, timeout=timeout, interval=1.0, max_interval=3.0)
+    seconds, and each look costs the busy machine some CPU. A container of the ground that
+    crash-loops meanwhile ends the wait at once with its exit code and log (harness.crashloop)."""
+    since = time.time()
+
+    def look() -> Any:
+        for state_dir in CRASH_LEDGERS:
+            crashloop.raise_if_crashlooping(state_dir, since=since)
+        return probe() or None
+
+    return wait_for(what, look, timeout=timeout, interval=1.0, max_interval=3.0)
 
 
 def stamp() -> float:

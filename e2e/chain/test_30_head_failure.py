@@ -32,6 +32,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -174,8 +175,9 @@ def deployment(
 
 
 def _quiet(probe: Any) -> Any:
-    """A probe that answers None while the head (its dashboard) is unreachable."""
-    with contextlib.suppress(Exception):
+    """A probe that answers None while the head (its dashboard) is unreachable: connection and
+    HTTP errors, a half-written answer. Nothing else: a failed assertion inside is a failure."""
+    with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
         return probe()
     return None
 

@@ -347,23 +347,52 @@ def from_node_of(ip: str) -> contextlib.AbstractContextManager[None]:
     return inside(netns_path(node_netns_for_ip(ip)))
 
 
+def paths_under_tmp(paths: Sequence[Path], tmp: Path = Path("/tmp")) -> tuple[Path, ...]:
+    """The top-level entries of ``tmp`` that hold any of ``paths`` (sorted, no repeats): what a
+    pod's private ``/tmp`` must keep visible when the checkout, its venv or the state directory
+    lives under ``/tmp`` (hidden, the head crash-loops on ``ray: command not found``)."""
+    tmp = tmp.resolve()
+    found = set()
+    for path in paths:
+        try:
+            rel = path.resolve().relative_to(tmp)
+        except ValueError:
+            continue
+        if rel.parts:
+            found.add(tmp / rel.parts[0])
+    return tuple(sorted(found))
+
+
+#: Mount the pod's /tmp over /tmp, first binding each kept host path into it at the same place;
+#: then bind each ``(directory, mount path)`` pair read-only (a projected ServiceAccount token).
+_POD_TMP_SCRIPT = """set -e
+tmp=$1; n=$2; shift 2
+while [ "$n" -gt 0 ]; do
+  rel=${1#/tmp/}; mkdir -p "$tmp/$rel"; mount --bind "$1" "$tmp/$rel"; shift; n=$((n - 1))
+done
+mount --rbind "$tmp" /tmp
+m=$1; shift
+while [ "$m" -gt 0 ]; do
+  mkdir -p "$2"; mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"; shift 2; m=$((m - 1))
+done
+exec "$@"
+"""
+
+
 def in_pod_argv(
-    netns: Path, pod_dir: Path, argv: Sequence[str], binds: Sequence[tuple[str, str]] = ()
+    netns: Path,
+    pod_dir: Path,
+    argv: Sequence[str],
+    binds: Sequence[tuple[str, str]] = (),
+    keep: Sequence[Path] = (),
 ) -> list[str]:
     """``argv`` run as a pod's container would: in the pod's network namespace and with a
     private ``/tmp`` (a pod has its own filesystem; Ray keeps its session and sockets there).
     ``binds``: ``(directory, mount path)`` pairs bind-mounted read-only in the container's mount
-    namespace only (a projected ServiceAccount token at its standard path)."""
+    namespace only (a projected ServiceAccount token at its standard path). ``keep``:
+    directories directly under ``/tmp`` (:func:`paths_under_tmp`) that stay visible through the
+    private ``/tmp``, as a container image would carry the venv."""
     tmp = pod_dir / "tmp"
-    script = 'mount --bind "$1" /tmp && shift'
-    bind_args: list[str] = []
-    for source, target in binds:
-        script += (
-            ' && mkdir -p "$2" && mount --bind "$1" "$2" && mount -o remount,bind,ro "$2"'
-            " && shift 2"
-        )
-        bind_args += [source, target]
-    script += ' && exec "$@"'
     return [
         "nsenter",
         f"--net={netns}",
@@ -375,10 +404,13 @@ def in_pod_argv(
         "--",
         "/bin/sh",
         "-c",
-        script,
+        _POD_TMP_SCRIPT,
         "k2t-pod",
         str(tmp),
-        *bind_args,
+        str(len(keep)),
+        *(str(k) for k in keep),
+        str(len(binds)),
+        *(part for pair in binds for part in pair),
         *argv,
     ]
 

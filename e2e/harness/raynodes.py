@@ -88,7 +88,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import netns, podrun
+from . import crashloop, netns, podrun
 from .kubeapi import ApiError, KubeAPI
 
 RAY_CLUSTER_LABEL = "ray.io/cluster"
@@ -327,7 +327,9 @@ def keep_ray_logs(pod_dir: Path) -> None:
             shutil.move(str(logs), str(target))
 
 
-def exec_argv(state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str]) -> list[str]:
+def exec_argv(
+    state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str], venv: Path | None = None
+) -> list[str]:
     """``kubectl exec`` for a simulated pod: ``argv`` in the pod's network namespace with the
     pod's ``/tmp`` (run it with :func:`exec_env`)."""
     meta = pod["metadata"]
@@ -335,6 +337,9 @@ def exec_argv(state_dir: Path, pod: Mapping[str, Any], argv: Sequence[str]) -> l
         netns.netns_path(netns.netns_name(meta["uid"])),
         pod_dir(state_dir, meta["namespace"], meta["name"]),
         argv,
+        keep=netns.paths_under_tmp(
+            (*([venv] if venv else []), state_dir, Path(__file__).parents[2])
+        ),
     )
 
 
@@ -463,6 +468,7 @@ class Container:
     log: Path
     restart: bool
     popen: Any = None
+    run_started: float = 0.0
     exited_at: float | None = None
     reported: bool = False
     #: ``(volume dir, mount path)`` of the token volumes it mounts (Ray containers).
@@ -523,6 +529,8 @@ class Kubelet:
         self.api = api
         self.state_dir = state_dir
         self.venv_bin = venv / "bin"
+        #: Host paths a pod's private /tmp must not hide (the venv, the checkout, the state dir).
+        self.keep_visible = netns.paths_under_tmp((venv, state_dir, Path(__file__).parents[2]))
         self.api_port = api_port
         self.pods: dict[str, PodRun] = {}
         #: Pods being stopped (their grace may be long): uid -> (pod IP, thread).
@@ -686,7 +694,13 @@ class Kubelet:
         if c.from_image:
             argv = c.argv
         else:
-            argv = netns.in_pod_argv(netns.netns_path(run.netns_name), run.dir, c.argv, c.binds)
+            argv = netns.in_pod_argv(
+                netns.netns_path(run.netns_name),
+                run.dir,
+                c.argv,
+                c.binds,
+                keep=self.keep_visible,
+            )
         with c.log.open("ab") as out:
             c.popen = subprocess.Popen(
                 argv,
@@ -701,6 +715,7 @@ class Kubelet:
         c.killing = False
         c.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         now = time.monotonic()
+        c.run_started = now
         for p in c.probes.values():
             p.started, p.last, p.successes, p.failures = now, None, 0, 0
             p.ok = p.kind == "liveness"
@@ -816,6 +831,7 @@ class Kubelet:
                 c.exited_at = now
                 exited = True
                 _log(f"{run.name}: container {c.name} exited ({c.popen.returncode})")
+                self._record_exit(run, c, now)
             elif c.restart and now - c.exited_at >= RESTART_BACKOFF_S:
                 c.restarts += 1
                 self._spawn(run, c)
@@ -879,6 +895,19 @@ class Kubelet:
             _log(f"{run.namespace}/{run.name}: ready {ready} restarts {restarts}")
         except ApiError as exc:
             _log(f"{run.namespace}/{run.name}: cannot report readiness: {exc}")
+
+    def _record_exit(self, run: PodRun, c: Container, now: float) -> None:
+        """Into the crash ledger a wait reads (``harness.crashloop``)."""
+        exit_ = crashloop.Exit(
+            key=crashloop.ledger_key(run.pod, c.name),
+            pod=f"{run.namespace}/{run.name}",
+            container=c.name,
+            code=int(c.popen.returncode),
+            ran_seconds=round(now - c.run_started, 3),
+            log=str(c.log),
+            at=time.time(),
+        )
+        crashloop.record_exit(self.state_dir, exit_)
 
     def _report_exits(self, run: PodRun) -> None:
         """Write the ended containers into the pod's status (``restartPolicy: Never``)."""

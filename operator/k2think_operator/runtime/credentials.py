@@ -3,8 +3,8 @@
 
 Why home-made: the operator's client is a dozen REST calls on aiohttp (``runtime/kube.py``), and
 the libraries that read kubeconfigs fully are the generated clients: the official ``kubernetes``
-package costs ~40 MiB of the operator's memory once imported (docs/operations.md, "Credentials",
-measured), and kopf imports it whenever it is installed. kopf's own kubeconfig reader
+package costs the operator ~49 MiB for a login and one call (e2e/bench/client_memory.py,
+docs/benchmarks.md), and kopf imports it whenever it is installed. kopf's own kubeconfig reader
 (``login_with_kubeconfig``) takes tokens and certificates but not exec plugins, which is how EKS,
 GKE and AKS kubeconfigs authenticate (``aws eks get-token``, ``gke-gcloud-auth-plugin``,
 ``kubelogin``). The exec protocol is small and versioned (client-go ``plugin/pkg/client/auth/exec``,
