@@ -84,6 +84,24 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec",
         "!has(self.scheduling) || !has(self.scheduling.queueName) || !has(self.serving)",
     ),
+    (
+        {
+            "serving": {"routing": {"router": "prefixAware"}},
+            "engine": {"enablePrefixCaching": False},
+        },
+        "spec",
+        "!has(self.serving) || !has(self.serving.routing)",
+    ),
+    (
+        {"serving": {"routing": {"router": "powerOfTwo", "imbalancedThreshold": 4}}},
+        "spec.serving.routing",
+        "!has(self.router)",
+    ),
+    (
+        {"serving": {"routing": {"router": "powerOfTwo", "prefixMemoryChars": 100000}}},
+        "spec.serving.routing",
+        "!has(self.router)",
+    ),
 ]
 
 #: Documents right at the edges of the same rules, which both the API server and models accept.
@@ -118,6 +136,9 @@ ACCEPTED: list[dict[str, Any]] = [
         "serving": {"ingress": {"placement": "cpuGroup"}},
         "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(6)],
     },
+    {"serving": {"routing": {"router": "powerOfTwo"}}, "engine": {"enablePrefixCaching": False}},
+    {"serving": {"routing": {"imbalancedThreshold": 0, "matchRateThreshold": 1}}},
+    {"serving": {"routing": {}}, "engine": {"enablePrefixCaching": False}},
 ]
 
 
@@ -168,7 +189,9 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    assert len(all_rules()) == 15  # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue)
+    assert (
+        len(all_rules()) == 17
+    )  # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue), 2 routing
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

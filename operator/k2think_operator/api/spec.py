@@ -11,16 +11,18 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+# DNS_LABEL, SOURCE_PATTERN and _Model are re-exported (``X as X``): modules import them from here.
+from k2think_operator.api.base import DNS_LABEL as DNS_LABEL
+from k2think_operator.api.base import REVISION_PATTERN, SOURCE_SCHEMA_PATTERN, source_problem
+from k2think_operator.api.base import SOURCE_PATTERN as SOURCE_PATTERN
+from k2think_operator.api.base import _Model as _Model
 from k2think_operator.api.catalog import (
     ACCELERATORS,
     MODEL_PRESETS,
@@ -31,6 +33,7 @@ from k2think_operator.api.catalog import (
 )
 from k2think_operator.api.coordinates import K2THINK
 from k2think_operator.api.schema import Cel, IntOrString, cel
+from k2think_operator.api.serving import RoutingSpec
 
 # Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
 API_GROUP = K2THINK.group
@@ -75,17 +78,11 @@ Quantity = Annotated[
     IntOrString(description="A resource quantity."),
 ]
 
-#: Git revisions (branches, tags, commits): no spaces, newlines or shell syntax.
-REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 #: OpenAI model ids as vLLM serves them (e.g. LLM360/K2-Think, org/model:tag).
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
 #: vLLM EngineArgs keywords.
 ENGINE_ARG_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
-SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
-#: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
-SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 #: Bounds on lists and maps keep the API server's CEL cost estimates finite.
@@ -99,15 +96,6 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
 
 
 class ArchitectureSpec(_Model):
@@ -242,23 +230,9 @@ class ModelSpec(_Model):
     @field_validator("source")
     @classmethod
     def _source_scheme(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        match = SOURCE_PATTERN.match(value)
-        if not match:
-            raise ValueError(
-                f"{value!r} is not a model source; use hf://ORG/NAME, s3://BUCKET/PATH, "
-                "gs://BUCKET/PATH, pvc://CLAIM/PATH or file:///ABSOLUTE/PATH"
-            )
-        scheme, rest = match.groups()
-        if scheme == "pvc" and "/" not in rest.strip("/"):
-            raise ValueError(f"{value!r}: a pvc source needs a claim and a path, pvc://CLAIM/PATH")
-        if scheme == "file" and not rest.startswith("/"):
-            raise ValueError(f"{value!r}: a file source needs an absolute path, file:///PATH")
-        if ".." in rest.split("/"):
-            # pvc:// paths are joined under the claim's mount point and file:// paths are read
-            # by vLLM as they are: a '..' segment would reach outside what the user named.
-            raise ValueError(f"{value!r}: '..' path segments are not allowed")
+        problem = None if value is None else source_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -896,6 +870,12 @@ class ServingSpec(_Model):
         "key per data entry, as `Authorization: Bearer <key>`); without a valid key a request "
         "gets 401. Edits of the Secret are picked up without a restart.",
     )
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec,
+        description="Which replica serves a request: prefix-aware routing keeps a "
+        "conversation on the replica whose vLLM prefix cache holds its history "
+        "(docs/serving-path.md).",
+    )
 
 
 #: Kueue admits one workload of at most 8 PodSets: the Ray head and 7 worker groups (one per pool)
@@ -1108,6 +1088,23 @@ class K2ThinkDeploymentSpec(_Model):
         problem = vendor_problem(self.pools, self.ray.image)
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.serving) || !has(self.serving.routing) || !has(self.serving.routing.router) || "
+        "self.serving.routing.router != 'prefixAware' || !has(self.engine) || "
+        "!has(self.engine.enablePrefixCaching) || self.engine.enablePrefixCaching",
+        "serving.routing.router prefixAware needs engine.enablePrefixCaching: without vLLM's "
+        "prefix cache there is nothing to route to",
+    )
+    def _routing_needs_prefix_cache(self) -> K2ThinkDeploymentSpec:
+        routing = self.serving.routing
+        if routing.router == "prefixAware" and not self.engine.enable_prefix_caching:
+            raise ValueError(
+                "serving.routing.router prefixAware needs engine.enablePrefixCaching: without "
+                "vLLM's prefix cache there is nothing to route to"
+            )
         return self
 
     @property

@@ -36,6 +36,7 @@ from k2think_operator.api.catalog import (
 )
 from k2think_operator.api.spec import K2ThinkDeploymentSpec, PoolSpec, SpecError
 from k2think_operator.plan.ingress_sizing import IngressPlan, plan_ingress
+from k2think_operator.plan.routing import RoutingPlan, plan_routing
 
 #: Automatic pipeline parallelism stops here: beyond 16 stages the pipeline bubble and the number
 #: of nodes one replica depends on make the layout impractical; set it explicitly to go further.
@@ -113,6 +114,8 @@ class Plan:
     gcs_fault_tolerance: bool = False
     #: Size and place of the OpenAI ingress (ingress.py); None only in hand-built test plans.
     ingress: IngressPlan | None = None
+    #: The model deployment's request router (routing.py); None only in hand-built test plans.
+    routing: RoutingPlan | None = None
 
     @property
     def primary(self) -> PoolPlan:
@@ -429,6 +432,7 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         model_max_ongoing=max_ongoing,
     )
     warnings = bounds.warnings + ((ingress.warning,) if ingress.warning else ())
+    routing = plan_routing(spec, target, min(p.kv_tokens_per_replica for p in pools))
     return Plan(
         model=model_name,
         dtype=precision.dtype,
@@ -450,6 +454,7 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         warnings=warnings,
         gcs_fault_tolerance=spec.ray.gcs_fault_tolerance is not None,
         ingress=ingress,
+        routing=routing,
     )
 
 

@@ -108,6 +108,9 @@ def build_deployment_config(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str
     }
     if spec.serving.max_queued_requests is not None:
         config["max_queued_requests"] = spec.serving.max_queued_requests
+    router_config = plan.routing.request_router_config() if plan.routing else None
+    if router_config is not None:
+        config["request_router_config"] = router_config
     if spec.autoscaling is None:
         config["num_replicas"] = plan.initial_replicas
         return config
