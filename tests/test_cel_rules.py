@@ -19,6 +19,15 @@ from k2think_operator.cli import main
 from tests.conftest import CPU_POOL, TINY_MODEL, load_example, minimal_doc
 
 ARCH = TINY_MODEL["architecture"]
+DRAFT = {"preset": "qwen2.5-7b-instruct"}
+DRAFT_ARCH = {
+    "parametersBillions": 0.5,
+    "layers": 1,
+    "kvHeads": 8,
+    "headDim": 128,
+    "vocabSize": 152064,
+    "maxPositionEmbeddings": 131072,
+}
 
 #: (spec change, path the API server names, rule it fails) — one or more per rule of the CRD.
 VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
@@ -102,6 +111,74 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec.serving.routing",
         "!has(self.router)",
     ),
+    (
+        {"engine": {"speculativeDecoding": {"method": "eagle", "numSpeculativeTokens": 3}}},
+        "spec.engine.speculativeDecoding",
+        "(self.method",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "ngram",
+                    "numSpeculativeTokens": 3,
+                    "draft": DRAFT,
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding",
+        "(self.method",
+    ),
+    (
+        {"engine": {"speculativeDecoding": {"method": "ngram"}}},
+        "spec.engine.speculativeDecoding",
+        "self.method == 'suffix'",
+    ),
+    (
+        {"engine": {"speculativeDecoding": {"method": "suffix", "promptLookupMax": 3}}},
+        "spec.engine.speculativeDecoding",
+        "self.method == 'ngram'",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "ngram",
+                    "numSpeculativeTokens": 3,
+                    "promptLookupMin": 4,
+                    "promptLookupMax": 2,
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding",
+        "!has(self.promptLookupMin)",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "draftModel",
+                    "numSpeculativeTokens": 3,
+                    "draft": {**DRAFT, "architecture": DRAFT_ARCH},
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding" + ".draft",
+        "has(self.preset) !=",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "eagle",
+                    "numSpeculativeTokens": 3,
+                    "draft": {"architecture": DRAFT_ARCH},
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding" + ".draft",
+        "has(self.preset) ||",
+    ),
 ]
 
 #: Documents right at the edges of the same rules, which both the API server and models accept.
@@ -139,6 +216,39 @@ ACCEPTED: list[dict[str, Any]] = [
     {"serving": {"routing": {"router": "powerOfTwo"}}, "engine": {"enablePrefixCaching": False}},
     {"serving": {"routing": {"imbalancedThreshold": 0, "matchRateThreshold": 1}}},
     {"serving": {"routing": {}}, "engine": {"enablePrefixCaching": False}},
+    {"engine": {"speculativeDecoding": {"method": "suffix"}}},
+    {
+        "engine": {
+            "speculativeDecoding": {
+                "method": "ngram",
+                "numSpeculativeTokens": 4,
+                "promptLookupMin": 3,
+                "promptLookupMax": 3,
+            }
+        }
+    },
+    {
+        "engine": {
+            "speculativeDecoding": {
+                "method": "draftModel",
+                "numSpeculativeTokens": 4,
+                "draft": DRAFT,
+            }
+        }
+    },
+    {
+        "engine": {
+            "speculativeDecoding": {
+                "method": "eagle3",
+                "numSpeculativeTokens": 4,
+                "draft": {
+                    "architecture": DRAFT_ARCH,
+                    "source": "hf://org/k2-think-eagle3",
+                    "revision": "v1",
+                },
+            }
+        }
+    },
 ]
 
 
@@ -189,9 +299,8 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    assert (
-        len(all_rules()) == 17
-    )  # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue), 2 routing
+    # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue), 2 routing, 6 speculative
+    assert len(all_rules()) == 23
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

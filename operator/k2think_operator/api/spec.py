@@ -34,6 +34,7 @@ from k2think_operator.api.catalog import (
 from k2think_operator.api.coordinates import K2THINK
 from k2think_operator.api.schema import Cel, IntOrString, cel
 from k2think_operator.api.serving import RoutingSpec
+from k2think_operator.api.speculative import SpeculativeDecodingSpec
 
 # Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
 API_GROUP = K2THINK.group
@@ -57,6 +58,7 @@ PLANNED_ENGINE_ARGS: dict[str, str] = {
     "revision": "spec.model.revision",
     "model": "spec.model.source",
     "served_model_name": "spec.model.servedModelName",
+    "speculative_config": "spec.engine.speculativeDecoding",
 }
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|K|M|G|T)?$"
@@ -531,6 +533,12 @@ class EngineSpec(_Model):
         ge=0,
         description="GiB per GPU the planner keeps free for activations, CUDA graphs and NCCL "
         "buffers. Default from the accelerator profile (4 GiB on GPUs).",
+    )
+    speculative_decoding: SpeculativeDecodingSpec | None = Field(
+        default=None,
+        description="vLLM speculative decoding: ngram or suffix (no draft model), or a draft "
+        "model / EAGLE head (draftModel, eagle, eagle3) whose weights and KV cache the planner "
+        "counts on every GPU. Combinations vLLM refuses are refused here. Off by default.",
     )
     # Values are free-form (preserve-unknown-fields: CEL cannot type them); the keys are checked
     # by ``_no_planned_keys``.
