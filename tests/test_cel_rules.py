@@ -179,6 +179,8 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec.engine.speculativeDecoding" + ".draft",
         "has(self.preset) ||",
     ),
+    ({"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}, "spec", "(has(self.upgradeStrategy)"),
+    ({"incrementalUpgrade": {"gatewayClassName": "istio"}}, "spec", "(has(self.upgradeStrategy)"),
 ]
 
 #: Documents right at the edges of the same rules, which both the API server and models accept.
@@ -217,6 +219,10 @@ ACCEPTED: list[dict[str, Any]] = [
     {"serving": {"routing": {"imbalancedThreshold": 0, "matchRateThreshold": 1}}},
     {"serving": {"routing": {}}, "engine": {"enablePrefixCaching": False}},
     {"engine": {"speculativeDecoding": {"method": "suffix"}}},
+    {
+        "upgradeStrategy": "NewClusterWithIncrementalUpgrade",
+        "incrementalUpgrade": {"gatewayClassName": "istio", "maxSurgePercent": 0},
+    },
     {
         "engine": {
             "speculativeDecoding": {
@@ -299,8 +305,8 @@ def test_edges_accepted_by_rules_and_models(change: dict[str, Any]) -> None:
 def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
-    # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue), 2 routing, 6 speculative
-    assert len(all_rules()) == 23
+    # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue), 2 routing, 6 speculative, 1 upgrade
+    assert len(all_rules()) == 24
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

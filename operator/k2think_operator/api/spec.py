@@ -35,6 +35,7 @@ from k2think_operator.api.coordinates import K2THINK
 from k2think_operator.api.schema import Cel, IntOrString, cel
 from k2think_operator.api.serving import RoutingSpec
 from k2think_operator.api.speculative import SpeculativeDecodingSpec
+from k2think_operator.api.upgrade import IncrementalUpgradeSpec
 
 # Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
 API_GROUP = K2THINK.group
@@ -979,8 +980,17 @@ class K2ThinkDeploymentSpec(_Model):
         default="NewCluster",
         description="How KubeRay rolls out changes that need a new Ray cluster (image, layout, "
         "pools): NewCluster (zero downtime, temporarily needs the GPUs twice), "
-        "NewClusterWithIncrementalUpgrade (needs Gateway API support in KubeRay) or None (the "
-        "running cluster is kept; only Serve config changes apply).",
+        "NewClusterWithIncrementalUpgrade (the new cluster grows step by step while traffic "
+        "moves to it through a Gateway: needs incrementalUpgrade, the Gateway API and KubeRay's "
+        "RayServiceIncrementalUpgrade feature gate) or None (the running cluster is kept; only "
+        "Serve config changes apply).",
+    )
+    incremental_upgrade: IncrementalUpgradeSpec | None = Field(
+        default=None,
+        description="Steps of upgradeStrategy NewClusterWithIncrementalUpgrade, rendered as "
+        "KubeRay's clusterUpgradeOptions (required with that strategy, refused with the "
+        "others). The condition IncrementalUpgradeUnavailable says when the operator is told "
+        "KubeRay's feature gate is off (K2T_KUBERAY_INCREMENTAL_UPGRADE).",
     )
     suspend: bool = Field(
         default=False,
@@ -1115,6 +1125,28 @@ class K2ThinkDeploymentSpec(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    @cel(
+        "(has(self.upgradeStrategy) && self.upgradeStrategy == "
+        "'NewClusterWithIncrementalUpgrade') == has(self.incrementalUpgrade)",
+        "upgradeStrategy NewClusterWithIncrementalUpgrade needs incrementalUpgrade (at least "
+        "gatewayClassName), and incrementalUpgrade is only for that strategy",
+    )
+    def _incremental_upgrade_options(self) -> K2ThinkDeploymentSpec:
+        incremental = self.upgrade_strategy == "NewClusterWithIncrementalUpgrade"
+        if incremental and self.incremental_upgrade is None:
+            raise ValueError(
+                "upgradeStrategy NewClusterWithIncrementalUpgrade needs incrementalUpgrade (at "
+                "least gatewayClassName): KubeRay refuses the RayService without "
+                "clusterUpgradeOptions"
+            )
+        if not incremental and self.incremental_upgrade is not None:
+            raise ValueError(
+                f"incrementalUpgrade is only for upgradeStrategy "
+                f"NewClusterWithIncrementalUpgrade, not {self.upgrade_strategy}"
+            )
+        return self
+
     @property
     def fixed_replicas(self) -> int:
         """Replica count when autoscaling is off (1 when neither is set)."""
@@ -1154,7 +1186,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith(("function-", "literal[", "constrained-", "int", "str")):
+        elif part in ("int", "str") or part.startswith(("function-", "literal[", "constrained-")):
+            # pydantic's union branch tags, not fields (a field may start with "int"/"str":
+            # spec.incrementalUpgrade.intervalSeconds)
             continue
         else:
             path += f".{part}"

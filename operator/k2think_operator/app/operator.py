@@ -98,6 +98,7 @@ class Operator:
             unschedulable_grace=config.unschedulable_grace_seconds,
             gcs_ft_replica_threshold=config.gcs_ft_replica_threshold,
             queue_recheck_seconds=config.queue_recheck_seconds,
+            kuberay_incremental_upgrade=config.kuberay_incremental_upgrade,
         )
         self.deployment_controller: Controller[Key] = Controller(
             "deployments",
