@@ -1,0 +1,114 @@
+"""upgradeStrategy NewClusterWithIncrementalUpgrade on the real KubeRay v1.6.2 (its
+``RayServiceIncrementalUpgrade`` feature gate on, as a platform team turns it on):
+
+* the RayService the operator renders (``decide``: what it applies) passes KubeRay's validation
+  (``ValidateRayServiceSpec`` -> ``ValidateClusterUpgradeOptions``) and KubeRay creates its Ray
+  cluster;
+* the same RayService without ``clusterUpgradeOptions`` (what the operator rendered before
+  #24) is refused by KubeRay: Ready=False ``ValidationFailed``, "ClusterUpgradeOptions are
+  required for NewClusterWithIncrementalUpgrade", no Ray cluster.
+
+What is not proven here: traffic through a Gateway (the KWOK ground runs no Ray, so KubeRay never
+reaches the Gateway step, which follows a serving cluster; no Gateway API implementation builds
+from the package registries on this ground: docs/serving-path.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness import Cluster
+from k2think_operator.deployment.decide import decide
+from support import apply_doc, condition, eventually, get, items, unique_namespace
+
+GATE = "--feature-gates=RayServiceIncrementalUpgrade=true"
+
+
+@pytest.fixture
+def gated_ns(cluster: Cluster) -> Iterator[str]:
+    """A namespace watched by KubeRay with the incremental-upgrade gate on."""
+    name = unique_namespace("incr")
+    cluster.kubectl("create", "namespace", name)
+    cluster.start_kuberay(watch_namespace=name, extra_args=[GATE])
+    try:
+        yield name
+    finally:
+        # KubeRay's finalizers on the RayServices go while KubeRay still runs.
+        cluster.kubectl(
+            "delete", "rayservices.ray.io", "--all", "-n", name, "--wait=false", check=False
+        )
+        try:
+            eventually(
+                "the RayServices gone",
+                lambda: not items(cluster, "rayservices.ray.io", name) or None,
+                timeout=120,
+            )
+        finally:
+            cluster.stop_kuberay()
+            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def rendered_rayservice(ns: str, name: str) -> dict[str, Any]:
+    """The RayService the operator applies for an incremental-upgrade deployment."""
+    doc = {
+        "apiVersion": "k2think.dev/v1alpha1",
+        "kind": "K2ThinkDeployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "model": {"preset": "k2-think"},
+            "pools": [{"name": "h100", "gpuType": "H100-80GB", "gpusPerNode": 8}],
+            "upgradeStrategy": "NewClusterWithIncrementalUpgrade",
+            "incrementalUpgrade": {"gatewayClassName": "envoy-gateway"},
+        },
+    }
+    decision = decide(doc)
+    assert not decision.problems, decision.problems
+    (rayservice,) = [c for c in decision.children if c["kind"] == "RayService"]
+    return copy.deepcopy(rayservice)
+
+
+def ray_cluster_of(cluster: Cluster, ns: str, service: str) -> dict[str, Any] | None:
+    for rc in items(cluster, "rayclusters.ray.io", ns):
+        owners = rc["metadata"].get("ownerReferences") or []
+        if any(o.get("kind") == "RayService" and o.get("name") == service for o in owners):
+            return rc
+    return None
+
+
+def test_kuberay_accepts_the_rendered_incremental_upgrade(cluster: Cluster, gated_ns: str) -> None:
+    ns = gated_ns
+    rendered = rendered_rayservice(ns, "incr")
+    assert rendered["spec"]["upgradeStrategy"]["clusterUpgradeOptions"]["gatewayClassName"] == (
+        "envoy-gateway"
+    )
+    apply_doc(cluster, rendered)
+    stored = eventually("the RayService", lambda: get(cluster, "rayservices.ray.io", "incr", ns))
+    # The API server keeps every option (KubeRay's CRD schema: all four are known fields).
+    assert stored["spec"]["upgradeStrategy"] == rendered["spec"]["upgradeStrategy"]
+    rc = eventually(
+        "KubeRay's Ray cluster for the RayService",
+        lambda: ray_cluster_of(cluster, ns, "incr"),
+        timeout=120,
+    )
+    assert rc["spec"]["enableInTreeAutoscaling"] is True
+    ready = condition(get(cluster, "rayservices.ray.io", "incr", ns), "Ready")
+    assert ready is None or ready.get("reason") != "ValidationFailed", ready
+
+    # Negative control, same KubeRay: without clusterUpgradeOptions KubeRay refuses it.
+    bare = rendered_rayservice(ns, "bare")
+    del bare["spec"]["upgradeStrategy"]["clusterUpgradeOptions"]
+    apply_doc(cluster, bare)
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(get(cluster, "rayservices.ray.io", "bare", ns), "Ready")
+        return cond if cond and cond.get("reason") == "ValidationFailed" else None
+
+    cond = eventually("KubeRay's ValidationFailed on the bare RayService", refused, timeout=120)
+    assert (
+        "ClusterUpgradeOptions are required for NewClusterWithIncrementalUpgrade" in cond["message"]
+    )
+    assert ray_cluster_of(cluster, ns, "bare") is None
