@@ -147,6 +147,12 @@ def test_a_draft_that_no_longer_fits_is_a_plan_error() -> None:
             "neither 1 nor the model's tensor=4",
         ),
         (
+            DRAFT_MODEL,
+            {"ray": {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}]}},
+            "spec.engine.speculativeDecoding.draft.source",
+            "an hf:// draft cannot be downloaded",
+        ),
+        (
             {**DRAFT_MODEL, "draft": {"source": "pvc://other/draft", "architecture": DRAFT_ARCH}},
             {"model": {"preset": "k2-think", "source": "pvc://weights/k2"}},
             "spec.engine.speculativeDecoding.draft.source",
@@ -207,3 +213,36 @@ def test_extra_args_cannot_smuggle_it_in() -> None:
         parse_spec(
             minimal_doc(engine={"extraArgs": {"speculative_config": {"method": "ngram"}}})["spec"]
         )
+
+
+def test_a_cached_model_keeps_the_draft_off_the_hub() -> None:
+    """Served from a K2ThinkModelCache the workers run offline: an hf:// draft is refused, a
+    draft on the cache's claim is served from it."""
+    from k2think_operator.deployment.cache import CacheView
+    from k2think_operator.deployment.decide import decide
+
+    view = CacheView("weights", "k2-cache", "LLM360--K2-Think/abc123", "abc123")
+    cached = doc(DRAFT_MODEL, model={"preset": "k2-think", "cacheRef": "weights"})
+    decision = decide(cached, cache=view)
+    assert any("spec.engine.speculativeDecoding.draft.source" in p for p in decision.problems)
+    on_claim = {
+        **DRAFT_MODEL,
+        "draft": {
+            "source": "pvc://k2-cache/Qwen--Qwen2.5-7B-Instruct/def456",
+            "architecture": {**DRAFT_ARCH, "parametersBillions": 7.62, "layers": 28},
+        },
+    }
+    decision = decide(
+        doc(on_claim, model={"preset": "k2-think", "cacheRef": "weights"}), cache=view
+    )
+    assert not decision.problems, decision.problems
+    assert engine_kwargs_of(decision)["speculative_config"]["model"] == (
+        "/mnt/models/k2-cache/Qwen--Qwen2.5-7B-Instruct/def456"
+    )
+
+
+def engine_kwargs_of(decision: Any) -> dict[str, Any]:
+    (rayservice,) = [c for c in decision.children if c["kind"] == "RayService"]
+    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    kwargs: dict[str, Any] = config["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]
+    return kwargs

@@ -14,10 +14,11 @@ from typing import Any
 
 from k2think_operator.api import reasons as r
 from k2think_operator.api.limits import name_problems
-from k2think_operator.api.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
+from k2think_operator.api.spec import InvalidSpec, K2ThinkDeploymentSpec, SpecError, parse_spec
 from k2think_operator.deployment.cache import CacheView, serve_from_cache
 from k2think_operator.deployment.upgrade import upgrade_cost
 from k2think_operator.plan.planner import Plan, PlanError, plan_deployment
+from k2think_operator.plan.speculative import check_draft
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
 from k2think_operator.runtime.events import Event
@@ -72,6 +73,10 @@ def decide(
             waiting = cache_waiting or f"K2ThinkModelCache {spec.model.cache_ref} is not ready"
             return Decision(name, namespace, generation, spec, plan, (), (), waiting, None)
         spec = serve_from_cache(spec, cache)
+        try:
+            check_draft(spec, spec.model.resolved_architecture())  # the cache's claim now known
+        except SpecError as error:
+            return Decision(name, namespace, generation, None, None, (), (str(error),))
     children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
     return Decision(name, namespace, generation, spec, plan, tuple(children), (), None, cache)
 

@@ -23,7 +23,7 @@ the number of independently scalable replicas, so small gains are not worth it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from k2think_operator.api.catalog import (
@@ -430,10 +430,10 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
     first = ACCELERATORS[spec.pools[0].gpu_type]
     precision = plan_precision(spec, first)
     check_context_length(spec, model_name)
-    check_draft(spec, spec.model.resolved_architecture())
+    _as_plan_error(check_draft, spec, spec.model.resolved_architecture())
     contexts = [_pool_context(spec, pool, precision) for pool in spec.pools]
     chosen, per_pool = plan_layout(spec, contexts, model_name)
-    check_draft_parallel(spec, chosen.tensor)
+    _as_plan_error(check_draft_parallel, spec, chosen.tensor)
     pools = plan_pools(contexts, per_pool, chosen)
     bounds = plan_replicas(spec, pools, chosen)
     pools = _distribute(
@@ -475,6 +475,16 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         ingress=ingress,
         routing=routing,
     )
+
+
+def _as_plan_error(check: Callable[..., None], *args: object) -> None:
+    """Run a check of speculative.py (which cannot import PlanError) as a plan check."""
+    try:
+        check(*args)
+    except PlanError:
+        raise
+    except SpecError as error:
+        raise PlanError(error.field, error.message) from None
 
 
 def check_context_length(spec: K2ThinkDeploymentSpec, model_name: str) -> None:

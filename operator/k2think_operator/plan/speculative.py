@@ -61,7 +61,20 @@ def check_draft(spec: K2ThinkDeploymentSpec, target: Architecture) -> None:
             "draft of the same family, an EAGLE head (eagle, eagle3) or ngram",
         )
     source = draft.resolved_source()
-    if source.startswith("pvc://"):
+    cached = spec.model.cache_ref is not None
+    offline = cached or any(e.name == "HF_HUB_OFFLINE" and e.value == "1" for e in spec.ray.env)
+    if source.startswith("hf://") and offline:
+        # A deployment served from a K2ThinkModelCache runs with HF_HUB_OFFLINE=1
+        # (deployment/cache.py): vLLM could not download the draft.
+        raise SpecError(
+            f"{FIELD}.draft.source",
+            "the workers run with HF_HUB_OFFLINE=1 (spec.model.cacheRef, or spec.ray.env): an "
+            "hf:// draft cannot be downloaded; put the draft on the model's claim (pvc://) or "
+            "in the image (file://)",
+        )
+    # With a cacheRef the model's claim is the cache's, known once the deployment is served
+    # from it (deployment/decide.py checks again then).
+    if source.startswith("pvc://") and not cached:
         model = SOURCE_PATTERN.match(spec.model.resolved_source())
         claim = source.removeprefix("pvc://").strip("/").split("/", 1)[0]
         model_claim = (
