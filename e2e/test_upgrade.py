@@ -6,7 +6,9 @@
   cluster;
 * the same RayService without ``clusterUpgradeOptions`` (what the operator rendered before
   #24) is refused by KubeRay: Ready=False ``ValidationFailed``, "ClusterUpgradeOptions are
-  required for NewClusterWithIncrementalUpgrade", no Ray cluster.
+  required for NewClusterWithIncrementalUpgrade", no Ray cluster;
+* the running operator, not told that KubeRay's gate is on (its default, like KubeRay's), says
+  so on such a deployment: ``IncrementalUpgradeUnavailable=True`` (``KubeRayFeatureGateOff``).
 
 What is not proven here: traffic through a Gateway (the KWOK ground runs no Ray, so KubeRay never
 reaches the Gateway step, which follows a serving cluster; no Gateway API implementation builds
@@ -17,13 +19,23 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import Cluster
 from k2think_operator.deployment.decide import decide
-from support import apply_doc, condition, eventually, get, items, unique_namespace
+from support import (
+    OperatorProcess,
+    apply_doc,
+    condition,
+    eventually,
+    get,
+    items,
+    namespace,
+    unique_namespace,
+)
 
 GATE = "--feature-gates=RayServiceIncrementalUpgrade=true"
 
@@ -52,9 +64,8 @@ def gated_ns(cluster: Cluster) -> Iterator[str]:
             cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def rendered_rayservice(ns: str, name: str) -> dict[str, Any]:
-    """The RayService the operator applies for an incremental-upgrade deployment."""
-    doc = {
+def incremental_deployment(ns: str, name: str) -> dict[str, Any]:
+    return {
         "apiVersion": "k2think.dev/v1alpha1",
         "kind": "K2ThinkDeployment",
         "metadata": {"name": name, "namespace": ns},
@@ -65,7 +76,11 @@ def rendered_rayservice(ns: str, name: str) -> dict[str, Any]:
             "incrementalUpgrade": {"gatewayClassName": "envoy-gateway"},
         },
     }
-    decision = decide(doc)
+
+
+def rendered_rayservice(ns: str, name: str) -> dict[str, Any]:
+    """The RayService the operator applies for an incremental-upgrade deployment."""
+    decision = decide(incremental_deployment(ns, name))
     assert not decision.problems, decision.problems
     (rayservice,) = [c for c in decision.children if c["kind"] == "RayService"]
     return copy.deepcopy(rayservice)
@@ -112,3 +127,27 @@ def test_kuberay_accepts_the_rendered_incremental_upgrade(cluster: Cluster, gate
         "ClusterUpgradeOptions are required for NewClusterWithIncrementalUpgrade" in cond["message"]
     )
     assert ray_cluster_of(cluster, ns, "bare") is None
+
+
+def test_the_operator_says_when_kuberay_lacks_the_gate(cluster: Cluster, log_dir: Path) -> None:
+    with namespace(cluster, "incr-op") as ns:
+        op = OperatorProcess(cluster, [f"--namespace={ns}"], log_dir / "operator-upgrade.log")
+        op.start()
+        try:
+            apply_doc(cluster, incremental_deployment(ns, "incr"))
+
+            def unavailable() -> dict[str, Any] | None:
+                k2t = get(cluster, "k2thinkdeployments.k2think.dev", "incr", ns)
+                return condition(k2t, "IncrementalUpgradeUnavailable")
+
+            cond = eventually("the IncrementalUpgradeUnavailable condition", unavailable)
+            assert (cond["status"], cond["reason"]) == ("True", "KubeRayFeatureGateOff")
+            assert "not rolled out" in cond["message"]
+            rs = eventually(
+                "the operator's RayService", lambda: get(cluster, "rayservices.ray.io", "incr", ns)
+            )
+            options = rs["spec"]["upgradeStrategy"]["clusterUpgradeOptions"]
+            assert options["gatewayClassName"] == "envoy-gateway"
+        finally:
+            cluster.kubectl("delete", "k2t", "--all", "-n", ns, "--wait=false", check=False)
+            op.stop()
