@@ -42,10 +42,10 @@ from dataplane_support import (  # noqa: E402
     RayHead,
     poll,
     put_serve_config_v2,
-    replica_states,
-    wait_for_app,
 )
 from routing_workload import (  # noqa: E402
+    POWER_OF_TWO,
+    PREFIX_AWARE,
     PREFIX_HITS,
     PREFIX_QUERIES,
     REQUESTS,
@@ -56,6 +56,7 @@ from routing_workload import (  # noqa: E402
     percentile,
     replica_counters,
     total,
+    wait_for_router,
 )
 from tiny_model import build_tiny_k2think  # noqa: E402
 
@@ -66,12 +67,13 @@ def deploy(head: RayHead, model: Path, router: str) -> None:
     config = fixed_serve_config_for(model, SERVED, replicas=2, routing={"router": router})
     response = put_serve_config_v2(head.dashboard_url, config)
     assert response.status_code == 200, response.text
-
-    def both_running() -> bool:
-        data = wait_for_app(head.dashboard_url, APP_NAME, "RUNNING", timeout=900)
-        return replica_states(data, APP_NAME).count("RUNNING") == 2
-
-    poll(both_running, timeout=900, interval=3, what="2 LLM replicas RUNNING")
+    wait_for_router(
+        head.dashboard_url,
+        APP_NAME,
+        PREFIX_AWARE if router == "prefixAware" else POWER_OF_TWO,
+        2,
+        timeout=900,
+    )
 
 
 def phase(head: RayHead, router: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:

@@ -15,8 +15,10 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+from dataplane_support import deployment, get_serve_status, poll
 from prometheus_client.parser import text_string_to_metric_families
 
 #: The counters read per replica (names as Ray exports vLLM's ``vllm:*`` counters).
@@ -26,6 +28,10 @@ PREFIX_QUERIES = "ray_vllm_prefix_cache_queries"
 ACCEPTED = "ray_vllm_spec_decode_num_accepted_tokens"
 DRAFTS = "ray_vllm_spec_decode_num_draft_tokens"
 COUNTERS = (REQUESTS, PREFIX_HITS, PREFIX_QUERIES, ACCEPTED, DRAFTS)
+
+#: The class names Serve reports in a deployment's request_router_config.
+PREFIX_AWARE = "PrefixCacheAffinityRouter"
+POWER_OF_TWO = "PowerOfTwoChoicesRequestRouter"
 
 _WORDS = [
     "reason",
@@ -148,3 +154,32 @@ def percentile(values: Iterable[float], share: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
     return ordered[index]
+
+
+def wait_for_router(
+    dashboard_url: str, app: str, router: str, replicas: int, timeout: float
+) -> dict[str, Any]:
+    """Wait until Serve runs ``app``'s LLM deployment with ``router`` (a class name, as Serve's
+    status reports the deployed request_router_config) and ``replicas`` RUNNING replicas.
+
+    Serve's own status is the proof that the router the operator rendered is the one running;
+    waiting on it (not only on the app's RUNNING) also skips the moment right after a PUT when
+    the previous version still reports RUNNING.
+    """
+
+    def probe() -> dict[str, Any] | None:
+        data = get_serve_status(dashboard_url)
+        entry = (data.get("applications") or {}).get(app)
+        if entry is None or entry["status"] != "RUNNING":
+            if entry is not None and entry["status"] in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise AssertionError(f"{app} went {entry['status']}: {entry.get('message')}")
+            return None
+        llm = deployment(data, app, "LLMServer")
+        deployed = (llm.get("deployment_config") or {}).get("request_router_config") or {}
+        running = [r for r in llm.get("replicas") or [] if r["state"] == "RUNNING"]
+        if not str(deployed.get("request_router_class", "")).endswith(router):
+            return None
+        return data if len(running) == replicas and len(llm["replicas"]) == replicas else None
+
+    result: dict[str, Any] = poll(probe, timeout=timeout, interval=3, what=f"{app} on {router}")
+    return result

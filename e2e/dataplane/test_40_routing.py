@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from dataplane_config import APP_NAME, fixed_serve_config_for
-from dataplane_support import RayHead, poll, put_serve_config_v2, replica_states, wait_for_app
+from dataplane_support import RayHead, poll, put_serve_config_v2
 from routing_workload import (
+    POWER_OF_TWO,
+    PREFIX_AWARE,
     PREFIX_HITS,
     REQUESTS,
     Conversation,
@@ -28,6 +30,7 @@ from routing_workload import (
     long_text,
     replica_counters,
     total,
+    wait_for_router,
 )
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(1800)]
@@ -48,18 +51,8 @@ def deploy(head: RayHead, model_dir: Path, router: str) -> dict[str, Any]:
         assert router_config is None  # Serve's default: power of two choices
     response = put_serve_config_v2(head.dashboard_url, config)
     assert response.status_code == 200, response.text
-
-    def both_running() -> dict[str, Any] | None:
-        data = wait_for_app(
-            head.dashboard_url, APP_NAME, "RUNNING", timeout=DEPLOY_TIMEOUT_S,
-            fail_on=("DEPLOY_FAILED", "UNHEALTHY"),
-        )  # fmt: skip
-        return data if replica_states(data, APP_NAME).count("RUNNING") == 2 else None
-
-    data: dict[str, Any] = poll(
-        both_running, timeout=DEPLOY_TIMEOUT_S, interval=3, what="2 LLM replicas"
-    )
-    return data
+    running_router = PREFIX_AWARE if router == "prefixAware" else POWER_OF_TWO
+    return wait_for_router(head.dashboard_url, APP_NAME, running_router, 2, DEPLOY_TIMEOUT_S)
 
 
 def metrics_url(head: RayHead) -> str:

@@ -19,8 +19,17 @@ from typing import Any
 import pytest
 import yaml
 from dataplane_config import APP_NAME, fixed_serve_config_for
-from dataplane_support import RayHead, poll, put_serve_config_v2, wait_for_app
-from routing_workload import ACCEPTED, DRAFTS, chat_turn, delta, replica_counters, total
+from dataplane_support import RayHead, poll, put_serve_config_v2
+from routing_workload import (
+    ACCEPTED,
+    DRAFTS,
+    POWER_OF_TWO,
+    chat_turn,
+    delta,
+    replica_counters,
+    total,
+    wait_for_router,
+)
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(1800)]
 
@@ -112,10 +121,8 @@ def test_ngram_serves_the_same_text_with_accepted_tokens(
     response = put_serve_config_v2(ray_head.dashboard_url, yaml.safe_dump(both))
     assert response.status_code == 200, response.text
     for app in (APP_NAME, "ngram"):
-        wait_for_app(
-            ray_head.dashboard_url, app, "RUNNING", timeout=DEPLOY_TIMEOUT_S,
-            fail_on=("DEPLOY_FAILED", "UNHEALTHY"),
-        )  # fmt: skip
+        # Serve's default router: the plain config replaced whatever ran before (routing tests).
+        wait_for_router(ray_head.dashboard_url, app, POWER_OF_TWO, 1, DEPLOY_TIMEOUT_S)
     metrics = f"http://127.0.0.1:{ray_head.metrics_port}/metrics"
     before = replica_counters(metrics)
     for prompt in PROMPTS:
