@@ -10,14 +10,21 @@
 * the running operator, not told that KubeRay's gate is on (its default, like KubeRay's), says
   so on such a deployment: ``IncrementalUpgradeUnavailable=True`` (``KubeRayFeatureGateOff``).
 
-What is not proven here: traffic through a Gateway (the KWOK ground runs no Ray, so KubeRay never
-reaches the Gateway step, which follows a serving cluster; no Gateway API implementation builds
-from the package registries on this ground: docs/serving-path.md).
+With the gate on, KubeRay creates the RayService's Gateway (of our ``gatewayClassName``) before
+the first Ray cluster: the Gateway API CRDs must be installed (found here: without them KubeRay's
+reconcile stops at the Gateway and no Ray cluster ever comes). They come from the Go module cache
+(``GATEWAY_API_VERSION`` in e2e/build/versions.env).
+
+What is not proven here: traffic moving through an HTTPRoute (the KWOK ground runs no Ray, so no
+cluster becomes ready to receive traffic, and no Gateway API implementation runs on this ground:
+docs/serving-path.md).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,19 @@ from support import (
 )
 
 GATE = "--feature-gates=RayServiceIncrementalUpgrade=true"
+VERSIONS = Path(__file__).resolve().parent / "build" / "versions.env"
+
+
+def gateway_api_crds() -> list[Path]:
+    """The Gateway API's standard CRDs, from the Go module cache (the Go proxy fills it)."""
+    versions = dict(line.split("=", 1) for line in VERSIONS.read_text().splitlines() if "=" in line)
+    module = f"sigs.k8s.io/gateway-api@{versions['GATEWAY_API_VERSION'].strip()}"
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True
+    ).stdout
+    crds = sorted((Path(json.loads(out)["Dir"]) / "config" / "crd" / "standard").glob("*.yaml"))
+    assert crds, f"no CRDs in {module}"
+    return crds
 
 
 @pytest.fixture
@@ -45,6 +65,7 @@ def gated_ns(cluster: Cluster) -> Iterator[str]:
     """A namespace watched by KubeRay with the incremental-upgrade gate on."""
     name = unique_namespace("incr")
     cluster.kubectl("create", "namespace", name)
+    cluster.install_crds(gateway_api_crds(), kuberay=False)
     cluster.start_kuberay(watch_namespace=name, extra_args=[GATE])
     try:
         yield name
@@ -104,14 +125,24 @@ def test_kuberay_accepts_the_rendered_incremental_upgrade(cluster: Cluster, gate
     stored = eventually("the RayService", lambda: get(cluster, "rayservices.ray.io", "incr", ns))
     # The API server keeps every option (KubeRay's CRD schema: all four are known fields).
     assert stored["spec"]["upgradeStrategy"] == rendered["spec"]["upgradeStrategy"]
-    rc = eventually(
-        "KubeRay's Ray cluster for the RayService",
-        lambda: ray_cluster_of(cluster, ns, "incr"),
-        timeout=120,
-    )
+
+    def cluster_or_refusal() -> dict[str, Any] | None:
+        rc = ray_cluster_of(cluster, ns, "incr")
+        if rc is not None:
+            return rc
+        ready = condition(get(cluster, "rayservices.ray.io", "incr", ns), "Ready")
+        assert ready is None or ready.get("reason") != "ValidationFailed", ready
+        return None
+
+    rc = eventually("KubeRay's Ray cluster for the RayService", cluster_or_refusal, timeout=120)
     assert rc["spec"]["enableInTreeAutoscaling"] is True
-    ready = condition(get(cluster, "rayservices.ray.io", "incr", ns), "Ready")
-    assert ready is None or ready.get("reason") != "ValidationFailed", ready
+    # KubeRay's own Gateway for the upgrade, of the class we rendered.
+    gateways = [
+        g
+        for g in items(cluster, "gateways.gateway.networking.k8s.io", ns)
+        if any(o.get("name") == "incr" for o in g["metadata"].get("ownerReferences") or [])
+    ]
+    assert [g["spec"]["gatewayClassName"] for g in gateways] == ["envoy-gateway"]
 
     # Negative control, same KubeRay: without clusterUpgradeOptions KubeRay refuses it.
     bare = rendered_rayservice(ns, "bare")
