@@ -100,6 +100,11 @@ bench-ingress:
 .PHONY: bench-autoscaling
 bench-autoscaling: venv
 	$(PY) e2e/bench/autoscaling_sim.py
+## bench-routing: TTFT and vLLM prefix-cache hit rate, prefixAware vs powerOfTwo, one run (heavy lock; not in `test`)
+.PHONY: bench-routing
+bench-routing:
+	bash e2e/dataplane/install.sh
+	flock /tmp/k2t-heavy.lock unshare -n bash -c 'ip link set lo up && exec .venv-dataplane/bin/python e2e/bench/routing.py'
 
 ## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
 .PHONY: test-chain

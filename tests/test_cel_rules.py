@@ -20,6 +20,15 @@ from k2think_operator.cli import main
 from tests.conftest import CPU_POOL, TINY_MODEL, load_example, minimal_doc
 
 ARCH = TINY_MODEL["architecture"]
+DRAFT = {"preset": "qwen2.5-7b-instruct"}
+DRAFT_ARCH = {
+    "parametersBillions": 0.5,
+    "layers": 1,
+    "kvHeads": 8,
+    "headDim": 128,
+    "vocabSize": 152064,
+    "maxPositionEmbeddings": 131072,
+}
 
 #: (spec change, path the API server names, rule it fails) — one or more per rule of the CRD.
 VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
@@ -89,6 +98,94 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec",
         "!has(self.scheduling) || !has(self.scheduling.queueName) || !has(self.serving)",
     ),
+    (
+        {
+            "serving": {"routing": {"router": "prefixAware"}},
+            "engine": {"enablePrefixCaching": False},
+        },
+        "spec",
+        "!has(self.serving) || !has(self.serving.routing)",
+    ),
+    (
+        {"serving": {"routing": {"router": "powerOfTwo", "imbalancedThreshold": 4}}},
+        "spec.serving.routing",
+        "!has(self.router)",
+    ),
+    (
+        {"serving": {"routing": {"router": "powerOfTwo", "prefixMemoryChars": 100000}}},
+        "spec.serving.routing",
+        "!has(self.router)",
+    ),
+    (
+        {"engine": {"speculativeDecoding": {"method": "eagle", "numSpeculativeTokens": 3}}},
+        "spec.engine.speculativeDecoding",
+        "(self.method",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "ngram",
+                    "numSpeculativeTokens": 3,
+                    "draft": DRAFT,
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding",
+        "(self.method",
+    ),
+    (
+        {"engine": {"speculativeDecoding": {"method": "ngram"}}},
+        "spec.engine.speculativeDecoding",
+        "self.method == 'suffix'",
+    ),
+    (
+        {"engine": {"speculativeDecoding": {"method": "suffix", "promptLookupMax": 3}}},
+        "spec.engine.speculativeDecoding",
+        "self.method == 'ngram'",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "ngram",
+                    "numSpeculativeTokens": 3,
+                    "promptLookupMin": 4,
+                    "promptLookupMax": 2,
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding",
+        "!has(self.promptLookupMin)",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "draftModel",
+                    "numSpeculativeTokens": 3,
+                    "draft": {**DRAFT, "architecture": DRAFT_ARCH},
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding" + ".draft",
+        "has(self.preset) !=",
+    ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "eagle",
+                    "numSpeculativeTokens": 3,
+                    "draft": {"architecture": DRAFT_ARCH},
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding" + ".draft",
+        "has(self.preset) ||",
+    ),
+    ({"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}, "spec", "(has(self.upgradeStrategy)"),
+    ({"incrementalUpgrade": {"gatewayClassName": "istio"}}, "spec", "(has(self.upgradeStrategy)"),
 ]
 
 # The input boundary (#22): side doors, credentials, what the cluster would refuse later.
@@ -203,6 +300,46 @@ ACCEPTED: list[dict[str, Any]] = [
         "serving": {"ingress": {"placement": "cpuGroup"}},
         "pools": [{"name": f"p{i}", "gpuType": "H100-80GB"} for i in range(6)],
     },
+    {"serving": {"routing": {"router": "powerOfTwo"}}, "engine": {"enablePrefixCaching": False}},
+    {"serving": {"routing": {"imbalancedThreshold": 0, "matchRateThreshold": 1}}},
+    {"serving": {"routing": {}}, "engine": {"enablePrefixCaching": False}},
+    {"engine": {"speculativeDecoding": {"method": "suffix"}}},
+    {
+        "upgradeStrategy": "NewClusterWithIncrementalUpgrade",
+        "incrementalUpgrade": {"gatewayClassName": "istio", "maxSurgePercent": 0},
+    },
+    {
+        "engine": {
+            "speculativeDecoding": {
+                "method": "ngram",
+                "numSpeculativeTokens": 4,
+                "promptLookupMin": 3,
+                "promptLookupMax": 3,
+            }
+        }
+    },
+    {
+        "engine": {
+            "speculativeDecoding": {
+                "method": "draftModel",
+                "numSpeculativeTokens": 4,
+                "draft": DRAFT,
+            }
+        }
+    },
+    {
+        "engine": {
+            "speculativeDecoding": {
+                "method": "eagle3",
+                "numSpeculativeTokens": 4,
+                "draft": {
+                    "architecture": DRAFT_ARCH,
+                    "source": "hf://org/k2-think-eagle3",
+                    "revision": "v1",
+                },
+            }
+        }
+    },
 ]
 
 
@@ -263,8 +400,9 @@ def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
     # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue); #22: 3 env, revision, 2 memory,
-    # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places.
-    assert len(all_rules()) == 15 + 20
+    # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places;
+    # #24: 2 routing, 6 speculative, 1 upgrade.
+    assert len(all_rules()) == 15 + 20 + 9
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

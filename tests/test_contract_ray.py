@@ -7,6 +7,7 @@ the same string for real on CPU).
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -24,6 +25,17 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import ray.serve.config as serve_config_mod  # noqa: E402
 import ray.serve.schema as serve_schema  # noqa: E402
 from ray.llm._internal.serve.core.configs import llm_config as llm_config_mod  # noqa: E402
+from ray.llm._internal.serve.routing_policies.prefix_aware import (  # noqa: E402
+    prefix_aware_router,
+)
+from ray.serve._private import constants as serve_constants  # noqa: E402
+
+from k2think_operator.api.serving import PREFIX_AWARE_ROUTER_CLASS  # noqa: E402
+
+INTERNAL_ROUTER = (
+    "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router:"
+    "PrefixCacheAffinityRouter"
+)
 
 CASES: dict[str, dict[str, Any]] = {
     "k2think.yaml": load_example("k2think.yaml"),
@@ -71,14 +83,31 @@ def test_serve_deploy_schema_accepts_it(serve_config: dict[str, Any]) -> None:
     assert app.import_path == "ray.serve.llm:build_openai_app"
 
 
+def importable_offline(llm_config: dict[str, Any]) -> dict[str, Any]:
+    """The LLM config with the public router path swapped for the class it re-exports.
+
+    ``ray.serve.llm.request_router`` imports ``ray.serve.llm``, which needs vLLM (not in .venv);
+    the public ``PrefixCacheAffinityRouter`` is an empty subclass of the internal one, so Ray's
+    ``RequestRouterConfig`` (which imports the class) is checked here with the internal path
+    and the data-plane suite checks the public path with vLLM importable.
+    """
+    deployment = dict(llm_config["deployment_config"])
+    router = deployment.get("request_router_config")
+    if router is not None:
+        assert router["request_router_class"] == PREFIX_AWARE_ROUTER_CLASS
+        deployment["request_router_config"] = {**router, "request_router_class": INTERNAL_ROUTER}
+    return {**llm_config, "deployment_config": deployment}
+
+
 def test_llm_config_accepts_it(serve_config: dict[str, Any]) -> None:
-    """Ray's LLMConfig (extra keys rejected). LLMServingArgs, the whole ``args`` block, needs
-    vLLM importable and is checked in the data-plane suite."""
+    """Ray's LLMConfig (extra keys rejected; its deployment_config through Serve's
+    DeploymentConfig, request_router_config included). LLMServingArgs, the whole ``args``
+    block, needs vLLM importable and is checked in the data-plane suite."""
     (raw,) = serve_config["applications"][0]["args"]["llm_configs"]
     # server_cls is imported by LLMConfig, and the operator's server subclasses Serve LLM's,
     # which needs vLLM: the data-plane suite deploys it (test_25_latency_autoscaling.py).
     raw = {k: v for k, v in raw.items() if k != "server_cls"}
-    llm = llm_config_mod.LLMConfig.model_validate(raw)
+    llm = llm_config_mod.LLMConfig.model_validate(importable_offline(raw))
     assert llm.engine_kwargs["tensor_parallel_size"] >= 1
     assert llm.model_id == raw["model_loading_config"]["model_id"]
 
@@ -104,3 +133,44 @@ def test_llm_config_rejects_what_ray_rejects() -> None:
     bad_auto = {"min_replicas": 3, "max_replicas": 1}
     with pytest.raises(Exception, match="max_replicas"):
         serve_config_mod.AutoscalingConfig.model_validate(bad_auto)
+
+
+def test_router_kwargs_are_what_prefix_cache_affinity_router_takes() -> None:
+    """Serve passes request_router_kwargs to the router's initialize_state by keyword, after
+    the deployment is running: a misspelt knob would fail every handle there, not here."""
+    rs = rayservice_of(CASES["k2think.yaml"])
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    deployment = config["applications"][0]["args"]["llm_configs"][0]["deployment_config"]
+    kwargs = deployment["request_router_config"]["request_router_kwargs"]
+    router_cls = prefix_aware_router.PrefixCacheAffinityRouter
+    parameters = inspect.signature(router_cls.initialize_state).parameters
+    assert set(kwargs) <= set(parameters) - {"self", "tree_actor"}
+    # Every knob is said (Ray's defaults would route by prefix at any imbalance and never
+    # forget a prompt).
+    assert set(kwargs) == set(parameters) - {"self", "tree_actor"}
+    assert kwargs["do_eviction"] is True
+    assert kwargs["eviction_target_chars"] < kwargs["eviction_threshold_chars"]
+    assert kwargs["imbalanced_threshold"] < float("inf")
+
+
+def test_power_of_two_is_serves_default() -> None:
+    """powerOfTwo renders no request_router_config: Serve's default router is power of two."""
+    default = serve_constants.DEFAULT_REQUEST_ROUTER_PATH
+    assert default.endswith(":PowerOfTwoChoicesRequestRouter")
+    doc = minimal_doc(serving={"routing": {"router": "powerOfTwo"}})
+    config = yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"])
+    deployment = config["applications"][0]["args"]["llm_configs"][0]["deployment_config"]
+    assert "request_router_config" not in deployment
+    assert serve_config_mod.RequestRouterConfig().request_router_class == default
+
+
+def test_deployment_config_rejects_a_router_ray_cannot_import() -> None:
+    """Guard: Ray's DeploymentConfig imports the router class, so a wrong path fails here."""
+    rs = rayservice_of(CASES["k2think.yaml"])
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    llm = importable_offline(config["applications"][0]["args"]["llm_configs"][0])
+    llm["deployment_config"]["request_router_config"]["request_router_class"] = (
+        "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router:NoSuchRouter"
+    )
+    with pytest.raises(Exception, match="Invalid deployment config"):
+        llm_config_mod.LLMConfig.model_validate(llm)

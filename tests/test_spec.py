@@ -102,6 +102,29 @@ def _problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
             "spec",
             "mix the CPU profile",
         ),
+        (
+            {"serving": {"routing": {"router": "roundRobin"}}},
+            "spec.serving.routing.router",
+            "'prefixAware' or 'powerOfTwo'",
+        ),
+        (
+            {"serving": {"routing": {"router": "powerOfTwo", "matchRateThreshold": 0.5}}},
+            "spec.serving.routing",
+            "tune router prefixAware, not powerOfTwo",
+        ),
+        (
+            {"serving": {"routing": {"matchRateThreshold": 1.5}}},
+            "spec.serving.routing.matchRateThreshold",
+            "less than or equal to 1",
+        ),
+        (
+            {
+                "serving": {"routing": {"router": "prefixAware"}},
+                "engine": {"enablePrefixCaching": False},
+            },
+            "spec",
+            "needs engine.enablePrefixCaching",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict[str, Any], field: str, fragment: str) -> None:

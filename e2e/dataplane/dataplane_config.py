@@ -78,17 +78,49 @@ def serve_config_for(
     return rendered.replace(API_KEYS_DIR, str(api_keys_dir))
 
 
+def fixed_serve_config_for(
+    model_dir: Path,
+    served_name: str,
+    *,
+    replicas: int,
+    routing: dict[str, Any] | None = None,
+    speculative: dict[str, Any] | None = None,
+    max_ongoing_requests: int = 8,
+    max_model_len: int = 2048,
+    gpu_memory_utilization: float = 0.1,
+) -> str:
+    """``serveConfigV2`` for a fixed replica count, with ``spec.serving.routing`` and
+    ``spec.engine.speculativeDecoding`` as given (the routing and decoding proofs, #24)."""
+    extra: dict[str, Any] = {}
+    if routing is not None:
+        extra["serving"] = {"routing": routing}
+    if speculative is not None:
+        extra["engine"] = {"speculativeDecoding": speculative}
+    return _rendered_by_operator(
+        model_dir,
+        served_name,
+        autoscaling=None,
+        replicas=replicas,
+        max_ongoing_requests=max_ongoing_requests,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        extra=extra,
+    )
+
+
 def _rendered_by_operator(
     model_dir: Path,
     served_name: str,
     *,
-    autoscaling: dict[str, Any],
+    autoscaling: dict[str, Any] | None,
     max_ongoing_requests: int,
     max_model_len: int,
     gpu_memory_utilization: float,
     api_keys: bool = False,
     engine_extra_args: dict[str, Any] | None = None,
     max_num_seqs: int = 16,
+    replicas: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """``serveConfigV2`` exactly as the operator renders it for a CPU-pool K2ThinkDeployment."""
     import tiny_model as tm
@@ -117,7 +149,6 @@ def _rendered_by_operator(
             },
         },
         "pools": [{"name": "cpu", "gpuType": "CPU", "gpusPerNode": 1}],
-        "autoscaling": autoscaling,
         "engine": {
             "gpuMemoryUtilization": gpu_memory_utilization,
             "maxNumSeqs": max_num_seqs,
@@ -126,6 +157,12 @@ def _rendered_by_operator(
         },
         "serving": {"maxOngoingRequests": max_ongoing_requests, "gracefulShutdownSeconds": 30},
     }
+    if autoscaling is not None:
+        spec["autoscaling"] = autoscaling
+    if replicas is not None:
+        spec["replicas"] = replicas
+    for key, value in (extra or {}).items():
+        spec[key] = {**spec.get(key, {}), **value}
     if api_keys:
         spec["serving"]["apiKeysSecret"] = "tiny-api-keys"
     document = {

@@ -95,6 +95,47 @@ MODEL_PRESETS: Final[dict[str, ModelPreset]] = {p.name: p for p in (K2_THINK, K2
 
 
 @dataclass(frozen=True)
+class DraftPreset:
+    """A draft model for speculative decoding (``spec.engine.speculativeDecoding.draft``).
+
+    vLLM's ``draft_model`` method needs the draft's vocabulary to be the target's
+    (``SpeculativeConfig.verify_equal_vocab_size_if_draft_model``); the planner checks it with
+    these numbers, and counts the draft's weights and KV cache on every GPU.
+    """
+
+    name: str
+    hf_id: str
+    architecture: Architecture
+
+
+#: Qwen2.5-7B-Instruct shares K2-Think's tokenizer and vocabulary (152064: K2-Think is a
+#: Qwen2.5-32B fine-tune); Qwen2.5's smaller models (0.5B-3B) have 151936 tokens, which vLLM
+#: refuses as a draft of a 152064-token model. K2-Think-V2 (250112 tokens) has no public draft
+#: of its vocabulary: ngram, suffix or an EAGLE head trained for it.
+QWEN25_7B_DRAFT: Final = DraftPreset(
+    name="qwen2.5-7b-instruct",
+    hf_id="Qwen/Qwen2.5-7B-Instruct",
+    architecture=Architecture(
+        family="qwen2",
+        parameters_billions=7.62,
+        layers=28,
+        hidden_size=3584,
+        attention_heads=28,
+        kv_heads=4,
+        head_dim=128,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+    ),
+)
+
+DRAFT_PRESETS: Final[dict[str, DraftPreset]] = {p.name: p for p in (QWEN25_7B_DRAFT,)}
+
+
+def draft_preset_names() -> tuple[str, ...]:
+    return tuple(sorted(DRAFT_PRESETS))
+
+
+@dataclass(frozen=True)
 class Accelerator:
     """One accelerator type a node pool can offer.
 

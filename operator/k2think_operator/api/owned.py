@@ -136,6 +136,7 @@ PLANNED_ENGINE_ARGS: Final[dict[str, str]] = {
     "tokenizer_revision": "spec.model.revision",
     "code_revision": "spec.model.revision",
     "data_parallel_size": "spec.replicas or spec.autoscaling",
+    "speculative_config": "spec.engine.speculativeDecoding",
 }
 #: Engine arguments that lower the isolation of the serving process: allowed, but loud
 #: (``api/downgrades.py``).

@@ -111,3 +111,10 @@ CACHE_FILLED: Final = "Ready"
 CACHE_NOT_READY: Final = "CacheNotReady"
 EVENT_FILL_STARTED: Final = "FillStarted"
 EVENT_CACHE_READY: Final = "CacheReady"
+
+# upgradeStrategy NewClusterWithIncrementalUpgrade (deployment/upgrade.py).
+#: Condition type, only on a deployment with that strategy: True when the operator is told
+#: (K2T_KUBERAY_INCREMENTAL_UPGRADE) that KubeRay's RayServiceIncrementalUpgrade gate is off.
+INCREMENTAL_UPGRADE_UNAVAILABLE: Final = "IncrementalUpgradeUnavailable"
+KUBERAY_FEATURE_GATE_OFF: Final = "KubeRayFeatureGateOff"
+KUBERAY_FEATURE_GATE_ON: Final = "KubeRayFeatureGateOn"

@@ -22,8 +22,9 @@ class Condition(_Model):
 
     type: str = Field(
         description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, (under Kueue) "
-        "Admitted, GcsFaultToleranceOff (informational), or (with spec.model.cacheRef, and on a "
-        "K2ThinkModelCache) CacheReady."
+        "Admitted, GcsFaultToleranceOff (informational), (with upgradeStrategy "
+        "NewClusterWithIncrementalUpgrade) IncrementalUpgradeUnavailable, or (with "
+        "spec.model.cacheRef, and on a K2ThinkModelCache) CacheReady."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(default=None, description="CamelCase reason.")
@@ -164,8 +165,10 @@ class K2ThinkDeploymentStatus(_Model):
     conditions: list[Condition] | None = Field(
         default=None,
         description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, "
-        "GcsFaultToleranceOff and, for a deployment queued through Kueue, Admitted (reasons "
-        "Queued, Admitted, Preempted, Evicted, Deactivated).",
+        "GcsFaultToleranceOff, for a deployment queued through Kueue, Admitted (reasons "
+        "Queued, Admitted, Preempted, Evicted, Deactivated), and with upgradeStrategy "
+        "NewClusterWithIncrementalUpgrade IncrementalUpgradeUnavailable (True while the "
+        "operator is told KubeRay's RayServiceIncrementalUpgrade gate is off).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     phase: str | None = Field(

@@ -11,17 +11,20 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from k2think_operator.api.autoscaling import AutoscalingPolicySpec
+
+# DNS_LABEL, SOURCE_PATTERN and _Model are re-exported (``X as X``): modules import them from here.
+from k2think_operator.api.base import DNS_LABEL as DNS_LABEL
+from k2think_operator.api.base import REVISION_PATTERN, SOURCE_SCHEMA_PATTERN, source_problem
+from k2think_operator.api.base import SOURCE_PATTERN as SOURCE_PATTERN
+from k2think_operator.api.base import _Model as _Model
 from k2think_operator.api.catalog import (
     ACCELERATORS,
     MODEL_PRESETS,
@@ -43,6 +46,9 @@ from k2think_operator.api.owned import (
     env_problem,
 )
 from k2think_operator.api.schema import Cel, IntOrString, cel
+from k2think_operator.api.serving import RoutingSpec
+from k2think_operator.api.speculative import SpeculativeDecodingSpec
+from k2think_operator.api.upgrade import IncrementalUpgradeSpec
 
 # Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
 API_GROUP = K2THINK.group
@@ -100,15 +106,9 @@ MemoryQuantity = Annotated[
     Cel(f"type(self) == string && self.matches('{MEMORY_PATTERN}')", MEMORY_MESSAGE),
 ]
 
-#: Git revisions (branches, tags, commits): no spaces, newlines or shell syntax.
-REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 #: OpenAI model ids as vLLM serves them (e.g. LLM360/K2-Think, org/model:tag).
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
 
-SOURCE_PATTERN = re.compile(r"^(hf|s3|gs|pvc|file)://(.+)$")
-#: What the API server checks of ``model.source``; ``_source_scheme`` says more, offline.
-SOURCE_SCHEMA_PATTERN = r"^(hf|s3|gs|pvc|file)://.+$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: Label values (and so every field that ends up in one): 63 characters, this alphabet.
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -158,15 +158,6 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
 
 
 class ArchitectureSpec(_Model):
@@ -303,29 +294,9 @@ class ModelSpec(_Model):
     @field_validator("source")
     @classmethod
     def _source_scheme(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        match = SOURCE_PATTERN.match(value)
-        if not match:
-            raise ValueError(
-                f"{value!r} is not a model source; use hf://ORG/NAME, s3://BUCKET/PATH, "
-                "gs://BUCKET/PATH, pvc://CLAIM/PATH or file:///ABSOLUTE/PATH"
-            )
-        scheme, rest = match.groups()
-        if scheme == "pvc" and "/" not in rest.strip("/"):
-            raise ValueError(f"{value!r}: a pvc source needs a claim and a path, pvc://CLAIM/PATH")
-        if scheme == "pvc" and not re.fullmatch(DNS_SUBDOMAIN, rest.split("/", 1)[0]):
-            # The worker pods mount it as a volume: Pod validation would refuse the claim name.
-            raise ValueError(
-                f"{value!r}: {rest.split('/', 1)[0]!r} is not a valid claim name (lowercase "
-                "letters, digits, '-' and '.')"
-            )
-        if scheme == "file" and not rest.startswith("/"):
-            raise ValueError(f"{value!r}: a file source needs an absolute path, file:///PATH")
-        if ".." in rest.split("/"):
-            # pvc:// paths are joined under the claim's mount point and file:// paths are read
-            # by vLLM as they are: a '..' segment would reach outside what the user named.
-            raise ValueError(f"{value!r}: '..' path segments are not allowed")
+        problem = None if value is None else source_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -686,6 +657,12 @@ class EngineSpec(_Model):
         le=1024,
         description="GiB per GPU the planner keeps free for activations, CUDA graphs and NCCL "
         "buffers. Default from the accelerator profile (4 GiB on GPUs).",
+    )
+    speculative_decoding: SpeculativeDecodingSpec | None = Field(
+        default=None,
+        description="vLLM speculative decoding: ngram or suffix (no draft model), or a draft "
+        "model / EAGLE head (draftModel, eagle, eagle3) whose weights and KV cache the planner "
+        "counts on every GPU. Combinations vLLM refuses are refused here. Off by default.",
     )
     # Values are free-form (preserve-unknown-fields: CEL cannot type them); the keys are checked
     # by ``_no_planned_keys``.
@@ -1117,6 +1094,12 @@ class ServingSpec(_Model):
         "key per data entry, as `Authorization: Bearer <key>`); without a valid key a request "
         "gets 401. Edits of the Secret are picked up without a restart.",
     )
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec,
+        description="Which replica serves a request: prefix-aware routing keeps a "
+        "conversation on the replica whose vLLM prefix cache holds its history "
+        "(docs/serving-path.md).",
+    )
 
 
 #: Kueue admits one workload of at most 8 PodSets: the Ray head and 7 worker groups (one per pool)
@@ -1213,8 +1196,17 @@ class K2ThinkDeploymentSpec(_Model):
         default="NewCluster",
         description="How KubeRay rolls out changes that need a new Ray cluster (image, layout, "
         "pools): NewCluster (zero downtime, temporarily needs the GPUs twice), "
-        "NewClusterWithIncrementalUpgrade (needs Gateway API support in KubeRay) or None (the "
-        "running cluster is kept; only Serve config changes apply).",
+        "NewClusterWithIncrementalUpgrade (the new cluster grows step by step while traffic "
+        "moves to it through a Gateway: needs incrementalUpgrade, the Gateway API and KubeRay's "
+        "RayServiceIncrementalUpgrade feature gate) or None (the running cluster is kept; only "
+        "Serve config changes apply).",
+    )
+    incremental_upgrade: IncrementalUpgradeSpec | None = Field(
+        default=None,
+        description="Steps of upgradeStrategy NewClusterWithIncrementalUpgrade, rendered as "
+        "KubeRay's clusterUpgradeOptions (required with that strategy, refused with the "
+        "others). The condition IncrementalUpgradeUnavailable says when the operator is told "
+        "KubeRay's feature gate is off (K2T_KUBERAY_INCREMENTAL_UPGRADE).",
     )
     suspend: bool = Field(
         default=False,
@@ -1362,6 +1354,45 @@ class K2ThinkDeploymentSpec(_Model):
             raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    @cel(
+        "!has(self.serving) || !has(self.serving.routing) || !has(self.serving.routing.router) || "
+        "self.serving.routing.router != 'prefixAware' || !has(self.engine) || "
+        "!has(self.engine.enablePrefixCaching) || self.engine.enablePrefixCaching",
+        "serving.routing.router prefixAware needs engine.enablePrefixCaching: without vLLM's "
+        "prefix cache there is nothing to route to",
+    )
+    def _routing_needs_prefix_cache(self) -> K2ThinkDeploymentSpec:
+        routing = self.serving.routing
+        if routing.router == "prefixAware" and not self.engine.enable_prefix_caching:
+            raise ValueError(
+                "serving.routing.router prefixAware needs engine.enablePrefixCaching: without "
+                "vLLM's prefix cache there is nothing to route to"
+            )
+        return self
+
+    @model_validator(mode="after")
+    @cel(
+        "(has(self.upgradeStrategy) && self.upgradeStrategy == "
+        "'NewClusterWithIncrementalUpgrade') == has(self.incrementalUpgrade)",
+        "upgradeStrategy NewClusterWithIncrementalUpgrade needs incrementalUpgrade (at least "
+        "gatewayClassName), and incrementalUpgrade is only for that strategy",
+    )
+    def _incremental_upgrade_options(self) -> K2ThinkDeploymentSpec:
+        incremental = self.upgrade_strategy == "NewClusterWithIncrementalUpgrade"
+        if incremental and self.incremental_upgrade is None:
+            raise ValueError(
+                "upgradeStrategy NewClusterWithIncrementalUpgrade needs incrementalUpgrade (at "
+                "least gatewayClassName): KubeRay refuses the RayService without "
+                "clusterUpgradeOptions"
+            )
+        if not incremental and self.incremental_upgrade is not None:
+            raise ValueError(
+                f"incrementalUpgrade is only for upgradeStrategy "
+                f"NewClusterWithIncrementalUpgrade, not {self.upgrade_strategy}"
+            )
+        return self
+
     @property
     def fixed_replicas(self) -> int:
         """Replica count when autoscaling is off (1 when neither is set)."""
@@ -1401,7 +1432,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith(("function-", "literal[", "constrained-", "int", "str")):
+        elif part in ("int", "str") or part.startswith(("function-", "literal[", "constrained-")):
+            # pydantic's union branch tags, not fields (a field may start with "int"/"str":
+            # spec.incrementalUpgrade.intervalSeconds)
             continue
         else:
             path += f".{part}"

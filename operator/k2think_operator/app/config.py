@@ -38,6 +38,13 @@ class OperatorConfig:
             "K2T_GCS_FT_REPLICA_THRESHOLD", DEFAULT_GCS_FT_REPLICA_THRESHOLD
         )
     )
+    #: KubeRay's RayServiceIncrementalUpgrade feature gate is on (``K2T_KUBERAY_INCREMENTAL_UPGRADE``):
+    #: the operator cannot read KubeRay's flags, the platform team says (deployment/upgrade.py).
+    kuberay_incremental_upgrade: bool = field(
+        default_factory=lambda: (
+            os.environ.get("K2T_KUBERAY_INCREMENTAL_UPGRADE", "").lower() in ("1", "true", "yes")
+        )
+    )
     resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     #: Dry-run the Pods KubeRay will create from a RayService before applying it
     #: (deployment/dryrun.py). On by default: Pod validation and the cluster's admission

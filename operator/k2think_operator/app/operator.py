@@ -99,6 +99,7 @@ class Operator:
             gcs_ft_replica_threshold=config.gcs_ft_replica_threshold,
             queue_recheck_seconds=config.queue_recheck_seconds,
             dry_run_pods=config.dry_run_pods,
+            kuberay_incremental_upgrade=config.kuberay_incremental_upgrade,
         )
         self.deployment_controller: Controller[Key] = Controller(
             "deployments",

@@ -69,6 +69,7 @@ from k2think_operator.deployment.status import (
     status_patch,
 )
 from k2think_operator.deployment.supporting import SupportingObjects
+from k2think_operator.deployment.upgrade import with_upgrade_condition
 from k2think_operator.plan.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_risk
 from k2think_operator.render.meta import COMPONENT_LABEL, POOL_LABEL
 from k2think_operator.runtime import metrics
@@ -401,11 +402,14 @@ class DeploymentReconciler:
         gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
         queue_recheck_seconds: float = DEFAULT_QUEUE_RECHECK_SECONDS,
         dry_run_pods: bool = True,
+        kuberay_incremental_upgrade: bool = False,
     ) -> None:
         self.kube = kube
         self.sources = sources
         self.unschedulable_grace = unschedulable_grace
         self.gcs_ft_replica_threshold = gcs_ft_replica_threshold
+        #: KubeRay's RayServiceIncrementalUpgrade gate is on, as the platform team says (upgrade.py).
+        self.kuberay_incremental_upgrade = kuberay_incremental_upgrade
         self.queue_recheck_seconds = queue_recheck_seconds
         self.dry_run_pods = dry_run_pods
         self._states: dict[Key, DeploymentState] = {}
@@ -557,7 +561,12 @@ class DeploymentReconciler:
             events: list[Event] = []
         else:
             # decide (what to tell), then apply
-            events = decision_events(decision, current, live)
+            events = decision_events(
+                decision,
+                current,
+                live,
+                incremental_upgrade_gate=self.kuberay_incremental_upgrade,
+            )
             if decision.plan is not None:
                 risk = gcs_ft_risk(decision.plan, self.gcs_ft_replica_threshold)
                 if risk is not None:
@@ -723,6 +732,13 @@ class DeploymentReconciler:
         delay = next_capacity_check(observation)
         state.status_due = time.monotonic() + delay + 1.0 if delay is not None else None
         status = build_status(observation, current, now_rfc3339())
+        status = with_upgrade_condition(
+            status,
+            decision.spec,
+            gate_on=self.kuberay_incremental_upgrade,
+            generation=decision.generation,
+            now=now_rfc3339(),
+        )
         status = with_cache_condition(
             status,
             waiting=decision.waiting_for_cache,

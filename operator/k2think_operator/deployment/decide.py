@@ -22,9 +22,11 @@ from k2think_operator.api.k8s_rules import (
     resources_problems,
 )
 from k2think_operator.api.limits import name_problems
-from k2think_operator.api.spec import InvalidSpec, K2ThinkDeploymentSpec, parse_spec
+from k2think_operator.api.spec import InvalidSpec, K2ThinkDeploymentSpec, SpecError, parse_spec
 from k2think_operator.deployment.cache import CacheView, cache_problem, serve_from_cache
+from k2think_operator.deployment.upgrade import upgrade_cost
 from k2think_operator.plan.planner import Plan, PlanError, plan_deployment
+from k2think_operator.plan.speculative import check_draft
 from k2think_operator.render import build_children
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
 from k2think_operator.render.placement import binding_problems
@@ -124,6 +126,10 @@ def _decide(
         if wrong:
             return Decision(name, namespace, generation, None, None, (), (wrong,))
         spec = serve_from_cache(spec, cache)
+        try:
+            check_draft(spec, spec.model.resolved_architecture())  # the cache's claim now known
+        except SpecError as error:
+            return Decision(name, namespace, generation, None, None, (), (str(error),))
     children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
     refused = [problem for child in children for problem in child_problems(child)]
     if refused:
@@ -209,9 +215,16 @@ def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> b
 
 
 def decision_events(
-    decision: Decision, current_status: Mapping[str, Any], live: Mapping[str, Any] | None
+    decision: Decision,
+    current_status: Mapping[str, Any],
+    live: Mapping[str, Any] | None,
+    *,
+    incremental_upgrade_gate: bool = False,
 ) -> list[Event]:
-    """Events worth telling a human: a new plan, a costly cluster switch-over, a bad spec."""
+    """Events worth telling a human: a new plan, a costly cluster switch-over, a bad spec.
+
+    ``incremental_upgrade_gate``: KubeRay's RayServiceIncrementalUpgrade gate is on (upgrade.py).
+    """
     events: list[Event] = []
     if decision.problems:
         events.append(Event.warn(r.EVENT_INVALID_SPEC, "; ".join(decision.problems)))
@@ -231,14 +244,7 @@ def decision_events(
         have = (live.get("metadata") or {}).get("annotations") or {}
         old, new = have.get(CLUSTER_HASH_ANNOTATION), want.get(CLUSTER_HASH_ANNOTATION)
         if old and new and old != new:
-            spec = decision.spec
-            strategy = spec.upgrade_strategy if spec else "NewCluster"
-            cost = (
-                f"KubeRay will start a second Ray cluster and switch over ({strategy}); "
-                f"during the switch-over up to {plan.max_gpus} more GPUs are requested"
-                if strategy != "None"
-                else "upgradeStrategy None: the running cluster keeps its old shape"
-            )
+            cost = upgrade_cost(decision.spec, plan, incremental_upgrade_gate)
             events.append(
                 Event.normal(
                     r.EVENT_NEW_RAY_CLUSTER, f"the change reshapes the Ray cluster: {cost}"

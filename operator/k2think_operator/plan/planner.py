@@ -23,7 +23,7 @@ the number of independently scalable replicas, so small gains are not worth it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from k2think_operator.api.catalog import (
@@ -36,6 +36,8 @@ from k2think_operator.api.catalog import (
 )
 from k2think_operator.api.spec import K2ThinkDeploymentSpec, PoolSpec, SpecError
 from k2think_operator.plan.ingress_sizing import IngressPlan, plan_ingress
+from k2think_operator.plan.routing import RoutingPlan, plan_routing
+from k2think_operator.plan.speculative import Draft, check_draft, check_draft_parallel, draft_of
 
 #: Automatic pipeline parallelism stops here: beyond 16 stages the pipeline bubble and the number
 #: of nodes one replica depends on make the layout impractical; set it explicitly to go further.
@@ -56,6 +58,8 @@ class Layout:
     kv_gib_per_gpu: float
     kv_tokens_per_replica: int
     concurrent_sequences: int
+    #: A speculative-decoding draft's weights on each GPU (speculative.py); 0 without one.
+    draft_weights_gib_per_gpu: float = 0.0
 
     @property
     def gpus(self) -> int:
@@ -85,6 +89,7 @@ class PoolPlan:
     memory_utilization: float
     min_replicas: int = 0
     fixed_replicas: int | None = None
+    draft_weights_gib_per_gpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ class Plan:
     gcs_fault_tolerance: bool = False
     #: Size and place of the OpenAI ingress (ingress.py); None only in hand-built test plans.
     ingress: IngressPlan | None = None
+    #: The model deployment's request router (routing.py); None only in hand-built test plans.
+    routing: RoutingPlan | None = None
 
     @property
     def primary(self) -> PoolPlan:
@@ -207,6 +214,8 @@ class MemoryBudget:
     dtype_bytes: float
     kv_dtype_bytes: float
     max_model_len: int
+    #: The speculative-decoding draft beside the model (speculative.py), or None.
+    draft: Draft | None = None
 
 
 def evaluate_layout(budget: MemoryBudget, tensor: int, pipeline: int) -> Layout:
@@ -214,13 +223,21 @@ def evaluate_layout(budget: MemoryBudget, tensor: int, pipeline: int) -> Layout:
     gpus = tensor * pipeline
     weights_per_gpu = weight_bytes(budget.arch, budget.dtype_bytes) / gpus
     memory = budget.memory_gib * GIB * budget.utilization
+    # KV bytes one cached token costs on one GPU: the model's share, plus the draft's.
+    per_token_per_gpu = kv_bytes_per_token(budget.arch, budget.kv_dtype_bytes) / gpus
+    draft_per_gpu = 0.0
+    if budget.draft is not None:
+        draft_tp = budget.draft.tensor_parallel or tensor
+        draft_per_gpu = weight_bytes(budget.draft.architecture, budget.dtype_bytes) / draft_tp
+        per_token_per_gpu += (
+            kv_bytes_per_token(budget.draft.architecture, budget.kv_dtype_bytes) / draft_tp
+        )
     if budget.accelerator.is_cpu:
         # vLLM's CPU backend sizes the KV cache as a share of host memory, beside the weights.
         kv_per_gpu = memory
     else:
-        kv_per_gpu = memory - weights_per_gpu - budget.reserve_gib * GIB
-    per_token = kv_bytes_per_token(budget.arch, budget.kv_dtype_bytes)
-    kv_tokens = max(0, math.floor(kv_per_gpu * gpus / per_token))
+        kv_per_gpu = memory - weights_per_gpu - draft_per_gpu - budget.reserve_gib * GIB
+    kv_tokens = max(0, math.floor(kv_per_gpu / per_token_per_gpu))
     return Layout(
         tensor=tensor,
         pipeline=pipeline,
@@ -228,6 +245,7 @@ def evaluate_layout(budget: MemoryBudget, tensor: int, pipeline: int) -> Layout:
         kv_gib_per_gpu=max(0.0, kv_per_gpu / GIB),
         kv_tokens_per_replica=kv_tokens,
         concurrent_sequences=kv_tokens // budget.max_model_len,
+        draft_weights_gib_per_gpu=draft_per_gpu / GIB,
     )
 
 
@@ -289,6 +307,7 @@ def _pool_context(
             dtype_bytes=precision.dtype_bytes,
             kv_dtype_bytes=precision.kv_dtype_bytes,
             max_model_len=spec.model.max_model_len,
+            draft=draft_of(spec),
         ),
     )
 
@@ -349,7 +368,8 @@ def _fit_on_pool(
                 Rejection(
                     "memory",
                     f"tensor={tensor} pipeline={pipeline} leaves {layout.kv_gib_per_gpu:.1f} "
-                    f"GiB/GPU for KV cache after {layout.weights_gib_per_gpu:.1f} GiB of weights: "
+                    f"GiB/GPU for KV cache after {layout.weights_gib_per_gpu:.1f} GiB of weights"
+                    f"{_draft_note(layout)}: "
                     f"{layout.kv_tokens_per_replica} tokens, {layout.concurrent_sequences} "
                     f"sequence(s) of {spec.model.max_model_len} tokens, below "
                     f"minConcurrentSequences={need}",
@@ -410,8 +430,10 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
     first = ACCELERATORS[spec.pools[0].gpu_type]
     precision = plan_precision(spec, first)
     check_context_length(spec, model_name)
+    _as_plan_error(check_draft, spec, spec.model.resolved_architecture())
     contexts = [_pool_context(spec, pool, precision) for pool in spec.pools]
     chosen, per_pool = plan_layout(spec, contexts, model_name)
+    _as_plan_error(check_draft_parallel, spec, chosen.tensor)
     pools = plan_pools(contexts, per_pool, chosen)
     bounds = plan_replicas(spec, pools, chosen)
     pools = _distribute(
@@ -429,6 +451,7 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         model_max_ongoing=max_ongoing,
     )
     warnings = bounds.warnings + ((ingress.warning,) if ingress.warning else ())
+    routing = plan_routing(spec, target, min(p.kv_tokens_per_replica for p in pools))
     return Plan(
         model=model_name,
         dtype=precision.dtype,
@@ -450,7 +473,18 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         warnings=warnings,
         gcs_fault_tolerance=spec.ray.gcs_fault_tolerance is not None,
         ingress=ingress,
+        routing=routing,
     )
+
+
+def _as_plan_error(check: Callable[..., None], *args: object) -> None:
+    """Run a check of speculative.py (which cannot import PlanError) as a plan check."""
+    try:
+        check(*args)
+    except PlanError:
+        raise
+    except SpecError as error:
+        raise PlanError(error.field, error.message) from None
 
 
 def check_context_length(spec: K2ThinkDeploymentSpec, model_name: str) -> None:
@@ -518,6 +552,7 @@ def plan_pools(
                 kv_tokens_per_replica=layout.kv_tokens_per_replica,
                 concurrent_sequences_per_replica=layout.concurrent_sequences,
                 memory_utilization=ctx.budget.utilization,
+                draft_weights_gib_per_gpu=layout.draft_weights_gib_per_gpu,
             )
         )
     return pools
@@ -605,6 +640,34 @@ def _no_fit_message(ctx: _PoolContext, model_name: str, reasons: list[Rejection]
     )
 
 
+def _draft_weights(layout: Layout) -> str:
+    if not layout.draft_weights_gib_per_gpu:
+        return ""
+    return f"{layout.draft_weights_gib_per_gpu:.1f} GiB draft weights + "
+
+
+def _draft_note(layout: Layout) -> str:
+    if not layout.draft_weights_gib_per_gpu:
+        return ""
+    return f" and {layout.draft_weights_gib_per_gpu:.1f} GiB of draft weights"
+
+
+def _speculation(spec: K2ThinkDeploymentSpec, chosen: Layout) -> str:
+    """The plan's sentence on speculative decoding: what it costs per GPU, if anything."""
+    speculative = spec.engine.speculative_decoding
+    if speculative is None:
+        return ""
+    draft = draft_of(spec)
+    if draft is None:
+        return f"; speculative decoding {speculative.method} (no draft model, no GPU memory)"
+    draft_tp = draft.tensor_parallel or chosen.tensor
+    return (
+        f"; speculative decoding {speculative.method} with draft {draft.name} (TP={draft_tp}): "
+        f"{chosen.draft_weights_gib_per_gpu:.1f} GiB draft weights per GPU, and its KV cache "
+        "is counted in every cached token above"
+    )
+
+
 def _explain(
     spec: K2ThinkDeploymentSpec,
     chosen: Layout,
@@ -622,7 +685,9 @@ def _explain(
     return (
         f"{model_name} ({dtype}) on {pool.gpu_type} pool {pool.name}: TP={chosen.tensor} "
         f"PP={chosen.pipeline} ({how}); {chosen.weights_gib_per_gpu:.1f} GiB weights + "
+        f"{_draft_weights(chosen)}"
         f"{chosen.kv_gib_per_gpu:.1f} GiB KV cache per GPU = {chosen.kv_tokens_per_replica} "
         f"tokens, {chosen.concurrent_sequences} concurrent {spec.model.max_model_len}-token "
         f"sequences per replica; scale at {target} ongoing requests per replica"
+        f"{_speculation(spec, chosen)}"
     )

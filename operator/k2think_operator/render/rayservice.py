@@ -333,8 +333,11 @@ def build_rayservice(
 ) -> dict[str, Any]:
     """The desired RayService. ``uid`` adds the owner reference (absent in offline renders)."""
     cluster_config = build_ray_cluster_config(spec, plan, name)
+    upgrade: dict[str, Any] = {"type": spec.upgrade_strategy}
+    if spec.incremental_upgrade is not None:
+        upgrade["clusterUpgradeOptions"] = spec.incremental_upgrade.cluster_upgrade_options()
     body: dict[str, Any] = {
-        "upgradeStrategy": {"type": spec.upgrade_strategy},
+        "upgradeStrategy": upgrade,
         "serveConfigV2": render_serve_config(spec, plan, name),
         "rayClusterConfig": cluster_config,
     }

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from k2think_operator.api.spec import SOURCE_PATTERN, K2ThinkDeploymentSpec
+from k2think_operator.api.speculative import VLLM_METHODS, SpeculativeDecodingSpec
 from k2think_operator.plan.ingress_sizing import HEAD_RESOURCE, ingress_deployment_config
 from k2think_operator.plan.planner import Plan
 from k2think_operator.render.autoscaling import policy_config, server_cls
@@ -81,6 +82,8 @@ def build_engine_kwargs(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str, An
         kwargs["revision"] = spec.model.revision
     if plan.cpu_profile:
         kwargs["enforce_eager"] = True
+    if engine.speculative_decoding is not None:
+        kwargs["speculative_config"] = speculative_config(engine.speculative_decoding)
     return kwargs
 
 
@@ -89,6 +92,38 @@ def _reasoning_parser(spec: K2ThinkDeploymentSpec) -> str | None:
         return spec.engine.reasoning_parser or None  # "" switches it off
     preset = spec.model.preset_info
     return preset.reasoning_parser if preset else None
+
+
+def draft_model_path(source: str) -> str:
+    """The draft as vLLM's ``speculative_config.model`` reads it: a Hugging Face id or a path."""
+    match = SOURCE_PATTERN.match(source)
+    assert match is not None  # DraftModelSpec refused anything else
+    scheme, rest = match.groups()
+    if scheme == "hf":
+        return rest
+    if scheme == "pvc":
+        return f"{MODEL_MOUNT_ROOT}/{rest.strip('/')}"
+    return rest  # file:///abs/path -> /abs/path
+
+
+def speculative_config(speculative: SpeculativeDecodingSpec) -> dict[str, Any]:
+    """vLLM's ``speculative_config`` engine argument, as ``SpeculativeConfig`` takes it."""
+    config: dict[str, Any] = {"method": VLLM_METHODS[speculative.method]}
+    if speculative.num_speculative_tokens is not None:
+        config["num_speculative_tokens"] = speculative.num_speculative_tokens
+    if speculative.prompt_lookup_min is not None:
+        config["prompt_lookup_min"] = speculative.prompt_lookup_min
+    if speculative.prompt_lookup_max is not None:
+        config["prompt_lookup_max"] = speculative.prompt_lookup_max
+    draft = speculative.draft
+    if draft is not None:
+        source = draft.resolved_source()
+        config["model"] = draft_model_path(source)
+        if draft.revision is not None and source.startswith("hf://"):
+            config["revision"] = draft.revision
+        if draft.tensor_parallel is not None:
+            config["draft_tensor_parallel_size"] = draft.tensor_parallel
+    return config
 
 
 def build_placement_group_config(plan: Plan) -> dict[str, Any]:
@@ -109,6 +144,9 @@ def build_deployment_config(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str
     }
     if spec.serving.max_queued_requests is not None:
         config["max_queued_requests"] = spec.serving.max_queued_requests
+    router_config = plan.routing.request_router_config() if plan.routing else None
+    if router_config is not None:
+        config["request_router_config"] = router_config
     if spec.autoscaling is None:
         config["num_replicas"] = plan.initial_replicas
         return config
