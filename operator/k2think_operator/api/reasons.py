@@ -19,6 +19,9 @@ CAPACITY_BLOCKED: Final = "CapacityBlocked"
 GCS_FAULT_TOLERANCE_OFF: Final = "GcsFaultToleranceOff"
 #: Only for a deployment queued through Kueue (spec.scheduling.queueName; queueing.py).
 ADMITTED: Final = "Admitted"
+#: Informational (never changes Ready or phase): a full pool's new replicas go to the next pool
+#: (docs/autoscaling.md, deployment/spill.py).
+SPILL_OVER: Final = "SpillOver"
 CONDITION_TYPES: Final = (
     READY,
     PROGRESSING,
@@ -26,6 +29,7 @@ CONDITION_TYPES: Final = (
     INVALID_SPEC,
     CAPACITY_BLOCKED,
     ADMITTED,
+    SPILL_OVER,
     GCS_FAULT_TOLERANCE_OFF,
 )
 
@@ -52,6 +56,9 @@ APPLY_REJECTED: Final = "ApplyRejected"
 GCS_FT_CONFIGURED: Final = "Configured"
 ABOVE_REPLICA_THRESHOLD: Final = "AboveReplicaThreshold"
 BELOW_REPLICA_THRESHOLD: Final = "BelowReplicaThreshold"
+#: SpillOver reasons: a pool is capped at what it holds / no pool is.
+POOL_FULL: Final = "PoolFull"
+POOLS_OPEN: Final = "PoolsOpen"
 #: Reasons of an apply failure that stays visible until the child exists again.
 APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED)
 
@@ -77,6 +84,9 @@ EVENT_RESUMED: Final = "Resumed"
 EVENT_RAY_AUTH_DISABLED: Final = "RayAuthDisabled"
 #: The operator created a deployment's Ray token Secret (the token itself is never told).
 EVENT_RAY_TOKEN_CREATED: Final = "RayTokenCreated"
+#: A full pool's worker group was capped on the live RayCluster / the cap was lifted.
+EVENT_SPILLED_OVER: Final = "SpilledOver"
+EVENT_SPILL_LIFTED: Final = "SpillLifted"
 #: Events told once per message per object (the rest are told each time they happen).
 ANNOUNCED_ONCE: Final = (
     EVENT_PLANNED,

@@ -22,7 +22,7 @@ class Condition(_Model):
 
     type: str = Field(
         description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, (under Kueue) "
-        "Admitted, GcsFaultToleranceOff (informational), or (with spec.model.cacheRef, and on a "
+        "Admitted, SpillOver and GcsFaultToleranceOff (informational), or (with spec.model.cacheRef, and on a "
         "K2ThinkModelCache) CacheReady."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")

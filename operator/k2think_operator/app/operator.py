@@ -98,6 +98,7 @@ class Operator:
             unschedulable_grace=config.unschedulable_grace_seconds,
             gcs_ft_replica_threshold=config.gcs_ft_replica_threshold,
             queue_recheck_seconds=config.queue_recheck_seconds,
+            spill_retry_seconds=config.spill_retry_seconds,
         )
         self.deployment_controller: Controller[Key] = Controller(
             "deployments",
