@@ -746,13 +746,16 @@ class DeploymentReconciler:
         past the grace, a cap is (or the stored status says one is) in force, or ``read`` (the
         RayService was just applied: a changed maxReplicas must reach the live cluster; the slow
         resync). Nothing is done during an upgrade (two clusters share the pools) or before
-        KubeRay names the active cluster. Returns the events to tell and a retry reason.
+        KubeRay names its cluster. Returns the events to tell and a retry reason.
         """
         plan = decision.plan
         view = read_rayservice(rayservice)
-        if plan is None or rayservice is None or view is None or not view.active_cluster:
+        if plan is None or rayservice is None or view is None:
             return [], None
-        if view.pending_cluster or view.upgrade_in_progress:
+        # The one cluster KubeRay runs: the active one, or the first one it is still preparing
+        # (its floor may be what does not fit). Both: an upgrade, whose clusters share the pools.
+        clusters = [c for c in (view.active_cluster, view.pending_cluster) if c]
+        if len(clusters) != 1:
             return [], None
         pools = [p.name for p in plan.pools]
         now = time.time()
@@ -767,7 +770,7 @@ class DeploymentReconciler:
             or spill_wanted(pools, state.pods, now, self.unschedulable_grace)
         ):
             return [], None
-        namespace, cluster = decision.namespace, view.active_cluster
+        namespace, cluster = decision.namespace, clusters[0]
         try:
             live = await self.kube.get_raycluster(namespace, cluster)
         except (TransientApiError, KubeRayMissing) as error:
