@@ -459,3 +459,118 @@ async def test_a_lost_race_is_a_retry_and_an_upgrade_is_left_alone() -> None:
 def _cond(status: dict[str, Any], kind: str) -> tuple[str, str]:
     (found,) = [c for c in status["conditions"] if c["type"] == kind]
     return found["status"], found["reason"]
+
+
+# --- what Ray's autoscaler v2 does with the cap (its own scheduler, offline) ----------------
+
+
+def _ray_instances(resources: dict[str, float]) -> tuple[Any, Any, Any]:
+    """cpu-a's worker running a replica (no room left), cpu-a's refused pod (ALLOCATED, no Ray),
+    and that pod once the autoscaler asked KubeRay to delete it (TERMINATING)."""
+    from ray.autoscaler.v2.schema import AutoscalerInstance
+    from ray.core.generated.autoscaler_pb2 import NodeState  # type: ignore[attr-defined]
+    from ray.core.generated.instance_manager_pb2 import (  # type: ignore[attr-defined]
+        Instance,
+        NodeKind,
+    )
+
+    def instance(pod: str, status: Any, node_id: str = "") -> Any:
+        return Instance(
+            instance_id=f"im-{pod}",
+            instance_type="cpu-a",
+            status=status,
+            node_id=node_id,
+            node_kind=NodeKind.WORKER,
+            cloud_instance_id=pod,
+        )
+
+    running = AutoscalerInstance(
+        cloud_instance_id="a-1",
+        im_instance=instance("a-1", Instance.RAY_RUNNING, "6e31"),
+        ray_node=NodeState(
+            node_id=bytes.fromhex("6e31"),
+            instance_id="a-1",
+            ray_node_type_name="cpu-a",
+            total_resources=resources,
+            available_resources={k: 0.0 for k in resources},
+        ),
+    )
+    refused = AutoscalerInstance(
+        cloud_instance_id="a-2", im_instance=instance("a-2", Instance.ALLOCATED)
+    )
+    deleting = AutoscalerInstance(
+        cloud_instance_id="a-2", im_instance=instance("a-2", Instance.TERMINATING)
+    )
+    return running, refused, deleting
+
+
+def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_next_pool() -> None:
+    """Ray 2.60's ``ResourceDemandScheduler`` on the RayCluster as the cap leaves it (through
+    KubeRay's config producer in Ray): the not-yet-running pod is terminated for the group's max
+    (``MAX_NUM_NODE_PER_TYPE``), and once it is going the pending replica's gang is launched on
+    the next pool. Without the cap the refused pod keeps the gang (until poolFallbackSeconds)."""
+    from unittest.mock import MagicMock
+
+    from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
+    from ray.autoscaler.v2.utils import ResourceRequestUtil
+    from ray.core.generated.autoscaler_pb2 import (  # type: ignore[attr-defined]
+        GangResourceRequest,
+    )
+    from ray.core.generated.instance_manager_pb2 import (  # type: ignore[attr-defined]
+        TerminationRequest,
+    )
+
+    from tests.test_autoscaler_chain import (
+        _autoscaling_config,
+        _rayservice,
+        _replica_bundles,
+        _two_cpu_pools,
+    )
+
+    rs = _rayservice(_two_cpu_pools())
+    bundles, _ = _replica_bundles(rs)
+    affinity = ResourceRequestUtil.PlacementConstraintType.AFFINITY
+    gang = GangResourceRequest(
+        requests=[ResourceRequestUtil.make(b, [(affinity, "_PG_replica", "")]) for b in bundles]
+    )
+    live = {
+        "metadata": {"name": CLUSTER, "annotations": {}},
+        "spec": rs["spec"]["rayClusterConfig"],
+    }
+    pods = [worker("a-1", "cpu-a", node="n1"), worker("a-2", "cpu-a", unschedulable_for=61)]
+    plan = decide_spill(
+        ("cpu-a", "cpu-b"),
+        rendered_max(rs),
+        read_groups(live),
+        {},
+        pods,
+        cluster=CLUSTER,
+        now=NOW,
+        grace=GRACE,
+        retry_seconds=RETRY,
+    )
+    capped = apply(live, json_patch(plan, {}, True))
+    resources = dict(_autoscaling_config(rs).get_node_type_configs()["cpu-a"].resources)
+    running, refused, deleting = _ray_instances(resources)
+
+    def schedule(cluster: dict[str, Any], instances: list[Any]) -> Any:
+        config = _autoscaling_config({**rs, "spec": {"rayClusterConfig": cluster["spec"]}})
+        request = SchedulingRequest(
+            disable_launch_config_check=True,
+            node_type_configs=config.get_node_type_configs(),
+            max_num_nodes=config.get_max_num_nodes(),
+            gang_resource_requests=[gang],
+            current_instances=instances,
+        )
+        return ResourceDemandScheduler(MagicMock()).schedule(request)
+
+    before = schedule(live, [running, refused])
+    assert not before.to_launch and not before.to_terminate  # waits on the refused pod
+
+    first = schedule(capped, [running, refused])
+    assert [(t.instance_id, t.cause) for t in first.to_terminate] == [
+        ("im-a-2", TerminationRequest.Cause.MAX_NUM_NODE_PER_TYPE)
+    ]
+    second = schedule(capped, [running, deleting])
+    assert [(launch.instance_type, launch.count) for launch in second.to_launch] == [("cpu-b", 1)]
+    assert not second.infeasible_gang_resource_requests
