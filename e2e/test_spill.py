@@ -1,9 +1,9 @@
 """Spill-over on the real API server, the real KubeRay operator and the real scheduler, with KWOK
 GPU nodes (docs/autoscaling.md, "When the preferred pool is full"; deployment/spill.py).
 
-The multipool example's shape on nodes of its own: the preferred pool has one 8-GPU node, the
-overflow pool one, and the replica floor of 2 (one 8-GPU worker pod each) lands on the preferred
-pool. The scheduler binds one worker pod and refuses the other; past the grace the operator caps
+The multipool example's shape on nodes of its own: the preferred pool has one node with room for
+one worker pod (2 GPUs: the example plans TP=2), the overflow pool one, and the replica floor of
+2 lands on the preferred pool. The scheduler binds one worker pod and refuses the other; past the grace the operator caps
 the preferred group's ``maxReplicas`` on the live RayCluster at the one pod it holds. KubeRay
 sees the change (its RayCluster status catches up with the new generation) and keeps it: no new
 cluster, the RayService untouched, the bound pod not deleted although ``replicas`` is above the
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness import Cluster
+from harness import Cluster, WaitTimeoutError
 from harness.campus import parse_campus
 from support import (
     OperatorProcess,
@@ -46,7 +46,8 @@ def campus(suffix: str, preferred_nodes: int) -> Any:
         return {
             "name": f"spill-{suffix}-{name}",
             "count": count,
-            "gpus": 8,
+            # One worker pod's worth (the example plans TP=2: 2 GPUs per worker pod).
+            "gpus": 2,
             "gpuProduct": product,
             "resources": {"cpu": "192", "memory": "2048Gi", "pods": "110"},
         }
@@ -108,7 +109,10 @@ def _capped_kept_lifted(cluster: Cluster, ns: str, suffix: str) -> None:
         rc = raycluster()
         return rc if groups(rc)["h200"].get("maxReplicas") == 1 else None
 
-    rc = eventually("the preferred group capped at its one bound worker", capped, timeout=180)
+    try:
+        rc = eventually("the preferred group capped at its one bound worker", capped, timeout=120)
+    except WaitTimeoutError as error:
+        raise AssertionError(f"{error}\n{_dump(cluster, ns)}") from error
     name = rc["metadata"]["name"]
     record = json.loads(rc["metadata"]["annotations"][CAPS_ANNOTATION])
     assert record["h200"]["cap"] == 1, record
@@ -180,3 +184,25 @@ def _capped_kept_lifted(cluster: Cluster, ns: str, suffix: str) -> None:
     )
     told = [e["message"] for e in items(cluster, "events", ns) if e.get("reason") == "SpillLifted"]
     assert told and "holds 2 bound worker pod(s), capped at 1" in told[0], told
+
+
+def _dump(cluster: Cluster, ns: str) -> str:
+    """What a failed wait saw: the RayService's status, the groups' bounds, the worker pods."""
+    rs = get(cluster, "rayservices.ray.io", NAME, ns) or {}
+    lines = [f"RayService status: {json.dumps(rs.get('status'))[:1500]}"]
+    for rc in items(cluster, "rayclusters.ray.io", ns):
+        bounds = {
+            g["groupName"]: (g.get("replicas"), g.get("maxReplicas"))
+            for g in rc["spec"]["workerGroupSpecs"]
+        }
+        lines.append(f"RayCluster {rc['metadata']['name']}: {bounds}")
+    for pod in items(cluster, "pods", ns):
+        conds = {
+            c["type"]: (c["status"], c.get("reason")) for c in pod["status"].get("conditions") or []
+        }
+        lines.append(
+            f"pod {pod['metadata']['name']} {pod['metadata'].get('labels')} node={pod['spec'].get('nodeName')} {conds}"
+        )
+    obj = get(cluster, "k2thinkdeployments.k2think.dev", NAME, ns) or {}
+    lines.append(f"conditions: {json.dumps((obj.get('status') or {}).get('conditions'))[:2000]}")
+    return "\n".join(lines)

@@ -794,6 +794,15 @@ class DeploymentReconciler:
         )
         annotations = bool((live.get("metadata") or {}).get("annotations"))
         ops = json_patch(outcome, recorded, annotations)
+        log.debug(
+            "spill %s/%s on RayCluster %s: caps %s -> %s, %d patch op(s)",
+            namespace,
+            decision.name,
+            cluster,
+            {g: c.cap for g, c in recorded.items()},
+            {g: c.cap for g, c in outcome.capped.items()},
+            len(ops),
+        )
         events: list[Event] = []
         if ops:
             try:
