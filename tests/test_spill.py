@@ -574,3 +574,31 @@ def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_n
     second = schedule(capped, [running, deleting])
     assert [(launch.instance_type, launch.count) for launch in second.to_launch] == [("cpu-b", 1)]
     assert not second.infeasible_gang_resource_requests
+
+
+async def test_a_fixed_size_deployment_is_never_capped() -> None:
+    """Without Ray's autoscaler KubeRay deletes pods at random down to a lowered max."""
+    kube = ClusterKube()
+    reconciler = DeploymentReconciler(kube, unschedulable_grace=GRACE)
+    doc = load_example("k2think-multipool.yaml")
+    doc["metadata"].update(namespace="ns", uid="u1", generation=1)
+    del doc["spec"]["autoscaling"]
+    doc["spec"]["replicas"] = 3
+    outcome = await reconciler.converge(doc)
+    rayservice = kube.objects[("ns", "k2think-multipool")]
+    rayservice["status"] = {"activeServiceStatus": {"rayClusterName": CLUSTER}}
+    kube.clusters[("ns", CLUSTER)] = {
+        "metadata": {"name": CLUSTER},
+        "spec": {
+            "workerGroupSpecs": copy.deepcopy(
+                rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+            )
+        },
+    }
+    pods = [
+        worker("a", "h200", node="n1"),
+        replace(worker("b", "h200", unschedulable_for=0), unschedulable_since=time.time() - 600),
+    ]
+    result = await reconciler.refresh_status({**doc, "status": outcome.status}, rayservice, pods)
+    assert kube.cluster_reads == 0 and kube.cluster_patches == []
+    assert _cond(result.status, "SpillOver") == ("False", "PoolsOpen")

@@ -96,6 +96,10 @@ def deployed(ground: Ground) -> Iterator[Ground]:
     )
     apply(ground, doc)
     yield ground
+    # Loads a selection (-k) left running: stop them before the deployment goes, or each client
+    # would retry against a vanished endpoint in a tight loop.
+    for load in LOAD.values():
+        load.stop(timeout=60, abort=True)
     remove_sandbox(ground, NS, CLIENT_POD)
     timings = {k: round(v, 1) for k, v in TIMES.items()}
     print("\nchain timings (s):", timings)

@@ -750,7 +750,9 @@ class DeploymentReconciler:
         """
         plan = decision.plan
         view = read_rayservice(rayservice)
-        if plan is None or rayservice is None or view is None:
+        # Without Ray's autoscaler nothing re-places a replica, and KubeRay itself deletes pods
+        # at random down to a lowered maxReplicas: a fixed-size deployment is never capped.
+        if plan is None or not plan.autoscaling or rayservice is None or view is None:
             return [], None
         # The one cluster KubeRay runs: the active one, or the first one it is still preparing
         # (its floor may be what does not fit). Both: an upgrade, whose clusters share the pools.
