@@ -18,6 +18,7 @@ import jsonpatch
 import pytest
 
 from k2think_operator.api.spec import parse_spec
+from k2think_operator.deployment.cluster import ApplyRejected
 from k2think_operator.deployment.controller import DeploymentReconciler
 from k2think_operator.deployment.spill import (
     CAPS_ANNOTATION,
@@ -602,3 +603,41 @@ async def test_a_fixed_size_deployment_is_never_capped() -> None:
     result = await reconciler.refresh_status({**doc, "status": outcome.status}, rayservice, pods)
     assert kube.cluster_reads == 0 and kube.cluster_patches == []
     assert _cond(result.status, "SpillOver") == ("False", "PoolsOpen")
+
+
+async def test_a_restarted_operator_reads_the_cap_back_and_rbac_refusal_turns_spill_off() -> None:
+    kube = ClusterKube()
+    doc = load_example("k2think-multipool.yaml")
+    doc["metadata"].update(namespace="ns", uid="u1", generation=1)
+    outcome = await DeploymentReconciler(kube, unschedulable_grace=GRACE).converge(doc)
+    rayservice = kube.objects[("ns", "k2think-multipool")]
+    rayservice["status"] = {"activeServiceStatus": {"rayClusterName": CLUSTER}}
+    groups_ = copy.deepcopy(rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+    groups_[0]["maxReplicas"] = 1
+    since = time.time() - 100
+    kube.clusters[("ns", CLUSTER)] = {
+        "metadata": {
+            "name": CLUSTER,
+            "annotations": {CAPS_ANNOTATION: json.dumps({"h200": {"cap": 1, "since": since}})},
+        },
+        "spec": {"workerGroupSpecs": groups_},
+    }
+    said = [
+        {**c, "status": "True", "reason": "PoolFull"} if c["type"] == "SpillOver" else c
+        for c in outcome.status["conditions"]
+    ]
+    body = {**doc, "status": {**outcome.status, "conditions": said}}
+    # A new process (restart, new leader): nothing is Unschedulable, but the status says a cap
+    # is in force, so the cluster is read and the cap kept.
+    fresh = DeploymentReconciler(kube, unschedulable_grace=GRACE)
+    kept = await fresh.refresh_status(body, rayservice, [worker("a", "h200", node="n1")])
+    assert kube.cluster_reads == 1 and kube.cluster_patches == []
+    assert _cond(kept.status, "SpillOver") == ("True", "PoolFull")
+
+    async def refuse(namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        raise ApplyRejected("rayclusters.ray.io is forbidden")
+
+    kube.patch_raycluster = refuse  # type: ignore[method-assign]
+    # The pool changed (its worker left): a lift is due, and RBAC refuses it: no retry storm.
+    refused = await fresh.refresh_status(body, rayservice, [])
+    assert refused.retry_reason is None
