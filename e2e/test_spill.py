@@ -145,18 +145,22 @@ def _capped_kept_lifted(cluster: Cluster, ns: str, suffix: str) -> None:
 
     def kept() -> bool:
         now = raycluster()
-        rs_now = get(cluster, "rayservices.ray.io", NAME, ns) or {}
-        pending = ((rs_now.get("status") or {}).get("pendingServiceStatus") or {}).get(
-            "rayClusterName"
-        )
+        status = (get(cluster, "rayservices.ray.io", NAME, ns) or {}).get("status") or {}
+        # KWOK pods run no Ray, so KubeRay keeps preparing this one cluster (it stays "pending"):
+        # what must not appear is a second one.
+        clusters = {
+            str((status.get(side) or {}).get("rayClusterName") or "")
+            for side in ("activeServiceStatus", "pendingServiceStatus")
+        } - {""}
         names = {p["metadata"]["name"] for p in workers("h200") if p["spec"].get("nodeName")}
-        return (
-            now is not None
-            and now["metadata"]["name"] == name
-            and groups(now)["h200"]["maxReplicas"] == 1
-            and not pending
-            and set(bound) <= names
+        seen = (
+            None if now is None else (now["metadata"]["name"], groups(now)["h200"]["maxReplicas"]),
+            sorted(clusters),
+            sorted(names),
         )
+        ok = seen[0] == (name, 1) and clusters == {name} and set(bound) <= names
+        assert ok, f"not kept: {seen} (expected {name!r} capped at 1, {bound} bound)"
+        return True
 
     holds_for("the cap, the cluster and the bound worker", kept, seconds=20)
 
