@@ -195,6 +195,7 @@ def test_every_condition_carries_generation_and_message() -> None:
         "Degraded",
         "InvalidSpec",
         "CapacityBlocked",
+        "SpillOver",
         "GcsFaultToleranceOff",
         "SecurityDowngraded",
     ]

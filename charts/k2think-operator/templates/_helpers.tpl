@@ -126,6 +126,11 @@ Least privilege, derived from what the operator does (docs/install.md, "RBAC"):
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Spill-over (docs/autoscaling.md): read the live RayCluster and JSON-patch a full pool's worker
+# group maxReplicas (never created or deleted: KubeRay owns it).
+- apiGroups: ["ray.io"]
+  resources: ["rayclusters"]
+  verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"{{ if .Values.dryRunPods }}, "create"{{ end }}]

@@ -30,6 +30,7 @@ __all__ = [
     "NETWORKPOLICIES",
     "PODS",
     "PVCS",
+    "RAYCLUSTER",
     "RAYSERVICE",
     "SECRETS",
     "WATCHED",
@@ -46,6 +47,8 @@ K2THINK = Api("k2think.dev", "v1alpha1", "K2ThinkDeployment", "k2thinkdeployment
 MODELCACHE = Api("k2think.dev", "v1alpha1", "K2ThinkModelCache", "k2thinkmodelcaches")
 #: KubeRay's RayService, the one child we render.
 RAYSERVICE = Api("ray.io", "v1", "RayService", "rayservices")
+#: Read and JSON-patched (a worker group's maxReplicas) for spill-over (deployment/spill.py).
+RAYCLUSTER = Api("ray.io", "v1", "RayCluster", "rayclusters")
 
 #: Kueue's Workloads and LocalQueues: read for a deployment queued through Kueue (queueing.py);
 #: a Workload's spec.active is patched for spec.suspend. Not watched (no kopf handler).

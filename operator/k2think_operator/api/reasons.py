@@ -21,6 +21,9 @@ GCS_FAULT_TOLERANCE_OFF: Final = "GcsFaultToleranceOff"
 ADMITTED: Final = "Admitted"
 #: Informational: the spec turns a protection off (api/downgrades.py); a column of kubectl get.
 SECURITY_DOWNGRADED: Final = "SecurityDowngraded"
+#: Informational (never changes Ready or phase): a full pool's new replicas go to the next pool
+#: (docs/autoscaling.md, deployment/spill.py).
+SPILL_OVER: Final = "SpillOver"
 CONDITION_TYPES: Final = (
     READY,
     PROGRESSING,
@@ -28,6 +31,7 @@ CONDITION_TYPES: Final = (
     INVALID_SPEC,
     CAPACITY_BLOCKED,
     ADMITTED,
+    SPILL_OVER,
     GCS_FAULT_TOLERANCE_OFF,
     SECURITY_DOWNGRADED,
 )
@@ -61,6 +65,9 @@ SECURE_DEFAULTS: Final = "SecureDefaults"
 #: Degraded/Progressing while the API server's dry run refuses a child (deployment/dryrun.py):
 #: nothing was applied, what runs is untouched.
 CHILD_REJECTED: Final = "ChildRejected"
+#: SpillOver reasons: a pool is capped at what it holds / no pool is.
+POOL_FULL: Final = "PoolFull"
+POOLS_OPEN: Final = "PoolsOpen"
 #: Reasons of an apply failure that stays visible until the child exists again.
 APPLY_FAILURES: Final = (KUBERAY_MISSING, APPLY_REJECTED, CHILD_REJECTED)
 
@@ -88,6 +95,9 @@ EVENT_RAY_AUTH_DISABLED: Final = "RayAuthDisabled"
 EVENT_SECURITY_DOWNGRADED: Final = SECURITY_DOWNGRADED
 #: The operator created a deployment's Ray token Secret (the token itself is never told).
 EVENT_RAY_TOKEN_CREATED: Final = "RayTokenCreated"
+#: A full pool's worker group was capped on the live RayCluster / the cap was lifted.
+EVENT_SPILLED_OVER: Final = "SpilledOver"
+EVENT_SPILL_LIFTED: Final = "SpillLifted"
 #: Events told once per message per object (the rest are told each time they happen).
 ANNOUNCED_ONCE: Final = (
     EVENT_PLANNED,

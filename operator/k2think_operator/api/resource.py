@@ -22,7 +22,7 @@ class Condition(_Model):
 
     type: str = Field(
         description="Ready, Progressing, Degraded, InvalidSpec, CapacityBlocked, (under Kueue) "
-        "Admitted, GcsFaultToleranceOff (informational), (with upgradeStrategy "
+        "Admitted, SpillOver and GcsFaultToleranceOff (informational), (with upgradeStrategy "
         "NewClusterWithIncrementalUpgrade) IncrementalUpgradeUnavailable, or (with "
         "spec.model.cacheRef, and on a K2ThinkModelCache) CacheReady."
     )

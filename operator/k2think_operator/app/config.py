@@ -32,6 +32,11 @@ class OperatorConfig:
     unschedulable_grace_seconds: int = field(
         default_factory=lambda: _env_int("K2T_UNSCHEDULABLE_GRACE_SECONDS", 60)
     )
+    #: A pool capped for spill-over (deployment/spill.py) takes new replicas again after this
+    #: long, unless it changed before.
+    spill_retry_seconds: int = field(
+        default_factory=lambda: _env_int("K2T_SPILL_RETRY_SECONDS", 600)
+    )
     #: GcsFaultToleranceOff is reported above this many replicas (fault_tolerance.py).
     gcs_ft_replica_threshold: int = field(
         default_factory=lambda: _env_int(

@@ -100,6 +100,7 @@ class Operator:
             queue_recheck_seconds=config.queue_recheck_seconds,
             dry_run_pods=config.dry_run_pods,
             kuberay_incremental_upgrade=config.kuberay_incremental_upgrade,
+            spill_retry_seconds=config.spill_retry_seconds,
         )
         self.deployment_controller: Controller[Key] = Controller(
             "deployments",

@@ -19,6 +19,7 @@ from k2think_operator.api.coordinates import (
     KUEUE_WORKLOAD,
     MODELCACHE,
     PODS,
+    RAYCLUSTER,
     RAYSERVICE,
     SECRETS,
 )
@@ -77,6 +78,16 @@ class KubeApi(Protocol):
         return None
 
     async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        return None
+
+    # Spill-over (``spill.py``): the live RayCluster, and a JSON patch of it (defaults for
+    # fakes without KubeRay clusters).
+    async def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    async def patch_raycluster(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
         return None
 
     # The model cache (``cache.py``): a default for fakes without caches.
@@ -186,6 +197,21 @@ class ClusterApi(KubeApi):
     async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         """Kueue's way to stop and restart a workload: ``spec.active`` (merge patch)."""
         await self.kube.merge_patch(KUEUE_WORKLOAD, namespace, name, {"spec": {"active": active}})
+
+    async def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get(RAYCLUSTER, namespace, name)
+        except ApiNotServed as error:
+            raise _kuberay_missing(error) from error
+
+    async def patch_raycluster(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """JSON-patch a RayCluster (``spill.json_patch``: conditional on what was read)."""
+        try:
+            return await self.kube.json_patch(RAYCLUSTER, namespace, name, ops)
+        except ApiNotServed as error:
+            raise _kuberay_missing(error) from error
 
     async def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

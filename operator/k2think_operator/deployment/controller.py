@@ -59,6 +59,15 @@ from k2think_operator.deployment.decide import (
     needs_apply,
 )
 from k2think_operator.deployment.dryrun import pods_for, rayservice_of, rejection_message
+from k2think_operator.deployment.spill import (
+    DEFAULT_SPILL_RETRY_SECONDS,
+    decide_spill,
+    json_patch,
+    read_caps,
+    read_groups,
+    rendered_max,
+    spill_wanted,
+)
 from k2think_operator.deployment.status import (
     UNSCHEDULABLE_GRACE_SECONDS,
     Observation,
@@ -71,7 +80,7 @@ from k2think_operator.deployment.status import (
 from k2think_operator.deployment.supporting import SupportingObjects
 from k2think_operator.deployment.upgrade import with_upgrade_condition
 from k2think_operator.plan.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_risk
-from k2think_operator.render.meta import COMPONENT_LABEL, POOL_LABEL
+from k2think_operator.render.meta import COMPONENT_LABEL, POOL_LABEL, RAY_CLUSTER_LABEL
 from k2think_operator.runtime import metrics
 from k2think_operator.runtime.compact import Packed, pack
 from k2think_operator.runtime.controller import Result, RetryLater
@@ -142,6 +151,7 @@ def summarize_pod(pod: Mapping[str, Any]) -> PodSummary:
         unschedulable_message=unschedulable,
         unschedulable_since=since,
         node=(pod.get("spec") or {}).get("nodeName"),
+        cluster=labels.get(RAY_CLUSTER_LABEL),
     )
 
 
@@ -169,6 +179,7 @@ def observe(
     unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
     gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
     queue: QueueView | None = None,
+    spill: tuple[tuple[str, int], ...] = (),
 ) -> Observation:
     """Gather everything status is computed from, once."""
     spec = decision.spec
@@ -189,6 +200,7 @@ def observe(
         gcs_ft_replica_threshold=gcs_ft_replica_threshold,
         queue=queue if spec is not None and spec.queued else None,
         downgrades=decision.downgrades if spec is not None else None,
+        spill=spill,
     )
 
 
@@ -345,6 +357,11 @@ class DeploymentState:
     cache: tuple[CacheView | None, str | None] = (None, None)
     #: Kueue's last view of a queued deployment (pod events refresh status without API reads).
     queue: QueueView | None = None
+    #: The pools capped on the live RayCluster as last read or written, (pool, cap) in spec
+    #: order (spill.py); None: not read in this process yet.
+    spill: tuple[tuple[str, int], ...] | None = None
+    #: When (monotonic) a cap is due to be tried again.
+    spill_due: float | None = None
 
     def unseen_write(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The status of our last write when ``body`` predates it; else None, and the copy is
@@ -360,12 +377,12 @@ class DeploymentState:
     def due(self, now: float) -> tuple[bool, bool]:
         """(whole sequence due, status due) by time."""
         kueue = self.kueue_due is not None and now >= self.kueue_due
-        status = self.status_due is not None and now >= self.status_due
+        status = any(t is not None and now >= t for t in (self.status_due, self.spill_due))
         return kueue, status
 
     def next_due(self, now: float) -> float | None:
         """Seconds until the earliest time something is due (None: nothing is)."""
-        times = [t for t in (self.status_due, self.kueue_due) if t is not None]
+        times = [t for t in (self.status_due, self.kueue_due, self.spill_due) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
 
@@ -403,8 +420,10 @@ class DeploymentReconciler:
         queue_recheck_seconds: float = DEFAULT_QUEUE_RECHECK_SECONDS,
         dry_run_pods: bool = True,
         kuberay_incremental_upgrade: bool = False,
+        spill_retry_seconds: float = DEFAULT_SPILL_RETRY_SECONDS,
     ) -> None:
         self.kube = kube
+        self.spill_retry_seconds = spill_retry_seconds
         self.sources = sources
         self.unschedulable_grace = unschedulable_grace
         self.gcs_ft_replica_threshold = gcs_ft_replica_threshold
@@ -530,13 +549,17 @@ class DeploymentReconciler:
         failure = previous_apply_failure(current)
         if rayservice is not None and not _rejected_now(current, decision.generation):
             failure = None
+        events, spill_retry = await self._converge_spill(decision, current, rayservice, state)
         status = self._desired_status(decision, body, current, rayservice, state, failure)
         write = await self._write_status(decision, current, status, state)
+        for event in events:
+            await self.kube.post_event(body, event)
         return Outcome(
             status=status,
             wrote_status=write.written,
             invalid=bool(decision.problems),
-            retry_reason=write.error,
+            retry_reason=spill_retry or write.error,
+            events=events,
         )
 
     async def _converge(
@@ -593,6 +616,12 @@ class DeploymentReconciler:
                 events += news
                 if queue_retry and not result.retry:
                     result = ApplyResult(result.live, result.applied, result.failure, queue_retry)
+            news, spill_retry = await self._converge_spill(
+                decision, current, result.live, state, read=resync or result.applied
+            )
+            events += news
+            if spill_retry and not result.retry:
+                result = ApplyResult(result.live, result.applied, result.failure, spill_retry)
         # status
         status = self._desired_status(decision, body, current, result.live, state, result.failure)
         write = await self._write_status(decision, current, status, state)
@@ -726,6 +755,7 @@ class DeploymentReconciler:
             unschedulable_grace=self.unschedulable_grace,
             gcs_ft_replica_threshold=self.gcs_ft_replica_threshold,
             queue=state.queue or view_from_status(current.get("queue")),
+            spill=state.spill or (),
         )
         # A pod the scheduler keeps refusing may never change again, so no event would come
         # when it crosses the grace period: look again then.
@@ -750,6 +780,115 @@ class DeploymentReconciler:
             decision.namespace, decision.name, decision.plan, status, observation.pods
         )
         return status
+
+    # --- spill-over (spill.py): cap a full pool's group on the live RayCluster -----------------
+
+    async def _converge_spill(
+        self,
+        decision: Decision,
+        current: Mapping[str, Any],
+        rayservice: Mapping[str, Any] | None,
+        state: DeploymentState,
+        *,
+        read: bool = False,
+    ) -> tuple[list[Event], str | None]:
+        """Read the live RayCluster when spill may matter, write what ``decide_spill`` says.
+
+        The RayCluster is read only when a pool with a next pool has a worker pod Unschedulable
+        past the grace, a cap is (or the stored status says one is) in force, or ``read`` (the
+        RayService was just applied: a changed maxReplicas must reach the live cluster; the slow
+        resync). Nothing is done during an upgrade (two clusters share the pools) or before
+        KubeRay names its cluster. Returns the events to tell and a retry reason.
+        """
+        plan = decision.plan
+        view = read_rayservice(rayservice)
+        # Without Ray's autoscaler nothing re-places a replica, and KubeRay itself deletes pods
+        # at random down to a lowered maxReplicas: a fixed-size deployment is never capped.
+        if plan is None or not plan.autoscaling or rayservice is None or view is None:
+            return [], None
+        # The one cluster KubeRay runs: the active one, or the first one it is still preparing
+        # (its floor may be what does not fit). Both: an upgrade, whose clusters share the pools.
+        clusters = [c for c in (view.active_cluster, view.pending_cluster) if c]
+        if len(clusters) != 1:
+            return [], None
+        pools = [p.name for p in plan.pools]
+        now = time.time()
+        said = any(
+            c.get("type") == r.SPILL_OVER and c.get("status") == "True"
+            for c in current.get("conditions") or []
+        )
+        if not (
+            read
+            or state.spill
+            or (state.spill is None and said)
+            or spill_wanted(pools, state.pods, now, self.unschedulable_grace)
+        ):
+            return [], None
+        namespace, cluster = decision.namespace, clusters[0]
+        try:
+            live = await self.kube.get_raycluster(namespace, cluster)
+        except (TransientApiError, KubeRayMissing) as error:
+            return [], str(error)
+        except KubeError as error:  # e.g. RBAC without rayclusters get: spill is off
+            log.warning("spill-over off for %s/%s: %s", namespace, decision.name, error)
+            return [], None
+        if live is None:
+            return [], None
+        recorded = read_caps(live)
+        outcome = decide_spill(
+            pools,
+            rendered_max(rayservice),
+            read_groups(live),
+            recorded,
+            state.pods,
+            cluster=cluster,
+            now=now,
+            grace=self.unschedulable_grace,
+            retry_seconds=self.spill_retry_seconds,
+        )
+        annotations = bool((live.get("metadata") or {}).get("annotations"))
+        ops = json_patch(outcome, recorded, annotations)
+        log.debug(
+            "spill %s/%s on RayCluster %s: caps %s -> %s, %d patch op(s)",
+            namespace,
+            decision.name,
+            cluster,
+            {g: c.cap for g, c in recorded.items()},
+            {g: c.cap for g, c in outcome.capped.items()},
+            len(ops),
+        )
+        events: list[Event] = []
+        if ops:
+            try:
+                await self.kube.patch_raycluster(namespace, cluster, ops)
+            except (TransientApiError, KubeRayMissing) as error:
+                return [], str(error)
+            except KubeError as error:
+                log.warning("spill-over off for %s/%s: %s", namespace, decision.name, error)
+                return [], None
+            metrics.API_WRITES.labels("raycluster").inc()
+            for change in outcome.changes:
+                if change.why == "cap":
+                    events.append(Event.normal(r.EVENT_SPILLED_OVER, change.message))
+                elif change.why == "lift":
+                    events.append(Event.normal(r.EVENT_SPILL_LIFTED, change.message))
+                else:
+                    log.info(
+                        "%s/%s: maxReplicas of group %s on RayCluster %s: %s -> %s (as the "
+                        "RayService says)",
+                        namespace,
+                        decision.name,
+                        change.group,
+                        cluster,
+                        change.expected,
+                        change.new,
+                    )
+        capped = outcome.capped
+        state.spill = tuple((pool, capped[pool].cap) for pool in pools if pool in capped)
+        state.spill_due = (
+            time.monotonic() + outcome.recheck + 1.0 if outcome.recheck is not None else None
+        )
+        return events, None
 
     @staticmethod
     def _unannounced(state: DeploymentState, events: list[Event]) -> list[Event]:

@@ -25,6 +25,7 @@ from k2think_operator.api.reasons import (
     INVALID_SPEC,
     PROGRESSING,
     READY,
+    SPILL_OVER,
 )
 from k2think_operator.plan.fault_tolerance import DEFAULT_GCS_FT_REPLICA_THRESHOLD, gcs_ft_condition
 from k2think_operator.plan.planner import Plan
@@ -56,6 +57,9 @@ class PodSummary:
     #: status time: a pod stuck for an hour may not change at all in that hour.
     unschedulable_since: float | None = None
     node: str | None = None
+    #: The RayCluster the pod belongs to (``ray.io/cluster``): during an upgrade two clusters'
+    #: pods share a pool.
+    cluster: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class Observation:
     queue: QueueView | None = None
     #: What the spec turns off (api/downgrades.py); None for an invalid spec.
     downgrades: tuple[str, ...] | None = ()
+    #: Pools whose worker group is capped on the live RayCluster (spill.py): (pool, cap).
+    spill: tuple[tuple[str, int], ...] = ()
 
     @property
     def waiting_for_kueue(self) -> bool:
@@ -228,6 +234,21 @@ def capacity_condition(obs: Observation) -> dict[str, Any]:
     )
 
 
+def spill_condition(obs: Observation) -> dict[str, Any]:
+    """``SpillOver``: True while a full pool's group is capped, so new replicas go to the next
+    pool (informational: never changes Ready or phase)."""
+    if not obs.spill:
+        return condition(
+            SPILL_OVER, False, r.POOLS_OPEN, "new replicas go to the first pool", obs.generation
+        )
+    order = [p.name for p in obs.plan.pools] if obs.plan is not None else []
+    capped = dict(obs.spill)
+    nexts = [p for p in order if p not in capped]
+    parts = [f"pool {pool} is full at {cap} worker pod(s)" for pool, cap in obs.spill]
+    target = f"new replicas go to {', '.join(nexts)}" if nexts else "no pool has room"
+    return condition(SPILL_OVER, True, r.POOL_FULL, f"{'; '.join(parts)}: {target}", obs.generation)
+
+
 def progressing_condition(obs: Observation, ready: Mapping[str, Any]) -> dict[str, Any]:
     gen = obs.generation
     rs = obs.rayservice
@@ -321,6 +342,7 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
         degraded_condition(obs),
         invalid_spec_condition(obs),
         capacity_condition(obs),
+        spill_condition(obs),
         gcs_ft_condition(obs.plan, obs.generation, obs.gcs_ft_replica_threshold),
         downgraded_condition(
             None if obs.downgrades is None else list(obs.downgrades), obs.generation

@@ -16,6 +16,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 POOL_LABEL = f"{K2THINK.group}/pool"
+#: KubeRay's label on every pod of a RayCluster: the cluster's name.
+RAY_CLUSTER_LABEL = "ray.io/cluster"
 
 SPEC_HASH_ANNOTATION = f"{K2THINK.group}/spec-hash"
 CLUSTER_HASH_ANNOTATION = f"{K2THINK.group}/cluster-hash"

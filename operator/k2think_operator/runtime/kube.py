@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
+JSON_PATCH_CONTENT_TYPE = "application/json-patch+json"
 JSON_CONTENT_TYPE = "application/json"
 #: Items per page of a list (client-go's pager default is 500).
 LIST_PAGE_SIZE = 500
@@ -350,6 +351,36 @@ class Kube:
                     raise
                 log.info("%s %s/%s is gone; not patched", api.kind, namespace, name)
                 return None
+        return cast(dict[str, Any], result or {})
+
+    async def json_patch(
+        self, api: Api, namespace: str | None, name: str, ops: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any] | None:
+        """A JSON patch (RFC 6902) of one object; None when it is gone.
+
+        Why a JSON patch: its ``test`` operations make a write conditional on the values it
+        read, field by field, where a merge patch or an apply would overwrite a concurrent
+        writer's value. A failed ``test`` (HTTP 422) is ``TransientApiError``: the object moved
+        since it was read, decide again.
+        """
+        with self._call(api, f"{api.kind} JSON patch"):
+            try:
+                result = await self._api.request(
+                    "PATCH",
+                    build_path(api, namespace, name),
+                    params={"fieldManager": self.field_manager},
+                    body=[dict(op) for op in ops],
+                    content_type=JSON_PATCH_CONTENT_TYPE,
+                )
+            except ApiError as error:
+                if _object_missing(error, api):
+                    log.info("%s %s/%s is gone; not patched", api.kind, namespace, name)
+                    return None
+                if error.status == 422:
+                    raise TransientApiError(
+                        f"{api.kind} {namespace}/{name} changed since it was read: {error.message}"
+                    ) from error
+                raise
         return cast(dict[str, Any], result or {})
 
     async def patch_status(
