@@ -5,7 +5,7 @@
    head with 3 CPUs. Editing a running deployment to such a head is admitted (the CRD cannot
    know the cluster's policies), the operator's dry run of the Pod KubeRay would create is
    refused: ``Degraded``/``ChildRejected`` names the policy's message, the running RayService
-   keeps its resourceVersion, no Pod was created; reverting the edit clears it.
+   keeps its spec and generation, no Pod was created; reverting the edit clears it.
 2. Downgrades are loud: token auth and NetworkPolicies off give ``SecurityDowngraded`` True, the
    ``Downgraded`` column of ``kubectl get k2t`` and Warning events.
 """
@@ -136,6 +136,9 @@ def test_a_child_the_cluster_refuses_leaves_the_running_rayservice_untouched(
             ),
         )
 
+        # KubeRay keeps writing the RayService's status; what we own is its spec (and the
+        # generation, which only a spec change moves).
+        before = get(cluster, "rayservice", "k2think", ns) or {}
         doc["spec"]["ray"]["head"] = _head("3")
         apply_doc(cluster, doc)  # the CRD admits it: it cannot know the namespace's policies
 
@@ -152,7 +155,8 @@ def test_a_child_the_cluster_refuses_leaves_the_running_rayservice_untouched(
         assert "nothing was applied" in degraded["message"]
         after = get(cluster, "rayservice", "k2think", ns)
         assert after is not None
-        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert after["metadata"]["generation"] == before["metadata"]["generation"]
+        assert after["spec"] == before["spec"]
         head = after["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
         assert head["containers"][0]["resources"]["requests"]["cpu"] == "4"
         assert not [
