@@ -230,6 +230,11 @@ def test_readiness_drives_the_ready_condition() -> None:
     }
     patch = podrun.ready_status(pod, {"operator": False}, {"operator": 1}, {}, now="T")["status"]
     assert patch["containerStatuses"][0]["ready"] is False
+    # Not started yet: waiting (an empty startedAt is refused by the API server).
+    assert patch["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    started = {"operator": "2026-12-06T14:00:00Z"}
+    running = podrun.ready_status(pod, {"operator": False}, {}, started, now="T")["status"]
+    assert running["containerStatuses"][0]["state"]["running"]["startedAt"] == started["operator"]
     assert patch["containerStatuses"][0]["restartCount"] == 1
     ready = {c["type"]: c for c in patch["conditions"]}
     assert ready["Ready"]["status"] == "False" and ready["Ready"]["lastTransitionTime"] == "T"

@@ -310,15 +310,21 @@ def ready_status(
     statuses = []
     for c in (pod.get("spec") or {}).get("containers") or []:
         name = c["name"]
+        since = started.get(name)
+        state: dict[str, Any] = (
+            {"running": {"startedAt": since}}
+            if since
+            else {"waiting": {"reason": "ContainerCreating"}}
+        )
         statuses.append(
             {
                 "name": name,
                 "image": c.get("image", ""),
                 "imageID": c.get("image", ""),
                 "ready": bool(ready.get(name)),
-                "started": True,
+                "started": bool(since),
                 "restartCount": int(restarts.get(name, 0)),
-                "state": {"running": {"startedAt": started.get(name, now)}},
+                "state": state,
             }
         )
     all_ready = all(s["ready"] for s in statuses)

@@ -738,9 +738,13 @@ class Kubelet:
             run.sandbox = run.started = True
             _log(f"{ns}/{name}: sandbox on {pod['spec'].get('nodeName')} at {ip}")
             return
-        run.volumes = self._volumes(pod, pdir)
         if podrun.runs_from_image(pod):
+            # Not Ready until its readiness probe says so (KWOK marked it Ready with its IP;
+            # the first extraction of an image can take a while).
             run.from_image = True
+            self._report_ready(run)
+        run.volumes = self._volumes(pod, pdir)
+        if run.from_image:
             run.init = self._image_containers(pod, run, "initContainers")
             run.main = self._image_containers(pod, run, "containers")
             self._report_ready(run)

@@ -228,7 +228,9 @@ def test_helm_install_runs_the_operator_from_the_image(ground: Ground) -> None:
         "--timeout",
         "8m",
     )
-    found = wait("two Ready operator pods", lambda: _ready_pods(g, 2), timeout=300)
+    # The first start extracts the image's root filesystem from buildah's store (cached by
+    # image ID in ~/.cache/k2think-operator/image/rootfs).
+    found = wait("two Ready operator pods", lambda: _ready_pods(g, 2), timeout=420)
     for pod in found:
         (c,) = pod["spec"]["containers"]
         assert c["image"] == f"{REPOSITORY}:{tag}"  # the chart's default tag: appVersion
@@ -254,8 +256,21 @@ def test_helm_install_runs_the_operator_from_the_image(ground: Ground) -> None:
 
 
 def _ready_pods(g: Ground, n: int) -> list[dict[str, Any]] | None:
+    """``n`` operator pods running from the image and Ready by their readiness probe (KWOK marks
+    a pod Ready when it gives it an IP, before the stand-in has started it, so ``helm --wait``
+    alone could return early on this ground)."""
     found = operator_pods(g)
-    return found if len(found) == n and all(is_ready(p) for p in found) else None
+    log = stand_in_log(g)
+    ok = len(found) == n and all(_probed_ready(p, log) for p in found)
+    return found if ok else None
+
+
+def _probed_ready(pod: dict[str, Any], log: str) -> bool:
+    return bool(
+        is_ready(pod)
+        and container_pids(pod, "operator")
+        and f"{pod['metadata']['name']}: readiness probe of operator -> True" in log
+    )
 
 
 def test_the_example_serves_with_every_default_on(ground: Ground) -> None:
@@ -421,9 +436,10 @@ def test_helm_upgrade_rolls_the_operator_without_touching_the_rayservice(ground:
 
     def rolled() -> bool:
         found = operator_pods(g)
+        log = stand_in_log(g)
         return (
             len(found) == 2
-            and all(is_ready(p) for p in found)
+            and all(_probed_ready(p, log) for p in found)
             and all(p["spec"]["containers"][0]["image"] == f"{REPOSITORY}:{new_tag}" for p in found)
             and not old_pods & {p["metadata"]["uid"] for p in found}
         )
