@@ -21,6 +21,7 @@ import asyncio
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +40,7 @@ from dataplane_support import (
     wait_for_app,
 )
 
-from harness.polling import holds_for
+from harness.polling import Aborted, holds_for
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(2400)]
 
@@ -146,15 +147,20 @@ async def _load(app: ServedApp, stop: asyncio.Event, results: list[str]) -> None
         await client.close()
 
 
-def _under_load(app: ServedApp, body: Callable[[], Any]) -> tuple[Any, list[str]]:
-    """Run ``body`` (blocking, in a thread) while the load runs; stop the load after it."""
+def _under_load(app: ServedApp, body: Callable[[threading.Event], Any]) -> tuple[Any, list[str]]:
+    """Run ``body`` (blocking, in a thread) while the load runs; stop the load after it.
+
+    ``body`` gets an event set when the load has ended (failed): its probes raise ``Aborted``
+    then, so a failed completion ends the test at once instead of at the poll's limit."""
     results: list[str] = []
+    ended = threading.Event()
 
     async def drive() -> Any:
         stop = asyncio.Event()
         load = asyncio.create_task(_load(app, stop, results))
+        load.add_done_callback(lambda _: ended.set())
         try:
-            work = asyncio.create_task(asyncio.to_thread(body))
+            work = asyncio.create_task(asyncio.to_thread(body, ended))
             done, _ = await asyncio.wait({work, load}, return_when=asyncio.FIRST_COMPLETED)
             if load in done:
                 load.result()  # a crashed load generator fails the test here
@@ -179,7 +185,9 @@ def test_kv_cache_full_scales_out_under_latency_target_and_not_under_ongoing_req
         assert _llm(deployed)["target_num_replicas"] == 1
         seen_kv: list[float] = []
 
-        def scaled_out() -> dict[str, Any] | None:
+        def scaled_out(ended: threading.Event) -> dict[str, Any] | None:
+            if ended.is_set():
+                raise Aborted("the load ended before the scale-out")
             data = get_serve_status(dash)
             seen_kv.append(kv_usage_from_ray_metrics(metrics_port, _replica_ids(data)))
             return data if _running(data) >= 2 else None
@@ -187,7 +195,9 @@ def test_kv_cache_full_scales_out_under_latency_target_and_not_under_ongoing_req
         started = time.monotonic()
         data, results = _under_load(
             served_app,
-            lambda: poll(scaled_out, timeout=UPSCALE_TIMEOUT_S, interval=3, what="2nd replica"),
+            lambda ended: poll(
+                lambda: scaled_out(ended), timeout=UPSCALE_TIMEOUT_S, interval=3, what="2nd replica"
+            ),
         )
         reaction_s = time.monotonic() - started
         assert _llm(data)["target_num_replicas"] == 2
@@ -202,15 +212,21 @@ def test_kv_cache_full_scales_out_under_latency_target_and_not_under_ongoing_req
         def kv_now() -> float:
             return kv_usage_from_ray_metrics(metrics_port, _replica_ids(get_serve_status(dash)))
 
-        def stays_at_one_while_full() -> None:
+        def stays_at_one_while_full(ended: threading.Event) -> None:
+            def full_now() -> bool:
+                if ended.is_set():
+                    raise Aborted("the load ended")
+                return kv_now() > KV_CEILING
+
             poll(
-                lambda: kv_now() > KV_CEILING,
+                full_now,
                 timeout=UPSCALE_TIMEOUT_S,
                 interval=3,
                 what="KV cache over the ceiling under the default policy",
             )
 
             def one_replica() -> bool:
+                assert not ended.is_set(), "the load ended"
                 data = get_serve_status(dash)
                 full.append(kv_usage_from_ray_metrics(metrics_port, _replica_ids(data)))
                 llm = _llm(data)
