@@ -577,13 +577,13 @@ def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_n
     before = schedule(live, [running, refused])
     assert not before.to_launch and not before.to_terminate  # waits on the refused pod
 
-    first = schedule(capped, [running, refused])
-    assert [(t.instance_id, t.cause) for t in first.to_terminate] == [
+    round1 = schedule(capped, [running, refused])
+    assert [(t.instance_id, t.cause) for t in round1.to_terminate] == [
         ("im-a-2", TerminationRequest.Cause.MAX_NUM_NODE_PER_TYPE)
     ]
-    second = schedule(capped, [running, deleting])
-    assert [(launch.instance_type, launch.count) for launch in second.to_launch] == [(overflow, 1)]
-    assert not second.infeasible_gang_resource_requests
+    round2 = schedule(capped, [running, deleting])
+    assert [(launch.instance_type, launch.count) for launch in round2.to_launch] == [(overflow, 1)]
+    assert not round2.infeasible_gang_resource_requests
 
 
 async def test_a_fixed_size_deployment_is_never_capped() -> None:
