@@ -465,9 +465,9 @@ def _cond(status: dict[str, Any], kind: str) -> tuple[str, str]:
 # --- what Ray's autoscaler v2 does with the cap (its own scheduler, offline) ----------------
 
 
-def _ray_instances(resources: dict[str, float]) -> tuple[Any, Any, Any]:
-    """cpu-a's worker running a replica (no room left), cpu-a's refused pod (ALLOCATED, no Ray),
-    and that pod once the autoscaler asked KubeRay to delete it (TERMINATING)."""
+def _ray_instances(pool: str, resources: dict[str, float]) -> tuple[Any, Any, Any]:
+    """The first pool's worker running a replica (no room left), its refused pod (ALLOCATED, no
+    Ray), and that pod once the autoscaler asked KubeRay to delete it (TERMINATING)."""
     from ray.autoscaler.v2.schema import AutoscalerInstance
     from ray.core.generated.autoscaler_pb2 import NodeState  # type: ignore[attr-defined]
     from ray.core.generated.instance_manager_pb2 import (  # type: ignore[attr-defined]
@@ -478,7 +478,7 @@ def _ray_instances(resources: dict[str, float]) -> tuple[Any, Any, Any]:
     def instance(pod: str, status: Any, node_id: str = "") -> Any:
         return Instance(
             instance_id=f"im-{pod}",
-            instance_type="cpu-a",
+            instance_type=pool,
             status=status,
             node_id=node_id,
             node_kind=NodeKind.WORKER,
@@ -491,7 +491,7 @@ def _ray_instances(resources: dict[str, float]) -> tuple[Any, Any, Any]:
         ray_node=NodeState(
             node_id=bytes.fromhex("6e31"),
             instance_id="a-1",
-            ray_node_type_name="cpu-a",
+            ray_node_type_name=pool,
             total_resources=resources,
             available_resources={k: 0.0 for k in resources},
         ),
@@ -505,11 +505,19 @@ def _ray_instances(resources: dict[str, float]) -> tuple[Any, Any, Any]:
     return running, refused, deleting
 
 
-def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_next_pool() -> None:
+@pytest.mark.parametrize(
+    ("example", "first", "overflow"),
+    [("chain", "cpu-a", "cpu-b"), ("k2think-multipool.yaml", "h200", "h100")],
+)
+def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_next_pool(
+    example: str, first: str, overflow: str
+) -> None:
     """Ray 2.60's ``ResourceDemandScheduler`` on the RayCluster as the cap leaves it (through
     KubeRay's config producer in Ray): the not-yet-running pod is terminated for the group's max
     (``MAX_NUM_NODE_PER_TYPE``), and once it is going the pending replica's gang is launched on
-    the next pool. Without the cap the refused pod keeps the gang (until poolFallbackSeconds)."""
+    the next pool, the whole gang (one TP group: ``STRICT_PACK``) on one node of it. Without the
+    cap the refused pod keeps the gang (until poolFallbackSeconds). The multipool example is the
+    GPU case: Serve LLM's bundles of GPUs with the pinned ``accelerator_type``."""
     from unittest.mock import MagicMock
 
     from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
@@ -528,8 +536,9 @@ def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_n
         _two_cpu_pools,
     )
 
-    rs = _rayservice(_two_cpu_pools())
-    bundles, _ = _replica_bundles(rs)
+    rs = _rayservice(_two_cpu_pools() if example == "chain" else load_example(example))
+    bundles, strategy = _replica_bundles(rs)
+    assert strategy == "STRICT_PACK"
     affinity = ResourceRequestUtil.PlacementConstraintType.AFFINITY
     gang = GangResourceRequest(
         requests=[ResourceRequestUtil.make(b, [(affinity, "_PG_replica", "")]) for b in bundles]
@@ -538,9 +547,9 @@ def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_n
         "metadata": {"name": CLUSTER, "annotations": {}},
         "spec": rs["spec"]["rayClusterConfig"],
     }
-    pods = [worker("a-1", "cpu-a", node="n1"), worker("a-2", "cpu-a", unschedulable_for=61)]
+    pods = [worker("a-1", first, node="n1"), worker("a-2", first, unschedulable_for=61)]
     plan = decide_spill(
-        ("cpu-a", "cpu-b"),
+        (first, overflow),
         rendered_max(rs),
         read_groups(live),
         {},
@@ -551,8 +560,8 @@ def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_n
         retry_seconds=RETRY,
     )
     capped = apply(live, json_patch(plan, {}, True))
-    resources = dict(_autoscaling_config(rs).get_node_type_configs()["cpu-a"].resources)
-    running, refused, deleting = _ray_instances(resources)
+    resources = dict(_autoscaling_config(rs).get_node_type_configs()[first].resources)
+    running, refused, deleting = _ray_instances(first, resources)
 
     def schedule(cluster: dict[str, Any], instances: list[Any]) -> Any:
         config = _autoscaling_config({**rs, "spec": {"rayClusterConfig": cluster["spec"]}})
@@ -568,13 +577,13 @@ def test_rays_scheduler_drops_the_refused_pod_for_the_cap_then_launches_in_the_n
     before = schedule(live, [running, refused])
     assert not before.to_launch and not before.to_terminate  # waits on the refused pod
 
-    first = schedule(capped, [running, refused])
-    assert [(t.instance_id, t.cause) for t in first.to_terminate] == [
+    round1 = schedule(capped, [running, refused])
+    assert [(t.instance_id, t.cause) for t in round1.to_terminate] == [
         ("im-a-2", TerminationRequest.Cause.MAX_NUM_NODE_PER_TYPE)
     ]
-    second = schedule(capped, [running, deleting])
-    assert [(launch.instance_type, launch.count) for launch in second.to_launch] == [("cpu-b", 1)]
-    assert not second.infeasible_gang_resource_requests
+    round2 = schedule(capped, [running, deleting])
+    assert [(launch.instance_type, launch.count) for launch in round2.to_launch] == [(overflow, 1)]
+    assert not round2.infeasible_gang_resource_requests
 
 
 async def test_a_fixed_size_deployment_is_never_capped() -> None:
