@@ -109,6 +109,14 @@ def _capped_kept_lifted(cluster: Cluster, ns: str, suffix: str) -> None:
         rc = raycluster()
         return rc if groups(rc)["h200"].get("maxReplicas") == 1 else None
 
+    plan = eventually(
+        "the deployment's plan in its status",
+        lambda: (
+            (get(cluster, "k2thinkdeployments.k2think.dev", NAME, ns) or {}).get("status") or {}
+        ).get("plan"),
+        timeout=60,
+    )
+    assert plan["gpusPerWorkerPod"] == 2, plan  # one worker pod per node of this campus
     try:
         rc = eventually("the preferred group capped at its one bound worker", capped, timeout=120)
     except WaitTimeoutError as error:
