@@ -11,16 +11,17 @@ Two modes (docs/autoscaling.md, "Scaling on what saturates a replica"):
   (``ray_modules/k2think_llm_server.py``) to report them.
 
 A module of its own (the rest of the spec is in ``spec.py``) so that the policy's knobs stay in
-one place; its base model repeats ``spec._Model``'s config because ``spec.py`` imports this
-module (the other way round would be a cycle).
+one place; it shares the spec's base model through ``api/base.py`` (``spec.py`` imports this
+module, so it cannot import ``spec.py``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
+
+from k2think_operator.api.base import _Model
 
 PolicyMode = Literal["ongoingRequests", "latencyTarget"]
 
@@ -28,15 +29,6 @@ PolicyMode = Literal["ongoingRequests", "latencyTarget"]
 DEFAULT_TTFT_TARGET_SECONDS = 2.0
 DEFAULT_KV_CACHE_CEILING = 0.7
 DEFAULT_SCALE_IN_HEADROOM = 0.2
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
 
 
 class AutoscalingPolicySpec(_Model):
