@@ -110,12 +110,12 @@ VIOLATIONS += [
     (
         {"pools": [{**H100, "memoryPerGpu": 64}]},
         "spec.pools[0].memoryPerGpu",
-        "type(self) == string && self.matches(",
+        "type(self) == string && (self.endsWith(",
     ),
     (
         {"serving": {"ingress": {"cpuGroup": {"memory": 8}}}},
         "spec.serving.ingress.cpuGroup.memory",
-        "type(self) == string && self.matches(",
+        "type(self) == string && (self.endsWith(",
     ),
     ({"serving": {"maxQueuedRequests": 0}}, "spec.serving.maxQueuedRequests", "self == -1"),
     (
