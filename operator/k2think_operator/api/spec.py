@@ -81,9 +81,10 @@ Quantity = Annotated[
 
 #: Memory needs a unit: Kubernetes reads a bare number as bytes, so ``memoryPerGpu: 64`` would
 #: ask for 64 bytes. A unit is required rather than guessed (no silent "Gi").
-MEMORY_PATTERN = r"^[0-9]+([.][0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)$"
+MEMORY_PATTERN = r"^[0-9]+([.][0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)$"
 MEMORY_MESSAGE = (
-    "memory needs a unit (e.g. 64Gi): a bare number is bytes; use Ki, Mi, Gi, Ti (or K, M, G, T)"
+    "memory needs a unit (e.g. 64Gi): a bare number is bytes, m is thousandths of a byte; use "
+    "Ki, Mi, Gi, Ti (or K, M, G, T)"
 )
 
 
@@ -103,7 +104,14 @@ MemoryQuantity = Annotated[
     Field(pattern=QUANTITY_PATTERN),
     BeforeValidator(_memory_text),
     IntOrString(description="A memory quantity with a unit (e.g. 64Gi)."),
-    Cel(f"type(self) == string && self.matches('{MEMORY_PATTERN}')", MEMORY_MESSAGE),
+    # The schema's pattern already makes the string a quantity; a unit is then any of these
+    # last letters. endsWith, not matches: the API server bounds neither branch of an
+    # int-or-string, and a regex over an unbounded string exceeds its CEL cost budget.
+    Cel(
+        "type(self) == string && (self.endsWith('i') || self.endsWith('K') || "
+        "self.endsWith('M') || self.endsWith('G') || self.endsWith('T'))",
+        MEMORY_MESSAGE,
+    ),
 ]
 
 #: OpenAI model ids as vLLM serves them (e.g. LLM360/K2-Think, org/model:tag).
