@@ -151,11 +151,12 @@ def root_mount_options(pid: int) -> list[str]:
 
 
 def lease_holder(g: Ground) -> str:
+    """The pod holding the operator's Lease (its identity is ``<pod name>_<random>``)."""
     leases = api(g).get(f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NS}/leases")["items"]
     for lease in leases:
-        holder = (lease.get("spec") or {}).get("holderIdentity") or ""
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
         if holder:
-            return str(holder)
+            return holder.split("_", 1)[0]
     return ""
 
 
