@@ -1,8 +1,8 @@
 """Chaos at CI size: the operator keeps its promise under the faults platform teams see.
 
 Each scenario runs N K2ThinkDeployments on its own namespace of a cluster of its own (a fresh
-local control plane: the suite restarts its kube-apiserver and etcd, which must not disturb the
-other suites' shared cluster). The scenarios and the convergence predicate live in
+local control plane with the real KubeRay operator: the suite restarts its kube-apiserver and
+etcd, which must not disturb the other suites' shared cluster). No test writes a status. The scenarios and the convergence predicate live in
 ``e2e/chaos.py``; ``e2e/bench/faults.py`` runs them at campus size (100 deployments, 20 kills).
 Sizes: ``K2T_CHAOS_N`` (default 10), ``K2T_CHAOS_KILLS`` (default 4); the random seed is printed
 and taken from ``K2T_CHAOS_SEED`` when set, so a failure can be replayed.

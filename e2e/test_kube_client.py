@@ -8,7 +8,9 @@
    process.
 2. Lists in pages (``limit``/``continue``) of a collection larger than a page, and the restart of
    a list whose snapshot the store compacted away (410 Gone on the ``continue``), against the real
-   API server and etcd: the compaction is etcd's own (its v3 JSON gateway, as ``etcdctl compact``).
+   API server and etcd: the compaction is done as the API server's own compactor does it
+   (``compact_rev_key``, then etcd's compact, through etcd's v3 JSON gateway), so the API
+   server's watch cache drops its snapshots too.
 """
 
 from __future__ import annotations
