@@ -15,7 +15,10 @@ bundle is built here) places the TP workers on the pod's GPUs. Defaults througho
    H200 group -> the H100 pod is bound -> the replica serves there; every replica's TP group is on
    one node, and no replica spans the two pools;
 3. more load -> a third replica with both pools full -> ``CapacityBlocked`` naming the GPUs;
-4. the load stops -> Serve scales in to the floor and the autoscaler removes the idle pod.
+4. more clients than slots: below ``serving.maxQueuedRequests`` every request waits and is
+   served in full (per request); a burst beyond it gets HTTP 503 from Serve's back-pressure for
+   the surplus, and no other error;
+5. the load stops -> Serve scales in to the floor and the autoscaler removes the idle pod.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 #: K2ThinkDeployment pool name -> the campus pool (node label) it selects.
 POOLS = {"h200": "gpu-h200", "h100": "gpu-h100"}
 LOAD: dict[str, Load] = {}
+#: Per replica (``serving.maxOngoingRequests`` of chain_deployment) and per caller.
+SLOTS_PER_REPLICA = 8
+QUEUE = 8
 FIGURES: dict[str, float] = {}
 
 
@@ -96,6 +102,9 @@ def multipool_doc(g: Ground) -> dict[str, Any]:
     spec["engine"]["extraArgs"] = {"enforce_eager": True}
     # The ingress on the head (1 CPU), as in the CPU scenarios: only LLM replicas need pods.
     spec["serving"]["ingress"] = {"placement": "head"}
+    # Back-pressure (issue #23, item 3): beyond QUEUE requests waiting at a caller, Serve answers
+    # 503 instead of queueing without end.
+    spec["serving"]["maxQueuedRequests"] = QUEUE
     return doc
 
 
@@ -305,11 +314,65 @@ def test_gpu_pools_both_full_is_capacity_blocked(deployed: Ground) -> None:
     assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
 
 
+def _llm_deployment_config(g: Ground) -> dict[str, Any]:
+    """The LLM deployment's config as Ray's Serve reports it (not as rendered)."""
+    data = http_json(f"{dashboard(NS, cluster_of(g, NS))}/api/serve/applications/")
+    deployments = data["applications"]["llm"]["deployments"]
+    (name,) = [d for d in deployments if d.startswith("LLMServer")]
+    found: dict[str, Any] = deployments[name]["deployment_config"]
+    return found
+
+
+def _back_pressure(r: Any) -> bool:
+    """A 503 from Serve for a full queue (``BackPressureError``: "Request dropped due to
+    backpressure"), as the OpenAI client raises it."""
+    return bool(r.error) and "503" in r.error and "backpressure" in r.error.lower()
+
+
+@pytest.mark.timeout(1500)
+def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
+    """More clients than slots: below ``maxQueuedRequests`` every request waits and is served
+    in full; beyond it the surplus gets a clear HTTP 503, and nothing else fails."""
+    g = deployed
+    config = _llm_deployment_config(g)
+    assert config["max_ongoing_requests"] == SLOTS_PER_REPLICA, config
+    assert config["max_queued_requests"] == QUEUE, config
+    # Both pools full (the previous scenario): two replicas, 16 slots; the previous scenarios'
+    # 12 looping clients hold 12 of them.
+    assert len(_running_replicas(g)) == 2
+    slots = 2 * SLOTS_PER_REPLICA
+    busy = sum(len(load.threads) for load in LOAD.values())
+    via = client_netns(g, NS)
+    url = serve_url(NS, NAME)
+    # Below the limit: QUEUE - 2 requests more than the slots can take (they wait in Serve's
+    # router at the ingress), every one served in full.
+    below = Load(url, slots - busy + QUEUE - 2, via=via, max_tokens=120, once=True)
+    assert busy + len(below.threads) == slots + QUEUE - 2
+    served = below.stop(timeout=1200)
+    assert len(served) == len(below.threads), served
+    assert all(r.ok and r.tokens == 120 for r in served), served  # nothing dropped, per request
+    for key in ("more", "base"):
+        results = LOAD.pop(key).stop(abort=True)
+        assert not [r for r in results if not r.ok and not r.aborted], results[:3]
+    # Beyond the limit: a burst of slots + QUEUE + 8 clients on an idle fleet (nothing left
+    # running): at least 8 of them cannot even queue.
+    burst = Load(url, slots + QUEUE + 8, via=via, max_tokens=60, once=True)
+    results = burst.stop(timeout=1200)
+    assert len(results) == len(burst.threads)
+    rejected = [r for r in results if not r.ok]
+    print(f"\nback-pressure burst: {len(results)} requests, {len(rejected)} answered 503")
+    assert rejected, "no request was refused beyond maxQueuedRequests"
+    assert all(_back_pressure(r) for r in rejected), [r.error for r in rejected][:3]
+    assert all(r.tokens == 60 for r in results if r.ok), results
+
+
 @pytest.mark.timeout(1200)
 def test_gpu_pools_scale_in_back_to_the_floor(deployed: Ground) -> None:
     g = deployed
-    results = LOAD.pop("more").stop(abort=True) + LOAD.pop("base").stop(abort=True)
-    assert results and not [r for r in results if not r.ok and not r.aborted], results[:3]
+    for key in ("more", "base"):  # stopped already when the queueing scenario ran
+        if key in LOAD:
+            results = LOAD.pop(key).stop(abort=True)
+            assert not [r for r in results if not r.ok and not r.aborted], results[:3]
     wait(
         "the autoscaler to remove the idle GPU worker pod and every pending pod",
         lambda: len(worker_pods(g, NS)) == 1 and len(_running_replicas(g)) == 1,
