@@ -166,3 +166,31 @@ def test_a_pod_mac_follows_its_ip() -> None:
 
     assert netns.pod_mac("10.244.1.3") == "02:42:0a:f4:01:03"
     assert netns.pod_mac("10.244.1.3") != netns.pod_mac("10.244.1.4")
+
+
+def _gpu_pod(limits: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "w", "uid": "u1"},
+        "spec": {"containers": [{"name": "ray-worker", "resources": {"limits": limits}}]},
+    }
+
+
+def test_gpu_pods_get_the_stand_in_gpu_platform_and_cpu_pods_do_not() -> None:
+    def env(pod: dict[str, Any]) -> dict[str, str]:
+        return raynodes.kubelet_env(pod, api_port=6443, venv_bin=Path("/v/bin"), home=Path("/h"))
+
+    gpu = env(_gpu_pod({"cpu": "4", "nvidia.com/gpu": "2"}))
+    assert gpu["PYTHONPATH"] == str(raynodes.GPU_STANDIN)
+    assert "PYTHONPATH" not in env(_gpu_pod({"cpu": "4"}))
+    assert "PYTHONPATH" not in env(_gpu_pod({"cpu": "4", "nvidia.com/gpu": "0"}))
+
+
+def test_the_stand_in_platform_is_a_vllm_platform_plugin_importlib_finds() -> None:
+    """The directory on a GPU pod's PYTHONPATH holds the module and the entry point vLLM loads
+    (group ``vllm.platform_plugins``); whether vLLM then picks it is the chain suite's proof."""
+    from importlib.metadata import distributions
+
+    (dist,) = [d for d in distributions(path=[str(raynodes.GPU_STANDIN)])]
+    (entry,) = [e for e in dist.entry_points if e.group == "vllm.platform_plugins"]
+    assert entry.value == "k2t_gpu_standin:register"
+    assert (raynodes.GPU_STANDIN / "k2t_gpu_standin.py").is_file()

@@ -240,11 +240,31 @@ def runs_ray(container: Mapping[str, Any]) -> bool:
     return "ray " in text or "ray\n" in text
 
 
+#: vLLM's stand-in GPU platform (``gpu_standin/k2t_gpu_standin.py`` says why and how).
+GPU_STANDIN = Path(__file__).resolve().parent / "gpu_standin"
+
+
+def requests_gpus(pod: Mapping[str, Any]) -> bool:
+    """Whether any container of the pod asks for ``nvidia.com/gpu`` (limits or requests)."""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        for kind in ("limits", "requests"):
+            if quantity(str((res.get(kind) or {}).get("nvidia.com/gpu", "0"))) > 0:
+                return True
+    return False
+
+
 def kubelet_env(
     pod: Mapping[str, Any], *, api_port: int, venv_bin: Path, home: Path
 ) -> dict[str, str]:
-    """What the image and the kubelet put in every container before the pod's own ``env``."""
+    """What the image and the kubelet put in every container before the pod's own ``env``.
+
+    A pod that requests GPUs gets the image a GPU node would run: one whose vLLM has a GPU
+    platform, here the stand-in (:data:`GPU_STANDIN`, CPU compute that Ray schedules on the
+    pod's logical GPUs)."""
+    image = {"PYTHONPATH": str(GPU_STANDIN)} if requests_gpus(pod) else {}
     return {
+        **image,
         "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(home),
         "LANG": "C.UTF-8",

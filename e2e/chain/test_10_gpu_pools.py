@@ -1,0 +1,391 @@
+"""GPU pools in the chain: the multipool shape (``crds/examples/k2think-multipool.yaml``) scaled
+down, with Serve LLM's own placement group from the rendered config.
+
+One K2ThinkDeployment of the tiny model over a preferred H200 pool and an overflow H100 pool, TP=2
+per replica, each pool one node with room for exactly one TP=2 worker pod
+(``e2e/campus/chain.yaml``: ``gpu-h200``, ``gpu-h100``). The pods' GPUs are Ray's logical
+resources (KubeRay's ``ray start --num-gpus``); vLLM runs on the stand-in GPU platform of GPU pods
+(``harness/gpu_standin``: the CPU platform with ``ray_device_key = "GPU"``), so the placement
+group Serve LLM asks for (``{"GPU": 1}`` bundles, STRICT_PACK, as the operator rendered it; no
+bundle is built here) places the TP workers on the pod's GPUs. Defaults throughout
+(``poolFallbackSeconds`` 600 s, the operator's 60 s grace). In file order, on one deployment:
+
+1. the floor replica serves from the H200 pool, its placement group on one node;
+2. load -> a second replica -> the H200 pod is refused by the scheduler -> ``SpillOver`` caps the
+   H200 group -> the H100 pod is bound -> the replica serves there; every replica's TP group is on
+   one node, and no replica spans the two pools;
+3. more load -> a third replica with both pools full -> ``CapacityBlocked`` naming the GPUs;
+4. more clients than slots: below ``serving.maxQueuedRequests`` every request waits and is
+   served in full (per request); a burst beyond it gets HTTP 503 from Serve's back-pressure for
+   the surplus, and no other error;
+5. the load stops -> Serve scales in to the floor and the autoscaler removes the idle pod.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from chain_support import (
+    CLIENT_POD,
+    POOL_LABEL,
+    Ground,
+    Load,
+    app_status,
+    apply,
+    chain_deployment,
+    client_netns,
+    cluster_of,
+    dashboard,
+    http_json,
+    k2t,
+    node_pool,
+    ray_nodes,
+    rayservice,
+    remove_sandbox,
+    serve_replicas,
+    serve_url,
+    wait,
+    worker_pods,
+)
+
+from support import condition
+
+NS = "chain-gpu-pools"
+NAME = "multipool"
+GRACE_S = 60
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+#: K2ThinkDeployment pool name -> the campus pool (node label) it selects.
+POOLS = {"h200": "gpu-h200", "h100": "gpu-h100"}
+LOAD: dict[str, Load] = {}
+#: Per replica (``serving.maxOngoingRequests`` of chain_deployment) and per caller.
+SLOTS_PER_REPLICA = 8
+QUEUE = 8
+FIGURES: dict[str, float] = {}
+
+
+def _gpu_pool(name: str, gpu_type: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "gpuType": gpu_type,
+        "gpusPerNode": 2,
+        "cpuPerGpu": "2",
+        "memoryPerGpu": "8Gi",
+        "nodeSelector": {POOL_LABEL: POOLS[name]},
+        "tolerations": [GPU_TOLERATION],
+    }
+
+
+def multipool_doc(g: Ground) -> dict[str, Any]:
+    doc = chain_deployment(
+        NAME,
+        NS,
+        g.model_dir,
+        pools=[_gpu_pool("h200", "H200-141GB"), _gpu_pool("h100", "H100-80GB")],
+        autoscaling={
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "targetOngoingRequests": 2,
+            "upscaleDelaySeconds": 5,
+            "downscaleDelaySeconds": 10,
+            "idleTimeoutSeconds": 60,
+        },
+    )
+    spec = doc["spec"]
+    spec["parallelism"] = {"tensor": 2}
+    # vLLM's CPU kernels (the stand-in computes on the CPU): float32, eager, as the CPU profile.
+    spec["model"]["dtype"] = "float32"
+    spec["engine"]["extraArgs"] = {"enforce_eager": True}
+    # The ingress on the head (1 CPU), as in the CPU scenarios: only LLM replicas need pods.
+    spec["serving"]["ingress"] = {"placement": "head"}
+    # Back-pressure (issue #23, item 3): beyond QUEUE requests waiting at a caller, Serve answers
+    # 503 instead of queueing without end.
+    spec["serving"]["maxQueuedRequests"] = QUEUE
+    return doc
+
+
+@pytest.fixture(scope="module")
+def deployed(ground: Ground) -> Iterator[Ground]:
+    ground.cluster.kubectl("create", "namespace", NS, check=False)
+    apply(ground, multipool_doc(ground))
+    yield ground
+    for load in LOAD.values():
+        load.stop(timeout=60, abort=True)
+    remove_sandbox(ground, NS, CLIENT_POD)
+    print("\ngpu pools figures:", json.dumps({k: round(v, 1) for k, v in FIGURES.items()}))
+    ground.cluster.kubectl("delete", "k2t", NAME, "-n", NS, "--wait=false", check=False)
+    wait(
+        "the GPU pools deployment's pods to go",
+        lambda: not ground.cluster.kubectl_json("get", "pods", "-n", NS)["items"],
+        timeout=300,
+    )
+
+
+# ------------------------------------------------------------------------------ observations
+def _in_pool(g: Ground, pool: str, *, running: bool = True) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in worker_pods(g, NS)
+        if p["spec"].get("nodeName")
+        and node_pool(g, p["spec"]["nodeName"]) == POOLS[pool]
+        and (not running or p["status"].get("phase") == "Running")
+    ]
+
+
+def _pending(g: Ground, group: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in worker_pods(g, NS)
+        if not p["spec"].get("nodeName") and p["metadata"]["labels"].get("ray.io/group") == group
+    ]
+
+
+def _scheduled_at(pod: dict[str, Any], status: str) -> float | None:
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == status:
+            stamp = cond.get("lastTransitionTime")
+            if stamp:
+                return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _running_replicas(g: Ground) -> list[dict[str, Any]]:
+    return [r for r in serve_replicas(NS, cluster_of(g, NS)) if r.get("state") == "RUNNING"]
+
+
+def _replicas_on(g: Ground, pool: str) -> list[dict[str, Any]]:
+    names = {p["metadata"]["name"] for p in _in_pool(g, pool)}
+    return [r for r in _running_replicas(g) if r.get("node_instance_id") in names]
+
+
+def _replica_groups(g: Ground) -> list[dict[str, Any]]:
+    """Serve's replica placement groups as Ray's state API reports them (created ones)."""
+    data = http_json(
+        f"{dashboard(NS, cluster_of(g, NS))}/api/v0/placement_groups?limit=100&detail=true"
+    )
+    groups = data["data"]["result"]["result"]
+    return [
+        pg
+        for pg in groups
+        if pg.get("state") == "CREATED" and "LLMServer" in str(pg.get("name", ""))
+    ]
+
+
+def _check_tp_groups(g: Ground, want: int) -> dict[str, str]:
+    """Every replica's placement group: the rendered bundles (2 x 1 GPU), all on one Ray node,
+    which is a worker pod of one pool. Returns placement group id -> pool."""
+    ip_of = {n["node_id"]: n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+    pod_pool = {
+        p["status"].get("podIP"): pool for pool in POOLS for p in _in_pool(g, pool, running=False)
+    }
+    groups = _replica_groups(g)
+    assert len(groups) == want, json.dumps(groups, indent=1)[:4000]
+    placed: dict[str, str] = {}
+    for pg in groups:
+        bundles = pg["bundles"]
+        # Ray's state API has no strategy column: STRICT_PACK is asserted on the rendered config,
+        # its effect (one node) here.
+        assert [_unit(b).get("GPU") for b in bundles] == [1, 1], pg
+        nodes = {b["node_id"] for b in bundles}
+        assert len(nodes) == 1, f"a TP group spans nodes: {pg}"
+        (node,) = nodes
+        assert ip_of.get(node) in pod_pool, (pg, ip_of, pod_pool)
+        placed[pg["placement_group_id"]] = pod_pool[ip_of[node]]
+    return placed
+
+
+def _unit(bundle: dict[str, Any]) -> dict[str, float]:
+    """A bundle's resources (Ray's protobuf-to-dict keeps the proto field name)."""
+    found: dict[str, float] = bundle.get("unit_resources") or bundle.get("unitResources") or {}
+    return found
+
+
+def _gpu_node(g: Ground, pod: dict[str, Any]) -> dict[str, Any]:
+    found = [n for n in ray_nodes(NS, cluster_of(g, NS)) if n["node_ip"] == pod["status"]["podIP"]]
+    assert found, pod["metadata"]["name"]
+    return found[0]
+
+
+# ------------------------------------------------------------------------------ scenarios
+@pytest.mark.timeout(1500)
+def test_gpu_pools_floor_replica_serves_from_the_preferred_pool(deployed: Ground) -> None:
+    g = deployed
+    rs = rayservice(g, NS, NAME)
+    assert rs is not None
+    import yaml
+
+    llm = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"][0]
+    # What Serve LLM will ask Ray for (the operator's rendering; the test builds no bundle).
+    assert llm["placement_group_config"] == {
+        "bundles": [{"GPU": 1}, {"GPU": 1}],
+        "strategy": "STRICT_PACK",
+    }
+    assert "accelerator_type" not in llm  # two GPU types: no pin to either
+    wait(
+        "the Serve application RUNNING (the floor replica's vLLM on the stand-in GPU platform)",
+        lambda: app_status(g, NS, NAME) == "RUNNING",
+        timeout=1200,
+    )
+    pods = _in_pool(g, "h200")
+    assert len(pods) == 1 and not _in_pool(g, "h100"), [p["metadata"]["name"] for p in pods]
+    node = _gpu_node(g, pods[0])
+    assert node["resources_total"]["GPU"] == 2
+    assert node["resources_total"]["accelerator_type:H200"] == 1
+    assert _replicas_on(g, "h200")
+    assert set(_check_tp_groups(g, 1).values()) == {"h200"}
+
+    from openai import OpenAI
+
+    from harness import netns
+
+    with netns.inside(client_netns(g, NS)):
+        client = OpenAI(base_url=f"{serve_url(NS, NAME)}/v1", api_key="none", timeout=300)
+        reply = client.chat.completions.create(
+            model="k2-think-tiny", messages=[{"role": "user", "content": "Hi."}], max_tokens=8
+        )
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+@pytest.mark.timeout(1800)
+def test_gpu_pools_load_spills_the_tp_group_to_the_overflow_pool(deployed: Ground) -> None:
+    g = deployed
+    LOAD["base"] = Load(serve_url(NS, NAME), 4, via=client_netns(g, NS), max_tokens=600)
+    refused = wait(
+        "an h200 worker pod the scheduler cannot place (the preferred pool is full)",
+        lambda: [p for p in _pending(g, "h200") if _scheduled_at(p, "False")],
+        timeout=300,
+    )
+    since = _scheduled_at(refused[0], "False")
+    assert since is not None
+    spill = wait(
+        "SpillOver=True: the h200 group capped on the live RayCluster",
+        lambda: (c := condition(k2t(g, NS, NAME), "SpillOver")) and c["status"] == "True" and c,
+        timeout=GRACE_S + 120,
+    )
+    assert spill["message"] == "pool h200 is full at 1 worker pod(s): new replicas go to h100"
+    overflow = wait(
+        "an h100 worker pod bound to a node",
+        lambda: _in_pool(g, "h100", running=False),
+        timeout=GRACE_S + 240,
+    )
+    bound = _scheduled_at(overflow[0], "True")
+    assert bound is not None
+    # Recorded, not asserted (no timed assertions): the wait's bound above is far below the
+    # 600 s give-up, so Ray's own fallback cannot be what moved the replica.
+    FIGURES["first_pool_full_to_overflow_pod_bound_s"] = bound - since
+    wait(
+        "a Serve replica RUNNING on the h100 pod (vLLM TP=2 on its logical GPUs)",
+        lambda: _replicas_on(g, "h100"),
+        timeout=1200,
+    )
+    FIGURES["first_pool_full_to_overflow_serving_s"] = time.time() - since
+    node = _gpu_node(g, _in_pool(g, "h100")[0])
+    assert node["resources_total"]["GPU"] == 2
+    assert node["resources_total"]["accelerator_type:H100"] == 1
+    # One replica per pool, each TP group whole on its own node.
+    assert sorted(_check_tp_groups(g, 2).values()) == ["h100", "h200"]
+    wait("the refused h200 pod to be removed", lambda: not _pending(g, "h200"), timeout=180)
+    assert len(_in_pool(g, "h200")) == 1
+    assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
+
+
+def test_gpu_pools_both_full_is_capacity_blocked(deployed: Ground) -> None:
+    g = deployed
+    LOAD["more"] = Load(serve_url(NS, NAME), 8, via=client_netns(g, NS), max_tokens=300)
+    blocked = wait(
+        "CapacityBlocked=True with both GPU pools full",
+        lambda: (
+            (c := condition(k2t(g, NS, NAME), "CapacityBlocked")) and c["status"] == "True" and c
+        ),
+        timeout=GRACE_S + 300,
+    )
+    assert "cannot be scheduled" in blocked["message"], blocked["message"]
+    assert "nvidia.com/gpu" in blocked["message"] or "didn't match" in blocked["message"], blocked[
+        "message"
+    ]
+    # Still one pod per pool, no replica split: the third TP group is not placed anywhere.
+    assert len(_in_pool(g, "h200")) == 1 and len(_in_pool(g, "h100")) == 1
+    assert sorted(_check_tp_groups(g, 2).values()) == ["h100", "h200"]
+    assert not LOAD["more"].failures(), LOAD["more"].failures()[:3]
+    assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
+
+
+def _llm_deployment_config(g: Ground) -> dict[str, Any]:
+    """The LLM deployment's config as Ray's Serve reports it (not as rendered)."""
+    data = http_json(f"{dashboard(NS, cluster_of(g, NS))}/api/serve/applications/")
+    deployments = data["applications"]["llm"]["deployments"]
+    (name,) = [d for d in deployments if d.startswith("LLMServer")]
+    found: dict[str, Any] = deployments[name]["deployment_config"]
+    return found
+
+
+def _back_pressure(r: Any) -> bool:
+    """A 503 from Serve for a full queue (``BackPressureError``: "Request dropped due to
+    backpressure"), as the OpenAI client raises it."""
+    return bool(r.error) and "503" in r.error and "backpressure" in r.error.lower()
+
+
+@pytest.mark.timeout(1500)
+def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
+    """More clients than slots: below ``maxQueuedRequests`` every request waits and is served
+    in full; beyond it the surplus gets a clear HTTP 503, and nothing else fails."""
+    g = deployed
+    config = _llm_deployment_config(g)
+    assert config["max_ongoing_requests"] == SLOTS_PER_REPLICA, config
+    assert config["max_queued_requests"] == QUEUE, config
+    # Both pools full (the previous scenario): two replicas, 16 slots; the previous scenarios'
+    # 12 looping clients hold 12 of them.
+    assert len(_running_replicas(g)) == 2
+    slots = 2 * SLOTS_PER_REPLICA
+    busy = sum(len(load.threads) for load in LOAD.values())
+    via = client_netns(g, NS)
+    url = serve_url(NS, NAME)
+    # Below the limit: QUEUE - 2 requests more than the slots can take (they wait in Serve's
+    # router at the ingress), every one served in full.
+    below = Load(url, slots - busy + QUEUE - 2, via=via, max_tokens=120, once=True)
+    assert busy + len(below.threads) == slots + QUEUE - 2
+    served = below.stop(timeout=1200)
+    assert len(served) == len(below.threads), served
+    assert all(r.ok and r.tokens == 120 for r in served), served  # nothing dropped, per request
+    for key in ("more", "base"):
+        results = LOAD.pop(key).stop(abort=True)
+        assert not [r for r in results if not r.ok and not r.aborted], results[:3]
+    # Beyond the limit: a burst of slots + QUEUE + 8 clients on an idle fleet (nothing left
+    # running): at least 8 of them cannot even queue.
+    burst = Load(url, slots + QUEUE + 8, via=via, max_tokens=60, once=True)
+    results = burst.stop(timeout=1200)
+    assert len(results) == len(burst.threads)
+    rejected = [r for r in results if not r.ok]
+    print(f"\nback-pressure burst: {len(results)} requests, {len(rejected)} answered 503")
+    assert rejected, "no request was refused beyond maxQueuedRequests"
+    assert all(_back_pressure(r) for r in rejected), [r.error for r in rejected][:3]
+    assert all(r.tokens == 60 for r in results if r.ok), results
+
+
+@pytest.mark.timeout(1200)
+def test_gpu_pools_scale_in_back_to_the_floor(deployed: Ground) -> None:
+    g = deployed
+    for key in ("more", "base"):  # stopped already when the queueing scenario ran
+        if key in LOAD:
+            results = LOAD.pop(key).stop(abort=True)
+            assert not [r for r in results if not r.ok and not r.aborted], results[:3]
+    wait(
+        "the autoscaler to remove the idle GPU worker pod and every pending pod",
+        lambda: len(worker_pods(g, NS)) == 1 and len(_running_replicas(g)) == 1,
+        timeout=600,
+    )
+    wait(
+        "Ray to have the head and one GPU worker node left",
+        lambda: len(ray_nodes(NS, cluster_of(g, NS))) == 2,
+        timeout=180,
+    )
+    assert len(_check_tp_groups(g, 1)) == 1
+    wait(
+        "CapacityBlocked to clear",
+        lambda: (c := condition(k2t(g, NS, NAME), "CapacityBlocked")) and c["status"] == "False",
+        timeout=180,
+    )
