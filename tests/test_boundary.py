@@ -460,3 +460,9 @@ def test_the_pods_kubernetes_would_create_are_built_like_kuberays() -> None:
         assert pod["metadata"]["labels"]["ray.io/cluster"] == long_name
         assert pod["spec"]["containers"] and pod["metadata"]["namespace"] == "team-a"
         assert child_problems(pod) == []
+
+
+def test_a_cache_filled_from_a_path_is_not_judged_by_its_name() -> None:
+    view = CacheView("weights", "claim", "x/abc", "abc", "file:///models/tiny-k2")
+    decision = decide(minimal_doc(model={"preset": "k2-think", "cacheRef": "weights"}), view)
+    assert decision.problems == () and decision.children

@@ -216,6 +216,14 @@ VIOLATIONS += [
     ),
     ({"serving": {"maxQueuedRequests": 0}}, "spec.serving.maxQueuedRequests", "self == -1"),
     (
+        {
+            "model": {"preset": "k2-think", "cacheRef": "weights"},
+            "ray": {"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}]},
+        },
+        "spec.ray.env",
+        "!has(self.model) || !has(self.model.cacheRef)",
+    ),
+    (
         {"networkPolicy": {"kuberay": {"podLabels": {}}}},
         "spec.networkPolicy.kuberay.podLabels",
         "!has(self.podLabels)",
@@ -284,6 +292,17 @@ ACCEPTED: list[dict[str, Any]] = [
     {"ray": {"image": "rayproject/ray-llm:2.52.0-py311-cu128"}},
     {"ray": {"image": "rayproject/ray-llm:2.46.0-py311-cu121", "auth": {"enabled": False}}},
     {"ray": {"env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]}},
+    # The chain ground's variables (e2e/chain/chain_support.py RAY_ENV): an air-gapped choice and
+    # KubeRay's timeout defaults, which it injects only when absent, are the user's to set.
+    {
+        "ray": {
+            "env": [
+                {"name": "HF_HUB_OFFLINE", "value": "1"},
+                {"name": "RAY_SERVE_KV_TIMEOUT_S", "value": "30"},
+                {"name": "RAY_GCS_SERVER_REQUEST_TIMEOUT_SECONDS", "value": "30"},
+            ]
+        }
+    },
     {"model": {"source": "hf://LLM360/K2-Think", "revision": "main"}},
     {"pools": [{**H100, "memoryPerGpu": "64Gi", "tolerations": [{"operator": "Exists"}]}]},
     {"serving": {"apiKeysSecret": "keys"}, "ray": {"auth": {"secretName": "token"}}},
@@ -400,9 +419,9 @@ def test_every_rule_has_a_violation_case() -> None:
     covered = {_matching(path, fragment) for _, path, fragment in VIOLATIONS}
     assert covered == all_rules()
     # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue); #22: 3 env, revision, 2 memory,
-    # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places;
-    # #24: 2 routing, 6 speculative, 1 upgrade.
-    assert len(all_rules()) == 15 + 20 + 9
+    # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places,
+    # HF_HUB_OFFLINE with cacheRef; #24: 2 routing, 6 speculative, 1 upgrade.
+    assert len(all_rules()) == 15 + 21 + 9
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

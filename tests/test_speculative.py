@@ -147,6 +147,12 @@ def test_a_draft_that_no_longer_fits_is_a_plan_error() -> None:
             "neither 1 nor the model's tensor=4",
         ),
         (
+            DRAFT_MODEL,
+            {"ray": {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}]}},
+            "spec.engine.speculativeDecoding.draft.source",
+            "an hf:// draft cannot be downloaded",
+        ),
+        (
             {**DRAFT_MODEL, "draft": {"source": "pvc://other/draft", "architecture": DRAFT_ARCH}},
             {"model": {"preset": "k2-think", "source": "pvc://weights/k2"}},
             "spec.engine.speculativeDecoding.draft.source",

@@ -40,7 +40,9 @@ DEVICE_ENV: Final = frozenset(
     }
 )
 #: What KubeRay writes into every Ray container (ray-operator ``controllers/ray/common/pod.go``
-#: v1.6.2); it keeps a user's value for several of them.
+#: v1.6.2) to say who and where the node is; it keeps a user's value for several of them. Its
+#: timeout defaults (``RAY_SERVE_KV_TIMEOUT_S``, ``RAY_GCS_SERVER_REQUEST_TIMEOUT_SECONDS``, ...)
+#: are injected only when absent precisely so a user can set them: not listed.
 KUBERAY_ENV: Final = frozenset(
     {
         "RAY_CLUSTER_NAME",
@@ -52,15 +54,10 @@ KUBERAY_ENV: Final = frozenset(
         "RAY_ADDRESS",
         "RAY_USAGE_STATS_KUBERAY_IN_USE",
         "RAY_USAGE_STATS_EXTRA_TAGS",
-        "RAY_DASHBOARD_ENABLE_K8S_DISK_USAGE",
         "KUBERAY_GEN_RAY_START_CMD",
         "REDIS_PASSWORD",
         "RAY_REDIS_ADDRESS",
         "RAY_external_storage_namespace",
-        "RAY_gcs_rpc_server_reconnect_timeout_s",
-        "RAY_timeout_ms_task_wait_for_death_info",
-        "RAY_gcs_server_request_timeout_seconds",
-        "RAY_SERVE_KV_TIMEOUT_S",
     }
 )
 #: What this operator's render writes (``render/``, ``deployment/cache.py``): the ingress
@@ -74,8 +71,14 @@ RENDERED_ENV: Final = frozenset(
         "VLLM_CONFIGURE_LOGGING",
     }
 )
-#: Every name ``spec.ray.env`` may not set.
+#: Every name the operator, KubeRay or Ray token auth may write into a Ray container.
 OWNED_ENV: Final = RAY_AUTH_ENV | DEVICE_ENV | KUBERAY_ENV | RENDERED_ENV
+#: Owned only with a field set: the operator switches the hub off for a deployment served from
+#: a cache (``spec.model.cacheRef``); without one, ``HF_HUB_OFFLINE=1`` is the user's own choice
+#: (an air-gapped cluster) and nothing of the operator's depends on it.
+CONDITIONAL_ENV: Final[dict[str, str]] = {"HF_HUB_OFFLINE": "spec.model.cacheRef"}
+#: What ``spec.ray.env`` may never set.
+REFUSED_ENV: Final = OWNED_ENV - set(CONDITIONAL_ENV)
 
 #: Names whose value is a credential: a literal one in the CR is refused (the Secret fields take
 #: it). ``HF_TOKEN`` and friends are read by the hub client from the environment; put them in the
@@ -103,7 +106,7 @@ def env_problem(name: str) -> str | None:
             f"{name} is set by the device plugin and Ray for the GPUs a pod was given; setting "
             "it would break GPU isolation"
         )
-    if name in OWNED_ENV:
+    if name in REFUSED_ENV:
         return f"{name} is set by the operator or KubeRay; it may not be overridden"
     if _CREDENTIAL_NAME.match(name):
         return (

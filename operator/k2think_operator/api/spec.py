@@ -35,12 +35,13 @@ from k2think_operator.api.catalog import (
 )
 from k2think_operator.api.coordinates import K2THINK
 from k2think_operator.api.owned import (
+    CONDITIONAL_ENV,
     CREDENTIAL_ENV_PATTERN,
     CREDENTIAL_VALUE_PATTERN,
     CREDENTIALS_FIELD,
     ENGINE_ARG_KEY,
-    OWNED_ENV,
     PLANNED_ENGINE_ARGS,
+    REFUSED_ENV,
     credential_in,
     engine_arg_problem,
     env_problem,
@@ -729,7 +730,7 @@ class HeadSpec(_Model):
     )
 
 
-_OWNED_ENV_LIST = ", ".join(f"'{n}'" for n in sorted(OWNED_ENV))
+_OWNED_ENV_LIST = ", ".join(f"'{n}'" for n in sorted(REFUSED_ENV))
 
 
 class EnvVar(_Model):
@@ -1316,7 +1317,21 @@ class K2ThinkDeploymentSpec(_Model):
         "its hub or cloud credentials would become client API keys",
         field_path=".serving.apiKeysSecret",
     )
+    @cel(
+        "!has(self.model) || !has(self.model.cacheRef) || !has(self.ray) || !has(self.ray.env) "
+        "|| !self.ray.env.exists(e, e.name == 'HF_HUB_OFFLINE')",
+        "with model.cacheRef the operator sets HF_HUB_OFFLINE=1 (the cache's verified revision, "
+        "never the hub): remove it from ray.env",
+        field_path=".ray.env",
+    )
     def _cross_field(self) -> K2ThinkDeploymentSpec:
+        for name, needs in CONDITIONAL_ENV.items():
+            if self.model.cache_ref is not None and any(e.name == name for e in self.ray.env):
+                raise FieldProblem(
+                    "ray.env",
+                    f"with {needs.removeprefix('spec.')} the operator sets {name}=1 (the cache's "
+                    "verified revision, never the hub): remove it from ray.env",
+                )
         keys = self.serving.api_keys_secret
         if keys is not None and keys == self.ray.auth.secret_name:
             raise FieldProblem(

@@ -73,11 +73,13 @@ def cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | None:
 
     A preset names its Hugging Face repository; a cache holding another repository would serve
     those weights under this model's name (and the planner's memory model would be wrong).
-    A custom model names no repository: the user's cacheRef is the only statement of which
-    weights it is, so nothing can be compared.
+    A custom model names no repository, and a cache filled from s3://, gs:// or file:// names a
+    path, not a model: the user's cacheRef is then the only statement of which weights it is, so
+    nothing can be compared.
     """
     preset = spec.model.preset_info
-    if preset is None or view.source is None:
+    if preset is None or view.source is None or not view.source.startswith("hf://"):
+        # Only a hub repository names a model; s3://, gs:// and file:// paths do not.
         return None
     held = view.source.removeprefix("hf://").strip("/")
     if held.lower() != preset.hf_id.lower():

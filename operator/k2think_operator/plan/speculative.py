@@ -62,13 +62,13 @@ def check_draft(spec: K2ThinkDeploymentSpec, target: Architecture) -> None:
         )
     source = draft.resolved_source()
     cached = spec.model.cache_ref is not None
-    # (spec.ray.env cannot set HF_HUB_OFFLINE: the operator owns it, api/owned.py.)
-    if source.startswith("hf://") and cached:
+    offline = cached or any(e.name == "HF_HUB_OFFLINE" and e.value == "1" for e in spec.ray.env)
+    if source.startswith("hf://") and offline:
         # A deployment served from a K2ThinkModelCache runs with HF_HUB_OFFLINE=1
         # (deployment/cache.py): vLLM could not download the draft.
         raise SpecError(
             f"{FIELD}.draft.source",
-            "the workers run with HF_HUB_OFFLINE=1 (spec.model.cacheRef): an "
+            "the workers run with HF_HUB_OFFLINE=1 (spec.model.cacheRef, or spec.ray.env): an "
             "hf:// draft cannot be downloaded; put the draft on the model's claim (pvc://) or "
             "in the image (file://)",
         )
