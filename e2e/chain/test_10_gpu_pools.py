@@ -214,8 +214,7 @@ def _gpu_node(g: Ground, pod: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.timeout(1500)
 def test_gpu_pools_floor_replica_serves_from_the_preferred_pool(deployed: Ground) -> None:
     g = deployed
-    rs = rayservice(g, NS, NAME)
-    assert rs is not None
+    rs = wait("the operator's RayService", lambda: rayservice(g, NS, NAME), timeout=120)
     import yaml
 
     llm = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"][0]
@@ -253,6 +252,9 @@ def test_gpu_pools_floor_replica_serves_from_the_preferred_pool(deployed: Ground
 @pytest.mark.timeout(1800)
 def test_gpu_pools_load_spills_the_tp_group_to_the_overflow_pool(deployed: Ground) -> None:
     g = deployed
+    # Not before the floor serves (also when the previous scenario failed early): clients of a
+    # Service without endpoints fail at once and would count against this scenario.
+    wait("the Serve application RUNNING", lambda: app_status(g, NS, NAME) == "RUNNING", 1200)
     LOAD["base"] = Load(serve_url(NS, NAME), 4, via=client_netns(g, NS), max_tokens=600)
     refused = wait(
         "an h200 worker pod the scheduler cannot place (the preferred pool is full)",
