@@ -35,7 +35,13 @@ POLICY_MESSAGE = "e2e policy: a Ray head with 3 CPUs is not allowed in this name
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, log_dir: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, ["--all-namespaces"], log_dir / "operator-boundary.log")
+    # The Pod dry run is opt-in (chart value dryRunPods: it needs RBAC create on pods).
+    op = OperatorProcess(
+        cluster,
+        ["--all-namespaces"],
+        log_dir / "operator-boundary.log",
+        env={"K2T_DRY_RUN_PODS": "1"},
+    )
     op.start()
     yield op
     op.stop()

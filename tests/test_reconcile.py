@@ -386,7 +386,7 @@ async def test_a_child_the_dry_run_refuses_leaves_what_runs_untouched() -> None:
     in Degraded (ChildRejected); a pod event does not clear it; the next good spec applies."""
     kube = DryRunRefusingKube()
     kube.refuse = False
-    reconciler = DeploymentReconciler(kube)
+    reconciler = DeploymentReconciler(kube, dry_run_pods=True)
     doc = with_status(minimal_doc(), {})
     first = await reconciler.converge(doc)
     assert first.applied and kube.dry_runs[0].startswith("RayService ")
@@ -425,3 +425,13 @@ async def test_no_dry_run_when_nothing_is_applied() -> None:
     count = len(kube.dry_runs)
     await reconciler.converge(with_status(doc, first.status))
     assert len(kube.dry_runs) == count
+
+
+async def test_pods_are_dry_run_only_when_opted_in() -> None:
+    """The Pod dry run needs RBAC create on pods: off by default (least privilege), so a
+    default reconciler dry-runs the RayService alone."""
+    kube = DryRunRefusingKube()
+    kube.refuse = False
+    first = await DeploymentReconciler(kube).converge(with_status(minimal_doc(), {}))
+    assert first.applied
+    assert kube.dry_runs and all(d.startswith("RayService ") for d in kube.dry_runs)

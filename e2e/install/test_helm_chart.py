@@ -62,6 +62,7 @@ EXPECTED_RULES = [
         "resources": ["rayservices"],
         "verbs": ["get", "list", "watch", "create", "patch"],
     },
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},

@@ -89,10 +89,9 @@ Least privilege, derived from what the operator does (docs/install.md, "RBAC"):
     blockOwnerDeletion; CRDs serve no such subresource, so it grants nothing else.
   - RayServices: server-side apply (patch; create when the object is new), get, and the
     list/watch of kopf's index and event handler. Never delete: the garbage collector does that.
-  - Pods: list/watch of the Ray pods (kopf index); create only for server-side dry runs
-    (dryRunPods, on by default: the Pods KubeRay will create are checked by Pod validation and
-    the admission policies before the RayService is applied). The operator can already make
-    KubeRay run any pod through a RayService, so this adds no reach; dryRunPods=false drops it.
+  - Pods: list/watch of the Ray pods (kopf index); create only with dryRunPods=true (off by
+    default), for server-side dry runs of the Pods KubeRay will create (Pod validation and the
+    admission policies checked before the RayService is applied). Off, no pod create is granted.
   - Events: kopf posts core/v1 Events (create only).
   No Secrets, ConfigMaps, Services or Nodes, and no delete verb anywhere.
 */}}

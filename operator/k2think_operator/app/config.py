@@ -52,11 +52,11 @@ class OperatorConfig:
     )
     resync_seconds: int = field(default_factory=lambda: _env_int("K2T_RESYNC_SECONDS", 600))
     #: Dry-run the Pods KubeRay will create from a RayService before applying it
-    #: (deployment/dryrun.py). On by default: Pod validation and the cluster's admission
-    #: policies then speak before KubeRay does. It needs RBAC create on pods (a dry run is
-    #: authorised as the real call); K2T_DRY_RUN_PODS=0 with the chart's dryRunPods=false
-    #: drops both (the RayService itself is still dry-run).
-    dry_run_pods: bool = field(default_factory=lambda: _env_int("K2T_DRY_RUN_PODS", 1) != 0)
+    #: (deployment/dryrun.py): Pod validation and the cluster's admission policies then speak
+    #: before KubeRay does. Off by default: it needs RBAC create on pods (a dry run is
+    #: authorised as the real call), which least privilege does not grant; K2T_DRY_RUN_PODS=1
+    #: with the chart's dryRunPods=true turns both on (the RayService is dry-run either way).
+    dry_run_pods: bool = field(default_factory=lambda: _env_int("K2T_DRY_RUN_PODS", 0) != 0)
     #: The longest wait between retries of a failing reconcile (per-key exponential backoff from
     #: 1 s); also how often a cache waiting for its claim looks again.
     retry_seconds: int = field(default_factory=lambda: _env_int("K2T_RETRY_SECONDS", 30))

@@ -418,7 +418,7 @@ class DeploymentReconciler:
         unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS,
         gcs_ft_replica_threshold: int = DEFAULT_GCS_FT_REPLICA_THRESHOLD,
         queue_recheck_seconds: float = DEFAULT_QUEUE_RECHECK_SECONDS,
-        dry_run_pods: bool = True,
+        dry_run_pods: bool = False,
         kuberay_incremental_upgrade: bool = False,
         spill_retry_seconds: float = DEFAULT_SPILL_RETRY_SECONDS,
     ) -> None:
