@@ -367,7 +367,20 @@ def assert_only_the_autoscaler_holds_a_token(g: Ground, ray_pods: list[dict[str,
     assert all("autoscaler" in cmd for _, cmd in with_token), with_token
     assert not any("autoscaler" in cmd for _, cmd in without), without
     token = Path(f"/proc/{with_token[0][0]}/root/{SA_TOKEN}").read_text()
-    who = g.cluster.kubectl("auth", "whoami", "-o", "json", f"--token={token}", check=True)
+    # Only the token: an empty kubeconfig, so no client certificate authenticates instead.
+    empty = g.state_dir / "empty-kubeconfig"
+    empty.write_text("apiVersion: v1\nkind: Config\n")
+    who = subprocess.run(
+        [
+            str(g.cluster.bindir / "kubectl"),
+            f"--kubeconfig={empty}",
+            f"--server=https://127.0.0.1:{g.cluster.ports['apiserver']}",
+            f"--certificate-authority={g.cluster.pki.ca_cert}",
+            f"--token={token}",
+            "auth", "whoami", "-o", "json",
+        ],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
     user = json.loads(who.stdout)["status"]["userInfo"]["username"]
     head_sa = ray_pods[0]["spec"].get("serviceAccountName")
     assert user == f"system:serviceaccount:{NS}:{head_sa}"
@@ -531,7 +544,16 @@ def test_probes_drive_ready_and_restart(ground: Ground) -> None:
         grace=5,
     )
     api(g).create("/api/v1/namespaces/userpath-pods/pods", pod)
-    wait("the probed pod Ready", lambda: (p := _pod(g, "probed")) and is_ready(p), timeout=120)
+    wait(
+        "the probed pod Ready by its probe",
+        lambda: (
+            (p := _pod(g, "probed"))
+            and is_ready(p)
+            and container_pids(p, "c")
+            and "userpath-pods/probed: readiness probe of c -> True" in stand_in_log(g)
+        ),
+        timeout=120,
+    )
     running = _pod(g, "probed")
     assert running is not None
     pids = container_pids(running, "c")
