@@ -80,8 +80,16 @@ def phase(head: RayHead, router: str, args: argparse.Namespace, seed: int) -> di
     metrics = f"http://127.0.0.1:{head.metrics_port}/metrics"
     base = head.serve_url + "/v1"
     # Warm-up on a text of its own: first-request costs (tokenizer, code paths) out of the way.
+    # vLLM's counters reach Ray's metrics port a few seconds late: wait until the warm-up is
+    # counted, so it is not counted in the phase.
+    start = total(replica_counters(metrics), REQUESTS)
     chat_turn(base, SERVED, Conversation(long_text(seed * 1000, 40)).next_turn("hi"), 4)
-    before = replica_counters(metrics)
+    before: dict[str, dict[str, float]] = poll(
+        lambda: c if total(c := replica_counters(metrics), REQUESTS) > start else None,
+        timeout=120,
+        interval=2,
+        what="the warm-up request in vLLM's counters",
+    )
     chats = [
         Conversation(long_text(seed * 1000 + c + 1, args.system_words))
         for c in range(args.conversations)
