@@ -100,6 +100,7 @@ bench-ingress:
 .PHONY: bench-autoscaling
 bench-autoscaling: venv
 	$(PY) e2e/bench/autoscaling_sim.py
+
 ## bench-routing: TTFT and vLLM prefix-cache hit rate, prefixAware vs powerOfTwo, one run (heavy lock; not in `test`)
 .PHONY: bench-routing
 bench-routing:
