@@ -18,7 +18,7 @@ Kubernetes version's schemas to the operator's image for the one Affinity shape 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -254,18 +254,7 @@ def affinity_problems(affinity: object, path: str) -> Iterator[tuple[str, str]]:
                 else:
                     for i, term in enumerate(terms):
                         yield from _node_term(term, f"{rwhere}.nodeSelectorTerms[{i}]")
-            preferred = node.get("preferredDuringSchedulingIgnoredDuringExecution")
-            if preferred is not None:
-                pwhere = f"{where}.preferredDuringSchedulingIgnoredDuringExecution"
-                if not isinstance(preferred, list):
-                    yield pwhere, "must be a list"
-                else:
-                    for i, item in enumerate(preferred):
-                        if not isinstance(item, Mapping):
-                            yield f"{pwhere}[{i}]", "must be an object (weight, preference)"
-                            continue
-                        yield from _weight(item, f"{pwhere}[{i}]")
-                        yield from _node_term(item.get("preference"), f"{pwhere}[{i}].preference")
+            yield from _preferred(node, where, "preference", _node_term)
     for kind in ("podAffinity", "podAntiAffinity"):
         pod = affinity.get(kind)
         if pod is None:
@@ -282,20 +271,7 @@ def affinity_problems(affinity: object, path: str) -> Iterator[tuple[str, str]]:
             else:
                 for i, term in enumerate(required):
                     yield from _pod_term(term, f"{rwhere}[{i}]")
-        preferred = pod.get("preferredDuringSchedulingIgnoredDuringExecution")
-        if preferred is not None:
-            pwhere = f"{where}.preferredDuringSchedulingIgnoredDuringExecution"
-            if not isinstance(preferred, list):
-                yield pwhere, "must be a list"
-            else:
-                for i, item in enumerate(preferred):
-                    if not isinstance(item, Mapping):
-                        yield f"{pwhere}[{i}]", "must be an object (weight, podAffinityTerm)"
-                        continue
-                    yield from _weight(item, f"{pwhere}[{i}]")
-                    yield from _pod_term(
-                        item.get("podAffinityTerm"), f"{pwhere}[{i}].podAffinityTerm"
-                    )
+        yield from _preferred(pod, where, "podAffinityTerm", _pod_term)
 
 
 def _pod_spec_problems(pod: Mapping[str, Any], path: str) -> Iterator[tuple[str, str]]:
@@ -341,3 +317,26 @@ def child_problems(child: Mapping[str, Any]) -> list[str]:
         )
         found += _pod_spec_problems(template.get("spec") or {}, f"{path}.spec")
     return [f"{kind} {name}: {path}: {message}" for path, message in found]
+
+
+def _preferred(
+    affinity: Mapping[str, Any],
+    where: str,
+    term_key: str,
+    check_term: Callable[[object, str], Iterator[tuple[str, str]]],
+) -> Iterator[tuple[str, str]]:
+    """The weighted terms of ``preferredDuringSchedulingIgnoredDuringExecution``: node and pod
+    affinity share the shape and differ only in the term's key and its checker."""
+    preferred = affinity.get("preferredDuringSchedulingIgnoredDuringExecution")
+    if preferred is None:
+        return
+    pwhere = f"{where}.preferredDuringSchedulingIgnoredDuringExecution"
+    if not isinstance(preferred, list):
+        yield pwhere, "must be a list"
+        return
+    for i, item in enumerate(preferred):
+        if not isinstance(item, Mapping):
+            yield f"{pwhere}[{i}]", f"must be an object (weight, {term_key})"
+            continue
+        yield from _weight(item, f"{pwhere}[{i}]")
+        yield from check_term(item.get(term_key), f"{pwhere}[{i}].{term_key}")
