@@ -181,3 +181,30 @@ def holds_without_fight(what: str, probe: Callable[[], bool], op: OperatorProces
 def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
     """Bounded polling with a readable failure (never a bare sleep)."""
     return wait_for(what, probe, timeout=timeout, interval=0.2, max_interval=1.0)
+
+
+def write_plugin_kubeconfig(cluster: Cluster, plugin: Path, path: Path) -> Path:
+    """A kubeconfig for the local cluster whose only user authenticates through the exec
+    credential plugin ``plugin`` (client-go's protocol, v1), written to ``path``."""
+    raw = cluster.kubectl_json("config", "view", "--raw", "--minify")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": dict(raw["clusters"][0]["cluster"])}],
+        "users": [
+            {
+                "name": "plugin",
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                        "command": str(plugin),
+                        "interactiveMode": "Never",
+                    }
+                },
+            }
+        ],
+        "contexts": [{"name": "plugin", "context": {"cluster": "local", "user": "plugin"}}],
+        "current-context": "plugin",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

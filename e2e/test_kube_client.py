@@ -39,6 +39,7 @@ from support import (
     eventually,
     get,
     load_example,
+    write_plugin_kubeconfig,
 )
 
 SA = "k2t-plugin-operator"
@@ -83,29 +84,7 @@ def plugin_kubeconfig(cluster: Cluster, ns: str, directory: Path) -> tuple[Path,
         )
     )
     plugin.chmod(0o755)
-    raw = cluster.kubectl_json("config", "view", "--raw", "--minify")
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": dict(raw["clusters"][0]["cluster"])}],
-        "users": [
-            {
-                "name": "plugin",
-                "user": {
-                    "exec": {
-                        "apiVersion": "client.authentication.k8s.io/v1",
-                        "command": str(plugin),
-                        "interactiveMode": "Never",
-                    }
-                },
-            }
-        ],
-        "contexts": [{"name": "plugin", "context": {"cluster": "local", "user": "plugin"}}],
-        "current-context": "plugin",
-    }
-    path = directory / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path, state
+    return write_plugin_kubeconfig(cluster, plugin, directory / "kubeconfig"), state
 
 
 def plugin_runs(state: Path) -> list[dict[str, Any]]:

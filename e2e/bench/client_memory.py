@@ -35,9 +35,9 @@ E2E = Path(__file__).resolve().parent.parent
 ROOT = E2E.parent
 sys.path[:0] = [str(E2E), str(ROOT)]
 
-import yaml  # noqa: E402
 
 from harness import Cluster  # noqa: E402
+from support import write_plugin_kubeconfig  # noqa: E402
 
 SA = "bench-login"
 
@@ -123,29 +123,7 @@ def plugin_kubeconfig(cluster: Cluster, directory: Path) -> Path:
     }
     plugin.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(credential)}\nEOF\n")
     plugin.chmod(0o755)
-    raw = cluster.kubectl_json("config", "view", "--raw", "--minify")
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": dict(raw["clusters"][0]["cluster"])}],
-        "users": [
-            {
-                "name": "plugin",
-                "user": {
-                    "exec": {
-                        "apiVersion": "client.authentication.k8s.io/v1",
-                        "command": str(plugin),
-                        "interactiveMode": "Never",
-                    }
-                },
-            }
-        ],
-        "contexts": [{"name": "plugin", "context": {"cluster": "local", "user": "plugin"}}],
-        "current-context": "plugin",
-    }
-    path = directory / "plugin-kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_plugin_kubeconfig(cluster, plugin, directory / "plugin-kubeconfig")
 
 
 def run(variant: str, kubeconfig: Path, official: Path) -> dict[str, float]:
