@@ -91,6 +91,49 @@ def namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@contextmanager
+def kuberay_namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
+    """A fresh namespace that a KubeRay operator, started only for it, watches.
+
+    On the way out the namespace is deleted, and waited for, while KubeRay still runs: KubeRay
+    puts its own finalizer on every RayService, and the namespace controller deletes Pods first
+    and everything else only once they are gone, so a namespace left behind after KubeRay stops
+    stays Terminating for good and a later deletion of KubeRay's CRDs (``test_zz_kuberay_missing``)
+    waits on it. The GCS fault tolerance's Redis clean-up finalizer is lifted by hand (what an
+    admin does when Redis is gone): its clean-up Job never runs on KWOK.
+    """
+    name = unique_namespace(prefix)
+    cluster.kubectl("create", "namespace", name)
+    cluster.start_kuberay(watch_namespace=name)
+    try:
+        yield name
+    finally:
+        try:
+            delete_namespace_and_wait(cluster, name)
+        finally:
+            cluster.stop_kuberay()
+
+
+def delete_namespace_and_wait(cluster: Cluster, name: str, timeout: float = 180.0) -> None:
+    """Delete ``name`` and poll until it is gone, lifting the RayClusters' finalizers whose
+    clean-up Job KWOK never runs."""
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+    def gone() -> bool:
+        proc = cluster.kubectl("get", "namespace", name, "-o", "name", check=False)
+        if proc.returncode != 0:
+            return True
+        for rc in items(cluster, "rayclusters.ray.io", name):
+            if rc["metadata"].get("deletionTimestamp") and rc["metadata"].get("finalizers"):
+                cluster.kubectl(
+                    "patch", "rayclusters.ray.io", rc["metadata"]["name"], "-n", name,
+                    "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False,
+                )  # fmt: skip
+        return False
+
+    eventually(f"namespace {name} deleted", gone, timeout=timeout)
+
+
 def load_example(name: str, *, namespace: str, rename: str | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
     doc["metadata"]["namespace"] = namespace

@@ -33,8 +33,8 @@ from support import (
     eventually,
     get,
     items,
+    kuberay_namespace,
     load_example,
-    namespace,
 )
 
 INVALID = "k2think-invalid"
@@ -42,18 +42,15 @@ INVALID = "k2think-invalid"
 
 @pytest.fixture(scope="module")
 def ns(cluster: Cluster) -> Iterator[str]:
-    with namespace(cluster, "observability") as name:
+    """KubeRay, watching only this namespace, turns the RayService into Ray pods, so the pool
+    gauges have GPUs to count."""
+    with kuberay_namespace(cluster, "observability") as name:
         yield name
 
 
 @pytest.fixture(scope="module")
-def kuberay(cluster: Cluster, ns: str) -> Iterator[None]:
-    """KubeRay turns the RayService into Ray pods, so the pool gauges have GPUs to count."""
-    cluster.start_kuberay(watch_namespace=ns)
-    try:
-        yield
-    finally:
-        cluster.stop_kuberay()
+def kuberay(ns: str) -> None:
+    """KubeRay runs for as long as ``ns`` exists."""
 
 
 @pytest.fixture(scope="module")

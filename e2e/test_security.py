@@ -32,8 +32,8 @@ from support import (
     get,
     holds_without_fight,
     items,
+    kuberay_namespace,
     load_example,
-    unique_namespace,
 )
 
 #: The operator re-applies its supporting objects on every resync pass; short here.
@@ -177,16 +177,8 @@ def test_auth_off_is_a_warning_and_a_user_secret_is_not_touched(
 @pytest.fixture
 def kuberay_ns(cluster: Cluster) -> Iterator[str]:
     """A namespace the KubeRay operator (started only for it) watches."""
-    name = unique_namespace("kuberay-sec")
-    cluster.kubectl("create", "namespace", name)
-    cluster.start_kuberay(watch_namespace=name)
-    try:
+    with kuberay_namespace(cluster, "kuberay-sec") as name:
         yield name
-    finally:
-        # Delete while KubeRay still runs: its finalizer on the RayService would otherwise keep
-        # the namespace (and a later CRD deletion, test_zz_kuberay_missing) waiting forever.
-        cluster.kubectl("delete", "namespace", name, "--timeout=180s", check=False)
-        cluster.stop_kuberay()
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from support import (
     eventually,
     get,
     items,
+    kuberay_namespace,
     load_example,
     namespace,
-    unique_namespace,
 )
 
 REDIS = "127.0.0.1:6379"
@@ -52,33 +52,10 @@ def operator(cluster: Cluster, log_dir: Path) -> Iterator[OperatorProcess]:
 
 @pytest.fixture
 def kuberay_ns(cluster: Cluster) -> Iterator[str]:
-    name = unique_namespace("ft")
-    cluster.kubectl("create", "namespace", name)
-    cluster.start_kuberay(watch_namespace=name)
-    try:
+    # With GCS FT, KubeRay puts a Redis clean-up finalizer on the RayCluster whose Job KWOK never
+    # runs: kuberay_namespace lifts it while deleting the namespace.
+    with kuberay_namespace(cluster, "ft") as name:
         yield name
-    finally:
-        # With GCS FT, KubeRay puts a Redis clean-up finalizer on the RayCluster whose Job KWOK
-        # never runs: delete our deployment while KubeRay still runs, lift that finalizer (what
-        # an admin does when Redis is gone), and wait until nothing of ours is left, so later
-        # tests (which delete KubeRay's CRDs) do not wait on it.
-        cluster.kubectl("delete", "k2t", "--all", "-n", name, "--wait=false", check=False)
-
-        def ray_objects_gone() -> bool:
-            for rc in items(cluster, "rayclusters.ray.io", name):
-                cluster.kubectl(
-                    "patch", "rayclusters.ray.io", rc["metadata"]["name"], "-n", name,
-                    "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False,
-                )  # fmt: skip
-            return not items(cluster, "rayservices.ray.io", name) and not items(
-                cluster, "rayclusters.ray.io", name
-            )
-
-        try:
-            eventually("our RayService and RayCluster gone", ray_objects_gone, timeout=180)
-        finally:
-            cluster.stop_kuberay()
-            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def _env(pod: dict[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,8 @@ from support import (
     get,
     holds_for,
     items,
+    kuberay_namespace,
     load_example,
-    namespace,
 )
 
 NAME = "k2think-multipool"
@@ -73,27 +73,30 @@ def groups(obj: dict[str, Any] | None, where: str = "spec") -> dict[str, dict[st
 def test_a_full_pool_is_capped_on_the_live_raycluster_kept_by_kuberay_then_lifted(
     cluster: Cluster, log_dir: Path
 ) -> None:
-    with namespace(cluster, "spill") as ns:
-        suffix = ns.rsplit("-", 1)[-1]
-        cluster.create_nodes(campus(suffix, preferred_nodes=1))
-        cluster.start_kuberay(watch_namespace=ns)
-        op = OperatorProcess(
-            cluster,
-            ["--namespace", ns],
-            log_dir / "operator-spill.log",
-            env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": str(GRACE_S)},
-        ).start()
-        try:
-            doc = load_example(f"{NAME}.yaml", namespace=ns)
-            for pool in doc["spec"]["pools"]:
-                pool.pop("maxNodes", None)
-                pool["nodeSelector"] = {"k2think.dev/pool": f"spill-{suffix}-{pool['name']}"}
-            apply_doc(cluster, doc)
-            _capped_kept_lifted(cluster, ns, suffix)
-        finally:
-            op.stop()
-            cluster.stop_kuberay()
+    nodes: list[str] = []
+    try:
+        with kuberay_namespace(cluster, "spill") as ns:
+            suffix = ns.rsplit("-", 1)[-1]
             nodes = campus(suffix, preferred_nodes=2).node_names()
+            cluster.create_nodes(campus(suffix, preferred_nodes=1))
+            op = OperatorProcess(
+                cluster,
+                ["--namespace", ns],
+                log_dir / "operator-spill.log",
+                env={"K2T_UNSCHEDULABLE_GRACE_SECONDS": str(GRACE_S)},
+            ).start()
+            try:
+                doc = load_example(f"{NAME}.yaml", namespace=ns)
+                for pool in doc["spec"]["pools"]:
+                    pool.pop("maxNodes", None)
+                    pool["nodeSelector"] = {"k2think.dev/pool": f"spill-{suffix}-{pool['name']}"}
+                apply_doc(cluster, doc)
+                _capped_kept_lifted(cluster, ns, suffix)
+            finally:
+                op.stop()
+    finally:
+        # After the namespace is gone: KWOK ends the Pods only while their nodes exist.
+        if nodes:
             cluster.kubectl("delete", "node", *nodes, "--wait=false", check=False)
 
 
