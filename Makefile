@@ -108,9 +108,15 @@ bench-routing:
 	flock /tmp/k2t-heavy.lock unshare -n bash -c 'ip link set lo up && exec .venv-dataplane/bin/python e2e/bench/routing.py'
 
 ## test-chain: Serve demand -> Ray autoscaler -> KubeRay -> scheduler -> real Ray nodes (own netns; takes the heavy lock)
-.PHONY: test-chain
+## CHAIN_ARGS go to pytest (e.g. CHAIN_ARGS="-k spill")
+.PHONY: test-chain test-chain-gpu-pools
 test-chain: venv system-deps binaries
-	bash e2e/chain/run.sh
+	bash e2e/chain/run.sh $(CHAIN_ARGS)
+
+## test-chain-gpu-pools: the GPU pools scenarios alone (H200 -> H100 spill of TP=2 groups, ~25-30 min on
+## 2 cores). Not yet inside `make test`: with them `make test` would exceed CI's 90 minutes (issue #23).
+test-chain-gpu-pools: venv system-deps binaries
+	bash e2e/chain/run.sh -k test_10_gpu_pools
 ## test-observability: alert rules under promtool, dashboard drift, a real Prometheus against the
 ## operator (e2e) and the Ray head serving a completion (data plane), the chart's monitors on a
 ## real API server. `make test` runs all of it through unit, e2e and test-dataplane.
@@ -163,7 +169,7 @@ test: venv system-deps binaries
 	$(MAKE) e2e
 	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
-	$(MAKE) test-chain
+	$(MAKE) test-chain CHAIN_ARGS=--ignore=e2e/chain/test_10_gpu_pools.py
 	$(MAKE) image
 	$(MAKE) test-userpath
 
