@@ -540,6 +540,8 @@ class StreamResult:
     ended: float
     # Closed by the client itself (``Load.stop(abort=True)``): neither served nor failed.
     aborted: bool = False
+    #: The HTTP status of a refused request (the client's ``APIStatusError``), else None.
+    status: int | None = None
 
 
 class Load:
@@ -612,7 +614,13 @@ class Load:
                     )
             return StreamResult(finish is not None, tokens, finish, None, started, time.monotonic())
         except Exception as exc:
-            return StreamResult(False, tokens, finish, repr(exc), started, time.monotonic())
+            status = getattr(exc, "status_code", None)
+            response = getattr(exc, "response", None)
+            body = getattr(response, "text", "") if response is not None else ""
+            error = repr(exc) + (f" body={body[:300]!r}" if body else "")
+            return StreamResult(
+                False, tokens, finish, error, started, time.monotonic(), status=status
+            )
 
     def _run(self) -> None:
         with netns.inside(self.via):
@@ -653,6 +661,16 @@ def serve_replica_log(ground: Ground, ns: str, pod: str, replica_id: str) -> str
     base = raynodes.pod_dir(ground.state_dir, ns, pod)
     found = sorted(base.glob(f"tmp/ray/session_*/logs/serve/replica_*_{replica_id}.log")) + sorted(
         base.glob(f"ray-logs/session_*/serve/replica_*_{replica_id}.log")
+    )
+    return "".join(p.read_text(errors="replace") for p in found)
+
+
+def serve_logs(ground: Ground, ns: str, pod: str) -> str:
+    """Every Serve log file of a pod's Ray session (replicas, proxy, controller), read as
+    :func:`serve_replica_log` reads one replica's."""
+    base = raynodes.pod_dir(ground.state_dir, ns, pod)
+    found = sorted(base.glob("tmp/ray/session_*/logs/serve/*.log")) + sorted(
+        base.glob("ray-logs/session_*/serve/*.log")
     )
     return "".join(p.read_text(errors="replace") for p in found)
 
