@@ -12,8 +12,9 @@ CPU pools are free again for whatever runs next); both reuse the session's groun
    kubelet sees it: the kubelet stand-in reports the ended containers (``restartPolicy: Never``,
    what KubeRay gives pods under autoscaler v2), KubeRay deletes the pod and creates a new head,
    which reloads the GCS tables from Redis. Shown: each stream in flight either finishes or
-   ends with a retryable error (connection-level or HTTP 5xx) without hanging; a new request is
-   served again through the same worker proxy (bounded polling; the time is recorded); the
+   ends with an error a client retries (connection-level or HTTP 5xx; not a clean finish, not a
+   hang) within ``STREAM_END_S``; a new request is served again through the same worker proxy
+   within ``SERVED_AGAIN_S`` (the README's bounds, asserted; the times are recorded); the
    worker Ray node IDs and the LLM replica actor IDs are the same as before the crash, and so are
    the replicas' processes (pid and start time on the host): no replica reloaded its weights.
    This relies on the operator's ``VLLM_CONFIGURE_LOGGING=0`` in every LLM config's
@@ -68,10 +69,17 @@ from chain_support import (
 from harness import netns, raynodes
 from harness.processes import free_port
 
-#: Bounds of the polls (not timed assertions): generous for 2 busy cores.
+#: Bounds of the polls: generous for 2 busy cores.
 DEPLOY_S = 900.0
 RECOVERY_S = 600.0
-STREAM_END_S = 180.0
+#: The bounds the README states for a head crash under GCS fault tolerance, asserted: a stream in
+#: flight ends with an error a client retries within STREAM_END_S of the crash (measured 1.3-2.1 s:
+#: the OpenAI ingress replica on the head dies with it), and the deployment serves again through
+#: a worker's proxy within SERVED_AGAIN_S (measured 73-81 s, of which ~42 s the new head's start;
+#: KubeRay's first replacement head may die at start-up on busy cores, ray#65983, and the bound
+#: leaves room for the second).
+STREAM_END_S = 30.0
+SERVED_AGAIN_S = 240.0
 FIGURES: dict[str, Any] = {}
 
 
@@ -319,7 +327,7 @@ class Stream:
                     for choice in data.get("choices") or []:
                         self.chunks += 1
                         self.finish = choice.get("finish_reason") or self.finish
-        except Exception as exc:  # recorded, judged by retryable()
+        except Exception as exc:  # recorded, judged by failed_retryably()
             self.error = f"{type(exc).__name__}: {exc}"[:300]
         finally:
             self.ended_at = time.monotonic()
@@ -335,11 +343,12 @@ class Stream:
         }
 
 
-def retryable(s: Stream) -> bool:
-    """Finished, or failed the way a client retries: the connection broke or a 5xx came back
-    (not a read timeout: that is a stream that hung)."""
+def failed_retryably(s: Stream) -> bool:
+    """Ended by the crash the way a client retries: the connection broke or a 5xx came back.
+    Not a clean finish (the 3,000-token streams cannot finish within the bound: a finish would
+    mean the crash never reached them) and not a read timeout (a stream that hung)."""
     if s.error is None:
-        return s.finish is not None
+        return False
     text = s.error
     if "Timeout" in text:
         return False
@@ -367,11 +376,17 @@ def test_head_crash_with_gcs_ft(ground: Ground) -> None:
             wait("both streams streaming", lambda: all(s.chunks > 5 for s in streams), 120)
             old_uid = crash_head(g, ns)
             t0 = time.monotonic()
+            deadline = t0 + STREAM_END_S
             for s in streams:
-                s.thread.join(STREAM_END_S)
+                s.thread.join(max(0.0, deadline - time.monotonic()))
             FIGURES["with GCS FT: streams in flight"] = [s.summary(t0) for s in streams]
-            assert all(not s.thread.is_alive() for s in streams), "a stream hung"
-            assert all(retryable(s) for s in streams), FIGURES["with GCS FT: streams in flight"]
+            assert all(not s.thread.is_alive() for s in streams), (
+                f"a stream still running {STREAM_END_S:.0f} s after the crash",
+                FIGURES["with GCS FT: streams in flight"],
+            )
+            assert all(failed_retryably(s) for s in streams), FIGURES[
+                "with GCS FT: streams in flight"
+            ]
             wait(
                 "the new head's Ray to answer",
                 lambda: (
@@ -385,7 +400,9 @@ def test_head_crash_with_gcs_ft(ground: Ground) -> None:
                 time.monotonic() - t0, 1
             )
             wait(
-                "a request served again on the worker proxy", lambda: served(base, via), RECOVERY_S
+                "a request served again on the worker proxy",
+                lambda: served(base, via),
+                max(1.0, t0 + SERVED_AGAIN_S - time.monotonic()),
             )
             FIGURES["with GCS FT: crash -> served again (s)"] = round(time.monotonic() - t0, 1)
             after = wait(
