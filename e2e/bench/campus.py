@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
 import subprocess
 import sys
@@ -282,8 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         default=str(ROOT / ".venv-bench" / "bin" / "python"),
         help="a Python with OR-Tools (make bench-campus builds .venv-bench)",
     )
+    parser.add_argument(
+        "--dry-run-pods",
+        action="store_true",
+        help="run the operator with K2T_DRY_RUN_PODS=1 (the Pod dry runs, off by default: they "
+        "need `create pods`); the RayService's own dry run is always on",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.dry_run_pods:
+        os.environ["K2T_DRY_RUN_PODS"] = "1"  # the operators inherit this process's environment
 
     if importlib.util.find_spec("kubernetes_asyncio") is not None:
         # A venv made before the operator dropped it (pip does not remove what a project no
@@ -292,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             "warning: kubernetes_asyncio is installed in this venv; kopf imports it when it is "
             "there, so the operator's memory is ~35 MiB above a fresh `make venv`'s"
         )
-    report: dict[str, Any] = {"campus": args.campus, "sizes": sizes}
+    report: dict[str, Any] = {
+        "campus": args.campus,
+        "sizes": sizes,
+        "dry_run_pods": args.dry_run_pods,
+    }
     started = time.monotonic()
     cluster = Cluster.start(name="campus", campus=args.campus, kuberay=False, timeout=1200)
     report["campus_start_seconds"] = round(time.monotonic() - started, 1)

@@ -71,7 +71,10 @@ def api_calls(cluster: Cluster) -> Counter[CallKey]:
         resource = labels.get("resource", "")
         if resource in NOISE:
             continue
-        key = (labels.get("verb", ""), resource, labels.get("subresource", ""))
+        # A dry run (``dryRun=All``: deployment/dryrun.py) stores nothing: its own row, and not a
+        # write (``CallWindow.writes``).
+        verb = labels.get("verb", "") + (" dryRun" if labels.get("dry_run") else "")
+        key = (verb, resource, labels.get("subresource", ""))
         counts[key] += int(float(match["value"]))
     return counts
 
