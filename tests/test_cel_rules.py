@@ -184,6 +184,19 @@ VIOLATIONS: list[tuple[dict[str, Any], str, str]] = [
         "spec.engine.speculativeDecoding" + ".draft",
         "has(self.preset) ||",
     ),
+    (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "draftModel",
+                    "numSpeculativeTokens": 3,
+                    "draft": {**DRAFT, "cacheRef": "drafts", "revision": "abc"},
+                }
+            }
+        },
+        "spec.engine.speculativeDecoding" + ".draft",
+        "!has(self.cacheRef) ||",
+    ),
     ({"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}, "spec", "(has(self.upgradeStrategy)"),
     ({"incrementalUpgrade": {"gatewayClassName": "istio"}}, "spec", "(has(self.upgradeStrategy)"),
 ]
@@ -420,8 +433,9 @@ def test_every_rule_has_a_violation_case() -> None:
     assert covered == all_rules()
     # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue); #22: 3 env, revision, 2 memory,
     # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places,
-    # HF_HUB_OFFLINE with cacheRef; #24: 2 routing, 6 speculative, 1 upgrade.
-    assert len(all_rules()) == 15 + 21 + 9
+    # HF_HUB_OFFLINE with cacheRef; #24: 2 routing, 7 speculative (one: a draft's cacheRef),
+    # 1 upgrade.
+    assert len(all_rules()) == 15 + 21 + 10
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

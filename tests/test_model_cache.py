@@ -424,3 +424,63 @@ def test_deployments_are_woken_when_the_served_revision_or_readiness_moves() -> 
     assert revision_moved(first.status, done)
     failed = decide_cache(cache_doc(), bound_claim(), job("Failed"), None, NOW)
     assert revision_moved(first.status, failed)  # the reason the deployments quote changed
+
+
+def draft_cache_doc() -> dict[str, Any]:
+    doc = cache_doc(source="hf://Qwen/Qwen2.5-7B-Instruct")
+    doc["metadata"] = {**doc["metadata"], "name": "qwen-draft", "uid": "draft-uid"}
+    return doc
+
+
+def drafted_doc() -> dict[str, Any]:
+    speculative = {
+        "method": "draftModel",
+        "numSpeculativeTokens": 4,
+        "draft": {"preset": "qwen2.5-7b-instruct", "cacheRef": "qwen-draft"},
+    }
+    doc = cached_doc()
+    doc["spec"]["engine"] = {"speculativeDecoding": speculative}
+    return doc
+
+
+async def test_a_deployment_waits_for_its_draft_cache_too_then_serves_from_both() -> None:
+    kube = RecordingKube()
+    reconciler = DeploymentReconciler(kube)
+    done = decide_cache(cache_doc(), bound_claim(), job("Complete"), None, NOW)
+    kube.caches[("team-a", "k2")] = {**cache_doc(), "status": done.status}
+    outcome = await reconciler.converge(drafted_doc(), [])
+    assert kube.applies == []
+    (cond,) = [c for c in outcome.status["conditions"] if c["type"] == r.CACHE_READY]
+    assert cond["status"] == "False"
+    assert (
+        cond["message"]
+        == "K2ThinkModelCache qwen-draft (the draft) does not exist in this namespace"
+    )
+    drafted = decide_cache(draft_cache_doc(), bound_claim(), job("Complete"), None, NOW)
+    kube.caches[("team-a", "qwen-draft")] = {**draft_cache_doc(), "status": drafted.status}
+    outcome = await reconciler.converge(drafted_doc(), [])
+    assert len(kube.applies) == 1
+    (cond,) = [c for c in outcome.status["conditions"] if c["type"] == r.CACHE_READY]
+    assert cond["status"] == "True"
+    assert "; the draft from revision " in cond["message"]
+    assert "of K2ThinkModelCache qwen-draft from " in cond["message"]
+
+
+def test_offline_validate_resolves_the_draft_cache_from_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "drafted.yaml"
+    path.write_text(yaml.safe_dump_all([cache_doc(), draft_cache_doc(), drafted_doc()]))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["render", "-f", str(path)], out, err) == 0, err.getvalue()
+    # Its own claim (the cache's default, NAME-weights), mounted beside the model's.
+    assert f"model: /mnt/models/qwen-draft-weights/Qwen--Qwen2.5-7B-Instruct/{SHA_A}" in (
+        out.getvalue()
+    )
+    assert "mountPath: /mnt/models/k2-weights" in out.getvalue()
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump_all([cache_doc(), drafted_doc()]))
+    err = io.StringIO()
+    assert main(["validate", "-f", str(without)], io.StringIO(), err) == 1
+    assert (
+        "spec.engine.speculativeDecoding.draft.cacheRef: no K2ThinkModelCache named qwen-draft "
+        "in the file"
+    ) in err.getvalue()

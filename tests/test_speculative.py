@@ -152,12 +152,6 @@ def test_a_draft_that_no_longer_fits_is_a_plan_error() -> None:
             "spec.engine.speculativeDecoding.draft.source",
             "an hf:// draft cannot be downloaded",
         ),
-        (
-            {**DRAFT_MODEL, "draft": {"source": "pvc://other/draft", "architecture": DRAFT_ARCH}},
-            {"model": {"preset": "k2-think", "source": "pvc://weights/k2"}},
-            "spec.engine.speculativeDecoding.draft.source",
-            "on the claim the model is loaded from",
-        ),
     ],
 )
 def test_plan_refuses_what_vllm_refuses(
@@ -246,3 +240,109 @@ def engine_kwargs_of(decision: Any) -> dict[str, Any]:
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     kwargs: dict[str, Any] = config["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]
     return kwargs
+
+
+def _worker_volumes(decision: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    (rayservice,) = [c for c in decision.children if c["kind"] == "RayService"]
+    group = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    pod = group["template"]["spec"]
+    return pod["volumes"], pod["containers"][0]["volumeMounts"]
+
+
+def test_a_draft_on_its_own_claim_is_mounted_beside_the_model() -> None:
+    from k2think_operator.deployment.decide import decide
+
+    speculative = {
+        **DRAFT_MODEL,
+        "draft": {"source": "pvc://drafts/qwen", "architecture": DRAFT_ARCH},
+    }
+    decision = decide(doc(speculative, model={"preset": "k2-think", "source": "pvc://weights/k2"}))
+    assert not decision.problems, decision.problems
+    volumes, mounts = _worker_volumes(decision)
+    claims = {
+        v["name"]: v["persistentVolumeClaim"] for v in volumes if "persistentVolumeClaim" in v
+    }
+    assert claims == {
+        "models": {"claimName": "weights", "readOnly": True},
+        "models-1": {"claimName": "drafts", "readOnly": True},
+    }
+    assert {m["mountPath"]: m["readOnly"] for m in mounts if m["name"].startswith("models")} == {
+        "/mnt/models/weights": True,
+        "/mnt/models/drafts": True,
+    }
+    assert engine_kwargs_of(decision)["speculative_config"]["model"] == "/mnt/models/drafts/qwen"
+
+
+DRAFT_CACHED: dict[str, Any] = {
+    **DRAFT_MODEL,
+    "draft": {"preset": "qwen2.5-7b-instruct", "cacheRef": "draft-weights"},
+}
+
+
+def test_a_draft_from_its_own_cache_waits_for_it_then_loads_from_its_claim() -> None:
+    """The draft's K2ThinkModelCache is used as the model's: nothing is rendered until it has a
+    verified revision; then its claim is mounted read-only, the draft loads from the local path,
+    and the hub is off."""
+    from k2think_operator.deployment.cache import CacheView, with_cache_condition
+    from k2think_operator.deployment.decide import decide
+
+    model_view = CacheView("weights", "k2-cache", "LLM360--K2-Think/abc123", "abc123")
+    cached = doc(DRAFT_CACHED, model={"preset": "k2-think", "cacheRef": "weights"})
+    waiting = decide(cached, model_view, None, None, "K2ThinkModelCache draft-weights is filling")
+    assert waiting.children == () and not waiting.problems
+    assert waiting.waiting_for_cache == "K2ThinkModelCache draft-weights is filling"
+    assert decide(cached).waiting_for_cache == "K2ThinkModelCache weights is not ready"
+
+    draft_view = CacheView(
+        "draft-weights",
+        "draft-cache",
+        "Qwen--Qwen2.5-7B-Instruct/def456",
+        "def456",
+        source="hf://Qwen/Qwen2.5-7B-Instruct",
+    )
+    served = decide(cached, model_view, None, draft_view)
+    assert not served.problems, served.problems
+    assert served.draft_cache == draft_view
+    assert engine_kwargs_of(served)["speculative_config"]["model"] == (
+        "/mnt/models/draft-cache/Qwen--Qwen2.5-7B-Instruct/def456"
+    )
+    volumes, _ = _worker_volumes(served)
+    assert [
+        v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+    ] == [
+        "k2-cache",
+        "draft-cache",
+    ]
+    # The plan counts the preset's draft, wherever its weights come from.
+    assert served.plan is not None and served.plan.primary.draft_weights_gib_per_gpu > 0
+    status = with_cache_condition(
+        {}, waiting=None, served=model_view, draft_served=draft_view, generation=1, now="t"
+    )
+    (cond,) = status["conditions"]
+    assert cond["status"] == "True"
+    assert cond["message"] == (
+        "serving revision abc123 of K2ThinkModelCache weights from k2-cache:/LLM360--K2-Think/"
+        "abc123; the draft from revision def456 of K2ThinkModelCache draft-weights from "
+        "draft-cache:/Qwen--Qwen2.5-7B-Instruct/def456"
+    )
+
+
+def test_a_draft_cache_of_another_model_is_refused_with_the_field() -> None:
+    from k2think_operator.deployment.cache import CacheView
+    from k2think_operator.deployment.decide import decide
+
+    other = CacheView(
+        "draft-weights", "draft-cache", "Qwen--Qwen2.5-0.5B/1", "1", source="hf://Qwen/Qwen2.5-0.5B"
+    )
+    decision = decide(doc(DRAFT_CACHED), None, None, other)
+    assert decision.children == ()
+    (problem,) = decision.problems
+    assert problem.startswith("spec.engine.speculativeDecoding.draft.cacheRef: ")
+    assert "holds Qwen/Qwen2.5-0.5B, not Qwen/Qwen2.5-7B-Instruct" in problem
+
+
+@pytest.mark.parametrize("extra", [{"source": "hf://Qwen/Qwen2.5-7B-Instruct"}, {"revision": "x"}])
+def test_a_draft_cache_ref_excludes_source_and_revision(extra: dict[str, Any]) -> None:
+    bad = {**DRAFT_CACHED, "draft": {**DRAFT_CACHED["draft"], **extra}}
+    with pytest.raises(InvalidSpec, match="draft cacheRef excludes source and revision"):
+        parse_spec(doc(bad)["spec"])

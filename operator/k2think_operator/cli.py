@@ -15,7 +15,7 @@ from k2think_operator.api.manifest_yaml import ManifestYamlError, load_manifests
 from k2think_operator.api.modelcache import parse_cache_spec
 from k2think_operator.api.spec import InvalidSpec
 from k2think_operator.app.config import OperatorConfig, current_config
-from k2think_operator.deployment.cache import planned_cache_view
+from k2think_operator.deployment.cache import CacheView, cache_refs, planned_cache_view
 from k2think_operator.deployment.decide import Decision, decide
 from k2think_operator.plan.fault_tolerance import gcs_ft_risk
 from k2think_operator.plan.planner import Plan
@@ -75,8 +75,8 @@ def check_document(
     """Every problem with one document (CRD schema and CEL, then models and planner), or the
     operator's own decision for it: the same ``decide()`` the running operator calls.
 
-    A deployment with ``spec.model.cacheRef`` is decided as it will run once the cache (a
-    K2ThinkModelCache of the same file) has filled its revision."""
+    A deployment with ``spec.model.cacheRef`` (or a draft's cacheRef) is decided as it will run
+    once the cache (a K2ThinkModelCache of the same file) has filled its revision."""
     from k2think_operator.api.crd import openapi_schema
     from k2think_operator.api.schema_check import as_stored, schema_errors
 
@@ -91,16 +91,22 @@ def check_document(
     name, namespace = _meta(doc)
     body = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": name}}
     body["metadata"]["namespace"] = namespace
-    ref = ((doc.get("spec") or {}).get("model") or {}).get("cacheRef")
-    view = None
-    if ref:
-        cache = (caches or {}).get(str(ref))
-        if cache is None:
-            return [f"spec.model.cacheRef: no {MODELCACHE.kind} named {ref} in the file"], None
-        view = planned_cache_view(cache)
-        if view is None:
-            return [f"spec.model.cacheRef: {MODELCACHE.kind} {ref} is invalid"], None
-    decision = decide(body, view)
+    views: list[CacheView | None] = []
+    for ref, field in zip(
+        cache_refs(doc),
+        ("spec.model.cacheRef", "spec.engine.speculativeDecoding.draft.cacheRef"),
+        strict=True,
+    ):
+        view = None
+        if ref:
+            cache = (caches or {}).get(ref)
+            if cache is None:
+                return [f"{field}: no {MODELCACHE.kind} named {ref} in the file"], None
+            view = planned_cache_view(cache)
+            if view is None:
+                return [f"{field}: {MODELCACHE.kind} {ref} is invalid"], None
+        views.append(view)
+    decision = decide(body, views[0], None, views[1])
     if decision.problems:
         return list(decision.problems), None
     return [], decision

@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from k2think_operator.api.base import (
+    DNS_LABEL,
     REVISION_PATTERN,
     SOURCE_SCHEMA_PATTERN,
     _Model,
@@ -92,6 +93,15 @@ class DraftModelSpec(_Model):
         pattern=REVISION_PATTERN,
         description="Revision (branch, tag or commit) of an hf:// draft; pin it like the model's.",
     )
+    cache_ref: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="Name of a K2ThinkModelCache in this namespace holding the draft's weights, "
+        "as spec.model.cacheRef holds the model's: the deployment waits until the cache has a "
+        "verified revision (CacheReady), workers mount its claim read-only and load the draft "
+        "from its local path. Excludes source and revision (the cache has them).",
+    )
     architecture: DraftArchitectureSpec | None = Field(
         default=None,
         description="Shape of a draft that is not a preset (required then).",
@@ -134,14 +144,22 @@ class DraftModelSpec(_Model):
         "a draft is either a preset or has an architecture (and a source)",
     )
     @cel(
-        "has(self.preset) || has(self.source)",
-        "a draft without a preset needs a source",
+        "has(self.preset) || has(self.source) || has(self.cacheRef)",
+        "a draft without a preset needs a source (or a cacheRef)",
+    )
+    @cel(
+        "!has(self.cacheRef) || (!has(self.source) && !has(self.revision))",
+        "draft cacheRef excludes source and revision: the cache names the weights",
     )
     def _preset_or_custom(self) -> DraftModelSpec:
         if (self.preset is None) == (self.architecture is None):
             raise ValueError("a draft is either a preset or has an architecture (and a source)")
-        if self.preset is None and self.source is None:
-            raise ValueError("a draft without a preset needs a source")
+        if self.preset is None and self.source is None and self.cache_ref is None:
+            raise ValueError("a draft without a preset needs a source (or a cacheRef)")
+        if self.cache_ref is not None and (self.source is not None or self.revision is not None):
+            raise ValueError(
+                "draft cacheRef excludes source and revision: the cache names the weights"
+            )
         return self
 
     @property
@@ -149,8 +167,13 @@ class DraftModelSpec(_Model):
         return DRAFT_PRESETS.get(self.preset) if self.preset else None
 
     def resolved_source(self) -> str:
+        """Where vLLM loads the draft from. A cacheRef is resolved by the deployment controller
+        (``deployment/cache.py``, ``serve_draft_from_cache``) into the cache's ``pvc://`` path;
+        until then this is the ``cache://NAME`` placeholder, which nothing renders."""
         if self.source is not None:
             return self.source
+        if self.cache_ref is not None:
+            return f"cache://{self.cache_ref}"
         preset = self.preset_info
         assert preset is not None  # _preset_or_custom
         return f"hf://{preset.hf_id}"

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from k2think_operator.app.config import OperatorConfig
+from k2think_operator.deployment.cache import cache_refs
 from k2think_operator.deployment.cluster import ClusterApi, KubeApi
 from k2think_operator.deployment.controller import DeploymentReconciler
 from k2think_operator.deployment.status import PodSummary
@@ -148,8 +149,7 @@ class Operator:
         """The cache's served revision or readiness moved: its deployments look again."""
         namespace, name = cache
         for key, body in self.sources.all_deployments():
-            ref = ((body.get("spec") or {}).get("model") or {}).get("cacheRef")
-            if key[0] == namespace and ref == name:
+            if key[0] == namespace and name in cache_refs(body):
                 self.deployments.mark_dirty(key)
                 self.deployment_controller.enqueue(key)
 

@@ -103,14 +103,73 @@ def serve_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2ThinkDep
     return spec.model_copy(update={"model": model, "ray": ray})
 
 
-def waiting_message(ref: str, cache: Mapping[str, Any] | None) -> str:
-    """Why a deployment waits for its cache, for its CacheReady condition."""
+def cache_refs(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The caches a deployment body names: ``spec.model.cacheRef`` and the speculative draft's
+    ``cacheRef`` (read from the raw body: the controller looks them up before parsing)."""
+    spec = body.get("spec") or {}
+    model = (spec.get("model") or {}).get("cacheRef") if isinstance(spec, Mapping) else None
+    draft = None
+    if isinstance(spec, Mapping):
+        speculative = (spec.get("engine") or {}).get("speculativeDecoding") or {}
+        draft = (speculative.get("draft") or {}).get("cacheRef")
+    return (
+        str(model) if model else None,
+        str(draft) if draft else None,
+    )
+
+
+def draft_cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | None:
+    """Why ``view`` cannot serve the draft: a draft preset names its repository, and a cache of
+    another one would be loaded as that draft (the planner's numbers, vLLM's vocabulary check
+    would be about other weights). A custom draft names no repository (as ``cache_problem``)."""
+    speculative = spec.engine.speculative_decoding
+    draft = speculative.draft if speculative is not None else None
+    preset = draft.preset_info if draft is not None else None
+    if preset is None or view.source is None or not view.source.startswith("hf://"):
+        return None
+    held = view.source.removeprefix("hf://").strip("/")
+    if held.lower() != preset.hf_id.lower():
+        return (
+            f"spec.engine.speculativeDecoding.draft.cacheRef: K2ThinkModelCache {view.name} "
+            f"holds {held}, not {preset.hf_id} (draft preset {preset.name}); name a cache of "
+            f"{preset.hf_id}, or describe the cached draft with architecture instead of preset"
+        )
+    return None
+
+
+def serve_draft_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2ThinkDeploymentSpec:
+    """The spec with the draft loaded from ``view``'s claim (the workers mount it read-only,
+    ``render/serve_config.py`` ``pvc_claims``) and the hub switched off as for the model."""
+    speculative = spec.engine.speculative_decoding
+    assert speculative is not None and speculative.draft is not None
+    draft = speculative.draft.model_copy(
+        update={"source": f"pvc://{view.claim}/{view.path}", "cache_ref": None, "revision": None}
+    )
+    engine = spec.engine.model_copy(
+        update={"speculative_decoding": speculative.model_copy(update={"draft": draft})}
+    )
+    env = [e for e in spec.ray.env if e.name != HF_OFFLINE_ENV]
+    env.append(EnvVar.model_construct(name=HF_OFFLINE_ENV, value="1"))
+    ray = spec.ray.model_copy(update={"env": env})
+    return spec.model_copy(update={"engine": engine, "ray": ray})
+
+
+def waiting_message(ref: str, cache: Mapping[str, Any] | None, what: str = "") -> str:
+    """Why a deployment waits for its cache, for its CacheReady condition (``what``: which
+    cache of the deployment, e.g. " (the draft)")."""
+    named = f"K2ThinkModelCache {ref}{what}"
     if cache is None:
-        return f"K2ThinkModelCache {ref} does not exist in this namespace"
+        return f"{named} does not exist in this namespace"
     for cond in (cache.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "CacheReady":
-            return f"K2ThinkModelCache {ref} is not ready ({cond.get('reason')}): {cond.get('message')}"
-    return f"K2ThinkModelCache {ref} has no verified revision yet"
+            return f"{named} is not ready ({cond.get('reason')}): {cond.get('message')}"
+    return f"{named} has no verified revision yet"
+
+
+def _served_text(view: CacheView) -> str:
+    return (
+        f"revision {view.revision} of K2ThinkModelCache {view.name} from {view.claim}:/{view.path}"
+    )
 
 
 def with_cache_condition(
@@ -120,24 +179,21 @@ def with_cache_condition(
     served: CacheView | None,
     generation: int,
     now: str,
+    draft_served: CacheView | None = None,
 ) -> dict[str, Any]:
-    """Add a deployment's CacheReady condition (only with cacheRef: ``waiting`` says why it
-    waits, or ``served`` is the revision it serves) and, while it waits with nothing running,
-    the phase WaitingForCache."""
-    if waiting is None and served is None:
+    """Add a deployment's CacheReady condition (only with a cacheRef, the model's or the
+    draft's: ``waiting`` says why it waits, or ``served``/``draft_served`` are the revisions it
+    serves) and, while it waits with nothing running, the phase WaitingForCache."""
+    if waiting is None and served is None and draft_served is None:
         return status
     if waiting is not None:
         new = condition(r.CACHE_READY, False, r.CACHE_NOT_READY, waiting, generation)
     else:
-        assert served is not None
-        new = condition(
-            r.CACHE_READY,
-            True,
-            r.CACHE_FILLED,
-            f"serving revision {served.revision} of K2ThinkModelCache {served.name} from "
-            f"{served.claim}:/{served.path}",
-            generation,
-        )
+        parts = [f"serving {_served_text(served)}"] if served is not None else []
+        if draft_served is not None:
+            parts.append(f"the draft from {_served_text(draft_served)}")
+        text = "; ".join(parts) if served is not None else f"serving {parts[0]}"
+        new = condition(r.CACHE_READY, True, r.CACHE_FILLED, text, generation)
     result = dict(status)
     result["conditions"] = set_condition(status.get("conditions") or [], new, now)
     if waiting is not None and not status.get("endpoint"):

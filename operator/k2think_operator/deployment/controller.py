@@ -46,6 +46,7 @@ from k2think_operator.api.kueue import (
 from k2think_operator.deployment import metrics as deployment_metrics
 from k2think_operator.deployment.cache import (
     CacheView,
+    cache_refs,
     cache_view,
     waiting_message,
     with_cache_condition,
@@ -352,9 +353,15 @@ class DeploymentState:
     written: tuple[int, Mapping[str, Any]] | None = None
     #: Last message told per once-only event reason (see ``DeploymentReconciler._unannounced``).
     announced: dict[str, str] = field(default_factory=dict)
-    #: The cache revision last seen for ``spec.model.cacheRef`` and why there was none
-    #: (pod events refresh status without reading the cache again).
-    cache: tuple[CacheView | None, str | None] = (None, None)
+    #: The cache revisions last seen for ``spec.model.cacheRef`` and the draft's cacheRef, and
+    #: why there was none: (model, why, draft, why), as ``decide`` takes them (pod events
+    #: refresh status without reading the caches again).
+    cache: tuple[CacheView | None, str | None, CacheView | None, str | None] = (
+        None,
+        None,
+        None,
+        None,
+    )
     #: Kueue's last view of a queued deployment (pod events refresh status without API reads).
     queue: QueueView | None = None
     #: The pools capped on the live RayCluster as last read or written, (pool, cap) in spec
@@ -512,11 +519,11 @@ class DeploymentReconciler:
         if pods is not None:
             state.pods = tuple(pods)
         try:
-            view, waiting = await self._cache_of(body)
+            caches = await self._caches_of(body)
         except TransientApiError as error:
             return Outcome(status=dict(body.get("status") or {}), retry_reason=str(error))
-        decision = decide(body, view, waiting)
-        state.cache = (view, waiting)
+        decision = decide(body, *caches)
+        state.cache = caches
         try:
             outcome = await self._converge(body, decision, state, resync=resync)
         except Exception:
@@ -720,16 +727,25 @@ class DeploymentReconciler:
         stored = state.unseen_write(body)
         return dict(stored if stored is not None else body.get("status") or {})
 
-    async def _cache_of(self, body: Mapping[str, Any]) -> tuple[CacheView | None, str | None]:
-        """The verified revision of the cache ``spec.model.cacheRef`` names, or why there is
-        none (a deployment without cacheRef: neither)."""
-        ref = ((body.get("spec") or {}).get("model") or {}).get("cacheRef")
-        if not ref:
-            return None, None
+    async def _caches_of(
+        self, body: Mapping[str, Any]
+    ) -> tuple[CacheView | None, str | None, CacheView | None, str | None]:
+        """The verified revisions of the caches the model's and the draft's cacheRef name, each
+        with why there is none (no cacheRef: neither), as ``decide`` takes them."""
         namespace = str((body.get("metadata") or {}).get("namespace") or "default")
-        cache = await self.kube.get_modelcache(namespace, str(ref))
+        model, draft = cache_refs(body)
+        model_view, model_why = await self._cache_of(namespace, model, "")
+        draft_view, draft_why = await self._cache_of(namespace, draft, " (the draft)")
+        return model_view, model_why, draft_view, draft_why
+
+    async def _cache_of(
+        self, namespace: str, ref: str | None, what: str
+    ) -> tuple[CacheView | None, str | None]:
+        if ref is None:
+            return None, None
+        cache = await self.kube.get_modelcache(namespace, ref)
         view = cache_view(cache)
-        return view, (None if view is not None else waiting_message(str(ref), cache))
+        return view, (None if view is not None else waiting_message(ref, cache, what))
 
     def _desired_status(
         self,
@@ -773,6 +789,7 @@ class DeploymentReconciler:
             status,
             waiting=decision.waiting_for_cache,
             served=decision.cache,
+            draft_served=decision.draft_cache,
             generation=decision.generation,
             now=now_rfc3339(),
         )

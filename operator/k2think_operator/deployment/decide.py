@@ -23,7 +23,13 @@ from k2think_operator.api.k8s_rules import (
 )
 from k2think_operator.api.limits import name_problems
 from k2think_operator.api.spec import InvalidSpec, K2ThinkDeploymentSpec, SpecError, parse_spec
-from k2think_operator.deployment.cache import CacheView, cache_problem, serve_from_cache
+from k2think_operator.deployment.cache import (
+    CacheView,
+    cache_problem,
+    draft_cache_problem,
+    serve_draft_from_cache,
+    serve_from_cache,
+)
 from k2think_operator.deployment.upgrade import upgrade_cost
 from k2think_operator.plan.planner import Plan, PlanError, plan_deployment
 from k2think_operator.plan.speculative import check_draft
@@ -54,17 +60,22 @@ class Decision:
     cache: CacheView | None = None
     #: What the spec turns off (api/downgrades.py): Warning events and SecurityDowngraded.
     downgrades: tuple[str, ...] = ()
+    #: The draft's cache revision served (None without the draft's cacheRef).
+    draft_cache: CacheView | None = None
 
 
 def decide(
     body: Mapping[str, Any],
     cache: CacheView | None = None,
     cache_waiting: str | None = None,
+    draft_cache: CacheView | None = None,
+    draft_cache_waiting: str | None = None,
 ) -> Decision:
     """Parse, plan and render one K2ThinkDeployment body (a dict as the API returns it).
 
     ``cache`` is the verified revision of the cache ``spec.model.cacheRef`` names
-    (``cacheuse.cache_view``); without it such a deployment waits (``cache_waiting`` says why).
+    (``cache.cache_view``); without it such a deployment waits (``cache_waiting`` says why).
+    ``draft_cache``/``draft_cache_waiting``: the same for the speculative draft's cacheRef.
 
     Total: whatever the API server admits yields a Decision. A bug of ours meeting an input
     nobody thought of becomes an InvalidSpec naming the spec (and is logged with its
@@ -78,7 +89,14 @@ def decide(
     except (TypeError, ValueError):
         generation = 0
     try:
-        return _decide(body, name, namespace, generation, cache, cache_waiting)
+        return _decide(
+            body,
+            name,
+            namespace,
+            generation,
+            (cache, cache_waiting),
+            (draft_cache, draft_cache_waiting),
+        )
     except Exception as error:
         log.exception("decide failed for %s/%s", namespace, name)
         problem = (
@@ -93,9 +111,11 @@ def _decide(
     name: str,
     namespace: str,
     generation: int,
-    cache: CacheView | None,
-    cache_waiting: str | None,
+    model_cache: tuple[CacheView | None, str | None],
+    draft_caches: tuple[CacheView | None, str | None],
 ) -> Decision:
+    cache, cache_waiting = model_cache
+    draft_cache, draft_waiting = draft_caches
     meta = body.get("metadata") or {}
     named = name_problems(meta)
     if named:
@@ -116,18 +136,32 @@ def _decide(
     except PlanError as error:
         return Decision(name, namespace, generation, None, None, (), (str(error),))
     loosened = tuple(downgrades(spec))
+    speculative = spec.engine.speculative_decoding
+    draft_ref = speculative.draft.cache_ref if speculative and speculative.draft else None
+    # Both caches must have a verified revision before anything is rendered: the deployment
+    # waits (nothing running is changed) and CacheReady says for which.
+    waiting = None
+    if spec.model.cache_ref is not None and cache is None:
+        waiting = cache_waiting or f"K2ThinkModelCache {spec.model.cache_ref} is not ready"
+    elif draft_ref is not None and draft_cache is None:
+        waiting = draft_waiting or f"K2ThinkModelCache {draft_ref} (the draft) is not ready"
+    if waiting is not None:
+        return Decision(name, namespace, generation, spec, plan, (), (), waiting, None, loosened)
     if spec.model.cache_ref is not None:
-        if cache is None:
-            waiting = cache_waiting or f"K2ThinkModelCache {spec.model.cache_ref} is not ready"
-            return Decision(
-                name, namespace, generation, spec, plan, (), (), waiting, None, loosened
-            )
+        assert cache is not None
         wrong = cache_problem(spec, cache)
         if wrong:
             return Decision(name, namespace, generation, None, None, (), (wrong,))
         spec = serve_from_cache(spec, cache)
+    if draft_ref is not None:
+        assert draft_cache is not None
+        wrong = draft_cache_problem(spec, draft_cache)
+        if wrong:
+            return Decision(name, namespace, generation, None, None, (), (wrong,))
+        spec = serve_draft_from_cache(spec, draft_cache)
+    if spec.model.cache_ref is not None or draft_ref is not None:
         try:
-            check_draft(spec, spec.model.resolved_architecture())  # the cache's claim now known
+            check_draft(spec, spec.model.resolved_architecture())  # the caches' claims known
         except SpecError as error:
             return Decision(name, namespace, generation, None, None, (), (str(error),))
     children = build_children(spec, plan, name=name, namespace=namespace, uid=meta.get("uid"))
@@ -143,7 +177,17 @@ def _decide(
             tuple(f"children: {p}" for p in refused),
         )
     return Decision(
-        name, namespace, generation, spec, plan, tuple(children), (), None, cache, loosened
+        name,
+        namespace,
+        generation,
+        spec,
+        plan,
+        tuple(children),
+        (),
+        None,
+        cache,
+        loosened,
+        draft_cache if draft_ref is not None else None,
     )
 
 

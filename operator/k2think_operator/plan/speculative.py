@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from k2think_operator.api.base import SOURCE_PATTERN
 from k2think_operator.api.catalog import Architecture
 from k2think_operator.api.spec import K2ThinkDeploymentSpec, SpecError
 
@@ -61,6 +60,8 @@ def check_draft(spec: K2ThinkDeploymentSpec, target: Architecture) -> None:
             "draft of the same family, an EAGLE head (eagle, eagle3) or ngram",
         )
     source = draft.resolved_source()
+    if source.startswith("cache://"):
+        return  # a draft cacheRef: the cache's claim is known once it is served (decide.py)
     cached = spec.model.cache_ref is not None
     offline = cached or any(e.name == "HF_HUB_OFFLINE" and e.value == "1" for e in spec.ray.env)
     if source.startswith("hf://") and offline:
@@ -69,26 +70,11 @@ def check_draft(spec: K2ThinkDeploymentSpec, target: Architecture) -> None:
         raise SpecError(
             f"{FIELD}.draft.source",
             "the workers run with HF_HUB_OFFLINE=1 (spec.model.cacheRef, or spec.ray.env): an "
-            "hf:// draft cannot be downloaded; put the draft on the model's claim (pvc://) or "
-            "in the image (file://)",
+            "hf:// draft cannot be downloaded; fill a K2ThinkModelCache with it (draft.cacheRef), "
+            "or put it on a claim (pvc://) or in the image (file://)",
         )
-    # With a cacheRef the model's claim is the cache's, known once the deployment is served
-    # from it (deployment/decide.py checks again then).
-    if source.startswith("pvc://") and not cached:
-        model = SOURCE_PATTERN.match(spec.model.resolved_source())
-        claim = source.removeprefix("pvc://").strip("/").split("/", 1)[0]
-        model_claim = (
-            model.group(2).strip("/").split("/", 1)[0]
-            if model and model.group(1) == "pvc"
-            else None
-        )
-        if claim != model_claim:
-            raise SpecError(
-                f"{FIELD}.draft.source",
-                f"a pvc:// draft must be on the claim the model is loaded from "
-                f"({model_claim or 'the model is not on a claim'}): the workers mount that one "
-                f"claim; got {claim!r}",
-            )
+    # A pvc:// draft may be on the model's claim or on one of its own: the workers mount both
+    # (render/serve_config.py, pvc_claims).
 
 
 def check_draft_parallel(spec: K2ThinkDeploymentSpec, tensor: int) -> None:

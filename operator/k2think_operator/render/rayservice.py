@@ -54,7 +54,7 @@ from k2think_operator.render.security import (
 )
 from k2think_operator.render.serve_config import (
     MODEL_MOUNT_ROOT,
-    pvc_claim,
+    pvc_claims,
     render_serve_config,
 )
 
@@ -179,13 +179,15 @@ def build_worker_group(
         "volumeMounts": [{"mountPath": "/dev/shm", "name": SHM_VOLUME}],
     }
     volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
-    claim = pvc_claim(spec)
-    if claim is not None:
+    for index, claim in enumerate(pvc_claims(spec)):
+        # The first claim keeps the volume name it always had (a running RayCluster's pod
+        # template does not change); a draft on another claim gets "models-1".
+        volume = MODEL_VOLUME if index == 0 else f"{MODEL_VOLUME}-{index}"
         container["volumeMounts"].append(
-            {"mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "name": MODEL_VOLUME, "readOnly": True}
+            {"mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "name": volume, "readOnly": True}
         )
         volumes.append(
-            {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
     _add_env(container, spec)
     container["securityContext"] = container_security_context()

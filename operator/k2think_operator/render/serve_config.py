@@ -52,11 +52,29 @@ def model_source(spec: K2ThinkDeploymentSpec) -> str | dict[str, str]:
     return rest  # file:///abs/path -> /abs/path
 
 
-def pvc_claim(spec: K2ThinkDeploymentSpec) -> str | None:
-    match = SOURCE_PATTERN.match(spec.model.resolved_source())
+def _claim_of(source: str) -> str | None:
+    match = SOURCE_PATTERN.match(source)
     if match is None or match.group(1) != "pvc":
         return None
     return match.group(2).strip("/").split("/", 1)[0]
+
+
+def pvc_claim(spec: K2ThinkDeploymentSpec) -> str | None:
+    """The claim the model loads from (``pvc://CLAIM/...``), or None."""
+    return _claim_of(spec.model.resolved_source())
+
+
+def pvc_claims(spec: K2ThinkDeploymentSpec) -> list[str]:
+    """Every claim the workers mount: the model's, then the draft's when it is another one (a
+    draft on its own K2ThinkModelCache, or on a claim of its own), each at
+    ``MODEL_MOUNT_ROOT/CLAIM``, read-only."""
+    claims = [c for c in (pvc_claim(spec),) if c]
+    speculative = spec.engine.speculative_decoding
+    if speculative is not None and speculative.draft is not None:
+        draft = _claim_of(speculative.draft.resolved_source())
+        if draft and draft not in claims:
+            claims.append(draft)
+    return claims
 
 
 def build_engine_kwargs(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str, Any]:
@@ -97,7 +115,9 @@ def _reasoning_parser(spec: K2ThinkDeploymentSpec) -> str | None:
 def draft_model_path(source: str) -> str:
     """The draft as vLLM's ``speculative_config.model`` reads it: a Hugging Face id or a path."""
     match = SOURCE_PATTERN.match(source)
-    assert match is not None  # DraftModelSpec refused anything else
+    # DraftModelSpec refused anything else; a cacheRef's cache:// placeholder is resolved
+    # before anything renders (deployment/decide.py waits for the cache).
+    assert match is not None, f"draft source {source!r} is not resolved"
     scheme, rest = match.groups()
     if scheme == "hf":
         return rest
