@@ -269,3 +269,85 @@ def test_a_failed_fill_is_reported_and_retried_within_its_bound(
     assert (
         cond is not None and cond["reason"] == "CacheNotReady" and "VerifyFailed" in cond["message"]
     )
+
+
+def test_a_draft_from_its_own_cache_gates_the_deployment_then_loads_offline(
+    cluster: Cluster, operator: OperatorProcess, ns: str, static_pv: str
+) -> None:
+    """``speculativeDecoding.draft.cacheRef``: the model's cache alone is not enough; once the
+    draft's cache (sharing the model's claim, as on a campus) has its revision, the draft loads
+    from its path on the read-only claim."""
+    apply_doc(cluster, cache_doc(ns, static_pv))
+    eventually("model cache ready", lambda: cache_reason(cluster, ns) == "Ready")
+    doc = deployment_doc(ns)
+    doc["spec"]["engine"] = {
+        **(doc["spec"].get("engine") or {}),
+        "speculativeDecoding": {
+            "method": "eagle3",
+            "numSpeculativeTokens": 3,
+            "draft": {
+                "cacheRef": "draft",
+                "architecture": {
+                    "parametersBillions": 0.5,
+                    "layers": 1,
+                    "kvHeads": 8,
+                    "headDim": 128,
+                    "vocabSize": 152064,
+                    "maxPositionEmbeddings": 131072,
+                },
+                "tensorParallel": 1,
+            },
+        },
+    }
+    apply_doc(cluster, doc)
+
+    def waiting_for_draft() -> dict[str, Any] | None:
+        dep = get(cluster, "k2thinkdeployments.k2think.dev", "k2think", ns)
+        cond = condition(dep, "CacheReady")
+        return dep if cond and "(the draft)" in cond["message"] else None
+
+    dep = eventually("deployment waits for the draft's cache", waiting_for_draft)
+    assert condition(dep, "CacheReady")["status"] == "False"  # type: ignore[index]
+    holds_without_fight(
+        "no RayService while the draft's cache is missing",
+        lambda: rayservice(cluster, ns) is None,
+        operator,
+    )
+
+    draft_cache = cache_doc(ns, static_pv, source="file:///models/tiny-draft")
+    draft_cache["metadata"]["name"] = "draft"
+    draft_cache["spec"]["storage"] = {"claimName": "weights-weights"}
+    apply_doc(cluster, draft_cache)
+
+    def drafted() -> dict[str, Any] | None:
+        rs = rayservice(cluster, ns)
+        if rs is None:
+            return None
+        serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+        engine = serve["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]
+        return rs if "speculative_config" in engine else None
+
+    rs = eventually("RayService with the draft from its cache", drafted, timeout=90)
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    llm = serve["applications"][0]["args"]["llm_configs"][0]
+    assert llm["engine_kwargs"]["speculative_config"]["model"] == (
+        "/mnt/models/weights-weights/models--tiny-draft/v1"
+    )
+    assert model_source(rs) == "/mnt/models/weights-weights/models--tiny-k2/v1"
+    worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"] for v in worker["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": "weights-weights", "readOnly": True}]  # one shared claim
+    cond = eventually(
+        "deployment CacheReady naming both caches",
+        lambda: (
+            c
+            if (
+                c := condition(
+                    get(cluster, "k2thinkdeployments.k2think.dev", "k2think", ns), "CacheReady"
+                )
+            )
+            and c["status"] == "True"
+            else None
+        ),
+    )
+    assert "the draft from revision v1 of K2ThinkModelCache draft" in cond["message"]
