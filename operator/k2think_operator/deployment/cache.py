@@ -68,6 +68,16 @@ def planned_cache_view(cache: Mapping[str, Any]) -> CacheView | None:
     )
 
 
+def _other_repository(view: CacheView, repository: str | None) -> str | None:
+    """The hub repository ``view`` holds when it is not ``repository`` (None: the same one, or
+    nothing to compare: no repository named, or a cache filled from s3://, gs:// or file://,
+    whose path names no model)."""
+    if repository is None or view.source is None or not view.source.startswith("hf://"):
+        return None
+    held = view.source.removeprefix("hf://").strip("/")
+    return held if held.lower() != repository.lower() else None
+
+
 def cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | None:
     """Why ``view`` cannot serve this deployment's model, or None.
 
@@ -78,11 +88,8 @@ def cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | None:
     nothing can be compared.
     """
     preset = spec.model.preset_info
-    if preset is None or view.source is None or not view.source.startswith("hf://"):
-        # Only a hub repository names a model; s3://, gs:// and file:// paths do not.
-        return None
-    held = view.source.removeprefix("hf://").strip("/")
-    if held.lower() != preset.hf_id.lower():
+    held = _other_repository(view, preset.hf_id if preset else None)
+    if preset is not None and held is not None:
         return (
             f"spec.model.cacheRef: K2ThinkModelCache {view.name} holds {held}, not "
             f"{preset.hf_id} (preset {spec.model.preset}); name a cache of {preset.hf_id}, or "
@@ -125,10 +132,8 @@ def draft_cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | N
     speculative = spec.engine.speculative_decoding
     draft = speculative.draft if speculative is not None else None
     preset = draft.preset_info if draft is not None else None
-    if preset is None or view.source is None or not view.source.startswith("hf://"):
-        return None
-    held = view.source.removeprefix("hf://").strip("/")
-    if held.lower() != preset.hf_id.lower():
+    held = _other_repository(view, preset.hf_id if preset else None)
+    if preset is not None and held is not None:
         return (
             f"spec.engine.speculativeDecoding.draft.cacheRef: K2ThinkModelCache {view.name} "
             f"holds {held}, not {preset.hf_id} (draft preset {preset.name}); name a cache of "
