@@ -19,7 +19,7 @@ from typing import Any
 
 from k2think_operator.api import reasons as r
 from k2think_operator.api.modelcache import claim_of, parse_cache_spec, revision_path
-from k2think_operator.api.spec import EnvVar, InvalidSpec, K2ThinkDeploymentSpec
+from k2think_operator.api.spec import EnvVar, InvalidSpec, K2ThinkDeploymentSpec, RaySpec
 from k2think_operator.deployment.status import set_condition
 from k2think_operator.runtime.conditions import condition
 
@@ -103,26 +103,27 @@ def serve_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2ThinkDep
     model = spec.model.model_copy(
         update={"source": f"pvc://{view.claim}/{view.path}", "cache_ref": None, "revision": None}
     )
+    return spec.model_copy(update={"model": model, "ray": _hub_off(spec)})
+
+
+def _hub_off(spec: K2ThinkDeploymentSpec) -> RaySpec:
+    """``spec.ray`` with ``HF_HUB_OFFLINE=1``: weights from a cache never fall back to the hub."""
     env = [e for e in spec.ray.env if e.name != HF_OFFLINE_ENV]
     # The operator's own variable: constructed, not validated (the user may not set it).
     env.append(EnvVar.model_construct(name=HF_OFFLINE_ENV, value="1"))
-    ray = spec.ray.model_copy(update={"env": env})
-    return spec.model_copy(update={"model": model, "ray": ray})
+    return spec.ray.model_copy(update={"env": env})
 
 
 def cache_refs(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The caches a deployment body names: ``spec.model.cacheRef`` and the speculative draft's
     ``cacheRef`` (read from the raw body: the controller looks them up before parsing)."""
-    spec = body.get("spec") or {}
-    model = (spec.get("model") or {}).get("cacheRef") if isinstance(spec, Mapping) else None
-    draft = None
-    if isinstance(spec, Mapping):
-        speculative = (spec.get("engine") or {}).get("speculativeDecoding") or {}
-        draft = (speculative.get("draft") or {}).get("cacheRef")
-    return (
-        str(model) if model else None,
-        str(draft) if draft else None,
-    )
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        return None, None
+    model = (spec.get("model") or {}).get("cacheRef")
+    speculative = (spec.get("engine") or {}).get("speculativeDecoding") or {}
+    draft = (speculative.get("draft") or {}).get("cacheRef")
+    return (str(model) if model else None, str(draft) if draft else None)
 
 
 def draft_cache_problem(spec: K2ThinkDeploymentSpec, view: CacheView) -> str | None:
@@ -153,10 +154,7 @@ def serve_draft_from_cache(spec: K2ThinkDeploymentSpec, view: CacheView) -> K2Th
     engine = spec.engine.model_copy(
         update={"speculative_decoding": speculative.model_copy(update={"draft": draft})}
     )
-    env = [e for e in spec.ray.env if e.name != HF_OFFLINE_ENV]
-    env.append(EnvVar.model_construct(name=HF_OFFLINE_ENV, value="1"))
-    ray = spec.ray.model_copy(update={"env": env})
-    return spec.model_copy(update={"engine": engine, "ray": ray})
+    return spec.model_copy(update={"engine": engine, "ray": _hub_off(spec)})
 
 
 def waiting_message(ref: str, cache: Mapping[str, Any] | None, what: str = "") -> str:
@@ -194,10 +192,10 @@ def with_cache_condition(
     if waiting is not None:
         new = condition(r.CACHE_READY, False, r.CACHE_NOT_READY, waiting, generation)
     else:
-        parts = [f"serving {_served_text(served)}"] if served is not None else []
+        parts = [_served_text(served)] if served is not None else []
         if draft_served is not None:
             parts.append(f"the draft from {_served_text(draft_served)}")
-        text = "; ".join(parts) if served is not None else f"serving {parts[0]}"
+        text = "serving " + "; ".join(parts)
         new = condition(r.CACHE_READY, True, r.CACHE_FILLED, text, generation)
     result = dict(status)
     result["conditions"] = set_condition(status.get("conditions") or [], new, now)

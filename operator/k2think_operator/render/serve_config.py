@@ -59,21 +59,18 @@ def _claim_of(source: str) -> str | None:
     return match.group(2).strip("/").split("/", 1)[0]
 
 
-def pvc_claim(spec: K2ThinkDeploymentSpec) -> str | None:
-    """The claim the model loads from (``pvc://CLAIM/...``), or None."""
-    return _claim_of(spec.model.resolved_source())
-
-
 def pvc_claims(spec: K2ThinkDeploymentSpec) -> list[str]:
     """Every claim the workers mount: the model's, then the draft's when it is another one (a
     draft on its own K2ThinkModelCache, or on a claim of its own), each at
     ``MODEL_MOUNT_ROOT/CLAIM``, read-only."""
-    claims = [c for c in (pvc_claim(spec),) if c]
+    sources = [spec.model.resolved_source()]
     speculative = spec.engine.speculative_decoding
     if speculative is not None and speculative.draft is not None:
-        draft = _claim_of(speculative.draft.resolved_source())
-        if draft and draft not in claims:
-            claims.append(draft)
+        sources.append(speculative.draft.resolved_source())
+    claims: list[str] = []
+    for claim in map(_claim_of, sources):
+        if claim and claim not in claims:
+            claims.append(claim)
     return claims
 
 
