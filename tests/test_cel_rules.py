@@ -237,6 +237,22 @@ VIOLATIONS += [
         "!has(self.model) || !has(self.model.cacheRef)",
     ),
     (
+        {
+            "engine": {
+                "speculativeDecoding": {
+                    "method": "draftModel",
+                    "numSpeculativeTokens": 3,
+                    "draft": {"preset": "qwen2.5-7b-instruct", "cacheRef": "draft-weights"},
+                }
+            },
+            "ray": {"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}]},
+        },
+        "spec.ray.env",
+        "!has(self.engine) || !has(self.engine.speculativeDecoding) || "
+        "!has(self.engine.speculativeDecoding.draft) || "
+        "!has(self.engine.speculativeDecoding.draft.cacheRef)",
+    ),
+    (
         {"networkPolicy": {"kuberay": {"podLabels": {}}}},
         "spec.networkPolicy.kuberay.podLabels",
         "!has(self.podLabels)",
@@ -434,8 +450,8 @@ def test_every_rule_has_a_violation_case() -> None:
     # 8, 3 Kueue, 1 cacheRef, 3 for #15 (incl. ingress+Kueue); #22: 3 env, revision, 2 memory,
     # maxQueuedRequests, podLabels, image, 2 Secret names, 3 toleration rules x 3 places,
     # HF_HUB_OFFLINE with cacheRef; #24: 2 routing, 7 speculative (one: a draft's cacheRef),
-    # 1 upgrade.
-    assert len(all_rules()) == 15 + 21 + 10
+    # 1 upgrade, HF_HUB_OFFLINE with the draft's cacheRef.
+    assert len(all_rules()) == 15 + 21 + 11
 
 
 def test_every_rule_compiles_and_examples_pass() -> None:

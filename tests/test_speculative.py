@@ -346,3 +346,19 @@ def test_a_draft_cache_ref_excludes_source_and_revision(extra: dict[str, Any]) -
     bad = {**DRAFT_CACHED, "draft": {**DRAFT_CACHED["draft"], **extra}}
     with pytest.raises(InvalidSpec, match="draft cacheRef excludes source and revision"):
         parse_spec(doc(bad)["spec"])
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_a_draft_cache_ref_refuses_the_users_hf_hub_offline(value: str) -> None:
+    """With the draft's cache the operator sets HF_HUB_OFFLINE=1 on every Ray container, as for
+    the model's: a user's own value would be replaced without a word, so it is refused with the
+    field path (the CRD's CEL rule says the same, tests/test_cel_rules.py)."""
+    env = {"ray": {"env": [{"name": "HF_HUB_OFFLINE", "value": value}]}}
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(doc(DRAFT_CACHED, **env)["spec"])
+    fragment = "with engine.speculativeDecoding.draft.cacheRef the operator sets HF_HUB_OFFLINE=1"
+    assert any(p.field == "spec.ray.env" and fragment in p.message for p in info.value.problems), (
+        info.value
+    )
+    # Without a cache it stays the user's own choice (an air-gapped cluster).
+    parse_spec(doc(DRAFT_MODEL, model={"preset": "k2-think"})["spec"])

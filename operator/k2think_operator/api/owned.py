@@ -74,9 +74,12 @@ RENDERED_ENV: Final = frozenset(
 #: Every name the operator, KubeRay or Ray token auth may write into a Ray container.
 OWNED_ENV: Final = RAY_AUTH_ENV | DEVICE_ENV | KUBERAY_ENV | RENDERED_ENV
 #: Owned only with a field set: the operator switches the hub off for a deployment served from
-#: a cache (``spec.model.cacheRef``); without one, ``HF_HUB_OFFLINE=1`` is the user's own choice
-#: (an air-gapped cluster) and nothing of the operator's depends on it.
-CONDITIONAL_ENV: Final[dict[str, str]] = {"HF_HUB_OFFLINE": "spec.model.cacheRef"}
+#: a cache (``spec.model.cacheRef`` or ``spec.engine.speculativeDecoding.draft.cacheRef``);
+#: without one, ``HF_HUB_OFFLINE=1`` is the user's own choice (an air-gapped cluster) and nothing
+#: of the operator's depends on it. Name -> the fields that make the operator own it.
+CONDITIONAL_ENV: Final[dict[str, tuple[str, ...]]] = {
+    "HF_HUB_OFFLINE": ("spec.model.cacheRef", "spec.engine.speculativeDecoding.draft.cacheRef")
+}
 #: What ``spec.ray.env`` may never set.
 REFUSED_ENV: Final = OWNED_ENV - set(CONDITIONAL_ENV)
 

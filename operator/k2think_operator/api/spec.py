@@ -1324,14 +1324,35 @@ class K2ThinkDeploymentSpec(_Model):
         "never the hub): remove it from ray.env",
         field_path=".ray.env",
     )
+    @cel(
+        "!has(self.engine) || !has(self.engine.speculativeDecoding) || "
+        "!has(self.engine.speculativeDecoding.draft) || "
+        "!has(self.engine.speculativeDecoding.draft.cacheRef) || !has(self.ray) || "
+        "!has(self.ray.env) || !self.ray.env.exists(e, e.name == 'HF_HUB_OFFLINE')",
+        "with engine.speculativeDecoding.draft.cacheRef the operator sets HF_HUB_OFFLINE=1 (the "
+        "cache's verified revision, never the hub): remove it from ray.env",
+        field_path=".ray.env",
+    )
     def _cross_field(self) -> K2ThinkDeploymentSpec:
-        for name, needs in CONDITIONAL_ENV.items():
-            if self.model.cache_ref is not None and any(e.name == name for e in self.ray.env):
-                raise FieldProblem(
-                    "ray.env",
-                    f"with {needs.removeprefix('spec.')} the operator sets {name}=1 (the cache's "
-                    "verified revision, never the hub): remove it from ray.env",
-                )
+        # Either cache makes the operator set the variable on every Ray container (the model's
+        # and the draft's weights load from the claim, never the hub): a user's value would be
+        # silently replaced, so it is refused, for the draft's cache as for the model's.
+        speculative = self.engine.speculative_decoding
+        draft = speculative.draft if speculative is not None else None
+        caches = {
+            "model.cacheRef": self.model.cache_ref,
+            "engine.speculativeDecoding.draft.cacheRef": draft.cache_ref if draft else None,
+        }
+        for name in CONDITIONAL_ENV:
+            if not any(e.name == name for e in self.ray.env):
+                continue
+            for field, ref in caches.items():
+                if ref is not None:
+                    raise FieldProblem(
+                        "ray.env",
+                        f"with {field} the operator sets {name}=1 (the cache's verified "
+                        "revision, never the hub): remove it from ray.env",
+                    )
         keys = self.serving.api_keys_secret
         if keys is not None and keys == self.ray.auth.secret_name:
             raise FieldProblem(
