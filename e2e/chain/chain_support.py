@@ -36,6 +36,8 @@ from harness.campus import load_campus
 from harness.kubeapi import ApiError, KubeAPI
 from harness.polling import wait_for
 from harness.processes import Proc
+from k2think_operator.api.spec import POOL_FALLBACK_SECONDS
+from k2think_operator.app.config import OperatorConfig
 from support import OperatorProcess, apply_doc
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +50,19 @@ POOL_LABEL = "k2think.dev/pool"
 KUBERAY_NAMESPACE = "kuberay-system"
 KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
 CLIENT_POD = "k2t-client"
+#: The defaults a user gets (issue #23), read from the operator itself: Ray's give-up time for
+#: a pod that does not join (``autoscaling.poolFallbackSeconds``) and the operator's grace
+#: before a pod the scheduler refuses spills to the next pool. No scenario changes them.
+POOL_FALLBACK_S = POOL_FALLBACK_SECONDS
+UNSCHEDULABLE_GRACE_S = OperatorConfig().unschedulable_grace_seconds
+#: What the chain costs, filled by the scenarios that measure it (the GPU pools module: the
+#: spill; the CPU module: a scale-up through the whole chain against Serve alone) and printed
+#: as one ``chain figures:`` line at the end of the run (conftest.py), also written to
+#: ``chain-figures.json`` in the ground's state directory.
+FIGURES: dict[str, float] = {
+    "pool_fallback_s": POOL_FALLBACK_S,
+    "unschedulable_grace_s": UNSCHEDULABLE_GRACE_S,
+}
 
 #: Environment every Ray container of the suite's deployments gets (through spec.ray.env, as a
 #: user would set it): no model hub, no telemetry, and timeouts that 2 busy cores can meet.

@@ -34,7 +34,9 @@ from typing import Any
 import pytest
 from chain_support import (
     CLIENT_POD,
+    FIGURES,
     POOL_LABEL,
+    UNSCHEDULABLE_GRACE_S,
     Ground,
     Load,
     app_status,
@@ -61,7 +63,7 @@ from support import condition
 
 NS = "chain-gpu-pools"
 NAME = "multipool"
-GRACE_S = 60
+GRACE_S = UNSCHEDULABLE_GRACE_S
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 #: K2ThinkDeployment pool name -> the campus pool (node label) it selects.
 POOLS = {"h200": "gpu-h200", "h100": "gpu-h100"}
@@ -72,7 +74,6 @@ QUEUE = 8
 #: Serve's downscale delay while the replicas must stay (scenarios 2-4), then for the scale-in.
 HOLD_S = 600
 DOWNSCALE_S = 10
-FIGURES: dict[str, float] = {}
 
 
 def _gpu_pool(name: str, gpu_type: str) -> dict[str, Any]:
@@ -126,7 +127,6 @@ def deployed(ground: Ground) -> Iterator[Ground]:
     for load in LOAD.values():
         load.stop(timeout=60, abort=True)
     remove_sandbox(ground, NS, CLIENT_POD)
-    print("\ngpu pools figures:", json.dumps({k: round(v, 1) for k, v in FIGURES.items()}))
     ground.cluster.kubectl("delete", "k2t", NAME, "-n", NS, "--wait=false", check=False)
     wait(
         "the GPU pools deployment's pods to go",

@@ -26,6 +26,7 @@ NetworkPolicies that select the pod; whatever no policy admits is REJECTed.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import urllib.request
 from collections.abc import Sequence
@@ -121,6 +122,53 @@ def filter_rules(node: netns.NodeNet) -> str:
         text=True,
         check=True,
     ).stdout
+
+
+_JUMP = re.compile(
+    r"-d (?P<ip>[0-9.]+)/32 .*rule to jump traffic destined to POD name:(?P<pod>\S+) "
+    r"namespace: (?P<ns>\S+) "
+)
+
+
+def pods_by_ip(rules: str) -> dict[str, set[str]]:
+    """``namespace/pod`` kube-router guards at each pod IP, from the comments of its jump rules
+    in an ``iptables-save`` of the filter table (kube-router v2.1.0, ``netpol/pod.go``)."""
+    found: dict[str, set[str]] = {}
+    for match in _JUMP.finditer(rules):
+        found.setdefault(match["ip"], set()).add(f"{match['ns']}/{match['pod']}")
+    return found
+
+
+def ip_ownership_report(nodes: Sequence[netns.NodeNet], api_pods: Sequence[Any]) -> str:
+    """A post-mortem for a failed chain scenario: per node, which pod kube-router guards at each
+    IP next to the pod the API server has there, with every disagreement marked. A wrong owner
+    (the previous holder of a reused IP) would apply the other pod's NetworkPolicies."""
+    live: dict[str, set[str]] = {}
+    for pod in api_pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        ip = status.get("podIP")
+        if ip and not (pod.get("spec") or {}).get("hostNetwork"):
+            phase = status.get("phase")
+            gone = " (deleting)" if meta.get("deletionTimestamp") else ""
+            live.setdefault(ip, set()).add(
+                f"{meta.get('namespace')}/{meta.get('name')} {phase}{gone}"
+            )
+    lines = []
+    for node in nodes:
+        try:
+            guarded = pods_by_ip(filter_rules(node))
+        except subprocess.CalledProcessError as exc:
+            lines.append(f"{node.name}: iptables-save failed: {exc}")
+            continue
+        for ip in sorted(guarded, key=lambda a: tuple(int(x) for x in a.split("."))):
+            api = sorted(live.get(ip, {"(no pod)"}))
+            names = {a.split(" ")[0] for a in api}
+            mark = "" if guarded[ip] == names else "  <-- differs"
+            lines.append(f"{node.name} {ip}: kube-router {sorted(guarded[ip])}, API {api}{mark}")
+    twice = {ip: sorted(owners) for ip, owners in live.items() if len(owners) > 1}
+    if twice:
+        lines.append(f"IPs held by more than one pod in the API: {twice}")
+    return "\n".join(lines)
 
 
 def start_agents(
