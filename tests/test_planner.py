@@ -253,3 +253,43 @@ def test_plan_status_is_camel_case_and_complete() -> None:
         "explanation",
     ):
         assert key in status
+
+
+WARM_POOLS = [
+    {"name": "h200", "gpuType": "H200-141GB", "gpusPerNode": 8, "maxNodes": 2, "warmReplicas": 1},
+    {"name": "h100", "gpuType": "H100-80GB", "gpusPerNode": 8},
+]
+
+
+def test_warm_replicas_are_planned_per_pool_and_reported() -> None:
+    plan = plan_of(pools=WARM_POOLS, autoscaling={"minReplicas": 1, "maxReplicas": 8})
+    assert [(p.name, p.min_replicas, p.warm_replicas) for p in plan.pools] == [
+        ("h200", 1, 1),
+        ("h100", 0, 0),
+    ]
+    reported = plan.to_status()["pools"]
+    assert reported[0]["warmReplicas"] == 1
+    assert "warmReplicas" not in reported[1]  # nothing said where there are none
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"replicas": 1},
+            "they need spec.autoscaling",
+        ),
+        (
+            # maxNodes 2 on 8-GPU nodes holds 2 replicas of TP=8: floor 2 + 1 warm do not fit.
+            {"autoscaling": {"minReplicas": 2, "maxReplicas": 8}},
+            "2 of the floor and 1 warm do not fit",
+        ),
+    ],
+)
+def test_warm_replicas_that_cannot_help_are_refused_with_the_field(
+    spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PlanError) as info:
+        plan_of(pools=WARM_POOLS, parallelism={"tensor": 8}, **spec)
+    assert info.value.field == "spec.pools[0].warmReplicas"
+    assert message in info.value.message

@@ -291,3 +291,21 @@ def test_groups_never_set_resources_twice(example_name: str) -> None:
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         in_params = any(group["rayStartParams"].get(k) for k in RAY_START_RESOURCE_PARAMS)
         assert not (in_params and group.get("resources")), group.get("groupName", "head")
+
+
+def test_warm_replicas_become_the_worker_groups_minimum() -> None:
+    """The Ray autoscaler keeps a group's minReplicas (its min_worker_nodes) whatever Serve
+    wants: the floor's pods and the warm ones start with the cluster and stay."""
+    pools = [
+        {"name": "h200", "gpuType": "H200-141GB", "gpusPerNode": 8, "warmReplicas": 1},
+        {"name": "h100", "gpuType": "H100-80GB", "gpusPerNode": 8},
+    ]
+    doc = minimal_doc(
+        pools=pools,
+        parallelism={"tensor": 4},
+        autoscaling={"minReplicas": 1, "maxReplicas": 8},
+    )
+    h200, h100 = gpu_groups(rayservice_of(doc)["spec"]["rayClusterConfig"])
+    assert (h200["replicas"], h200["minReplicas"]) == (2, 2)  # 1 floor + 1 warm, TP=4 per pod
+    assert h200["maxReplicas"] >= 8
+    assert (h100["replicas"], h100["minReplicas"]) == (0, 0)

@@ -650,3 +650,54 @@ async def test_a_restarted_operator_reads_the_cap_back_and_rbac_refusal_turns_sp
     # The pool changed (its worker left): a lift is due, and RBAC refuses it: no retry storm.
     refused = await fresh.refresh_status(body, rayservice, [])
     assert refused.retry_reason is None
+
+
+def test_a_cap_never_goes_below_the_groups_warm_minimum() -> None:
+    """A pool too small for its warm pods (it holds 1, its minReplicas is 2): the cap is the
+    group's minReplicas, not the bound pods (KubeRay refuses a max below the min), and new
+    replicas still go to the next pool."""
+    plan = decide_spill(
+        POOLS,
+        {"h200": 4, "h100": 4},
+        [Group(0, "h200", 4, 2), Group(1, "h100", 4)],
+        {},
+        FULL_H200,
+        cluster=CLUSTER,
+        now=NOW,
+        grace=GRACE,
+        retry_seconds=RETRY,
+    )
+    (change,) = plan.changes
+    assert (change.group, change.expected, change.new, change.why) == ("h200", 4, 2, "cap")
+    assert read_groups(
+        {"spec": {"workerGroupSpecs": [{"groupName": "h200", "minReplicas": 2, "maxReplicas": 4}]}}
+    ) == [Group(0, "h200", 4, 2)]
+
+
+def test_a_changed_warm_minimum_reaches_the_live_cluster() -> None:
+    """KubeRay leaves minReplicas out of its hash, as maxReplicas: a warmReplicas change of the
+    RayService is carried to the running RayCluster by the same tested patch."""
+    plan = decide_spill(
+        POOLS,
+        RENDERED,
+        [Group(0, "h200", 2, 0), Group(1, "h100", 4)],
+        {},
+        [worker("a", "h200", node="n1")],
+        cluster=CLUSTER,
+        now=NOW,
+        grace=GRACE,
+        retry_seconds=RETRY,
+        rendered_minimum={"h200": 2, "h100": 0},
+    )
+    # h200's 0 becomes 2; h100 has none live, its rendered 0 is added.
+    assert [(c.group, c.field, c.expected, c.new) for c in plan.changes] == [
+        ("h200", "minReplicas", 0, 2),
+        ("h100", "minReplicas", None, 0),
+    ]
+    assert json_patch(plan, {}, annotations_present=False) == [
+        {"op": "test", "path": "/spec/workerGroupSpecs/0/groupName", "value": "h200"},
+        {"op": "test", "path": "/spec/workerGroupSpecs/0/minReplicas", "value": 0},
+        {"op": "replace", "path": "/spec/workerGroupSpecs/0/minReplicas", "value": 2},
+        {"op": "test", "path": "/spec/workerGroupSpecs/1/groupName", "value": "h100"},
+        {"op": "add", "path": "/spec/workerGroupSpecs/1/minReplicas", "value": 0},
+    ]

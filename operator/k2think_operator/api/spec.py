@@ -471,6 +471,15 @@ class PoolSpec(_Model):
         description="Most nodes of this pool the deployment may use; bounds the worker group and "
         "the replicas placed here. Unset: only the autoscaling bounds limit it.",
     )
+    warm_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Room for this many replicas kept started in this pool beyond its share of "
+        "the replica floor: worker pods with joined Ray nodes that the Ray autoscaler never "
+        "removes, so a scale-up here pays only vLLM's start, not a new pod and Ray node "
+        "(docs/autoscaling.md). They hold their GPUs while idle. Needs spec.autoscaling.",
+    )
     gpu_memory_gi_b: float | None = Field(
         default=None,
         alias="gpuMemoryGiB",

@@ -67,6 +67,7 @@ from k2think_operator.deployment.spill import (
     read_caps,
     read_groups,
     rendered_max,
+    rendered_min,
     spill_wanted,
 )
 from k2think_operator.deployment.status import (
@@ -862,6 +863,7 @@ class DeploymentReconciler:
             now=now,
             grace=self.unschedulable_grace,
             retry_seconds=self.spill_retry_seconds,
+            rendered_minimum=rendered_min(rayservice),
         )
         annotations = bool((live.get("metadata") or {}).get("annotations"))
         ops = json_patch(outcome, recorded, annotations)

@@ -26,8 +26,10 @@ on, KubeRay never deletes pods because ``replicas`` is above ``maxReplicas``
 The cap is lifted (the RayService's ``maxReplicas`` back) when the pool changed (it holds more
 or fewer bound worker pods than it was capped at: a pod found room, or one left) or after
 ``retry_seconds``, so new replicas prefer the first pool again; if it is still full, the next
-replica waits one grace there and spills again. The same write carries an ``maxReplicas`` the
-RayService changed to the live cluster: KubeRay leaves it out of its hash, so it never would.
+replica waits one grace there and spills again. The same write carries a ``maxReplicas`` or a
+``minReplicas`` (``pools[].warmReplicas``) the RayService changed to the live cluster: KubeRay
+leaves both out of its hash, so it never would. A cap never goes below the group's
+``minReplicas`` (KubeRay refuses a max under the min).
 
 The cap is recorded on the RayCluster itself (``CAPS_ANNOTATION``), so it is level-based: an
 operator restart or a new leader reads it back.
@@ -55,6 +57,7 @@ __all__ = [
     "read_caps",
     "read_groups",
     "rendered_max",
+    "rendered_min",
     "spill_wanted",
 ]
 
@@ -74,6 +77,9 @@ class Group:
     index: int
     name: str
     max_replicas: int | None
+    #: The group's minReplicas (warm replicas' pods; None: not set): a cap below it is one
+    #: KubeRay refuses.
+    min_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class Cap:
 
 @dataclass(frozen=True)
 class BoundsChange:
-    """One ``maxReplicas`` to write: ``expected`` is what was read (the patch tests it)."""
+    """One bound to write: ``expected`` is what was read (the patch tests it)."""
 
     index: int
     group: str
@@ -94,6 +100,7 @@ class BoundsChange:
     new: int
     why: str  # "cap" | "lift" | "sync"
     message: str = ""
+    field: str = "maxReplicas"  # or "minReplicas" (a sync only)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,14 @@ def read_groups(raycluster: Mapping[str, Any]) -> list[Group]:
     out = []
     for index, group in enumerate(groups):
         value = group.get("maxReplicas")
-        out.append(Group(index, str(group.get("groupName")), None if value is None else int(value)))
+        out.append(
+            Group(
+                index,
+                str(group.get("groupName")),
+                None if value is None else int(value),
+                None if group.get("minReplicas") is None else int(group["minReplicas"]),
+            )
+        )
     return out
 
 
@@ -127,6 +141,16 @@ def rendered_max(rayservice: Mapping[str, Any]) -> dict[str, int]:
         str(g.get("groupName")): int(g["maxReplicas"])
         for g in spec.get("workerGroupSpecs") or []
         if g.get("maxReplicas") is not None
+    }
+
+
+def rendered_min(rayservice: Mapping[str, Any]) -> dict[str, int]:
+    """``minReplicas`` per group as the RayService says (what the operator applied)."""
+    spec = ((rayservice.get("spec") or {}).get("rayClusterConfig")) or {}
+    return {
+        str(g.get("groupName")): int(g["minReplicas"])
+        for g in spec.get("workerGroupSpecs") or []
+        if g.get("minReplicas") is not None
     }
 
 
@@ -198,8 +222,10 @@ def decide_spill(
     now: float,
     grace: float,
     retry_seconds: float,
+    rendered_minimum: Mapping[str, int] | None = None,
 ) -> SpillPlan:
-    """The live ``maxReplicas`` per group, in one pass over the pools in spec order.
+    """The live ``maxReplicas`` per group, in one pass over the pools in spec order, and the
+    ``minReplicas`` of ``rendered_minimum`` (the RayService's) where the live one differs.
 
     - a pool with a next pool, a worker pod Unschedulable for ``grace`` and fewer bound worker
       pods than its RayService max: capped at its bound worker pods (again, at the new number,
@@ -221,6 +247,14 @@ def decide_spill(
         target = rendered.get(pool)
         if group is None or target is None:
             continue
+        minimum = (rendered_minimum or {}).get(pool)
+        if minimum is not None and group.min_replicas != minimum:
+            changes.append(
+                BoundsChange(
+                    group.index, pool, group.min_replicas, minimum, "sync", field="minReplicas"
+                )
+            )
+        floor = minimum if minimum is not None else group.min_replicas or 0
         bound = bound_workers(pods, pool, cluster)
         since, message, wait = _blocked_since(pods, pool, cluster, now, grace)
         if wait is not None:
@@ -228,34 +262,37 @@ def decide_spill(
         cap = caps.get(pool)
         in_force = cap is not None and group.max_replicas == cap.cap
         has_next = position < len(pools) - 1
-        if has_next and since is not None and bound < target:
+        # Never below the group's minReplicas (a pool too small for its warm pods): KubeRay
+        # refuses a max under the min; new replicas still go to the next pool.
+        limit = max(bound, floor)
+        if has_next and since is not None and limit < target:
             started = cap.since if in_force and cap is not None else now
-            kept[pool] = Cap(bound, started)
+            kept[pool] = Cap(limit, started)
             rechecks.append(max(0.0, started + retry_seconds - now))
-            if group.max_replicas != bound:
+            if group.max_replicas != limit:
                 changes.append(
                     BoundsChange(
                         group.index,
                         pool,
                         group.max_replicas,
-                        bound,
+                        limit,
                         "cap",
                         f"pool {pool} is full (a worker pod Unschedulable for "
                         f"{now - since:.0f} s: {message}): maxReplicas of worker group {pool} "
-                        f"capped at {bound} on the running Ray cluster, new replicas go to "
+                        f"capped at {limit} on the running Ray cluster, new replicas go to "
                         f"{', '.join(pools[position + 1 :])}",
                     )
                 )
             continue
         if in_force and cap is not None:
             held = now - cap.since
-            if bound == cap.cap and held < retry_seconds:
+            if limit == cap.cap and held < retry_seconds:
                 kept[pool] = cap
                 rechecks.append(cap.since + retry_seconds - now)
                 continue
             why = (
                 f"it holds {bound} bound worker pod(s), capped at {cap.cap}"
-                if bound != cap.cap
+                if limit != cap.cap
                 else f"capped for {held:.0f} s, tried again"
             )
             changes.append(
@@ -294,12 +331,13 @@ def json_patch(
     ops: list[dict[str, Any]] = []
     for change in plan.changes:
         base = f"/spec/workerGroupSpecs/{change.index}"
+        path = f"{base}/{change.field}"
         ops.append({"op": "test", "path": f"{base}/groupName", "value": change.group})
         if change.expected is None:
-            ops.append({"op": "add", "path": f"{base}/maxReplicas", "value": change.new})
+            ops.append({"op": "add", "path": path, "value": change.new})
         else:
-            ops.append({"op": "test", "path": f"{base}/maxReplicas", "value": change.expected})
-            ops.append({"op": "replace", "path": f"{base}/maxReplicas", "value": change.new})
+            ops.append({"op": "test", "path": path, "value": change.expected})
+            ops.append({"op": "replace", "path": path, "value": change.new})
     caps = plan.capped
     if caps == dict(recorded):
         return ops

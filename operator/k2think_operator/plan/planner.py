@@ -90,6 +90,8 @@ class PoolPlan:
     min_replicas: int = 0
     fixed_replicas: int | None = None
     draft_weights_gib_per_gpu: float = 0.0
+    #: spec.pools[].warmReplicas: replicas' worth of worker pods kept beyond the floor's.
+    warm_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class Plan:
                     "kvTokensPerReplica": p.kv_tokens_per_replica,
                     "concurrentSequencesPerReplica": p.concurrent_sequences_per_replica,
                     "maxReplicas": p.max_replicas,
+                    **({"warmReplicas": p.warm_replicas} if p.warm_replicas else {}),
                 }
                 for p in self.pools
             ],
@@ -442,6 +445,7 @@ def plan_deployment(spec: K2ThinkDeploymentSpec, name: str = "k2think") -> Plan:
         bounds.initial_replicas if not bounds.autoscaling else bounds.min_replicas,
         bounds.autoscaling,
     )
+    pools = plan_warm_replicas(spec, pools, bounds.autoscaling)
     target = bounds.target_ongoing_requests
     max_ongoing = spec.serving.max_ongoing_requests or max(spec.engine.max_num_seqs, 2 * target)
     ingress = plan_ingress(
@@ -610,6 +614,32 @@ def _distribute(
         remaining -= room
         pinned = None if autoscaling else room
         result.append(replace(pool, min_replicas=room, fixed_replicas=pinned))
+    return result
+
+
+def plan_warm_replicas(
+    spec: K2ThinkDeploymentSpec, pools: Sequence[PoolPlan], autoscaling: bool
+) -> list[PoolPlan]:
+    """Each pool's warm replicas (``spec.pools[].warmReplicas``), checked against what can use
+    them: only a fleet that grows has a scale-up to speed up, and the pool's maxNodes must hold
+    the floor placed there and the warm ones together."""
+    result: list[PoolPlan] = []
+    for index, (pool_spec, pool) in enumerate(zip(spec.pools, pools, strict=True)):
+        warm = pool_spec.warm_replicas
+        field = f"spec.pools[{index}].warmReplicas"
+        if warm and not autoscaling:
+            raise PlanError(
+                field,
+                "warm replicas keep worker pods started for scale-ups: they need spec.autoscaling "
+                "(with spec.replicas the fleet never grows, and the pods would idle)",
+            )
+        if warm and pool.max_replicas is not None and pool.min_replicas + warm > pool.max_replicas:
+            raise PlanError(
+                field,
+                f"pool {pool.name} holds {pool.max_replicas} replica(s) within its maxNodes: "
+                f"{pool.min_replicas} of the floor and {warm} warm do not fit",
+            )
+        result.append(replace(pool, warm_replicas=warm))
     return result
 
 

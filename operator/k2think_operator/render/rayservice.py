@@ -165,7 +165,13 @@ def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
     initial = pool_plan.min_replicas * pods
     if not plan.autoscaling and pool_plan.fixed_replicas is not None:
         initial = pool_plan.fixed_replicas * pods
-    return initial, 0, maximum
+    # Warm replicas: the autoscaler keeps the floor's pods and the warm ones (its
+    # min_worker_nodes for the group) and starts them with the cluster. Without any, 0: the
+    # floor's pods stay because Serve's replicas use them, and leave when a pool spills.
+    minimum = 0
+    if pool_plan.warm_replicas:
+        minimum = min(maximum, (pool_plan.min_replicas + pool_plan.warm_replicas) * pods)
+    return max(initial, minimum), minimum, maximum
 
 
 def build_worker_group(
