@@ -669,6 +669,15 @@ def serve_replicas(ns: str, name: str) -> list[dict[str, Any]]:
     return []
 
 
+def llm_deployment_config(ns: str, name: str) -> dict[str, Any]:
+    """The LLM deployment's config as Ray's Serve reports it (not as rendered)."""
+    data = http_json(f"{dashboard(ns, name)}/api/serve/applications/")
+    deployments = data["applications"]["llm"]["deployments"]
+    (found,) = [d for d in deployments if d.startswith("LLMServer")]
+    config: dict[str, Any] = deployments[found]["deployment_config"]
+    return config
+
+
 def serve_replica_log(ground: Ground, ns: str, pod: str, replica_id: str) -> str:
     """A Serve replica's own log file (what ``kubectl logs`` of the pod's Ray session would
     show): in the pod's ``/tmp/ray`` while the pod runs, under ``ray-logs/`` once the stand-in

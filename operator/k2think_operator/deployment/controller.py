@@ -893,10 +893,11 @@ class DeploymentReconciler:
                     events.append(Event.normal(r.EVENT_SPILL_LIFTED, change.message))
                 else:
                     log.info(
-                        "%s/%s: maxReplicas of group %s on RayCluster %s: %s -> %s (as the "
+                        "%s/%s: %s of group %s on RayCluster %s: %s -> %s (as the "
                         "RayService says)",
                         namespace,
                         decision.name,
+                        change.field,
                         change.group,
                         cluster,
                         change.expected,

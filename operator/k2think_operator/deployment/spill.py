@@ -134,24 +134,23 @@ def read_groups(raycluster: Mapping[str, Any]) -> list[Group]:
     return out
 
 
-def rendered_max(rayservice: Mapping[str, Any]) -> dict[str, int]:
-    """``maxReplicas`` per group as the RayService says (what the operator applied)."""
+def _rendered(rayservice: Mapping[str, Any], key: str) -> dict[str, int]:
     spec = ((rayservice.get("spec") or {}).get("rayClusterConfig")) or {}
     return {
-        str(g.get("groupName")): int(g["maxReplicas"])
+        str(g.get("groupName")): int(g[key])
         for g in spec.get("workerGroupSpecs") or []
-        if g.get("maxReplicas") is not None
+        if g.get(key) is not None
     }
+
+
+def rendered_max(rayservice: Mapping[str, Any]) -> dict[str, int]:
+    """``maxReplicas`` per group as the RayService says (what the operator applied)."""
+    return _rendered(rayservice, "maxReplicas")
 
 
 def rendered_min(rayservice: Mapping[str, Any]) -> dict[str, int]:
     """``minReplicas`` per group as the RayService says (what the operator applied)."""
-    spec = ((rayservice.get("spec") or {}).get("rayClusterConfig")) or {}
-    return {
-        str(g.get("groupName")): int(g["minReplicas"])
-        for g in spec.get("workerGroupSpecs") or []
-        if g.get("minReplicas") is not None
-    }
+    return _rendered(rayservice, "minReplicas")
 
 
 def read_caps(raycluster: Mapping[str, Any]) -> dict[str, Cap]:
