@@ -893,8 +893,7 @@ class DeploymentReconciler:
                     events.append(Event.normal(r.EVENT_SPILL_LIFTED, change.message))
                 else:
                     log.info(
-                        "%s/%s: %s of group %s on RayCluster %s: %s -> %s (as the "
-                        "RayService says)",
+                        "%s/%s: %s of group %s on RayCluster %s: %s -> %s (as the RayService says)",
                         namespace,
                         decision.name,
                         change.field,
