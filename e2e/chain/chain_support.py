@@ -27,6 +27,7 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -659,23 +660,48 @@ class Load:
             return [r for r in self.results if not r.ok and not r.aborted]
 
 
-def serve_replicas(ns: str, name: str) -> list[dict[str, Any]]:
-    """Replicas of the LLM deployment as Serve reports them (state, node IP)."""
+def serve_deployments(ns: str, name: str) -> dict[str, Any]:
+    """The ``llm`` application's deployments as Serve reports them (name -> details)."""
     data = http_json(f"{dashboard(ns, name)}/api/serve/applications/")
     app = (data.get("applications") or {}).get("llm") or {}
-    for dname, dep in (app.get("deployments") or {}).items():
-        if dname.startswith("LLMServer"):
+    return dict(app.get("deployments") or {})
+
+
+def serve_replicas(ns: str, name: str, deployment: str = "LLMServer") -> list[dict[str, Any]]:
+    """Replicas of a deployment of the app (the LLM one by default, ``OpenAiIngress`` for the
+    ingress) as Serve reports them (state, node IP)."""
+    for dname, dep in serve_deployments(ns, name).items():
+        if dname.startswith(deployment):
             return list(dep.get("replicas") or [])
     return []
 
 
+def running_replicas(ns: str, name: str, deployment: str = "LLMServer") -> list[dict[str, Any]]:
+    return [r for r in serve_replicas(ns, name, deployment) if r.get("state") == "RUNNING"]
+
+
 def llm_deployment_config(ns: str, name: str) -> dict[str, Any]:
     """The LLM deployment's config as Ray's Serve reports it (not as rendered)."""
-    data = http_json(f"{dashboard(ns, name)}/api/serve/applications/")
-    deployments = data["applications"]["llm"]["deployments"]
+    deployments = serve_deployments(ns, name)
     (found,) = [d for d in deployments if d.startswith("LLMServer")]
     config: dict[str, Any] = deployments[found]["deployment_config"]
     return config
+
+
+def epoch(stamp: str) -> float:
+    """An API server timestamp (RFC 3339, ``Z``) as epoch seconds."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def scheduled_at(pod: dict[str, Any], status: str) -> float | None:
+    """When the pod's PodScheduled condition last became ``status`` (epoch seconds, the API
+    server's own timestamp)."""
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == status:
+            stamp = cond.get("lastTransitionTime")
+            if stamp:
+                return epoch(stamp)
+    return None
 
 
 def serve_replica_log(ground: Ground, ns: str, pod: str, replica_id: str) -> str:

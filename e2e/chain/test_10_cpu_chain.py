@@ -33,7 +33,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -51,12 +50,15 @@ from chain_support import (
     client_netns,
     cluster_of,
     cpu_pool,
+    epoch,
     k2t,
     node_pool,
     pods,
     ray_nodes,
     remove_sandbox,
+    running_replicas,
     sandbox_pod,
+    scheduled_at,
     serve_replica_log,
     serve_replicas,
     serve_url,
@@ -142,20 +144,6 @@ def _running_workers(g: Ground) -> list[dict[str, Any]]:
     return _running_in(g, "cpu-a") + _running_in(g, "cpu-b")
 
 
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def _scheduled_at(pod: dict[str, Any], status: str) -> float | None:
-    """When the pod's PodScheduled condition last became ``status`` (epoch seconds)."""
-    for cond in pod.get("status", {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == status:
-            stamp = cond.get("lastTransitionTime")
-            if stamp:
-                return _epoch(stamp)
-    return None
-
-
 def _running_replicas_on(g: Ground, pod_names: set[str]) -> list[dict[str, Any]]:
     return [
         r
@@ -165,7 +153,7 @@ def _running_replicas_on(g: Ground, pod_names: set[str]) -> list[dict[str, Any]]
 
 
 def _running_replicas(g: Ground) -> list[dict[str, Any]]:
-    return [r for r in serve_replicas(NS, cluster_of(g, NS)) if r.get("state") == "RUNNING"]
+    return running_replicas(NS, cluster_of(g, NS))
 
 
 def test_first_replica_serves_from_the_pool(deployed: Ground) -> None:
@@ -226,14 +214,14 @@ def _watch_scale_up(
     (the raylet of the replica's node), ``replica_started`` (Serve's replica actor),
     ``replica_running`` (this poll, every 1-3 s)."""
     steps: dict[str, float] = {"load": t_load}
-    new_pods: dict[str, dict[str, Any]] = {}
+    new_pods: set[str] = set()
 
     def look() -> dict[str, Any] | None:
         for pod in worker_pods(g, NS):
             name = pod["metadata"]["name"]
             if name not in old_pods:
-                new_pods[name] = pod
-                created = _epoch(pod["metadata"]["creationTimestamp"])
+                new_pods.add(name)
+                created = epoch(pod["metadata"]["creationTimestamp"])
                 steps["pod_created"] = min(steps.get("pod_created", created), created)
         for replica in serve_replicas(NS, cluster_of(g, NS)):
             if replica["replica_id"] in old_replicas:
@@ -252,7 +240,7 @@ def _watch_scale_up(
     pod = next(
         p for p in worker_pods(g, NS) if p["metadata"]["name"] == replica["node_instance_id"]
     )
-    bound = _scheduled_at(pod, "True")
+    bound = scheduled_at(pod, "True")
     if pod["metadata"]["name"] in new_pods and bound is not None:
         steps["pod_bound"] = bound
     return replica, steps

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -53,8 +52,9 @@ from chain_support import (
     ray_nodes,
     rayservice,
     remove_sandbox,
+    running_replicas,
+    scheduled_at,
     serve_logs,
-    serve_replicas,
     serve_url,
     wait,
     worker_pods,
@@ -155,17 +155,8 @@ def _pending(g: Ground, group: str) -> list[dict[str, Any]]:
     ]
 
 
-def _scheduled_at(pod: dict[str, Any], status: str) -> float | None:
-    for cond in pod.get("status", {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == status:
-            stamp = cond.get("lastTransitionTime")
-            if stamp:
-                return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    return None
-
-
 def _running_replicas(g: Ground) -> list[dict[str, Any]]:
-    return [r for r in serve_replicas(NS, cluster_of(g, NS)) if r.get("state") == "RUNNING"]
+    return running_replicas(NS, cluster_of(g, NS))
 
 
 def _replicas_on(g: Ground, pool: str) -> list[dict[str, Any]]:
@@ -269,10 +260,10 @@ def test_gpu_pools_load_spills_the_tp_group_to_the_overflow_pool(deployed: Groun
     LOAD["base"] = Load(serve_url(NS, NAME), 4, via=client_netns(g, NS), max_tokens=600)
     refused = wait(
         "an h200 worker pod the scheduler cannot place (the preferred pool is full)",
-        lambda: [p for p in _pending(g, "h200") if _scheduled_at(p, "False")],
+        lambda: [p for p in _pending(g, "h200") if scheduled_at(p, "False")],
         timeout=300,
     )
-    since = _scheduled_at(refused[0], "False")
+    since = scheduled_at(refused[0], "False")
     assert since is not None
     spill = wait(
         "SpillOver=True: the h200 group capped on the live RayCluster",
@@ -285,7 +276,7 @@ def test_gpu_pools_load_spills_the_tp_group_to_the_overflow_pool(deployed: Groun
         lambda: _in_pool(g, "h100", running=False),
         timeout=GRACE_S + 240,
     )
-    bound = _scheduled_at(overflow[0], "True")
+    bound = scheduled_at(overflow[0], "True")
     assert bound is not None
     # Recorded, not asserted (no timed assertions): the wait's bound above is far below the
     # 600 s give-up, so Ray's own fallback cannot be what moved the replica.
@@ -331,20 +322,6 @@ def test_gpu_pools_both_full_is_capacity_blocked(deployed: Ground) -> None:
     assert not LOAD["more"].failures(), LOAD["more"].failures()[:3]
 
 
-def _ingress_replicas(g: Ground) -> list[dict[str, Any]]:
-    """The OpenAI ingress's RUNNING replicas: each is a caller of the LLM deployment with its
-    own router, so its own queue of ``maxQueuedRequests``."""
-    data = http_json(f"{dashboard(NS, cluster_of(g, NS))}/api/serve/applications/")
-    deployments = data["applications"]["llm"]["deployments"]
-    return [
-        r
-        for name, d in deployments.items()
-        if name.startswith("OpenAiIngress")
-        for r in d.get("replicas") or []
-        if r.get("state") == "RUNNING"
-    ]
-
-
 #: What Serve's router logs, once per request it refuses for a full queue
 #: (``ray/serve/_private/router.py``, ``BackPressureError``).
 BACKPRESSURE_LINE = "Request dropped due to backpressure"
@@ -386,7 +363,7 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     # Beyond the limit: the queue is per caller (each OpenAI ingress replica routes to the LLM
     # replicas with its own router and its own count), so a burst of slots + QUEUE x callers + 8
     # clients on an idle fleet (nothing left running) has at least 8 that cannot even queue.
-    callers = len(_ingress_replicas(g))
+    callers = len(running_replicas(NS, cluster_of(g, NS), "OpenAiIngress"))
     assert callers >= 1
     drops_before = _back_pressure_drops(g)
     burst = Load(url, slots + QUEUE * callers + 8, via=via, max_tokens=60, once=True)
