@@ -76,12 +76,11 @@ OWNED_ENV: Final = RAY_AUTH_ENV | DEVICE_ENV | KUBERAY_ENV | RENDERED_ENV
 #: Owned only with a field set: the operator switches the hub off for a deployment served from
 #: a cache (``spec.model.cacheRef`` or ``spec.engine.speculativeDecoding.draft.cacheRef``);
 #: without one, ``HF_HUB_OFFLINE=1`` is the user's own choice (an air-gapped cluster) and nothing
-#: of the operator's depends on it. Name -> the fields that make the operator own it.
-CONDITIONAL_ENV: Final[dict[str, tuple[str, ...]]] = {
-    "HF_HUB_OFFLINE": ("spec.model.cacheRef", "spec.engine.speculativeDecoding.draft.cacheRef")
-}
+#: of the operator's depends on it (``K2ThinkDeploymentSpec._cross_field`` refuses it beside
+#: either field).
+CONDITIONAL_ENV: Final = frozenset({"HF_HUB_OFFLINE"})
 #: What ``spec.ray.env`` may never set.
-REFUSED_ENV: Final = OWNED_ENV - set(CONDITIONAL_ENV)
+REFUSED_ENV: Final = OWNED_ENV - CONDITIONAL_ENV
 
 #: Names whose value is a credential: a literal one in the CR is refused (the Secret fields take
 #: it). ``HF_TOKEN`` and friends are read by the hub client from the environment; put them in the
