@@ -24,6 +24,7 @@ from ray.serve._private.autoscaling_state import _resolve_policy_callable
 from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
+from k2think_operator.render.serve_config import effective_llm_deployment_options
 from tests.conftest import ROOT, minimal_doc
 from tests.test_render import rayservice_of
 
@@ -55,8 +56,7 @@ def rendered_autoscaling(mode: str, **policy: Any) -> dict[str, Any]:
         }
     )
     serve = yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"])
-    llm = serve["applications"][0]["args"]["llm_configs"][0]
-    config: dict[str, Any] = llm["deployment_config"]["autoscaling_config"]
+    config: dict[str, Any] = effective_llm_deployment_options(serve)["autoscaling_config"]
     return config
 
 

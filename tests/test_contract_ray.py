@@ -29,8 +29,10 @@ from ray.llm._internal.serve.routing_policies.prefix_aware import (  # noqa: E40
     prefix_aware_router,
 )
 from ray.serve._private import constants as serve_constants  # noqa: E402
+from ray.serve._private import deploy_utils  # noqa: E402
 
 from k2think_operator.api.serving import PREFIX_AWARE_ROUTER_CLASS  # noqa: E402
+from k2think_operator.render.serve_config import effective_llm_deployment_options  # noqa: E402
 
 INTERNAL_ROUTER = (
     "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router:"
@@ -91,7 +93,7 @@ def importable_offline(llm_config: dict[str, Any]) -> dict[str, Any]:
     ``RequestRouterConfig`` (which imports the class) is checked here with the internal path
     and the data-plane suite checks the public path with vLLM importable.
     """
-    deployment = dict(llm_config["deployment_config"])
+    deployment = dict(llm_config.get("deployment_config") or {})
     router = deployment.get("request_router_config")
     if router is not None:
         assert router["request_router_class"] == PREFIX_AWARE_ROUTER_CLASS
@@ -113,8 +115,8 @@ def test_llm_config_accepts_it(serve_config: dict[str, Any]) -> None:
 
 
 def test_autoscaling_config_accepts_it(serve_config: dict[str, Any]) -> None:
-    deployment = serve_config["applications"][0]["args"]["llm_configs"][0]["deployment_config"]
-    if "autoscaling_config" not in deployment:
+    deployment = effective_llm_deployment_options(serve_config)
+    if deployment.get("autoscaling_config") is None:
         assert deployment["num_replicas"] >= 0
         return
     auto = serve_config_mod.AutoscalingConfig.model_validate(deployment["autoscaling_config"])
@@ -159,8 +161,7 @@ def test_power_of_two_is_serves_default() -> None:
     assert default.endswith(":PowerOfTwoChoicesRequestRouter")
     doc = minimal_doc(serving={"routing": {"router": "powerOfTwo"}})
     config = yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"])
-    deployment = config["applications"][0]["args"]["llm_configs"][0]["deployment_config"]
-    assert "request_router_config" not in deployment
+    assert "request_router_config" not in effective_llm_deployment_options(config)
     assert serve_config_mod.RequestRouterConfig().request_router_class == default
 
 
@@ -174,3 +175,73 @@ def test_deployment_config_rejects_a_router_ray_cannot_import() -> None:
     )
     with pytest.raises(Exception, match="Invalid deployment config"):
         llm_config_mod.LLMConfig.model_validate(llm)
+
+
+def _code_version(doc: dict[str, Any]) -> str:
+    """What Serve's controller hashes into the version of every deployment of the app: a new
+    value replaces every replica (``deploy_utils.get_app_code_version``, Ray's own function)."""
+    config = yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"])
+    (app,) = serve_schema.ServeDeploySchema.model_validate(config).applications
+    return str(deploy_utils.get_app_code_version(app))
+
+
+BASE_AUTOSCALING = {"minReplicas": 1, "maxReplicas": 8, "targetOngoingRequests": 16}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"autoscaling": {**BASE_AUTOSCALING, "maxReplicas": 16}},
+        {"autoscaling": {**BASE_AUTOSCALING, "minReplicas": 2}},
+        {"autoscaling": {**BASE_AUTOSCALING, "downscaleDelaySeconds": 60}},
+        {"autoscaling": {**BASE_AUTOSCALING, "upscaleDelaySeconds": 5}},
+        {"autoscaling": BASE_AUTOSCALING, "serving": {"maxOngoingRequests": 64}},
+        {"autoscaling": BASE_AUTOSCALING, "serving": {"maxQueuedRequests": 100}},
+        {"autoscaling": BASE_AUTOSCALING, "serving": {"gracefulShutdownSeconds": 900}},
+    ],
+)
+def test_sizing_edits_keep_serves_code_version(edit: dict[str, Any]) -> None:
+    """An edit of bounds, delays, target or caps is a lightweight Serve update: the replicas
+    (and their loaded weights) stay. Rendered inside ``args`` it replaced all of them."""
+    base = minimal_doc(autoscaling=BASE_AUTOSCALING)
+    edited = minimal_doc(**edit)
+    assert (
+        rayservice_of(base)["spec"]["serveConfigV2"]
+        != rayservice_of(edited)["spec"]["serveConfigV2"]
+    )
+    assert _code_version(base) == _code_version(edited)
+
+
+def test_a_target_edit_keeps_the_code_version_unless_the_router_follows_it() -> None:
+    """The prefix-aware router's default imbalance threshold is half the target, and Serve
+    hashes router kwargs: a target edit then restarts (docs/autoscaling.md says so); with the
+    threshold set in the spec it does not."""
+    pinned = {"routing": {"router": "prefixAware", "imbalancedThreshold": 8}}
+    before = minimal_doc(autoscaling=BASE_AUTOSCALING, serving=pinned)
+    after = minimal_doc(
+        autoscaling={**BASE_AUTOSCALING, "targetOngoingRequests": 24}, serving=pinned
+    )
+    assert _code_version(before) == _code_version(after)
+    default = {"routing": {"router": "prefixAware"}}
+    assert _code_version(minimal_doc(autoscaling=BASE_AUTOSCALING, serving=default)) != (
+        _code_version(
+            minimal_doc(
+                autoscaling={**BASE_AUTOSCALING, "targetOngoingRequests": 24}, serving=default
+            )
+        )
+    )
+
+
+def test_fixed_count_edits_keep_serves_code_version() -> None:
+    assert _code_version(minimal_doc(replicas=1)) == _code_version(minimal_doc(replicas=3))
+
+
+def test_what_serve_hashes_still_restarts() -> None:
+    """Guard that the check has teeth: an engine change and a change of the autoscaling policy
+    (Serve hashes deployment policies into the code version too) are new code versions."""
+    base = minimal_doc(autoscaling=BASE_AUTOSCALING)
+    assert _code_version(base) != _code_version(
+        minimal_doc(autoscaling=BASE_AUTOSCALING, engine={"maxNumSeqs": 64})
+    )
+    latency = {**BASE_AUTOSCALING, "policy": {"mode": "latencyTarget"}}
+    assert _code_version(base) != _code_version(minimal_doc(autoscaling=latency))

@@ -27,6 +27,7 @@ from k2think_operator.plan.ingress_sizing import (
 )
 from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION
+from k2think_operator.render.serve_config import effective_ingress_options
 from tests.conftest import CPU_POOL, TINY_MODEL, minimal_doc
 from tests.test_render import rayservice_of
 
@@ -36,9 +37,8 @@ def _plan(**spec: Any) -> Any:
 
 
 def _ingress_args(doc: dict[str, Any]) -> dict[str, Any]:
-    config = yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"])
-    args: dict[str, Any] = config["applications"][0]["args"]["ingress_deployment_config"]
-    return args
+    """The ingress's options as Serve applies them (args' placement, the override's sizing)."""
+    return effective_ingress_options(yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"]))
 
 
 def test_small_fleet_stays_on_the_head() -> None:

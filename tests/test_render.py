@@ -14,6 +14,7 @@ from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import build_children, render_yaml
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION
 from k2think_operator.render.rayservice import multiply_quantity
+from k2think_operator.render.serve_config import effective_llm_deployment_options
 from tests.conftest import ROOT, load_example, minimal_doc
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -90,6 +91,11 @@ def llm_config(rs: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def llm_options(rs: dict[str, Any]) -> dict[str, Any]:
+    """The LLM deployment's Serve options: its override over ``LLMConfig.deployment_config``."""
+    return effective_llm_deployment_options(serve_config(rs))
+
+
 def test_serve_config_shape() -> None:
     rs = rayservice_of(load_example("k2think.yaml"))
     app = serve_config(rs)["applications"][0]
@@ -98,7 +104,7 @@ def test_serve_config_shape() -> None:
     assert cfg["accelerator_type"] == "H100"
     assert cfg["engine_kwargs"]["tensor_parallel_size"] == 4
     assert cfg["engine_kwargs"]["max_model_len"] == 32768
-    auto = cfg["deployment_config"]["autoscaling_config"]
+    auto = llm_options(rs)["autoscaling_config"]
     assert auto["min_replicas"] == 1 and auto["max_replicas"] == 8
     # Serve LLM would default this to 1e9 (never scale): we always render it.
     assert 1 <= auto["target_ongoing_requests"] <= 256
@@ -136,8 +142,9 @@ def test_worker_group_matches_plan() -> None:
 def test_fixed_replicas_render_num_replicas() -> None:
     rs = rayservice_of(load_example("k2think-v2.yaml"))
     cfg = llm_config(rs)
-    assert cfg["deployment_config"]["num_replicas"] == 2
-    assert "autoscaling_config" not in cfg["deployment_config"]
+    assert llm_options(rs)["num_replicas"] == 2
+    # Serve LLM's builder adds a never-scale autoscaling_config; the override clears it.
+    assert llm_options(rs)["autoscaling_config"] is None
     assert cfg["engine_kwargs"]["kv_cache_dtype"] == "fp8"
     (group,) = gpu_groups(rs["spec"]["rayClusterConfig"])
     assert group["replicas"] == 2
@@ -186,7 +193,7 @@ def test_serve_only_edits_leave_ray_cluster_config_alone(change: dict[str, Any])
 
 def test_scaling_a_fixed_count_is_a_serve_change() -> None:
     one, three = rayservice_of(minimal_doc(replicas=1)), rayservice_of(minimal_doc(replicas=3))
-    assert llm_config(three)["deployment_config"]["num_replicas"] == 3
+    assert llm_options(three)["num_replicas"] == 3
     assert (
         one["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
         == three["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
@@ -262,7 +269,7 @@ def test_suspend_reaches_the_ray_cluster_without_reshaping_it() -> None:
 
 def test_graceful_shutdown_outlives_serve_drain() -> None:
     rs = rayservice_of(minimal_doc(serving={"gracefulShutdownSeconds": 900}))
-    assert llm_config(rs)["deployment_config"]["graceful_shutdown_timeout_s"] == 900
+    assert llm_options(rs)["graceful_shutdown_timeout_s"] == 900
     pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 930
 

@@ -11,16 +11,14 @@ from k2think_operator.api.serving import PREFIX_AWARE_ROUTER_CLASS
 from k2think_operator.api.spec import parse_spec
 from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.plan.routing import CHARS_PER_TOKEN, choose_router
+from k2think_operator.render.serve_config import effective_llm_deployment_options
 from tests.conftest import CPU_POOL, TINY_MODEL, minimal_doc
 from tests.test_render import rayservice_of
 
 
 def deployment_config(doc: dict[str, Any]) -> dict[str, Any]:
     config = yaml.safe_load(rayservice_of(doc)["spec"]["serveConfigV2"])
-    result: dict[str, Any] = config["applications"][0]["args"]["llm_configs"][0][
-        "deployment_config"
-    ]
-    return result
+    return effective_llm_deployment_options(config)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from k2think_operator.render.security import (
     INGRESS_PYTHONPATH,
     SA_TOKEN_PATH,
 )
+from k2think_operator.render.serve_config import effective_ingress_options
 from tests.conftest import ROOT, minimal_doc
 from tests.test_reconcile import RecordingKube, with_status
 
@@ -229,8 +230,15 @@ def test_api_keys_switch_to_the_key_checking_ingress() -> None:
     assert owned(configmap, doc)
     assert configmap["data"] == {"k2think_api_key_ingress.py": INGRESS_FILE.read_text()}
     # The ingress sizing and placement of #15 (ingress.py) stay beside the key-checking class:
-    # build_openai_app merges ingress_deployment_config over the class's default options.
-    deployment = args["ingress_deployment_config"]
+    # build_openai_app merges ingress_deployment_config over the class's default options, and
+    # Serve the override (named after the key-checking class) over that.
+    deployment = effective_ingress_options(yaml.safe_load(items[0]["spec"]["serveConfigV2"]))
+    (override,) = [
+        d
+        for d in yaml.safe_load(items[0]["spec"]["serveConfigV2"])["applications"][0]["deployments"]
+        if not d["name"].startswith("LLMServer:")
+    ]
+    assert override["name"] == "ApiKeyOpenAiIngress"
     assert deployment["autoscaling_config"]["max_replicas"] >= 1
     assert deployment["ray_actor_options"]["num_cpus"] == 1
     head, *workers = pod_specs(items)

@@ -73,6 +73,7 @@ from k2think_operator.api.catalog import ACCELERATORS, GIB, MODEL_PRESETS  # noq
 from k2think_operator.api.spec import parse_spec  # noqa: E402
 from k2think_operator.deployment.decide import decide  # noqa: E402
 from k2think_operator.plan.planner import kv_bytes_per_token, plan_deployment  # noqa: E402
+from k2think_operator.render.serve_config import effective_llm_deployment_options  # noqa: E402
 
 # ------------------------------------------------------------------ hardware and model figures
 
@@ -133,8 +134,7 @@ def rendered(mode: str, max_replicas: int) -> tuple[dict[str, Any], dict[str, An
     assert not decision.problems, decision.problems
     rayservice = next(c for c in decision.children if c.get("kind") == "RayService")
     serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    llm = serve["applications"][0]["args"]["llm_configs"][0]
-    deployment_config: dict[str, Any] = llm["deployment_config"]
+    deployment_config = effective_llm_deployment_options(serve)
     return deployment_config["autoscaling_config"], deployment_config
 
 

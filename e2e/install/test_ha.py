@@ -26,6 +26,7 @@ import yaml
 
 from harness import wait_for
 from harness.operator_process import OperatorProcess as LocalOperator
+from k2think_operator.render.serve_config import effective_llm_deployment_options
 
 from .tools import (
     CHART,
@@ -67,8 +68,7 @@ def _writes(op: LocalOperator) -> list[str]:
 def _max_replicas(tools: Tools, namespace: str) -> int | None:
     rs = tools.kubectl_json("get", "rayservice", "k2think", "-n", namespace)
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
-    llm = serve["applications"][0]["args"]["llm_configs"][0]
-    value = llm["deployment_config"]["autoscaling_config"]["max_replicas"]
+    value = effective_llm_deployment_options(serve)["autoscaling_config"]["max_replicas"]
     return int(value)
 
 

@@ -2,7 +2,10 @@
 
 Everything that changes with replica counts and autoscaling lives here, because KubeRay applies
 ``serveConfigV2`` to the running cluster in place, while changes to ``rayClusterConfig`` either
-start a second Ray cluster or (for replica fields) are not propagated at all.
+start a second Ray cluster or (for replica fields) are not propagated at all. Within it, what
+an edit should change on running replicas (bounds, delays, caps) is rendered as Serve's
+per-deployment overrides (``applications[].deployments``), never inside the app's ``args``:
+Serve restarts every replica of an application whose ``args`` changed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from k2think_operator.render.autoscaling import policy_config, server_cls
 from k2think_operator.render.security import ingress_cls_config
 
 APP_NAME = "llm"
+#: Serve LLM's prefix of an LLM deployment's name (``build_llm_deployment``).
+LLM_SERVER_PREFIX = "LLMServer:"
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 MODEL_MOUNT_ROOT = "/mnt/models"
 
@@ -152,23 +157,47 @@ def build_placement_group_config(plan: Plan) -> dict[str, Any]:
     }
 
 
-def build_deployment_config(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str, Any]:
-    config: dict[str, Any] = {
+def build_llm_code_options(plan: Plan) -> dict[str, Any]:
+    """What the LLM deployment must carry inside ``args`` (``LLMConfig.deployment_config``): only
+    the request router, which Serve LLM's builder reads when it binds the deployment
+    (``_maybe_setup_kv_aware_routing``) and which Serve folds into the code version anyway
+    (``get_app_code_version`` hashes every deployment's ``request_router_config``). Everything
+    else is an override in ``applications[].deployments`` (``build_llm_deployment_override``)."""
+    router_config = plan.routing.request_router_config() if plan.routing else None
+    return {"request_router_config": router_config} if router_config is not None else {}
+
+
+def build_llm_deployment_override(
+    spec: K2ThinkDeploymentSpec, plan: Plan, name: str
+) -> dict[str, Any]:
+    """The LLM deployment's Serve options as an override of the application's deployment.
+
+    Why not in ``args``: Serve hashes an application's ``args`` into the code version of every
+    deployment in it (``ray/serve/_private/deploy_utils.py``, ``get_app_code_version``), so any
+    edit there (a new ``maxReplicas``, a longer ``downscaleDelaySeconds``) replaced every vLLM
+    replica, reloading the weights. An override is a lightweight update: Serve applies replica
+    bounds, delays, ``max_ongoing_requests`` and the graceful-shutdown options to the running
+    replicas (``override_deployment_info`` in ``application_state.py``). A change of the
+    autoscaling *policy* (mode, ``latencyTarget`` knobs) still restarts: Serve hashes deployment
+    policies into the code version as well.
+    """
+    override: dict[str, Any] = {
+        "name": llm_deployment_name(spec.model.resolved_served_name(name)),
         "max_ongoing_requests": plan.max_ongoing_requests,
         # Reasoning streams run for minutes: let a replica finish them before it goes away.
         "graceful_shutdown_timeout_s": spec.serving.graceful_shutdown_seconds,
         "graceful_shutdown_wait_loop_s": 2,
     }
     if spec.serving.max_queued_requests is not None:
-        config["max_queued_requests"] = spec.serving.max_queued_requests
-    router_config = plan.routing.request_router_config() if plan.routing else None
-    if router_config is not None:
-        config["request_router_config"] = router_config
+        override["max_queued_requests"] = spec.serving.max_queued_requests
     if spec.autoscaling is None:
-        config["num_replicas"] = plan.initial_replicas
-        return config
+        # Serve LLM's builder gives every LLM deployment a never-scale autoscaling_config;
+        # a fixed count must clear it (Serve refuses num_replicas beside an autoscaling_config).
+        override["num_replicas"] = plan.initial_replicas
+        override["autoscaling_config"] = None
+        return override
     autoscaling = spec.autoscaling
-    config["autoscaling_config"] = {
+    override["autoscaling_config"] = {
         "min_replicas": plan.min_replicas,
         "initial_replicas": plan.initial_replicas,
         "max_replicas": plan.max_replicas,
@@ -179,8 +208,53 @@ def build_deployment_config(spec: K2ThinkDeploymentSpec, plan: Plan) -> dict[str
     }
     policy = policy_config(spec, plan)
     if policy is not None:
-        config["autoscaling_config"]["policy"] = policy
-    return config
+        override["autoscaling_config"]["policy"] = policy
+    return override
+
+
+def llm_deployment_name(served_name: str) -> str:
+    """The name Serve LLM gives the deployment of one model (``build_llm_deployment``: the server
+    class's name, a colon, the model id with ``/`` and ``.`` replaced). Our latencyTarget
+    server subclass keeps the class name ``LLMServer``, so the name is the same in every mode;
+    the data-plane suite checks it against Ray's builder (test_05_ingress_contract.py)."""
+    return LLM_SERVER_PREFIX + served_name.replace("/", "--").replace(".", "_")
+
+
+def ingress_deployment_name(spec: K2ThinkDeploymentSpec) -> str:
+    """The OpenAI ingress deployment's name: its class's (``serve.deployment`` of the class)."""
+    ingress_cls = ingress_cls_config(spec)
+    if ingress_cls is None:
+        return "OpenAiIngress"
+    path = str(ingress_cls["ingress_cls"])
+    return path.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
+def effective_llm_deployment_options(serve_config: dict[str, Any]) -> dict[str, Any]:
+    """The LLM deployment's options as Serve applies them: ``LLMConfig.deployment_config`` from
+    ``args`` with the application's override of ``LLMServer:*`` over it (Serve's own order).
+    For readers of a rendered config (tests, benchmarks) that want one dict."""
+    (application,) = serve_config["applications"]
+    (llm,) = application["args"]["llm_configs"]
+    return _with_override(application, llm.get("deployment_config"), llm=True)
+
+
+def effective_ingress_options(serve_config: dict[str, Any]) -> dict[str, Any]:
+    """The ingress's options as Serve applies them: ``ingress_deployment_config`` with the
+    application's override of the ingress over it."""
+    (application,) = serve_config["applications"]
+    return _with_override(
+        application, application["args"].get("ingress_deployment_config"), llm=False
+    )
+
+
+def _with_override(
+    application: dict[str, Any], code: dict[str, Any] | None, *, llm: bool
+) -> dict[str, Any]:
+    options = dict(code or {})
+    for override in application.get("deployments") or []:
+        if str(override["name"]).startswith(LLM_SERVER_PREFIX) == llm:
+            options.update({k: v for k, v in override.items() if k != "name"})
+    return options
 
 
 def _number(value: float) -> int | float:
@@ -195,10 +269,12 @@ def build_llm_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> dict
             "model_source": model_source(spec),
         },
         "engine_kwargs": build_engine_kwargs(spec, plan),
-        "deployment_config": build_deployment_config(spec, plan),
         "placement_group_config": build_placement_group_config(plan),
         "runtime_env": {"env_vars": dict(REPLICA_ENV_VARS)},
     }
+    code_options = build_llm_code_options(plan)
+    if code_options:
+        llm_config["deployment_config"] = code_options
     accelerator_types = {p.ray_accelerator_type for p in plan.pools}
     if len(accelerator_types) == 1 and None not in accelerator_types:
         # Only when every pool has the same GPU: Ray then pins replicas to that type.
@@ -215,11 +291,12 @@ def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> di
     # Both LLMServingArgs fields are honoured together by Ray 2.60's build_openai_app
     # (ray/llm/_internal/serve/core/ingress/builder.py): ingress_cls_config picks the class
     # (the API-key subclass of OpenAiIngress, security.py), whose inherited
-    # get_deployment_options() gives the defaults our ingress_deployment_config (sizing and
-    # placement, ingress.py) is merged over.
+    # get_deployment_options() gives the defaults our ingress_deployment_config (placement,
+    # ingress_sizing.py) is merged over; its sizing is an override like the LLM's.
+    ingress_code, ingress_override = _ingress_options(spec, plan)
     args: dict[str, Any] = {
         "llm_configs": [build_llm_config(spec, plan, name)],
-        "ingress_deployment_config": _ingress_config(plan),
+        "ingress_deployment_config": ingress_code,
     }
     ingress_cls = ingress_cls_config(spec)
     if ingress_cls is not None:
@@ -232,15 +309,34 @@ def build_serve_config(spec: K2ThinkDeploymentSpec, plan: Plan, name: str) -> di
                 "import_path": IMPORT_PATH,
                 "route_prefix": "/",
                 "args": args,
+                "deployments": [
+                    override
+                    for override in (
+                        build_llm_deployment_override(spec, plan, name),
+                        ingress_override,
+                    )
+                    if len(override) > 1
+                ],
             }
         ],
     }
 
 
-def _ingress_config(plan: Plan) -> dict[str, Any]:
+def _ingress_options(
+    spec: K2ThinkDeploymentSpec, plan: Plan
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ingress's options split as the LLM's are: placement (actor options, which restart
+    the ingress anyway) in ``args``, its sizing (bounds, target, cap: they follow the fleet's
+    ``maxReplicas``) as an override, so a resize is a lightweight update for both deployments."""
     if plan.ingress is None:  # hand-built plans of tests: the head, as before
-        return {"ray_actor_options": {"resources": {HEAD_RESOURCE: 1}}}
-    return ingress_deployment_config(plan.ingress)
+        options: dict[str, Any] = {"ray_actor_options": {"resources": {HEAD_RESOURCE: 1}}}
+    else:
+        options = dict(ingress_deployment_config(plan.ingress))
+    override: dict[str, Any] = {"name": ingress_deployment_name(spec)}
+    for key in ("autoscaling_config", "max_ongoing_requests"):
+        if key in options:
+            override[key] = options.pop(key)
+    return options, override
 
 
 def dump_yaml(value: Any) -> str:
