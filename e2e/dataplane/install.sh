@@ -26,6 +26,18 @@ if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; t
   exit 0
 fi
 
+# The environment takes ~7 GiB (torch, vLLM, Ray) and pip unpacks wheels beside it: say so
+# before pip fails half-way with ENOSPC (a CI run on a full disk once did, after 14 minutes).
+NEED_GIB="${DATAPLANE_NEED_GIB:-10}"
+mkdir -p "$(dirname "$VENV")"
+free_kib=$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')
+if (( free_kib < NEED_GIB * 1024 * 1024 )); then
+  echo "dataplane venv: $(( free_kib / 1024 / 1024 )) GiB free under $(dirname "$VENV"), need ${NEED_GIB} GiB" >&2
+  echo "  (other clones' .venv-dataplane directories are the usual culprits; DATAPLANE_VENV" >&2
+  echo "   points the suite at an existing one)" >&2
+  exit 1
+fi
+
 start=$(date +%s)
 echo "installing dataplane venv into $VENV (this takes a few minutes the first time)"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
