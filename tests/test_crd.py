@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,10 +14,17 @@ from k2think_operator.api.crd import build_crd, openapi_schema
 from k2think_operator.api.resource import K2ThinkDeploymentStatus
 from k2think_operator.api.schema_check import schema_errors
 from k2think_operator.api.spec import parse_spec
-from k2think_operator.deployment.status import Observation, PodSummary, RayServiceView, build_status
+from k2think_operator.deployment.status import (
+    Observation,
+    PodSummary,
+    RayServiceView,
+    build_status,
+    read_rayservice,
+)
 from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import render_yaml
 from tests.conftest import ROOT, load_example, minimal_doc
+from tests.test_status import INCREMENTAL_RAYSERVICE
 
 CRD_FILE = ROOT / "crds" / "k2think.dev_k2thinkdeployments.yaml"
 
@@ -136,3 +144,13 @@ def test_status_we_write_is_fully_declared() -> None:
     assert list(Draft4Validator(_status_schema()).iter_errors(status)) == []
     # The status models (which the schema is generated from) accept it too, extra keys refused.
     K2ThinkDeploymentStatus.model_validate(status)
+    # And while KubeRay runs an incremental upgrade (status.upgrade).
+    upgrading = build_status(
+        replace(obs, rayservice=read_rayservice(INCREMENTAL_RAYSERVICE)),
+        None,
+        "2026-11-28T00:00:00Z",
+    )
+    assert "upgrade" in upgrading
+    assert _undeclared(upgrading, _status_schema()) == []
+    assert list(Draft4Validator(_status_schema()).iter_errors(upgrading)) == []
+    K2ThinkDeploymentStatus.model_validate(upgrading)

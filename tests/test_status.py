@@ -359,3 +359,70 @@ def test_status_patch_removes_only_fields_we_own() -> None:
     desired = {"phase": "Deploying"}
     assert status_patch(current, desired) == {"phase": "Deploying", "applicationStatus": None}
     assert status_patch({"phase": "Deploying", "someoneElse": 1}, desired) is None
+
+
+#: A RayService in KubeRay v1.6.2's incremental upgrade (``NewClusterWithIncrementalUpgrade``):
+#: the pending cluster at 40% capacity with 30% of the traffic (rayservice_types.go).
+INCREMENTAL_RAYSERVICE: dict[str, Any] = {
+    "status": {
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"},
+            {
+                "type": "UpgradeInProgress",
+                "status": "True",
+                "reason": "BothActivePendingClustersExist",
+            },
+        ],
+        "activeServiceStatus": {
+            "rayClusterName": "demo-old",
+            "targetCapacity": 60,
+            "trafficRoutedPercent": 70,
+            "applicationStatuses": {"llm": {"status": "RUNNING"}},
+        },
+        "pendingServiceStatus": {
+            "rayClusterName": "demo-new",
+            "targetCapacity": 40,
+            "trafficRoutedPercent": 30,
+            "lastTrafficMigratedTime": "2026-12-06T10:00:00Z",
+            "applicationStatuses": {"llm": {"status": "RUNNING"}},
+        },
+    }
+}
+
+
+def test_an_incremental_upgrade_reports_each_clusters_capacity_and_traffic() -> None:
+    view = read_rayservice(INCREMENTAL_RAYSERVICE)
+    assert view is not None and view.incremental
+    status = build_status(observe(rayservice=view), None, T0)
+    assert status["upgrade"] == {
+        "activeCluster": "demo-old",
+        "pendingCluster": "demo-new",
+        "activeTargetCapacity": 60,
+        "activeTrafficPercent": 70,
+        "pendingTargetCapacity": 40,
+        "pendingTrafficPercent": 30,
+        "lastTrafficMigratedTime": "2026-12-06T10:00:00Z",
+    }
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "UpgradeInProgress"
+    assert "demo-new at 40% capacity with 30% of the traffic" in progressing["message"]
+    assert "demo-old at 60% capacity with 70%" in progressing["message"]
+    # Done: KubeRay drops the pending cluster; status.upgrade goes with a merge patch's null.
+    done = build_status(observe(rayservice=rs("RUNNING", ready=True)), status, T1)
+    assert "upgrade" not in done
+    patch = status_patch(status, done)
+    assert patch is not None and patch["upgrade"] is None
+
+
+def test_a_new_cluster_upgrade_reports_no_capacity() -> None:
+    """NewCluster: KubeRay sets no target capacity, so no status.upgrade, the plain message."""
+    obj = json.loads(json.dumps(INCREMENTAL_RAYSERVICE))
+    for side in ("activeServiceStatus", "pendingServiceStatus"):
+        for key in ("targetCapacity", "trafficRoutedPercent", "lastTrafficMigratedTime"):
+            obj["status"][side].pop(key, None)
+    view = read_rayservice(obj)
+    assert view is not None and view.upgrade_in_progress and not view.incremental
+    status = build_status(observe(rayservice=view), None, T0)
+    assert "upgrade" not in status
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["message"] == "KubeRay is preparing Ray cluster demo-new"

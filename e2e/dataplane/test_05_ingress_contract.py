@@ -64,9 +64,7 @@ def deployed_infos(config: dict[str, Any]) -> dict[str, Any]:
             deployment_config=deployment._deployment_config,
             version="v1",
         )
-        infos[deployment.name] = deploy_args_to_deployment_info(
-            app_name=app_config["name"], **args
-        )
+        infos[deployment.name] = deploy_args_to_deployment_info(app_name=app_config["name"], **args)
     return dict(override_deployment_info(infos, ServeApplicationSchema.model_validate(app_config)))
 
 
@@ -91,13 +89,15 @@ def test_serve_deploys_the_rendered_options(tmp_path: Path) -> None:
             assert getattr(auto, key) == wanted["autoscaling_config"][key], (name, key)
         assert deployed.max_ongoing_requests == wanted["max_ongoing_requests"], name
     ingress_actor = infos["OpenAiIngress"].replica_config.ray_actor_options
-    assert ingress_actor["resources"] == effective_ingress_options(config)["ray_actor_options"][
-        "resources"
-    ]
+    assert (
+        ingress_actor["resources"]
+        == effective_ingress_options(config)["ray_actor_options"]["resources"]
+    )
     llm = infos["LLMServer:tiny"].deployment_config
-    assert llm.graceful_shutdown_timeout_s == effective_llm_deployment_options(config)[
-        "graceful_shutdown_timeout_s"
-    ]
+    assert (
+        llm.graceful_shutdown_timeout_s
+        == effective_llm_deployment_options(config)["graceful_shutdown_timeout_s"]
+    )
 
 
 def test_a_fixed_count_clears_serve_llms_autoscaling_default(tmp_path: Path) -> None:

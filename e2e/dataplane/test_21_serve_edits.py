@@ -76,6 +76,11 @@ def _overrides(config_v2: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def _args(config_v2: str) -> dict[str, Any]:
+    args: dict[str, Any] = yaml.safe_load(config_v2)["applications"][0]["args"]
+    return args
+
+
 def _answers(app: ServedApp) -> None:
     client = openai.OpenAI(
         base_url=app.openai_base_url, api_key=app.api_key, timeout=120, max_retries=0
@@ -105,8 +110,7 @@ def test_an_autoscaling_edit_keeps_the_running_replicas(
         max_ongoing_requests=12,
     )
     original = served_app.serve_config_v2
-    app_of = lambda v2: yaml.safe_load(v2)["applications"][0]  # noqa: E731
-    assert app_of(edited)["args"] == app_of(original)["args"]  # the edit is overrides only
+    assert _args(edited) == _args(original)  # the edit is overrides only
     want = _overrides(edited)
     assert want["llm"]["autoscaling_config"]["max_replicas"] == 3
     assert want != _overrides(original)

@@ -156,6 +156,35 @@ class QueueStatus(_Model):
     message: str | None = Field(default=None, description="Kueue's last word on the workload.")
 
 
+class UpgradeStatus(_Model):
+    """KubeRay's incremental upgrade as it stands (upgradeStrategy
+    NewClusterWithIncrementalUpgrade): present only while one runs."""
+
+    active_cluster: str | None = Field(
+        default=None, description="The Ray cluster serving before the upgrade."
+    )
+    pending_cluster: str | None = Field(
+        default=None, description="The Ray cluster the upgrade grows."
+    )
+    active_target_capacity: int | None = Field(
+        default=None, description="Serve target_capacity of the active cluster, in percent."
+    )
+    active_traffic_percent: int | None = Field(
+        default=None, description="Share of the Gateway's traffic sent to the active cluster."
+    )
+    pending_target_capacity: int | None = Field(
+        default=None, description="Serve target_capacity of the pending cluster, in percent."
+    )
+    pending_traffic_percent: int | None = Field(
+        default=None, description="Share of the Gateway's traffic sent to the pending cluster."
+    )
+    last_traffic_migrated_time: str | None = Field(
+        default=None,
+        description="When KubeRay last moved traffic.",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
 class K2ThinkDeploymentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -203,6 +232,11 @@ class K2ThinkDeploymentStatus(_Model):
     plan: PlanStatus | None = Field(default=None, description="What the planner decided, and why.")
     queue: QueueStatus | None = Field(
         default=None, description="Kueue's view of the deployment (spec.scheduling.queueName)."
+    )
+    upgrade: UpgradeStatus | None = Field(
+        default=None,
+        description="KubeRay's incremental upgrade while one runs: each Ray cluster's capacity "
+        "and share of the traffic.",
     )
 
 

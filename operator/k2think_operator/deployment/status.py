@@ -76,6 +76,18 @@ class RayServiceView:
     cluster_hash: str | None = None
     active_cluster: str | None = None
     pending_cluster: str | None = None
+    #: KubeRay's incremental upgrade (``NewClusterWithIncrementalUpgrade``): each cluster's
+    #: Serve ``target_capacity`` and share of the Gateway's traffic, in percent (None: not set).
+    active_capacity: int | None = None
+    active_traffic: int | None = None
+    pending_capacity: int | None = None
+    pending_traffic: int | None = None
+    last_traffic_migrated: str | None = None
+
+    @property
+    def incremental(self) -> bool:
+        """KubeRay is running an incremental upgrade: it reports the new cluster's capacity."""
+        return self.upgrade_in_progress and self.pending_capacity is not None
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,51 @@ def read_rayservice(obj: Mapping[str, Any] | None) -> RayServiceView | None:
         cluster_hash=annotations.get(CLUSTER_HASH_ANNOTATION),
         active_cluster=active.get("rayClusterName") or None,
         pending_cluster=pending.get("rayClusterName") or None,
+        active_capacity=_percent(active.get("targetCapacity")),
+        active_traffic=_percent(active.get("trafficRoutedPercent")),
+        pending_capacity=_percent(pending.get("targetCapacity")),
+        pending_traffic=_percent(pending.get("trafficRoutedPercent")),
+        last_traffic_migrated=(
+            pending.get("lastTrafficMigratedTime") or active.get("lastTrafficMigratedTime") or None
+        ),
     )
+
+
+def _percent(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def upgrade_text(rs: RayServiceView) -> str:
+    """Where KubeRay's upgrade stands, for the Progressing condition."""
+    pending = rs.pending_cluster or "(pending)"
+    if not rs.incremental:
+        return f"KubeRay is preparing Ray cluster {pending}"
+    active = rs.active_cluster or "(active)"
+    return (
+        f"KubeRay's incremental upgrade: Ray cluster {pending} at {rs.pending_capacity}% "
+        f"capacity with {rs.pending_traffic or 0}% of the traffic, {active} at "
+        f"{_or_unknown(rs.active_capacity)}% capacity with {_or_unknown(rs.active_traffic)}%"
+    )
+
+
+def _or_unknown(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def upgrade_status(rs: RayServiceView | None) -> dict[str, Any] | None:
+    """``status.upgrade`` while KubeRay runs an incremental upgrade (None otherwise: removed)."""
+    if rs is None or not rs.incremental:
+        return None
+    out: dict[str, Any] = {
+        "activeCluster": rs.active_cluster,
+        "pendingCluster": rs.pending_cluster,
+        "activeTargetCapacity": rs.active_capacity,
+        "activeTrafficPercent": rs.active_traffic,
+        "pendingTargetCapacity": rs.pending_capacity,
+        "pendingTrafficPercent": rs.pending_traffic,
+        "lastTrafficMigratedTime": rs.last_traffic_migrated,
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _workers(obs: Observation) -> list[PodSummary]:
@@ -262,13 +318,7 @@ def progressing_condition(obs: Observation, ready: Mapping[str, Any]) -> dict[st
         # Waiting for quota is neither progress nor a failure (Degraded stays False).
         return condition(PROGRESSING, False, obs.queue.state, _queue_text(obs.queue), gen)
     if rs is not None and rs.upgrade_in_progress:
-        return condition(
-            PROGRESSING,
-            True,
-            r.UPGRADE_IN_PROGRESS,
-            f"KubeRay is preparing Ray cluster {rs.pending_cluster or '(pending)'}",
-            gen,
-        )
+        return condition(PROGRESSING, True, r.UPGRADE_IN_PROGRESS, upgrade_text(rs), gen)
     if ready["status"] == "True":
         return condition(PROGRESSING, False, r.CONVERGED, "serving the current spec", gen)
     if rs is not None and rs.app_status in (APP_DEPLOY_FAILED, APP_UNHEALTHY):
@@ -374,6 +424,9 @@ def build_status(obs: Observation, current: Mapping[str, Any] | None, now: str) 
         status["applicationStatus"] = obs.rayservice.app_status
     if obs.queue is not None:
         status["queue"] = queue_status(obs.queue)
+    upgrade = upgrade_status(obs.rayservice)
+    if upgrade is not None:
+        status["upgrade"] = upgrade
     return status
 
 
@@ -392,6 +445,7 @@ OWNED_STATUS_KEYS = frozenset(
         "applicationStatus",
         "poolReplicas",
         "queue",
+        "upgrade",
     }
 )
 
