@@ -22,6 +22,33 @@ INCREMENTAL = {
 }
 
 
+def _worker_counts(doc: dict[str, Any]) -> list[tuple[int, int]]:
+    groups = rayservice_of(doc)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return [(g["replicas"], g["minReplicas"]) for g in groups if g["groupName"] != "k2t-ingress"]
+
+
+@pytest.mark.parametrize(
+    "sizing",
+    [{"replicas": 4}, {"autoscaling": {"minReplicas": 3, "maxReplicas": 8}}],
+    ids=["fixed", "floor"],
+)
+def test_the_new_cluster_of_an_incremental_upgrade_starts_without_the_fleets_pods(
+    sizing: dict[str, Any],
+) -> None:
+    """KubeRay builds the upgrade's new cluster from the rendered template, replicas included:
+    a fixed count or a floor there would start the whole fleet's pods beside the old cluster's
+    (the GPUs twice). With the incremental strategy the groups start empty and the autoscaler
+    follows Serve's target_capacity; with NewCluster they start with the fleet, as before."""
+    assert _worker_counts(minimal_doc(**sizing, **INCREMENTAL)) == [(0, 0)]
+    assert _worker_counts(minimal_doc(**sizing))[0][0] > 0
+
+
+def test_warm_pods_start_with_the_new_cluster_too() -> None:
+    doc = minimal_doc(autoscaling={"minReplicas": 1, "maxReplicas": 8}, **INCREMENTAL)
+    doc["spec"]["pools"][0]["warmReplicas"] = 1
+    assert _worker_counts(doc) == [(2, 2)]
+
+
 def test_cluster_upgrade_options_are_what_kuberay_requires() -> None:
     """KubeRay v1.6.2 ValidateClusterUpgradeOptions: options present, 0 <= maxSurgePercent <=
     100, 0 <= stepSizePercent <= 100, intervalSeconds > 0, gatewayClassName set, and the Ray

@@ -153,8 +153,16 @@ def _worker_pod_resources(pool: PoolSpec, pool_plan: PoolPlan) -> dict[str, Any]
     return {"limits": dict(amounts), "requests": dict(amounts)}
 
 
-def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
-    """(replicas, minReplicas, maxReplicas) in worker pods for one group."""
+def _worker_bounds(
+    plan: Plan, pool_plan: PoolPlan, *, incremental: bool = False
+) -> tuple[int, int, int]:
+    """(replicas, minReplicas, maxReplicas) in worker pods for one group.
+
+    ``incremental`` (``upgradeStrategy: NewClusterWithIncrementalUpgrade``): KubeRay builds the
+    new cluster of an upgrade from this template, ``replicas`` included, so a floor or a fixed
+    count there would start the whole fleet's pods beside the old cluster's at once: the GPUs
+    twice, which the strategy exists to avoid. The new cluster starts with the warm pods only;
+    the Ray autoscaler adds the rest as Serve's ``target_capacity`` grows step by step."""
     pods = pool_plan.worker_pods_per_replica
     capacity = pool_plan.max_replicas
     maximum = (
@@ -171,6 +179,8 @@ def _worker_bounds(plan: Plan, pool_plan: PoolPlan) -> tuple[int, int, int]:
     minimum = 0
     if pool_plan.warm_replicas:
         minimum = min(maximum, (pool_plan.min_replicas + pool_plan.warm_replicas) * pods)
+    if incremental:
+        return minimum, minimum, maximum
     return max(initial, minimum), minimum, maximum
 
 
@@ -218,7 +228,9 @@ def build_worker_group(
     if spec.ray.service_account_name:
         pod_spec["serviceAccountName"] = spec.ray.service_account_name
 
-    replicas, minimum, maximum = _worker_bounds(plan, pool_plan)
+    replicas, minimum, maximum = _worker_bounds(
+        plan, pool_plan, incremental=spec.upgrade_strategy == "NewClusterWithIncrementalUpgrade"
+    )
     group: dict[str, Any] = {
         "groupName": pool.name,
         "replicas": replicas,
