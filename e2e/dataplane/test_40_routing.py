@@ -44,7 +44,7 @@ PREFIX_WORDS = 220
 def deploy(head: RayHead, model_dir: Path, router: str) -> dict[str, Any]:
     config = fixed_serve_config_for(model_dir, SERVED, replicas=2, routing={"router": router})
     llm = yaml.safe_load(config)["applications"][0]["args"]["llm_configs"][0]
-    router_config = llm["deployment_config"].get("request_router_config")
+    router_config = (llm.get("deployment_config") or {}).get("request_router_config")
     if router == "prefixAware":
         assert router_config["request_router_class"].endswith(":PrefixCacheAffinityRouter")
     else:
