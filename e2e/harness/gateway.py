@@ -78,15 +78,36 @@ def gateway_class(name: str) -> dict[str, object]:
     }
 
 
+#: Traefik's dynamic configuration beside the Gateway API: a retry of requests whose connection
+#: to the backend failed (Traefik's retry middleware stops at the first response, whatever its
+#: status, so a request that reached Serve is never sent twice). During an incremental upgrade
+#: the backends behind KubeRay's HTTPRoute change under the Gateway (a cluster's Serve proxies
+#: stop as its replicas go, its Services' endpoints follow a moment later): without it, a
+#: request sent in that moment gets a 502 (seen on the chain ground, 1 of 177).
+RETRY_ON_CONNECT_FAILURE = """\
+http:
+  middlewares:
+    retry-connect:
+      retry:
+        attempts: 3
+        initialInterval: 100ms
+"""
+
+
 def start_traefik(
     state_dir: Path, *, netns: Path, kubeconfig: Path, status_ip: str, name: str = "traefik"
 ) -> processes.Proc:
     """Traefik's Gateway API provider, in ``netns`` (a pod's), against the API server named in
-    ``kubeconfig``; it reports ``status_ip`` as the Gateways' address. Its ping endpoint (8082,
-    inside that namespace) answers once it runs."""
+    ``kubeconfig``; it reports ``status_ip`` as the Gateways' address and retries a request
+    whose backend connection failed (``RETRY_ON_CONNECT_FAILURE``, on every route of the
+    entry point). Its ping endpoint (8082, inside that namespace) answers once it runs."""
+    dynamic = state_dir / f"{name}-dynamic.yaml"
+    dynamic.write_text(RETRY_ON_CONNECT_FAILURE)
     argv = [
         str(traefik_binary()),
         f"--entryPoints.web.address=:{LISTENER_PORT}",
+        "--entryPoints.web.http.middlewares=retry-connect@file",
+        f"--providers.file.filename={dynamic}",
         "--entryPoints.traefik.address=:8082",
         "--ping=true",
         "--providers.kubernetesGateway=true",
