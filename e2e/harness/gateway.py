@@ -14,12 +14,11 @@ serve Services with the HTTPRoute's weights.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 from . import processes
-from .binaries import BUILD_SCRIPT, BinariesMissingError
+from .binaries import component_binary
 
 VERSIONS = Path(__file__).resolve().parents[1] / "build" / "versions.env"
 #: KubeRay's flag for the incremental upgrade (alpha in v1.6, off by default).
@@ -57,16 +56,7 @@ def gateway_api_crds() -> list[Path]:
 
 def traefik_binary() -> Path:
     """Traefik, built by ``build-binaries.sh`` into its own cache directory."""
-    out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-traefik"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout
-    binary = Path(out.strip().splitlines()[-1]) / "traefik"
-    if not os.access(binary, os.X_OK):
-        raise BinariesMissingError(f"{binary} is missing; run `make binaries`")
-    return binary
+    return component_binary("--print-traefik", "traefik")
 
 
 def gateway_class(name: str) -> dict[str, object]:
