@@ -46,6 +46,7 @@ def deploy(head: RayHead, model_dir: Path, router: str) -> dict[str, Any]:
     llm = yaml.safe_load(config)["applications"][0]["args"]["llm_configs"][0]
     router_config = (llm.get("deployment_config") or {}).get("request_router_config")
     if router == "prefixAware":
+        assert router_config is not None
         assert router_config["request_router_class"].endswith(":PrefixCacheAffinityRouter")
     else:
         assert router_config is None  # Serve's default: power of two choices
