@@ -23,8 +23,6 @@ docs/serving-path.md).
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ from typing import Any
 import pytest
 
 from harness import Cluster
+from harness.gateway import INCREMENTAL_UPGRADE_GATE as GATE
+from harness.gateway import gateway_api_crds
 from k2think_operator.deployment.decide import decide
 from support import (
     OperatorProcess,
@@ -43,21 +43,6 @@ from support import (
     namespace,
     unique_namespace,
 )
-
-GATE = "--feature-gates=RayServiceIncrementalUpgrade=true"
-VERSIONS = Path(__file__).resolve().parent / "build" / "versions.env"
-
-
-def gateway_api_crds() -> list[Path]:
-    """The Gateway API's standard CRDs, from the Go module cache (the Go proxy fills it)."""
-    versions = dict(line.split("=", 1) for line in VERSIONS.read_text().splitlines() if "=" in line)
-    module = f"sigs.k8s.io/gateway-api@{versions['GATEWAY_API_VERSION'].strip()}"
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True
-    ).stdout
-    crds = sorted((Path(json.loads(out)["Dir"]) / "config" / "crd" / "standard").glob("*.yaml"))
-    assert crds, f"no CRDs in {module}"
-    return crds
 
 
 @pytest.fixture

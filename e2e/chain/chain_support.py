@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness import Cluster, crashloop, netns, policyagent, processes, raynodes
+from harness import Cluster, crashloop, gateway, netns, policyagent, processes, raynodes
 from harness.binaries import kube_router_binary
 from harness.campus import load_campus
 from harness.kubeapi import ApiError, KubeAPI
@@ -170,6 +170,10 @@ def start_ground(*, operator: bool = True, name: str = "chain") -> Ground:
             env={"PYTHONPATH": str(E2E)},
         )
         CRASH_LEDGERS.append(sd)
+        # KubeRay's incremental upgrade is on here as a platform team turns it on: the gate, the
+        # Gateway API's CRDs (KubeRay creates a Gateway before the first cluster of such a
+        # RayService) and the operator told so (test_50_incremental_upgrade.py).
+        cluster.install_crds(gateway.gateway_api_crds(), kuberay=False)
         start_kuberay_pod(cluster)
         from tiny_model import build_tiny_k2think
 
@@ -184,7 +188,7 @@ def start_ground(*, operator: bool = True, name: str = "chain") -> Ground:
                 sd / "logs" / "operator.log",
                 # The CapacityBlocked grace (which also starts spill-over) is the default a user
                 # gets, 60 s: the suite shows the defaults (issue #23).
-                env={"K2T_RESYNC_SECONDS": "20"},
+                env={"K2T_RESYNC_SECONDS": "20", "K2T_KUBERAY_INCREMENTAL_UPGRADE": "true"},
             ).start()
     except BaseException:
         cluster.stop_kuberay()
@@ -258,7 +262,9 @@ def start_kuberay_pod(cluster: Cluster) -> None:
         "admin",
         "k2t-pod",
     )
-    cluster.start_kuberay(netns=where, kubeconfig=kubeconfig)
+    cluster.start_kuberay(
+        netns=where, kubeconfig=kubeconfig, extra_args=[gateway.INCREMENTAL_UPGRADE_GATE]
+    )
 
 
 def remove_sandbox(ground: Ground, ns: str, name: str, *, timeout: float = 120) -> None:
@@ -686,6 +692,32 @@ def llm_deployment_config(ns: str, name: str) -> dict[str, Any]:
     (found,) = [d for d in deployments if d.startswith("LLMServer")]
     config: dict[str, Any] = deployments[found]["deployment_config"]
     return config
+
+
+def set_downscale_delay(g: Ground, ns: str, name: str, seconds: float) -> None:
+    """Patch ``spec.autoscaling.downscaleDelaySeconds`` and return once Serve itself reports it
+    (the operator renders it as an override of the LLM deployment, KubeRay PUTs the serve config,
+    Serve applies it to the running replicas: docs/autoscaling.md). No replica may start for it:
+    an edit of the delays is a lightweight update, where a new code version would replace every
+    replica (callers edit with no load that could make Serve scale out meanwhile)."""
+    cluster = cluster_of(g, ns)
+    before = {r["replica_id"] for r in serve_replicas(ns, cluster)}
+    g.cluster.kubectl(
+        "patch", "k2thinkdeployments.k2think.dev", name, "-n", ns, "--type=merge",
+        "-p", json.dumps({"spec": {"autoscaling": {"downscaleDelaySeconds": seconds}}}),
+    )  # fmt: skip
+    wait(
+        f"Serve to report a downscale delay of {seconds} s",
+        lambda: (
+            (llm_deployment_config(ns, cluster).get("autoscaling_config") or {}).get(
+                "downscale_delay_s"
+            )
+            == seconds
+        ),
+        timeout=180,
+    )
+    started = {r["replica_id"] for r in serve_replicas(ns, cluster)} - before
+    assert not started, f"the delay edit started replicas {started} (had {before})"
 
 
 def epoch(stamp: str) -> float:

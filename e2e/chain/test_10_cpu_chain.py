@@ -9,12 +9,15 @@ each with room for one worker pod; tests in file order on one deployment:
 2. **the whole chain**: load -> Serve asks for a second replica -> Ray's autoscaler (v2) asks
    KubeRay for a worker pod -> the scheduler binds it to the pool's free node -> the kubelet
    stand-in starts its Ray node, which joins -> Serve places the replica there -> vLLM starts ->
-   RUNNING; each step's time is recorded (``chain_scale_up_s``);
-3. **Serve alone**: the load stops, Serve scales in to one replica, and the emptied worker node
-   stays joined and idle (``idleTimeoutSeconds``); the same load again -> Serve places the second
+   RUNNING; each step's time is recorded (``chain_scale_up_s``). In both scale-ups the load
+   stops once Serve has asked for the replica (it holds it for its downscale delay), so vLLM
+   starts on cores the load's streams do not share, as on a real node with its own;
+3. **Serve alone, on a warm node**: ``pools[0].warmReplicas: 1`` (the live RayCluster's group
+   keeps two worker pods), Serve scales in to one replica, and the emptied worker node stays
+   joined and idle past ``idleTimeoutSeconds``; the same load again -> Serve places the second
    replica on that node, no pod is created (``serve_alone_scale_up_s``); the ratio of the two is
    ``chain_over_serve_ratio`` (issue #23, docs/benchmarks.md);
-4. load stops -> Serve scales in, the streams in flight (also on the replica being removed)
+4. ``warmReplicas`` back to 0; Serve scales in, the streams in flight (also on the replica being removed)
    finish, and the autoscaler removes the idle worker pod and its Ray node;
 5. the NetworkPolicies the operator rendered (on by default, nothing in this suite turns them
    off) are enforced by kube-router on every node: everything above ran through them; from a
@@ -62,10 +65,12 @@ from chain_support import (
     serve_replica_log,
     serve_replicas,
     serve_url,
+    set_downscale_delay,
     wait,
     worker_pods,
 )
 
+from harness.polling import holds_for
 from support import condition
 
 NS = "chain-cpu"
@@ -73,9 +78,14 @@ NAME = "tiny"
 #: Both CPU nodes of the chain campus, and no other, have this instance type: one pool, two
 #: nodes, room for one worker pod each.
 CPU_INSTANCE_TYPE = "m7i.xlarge"
-#: The autoscaler keeps an idle worker this long: scenario 3 needs the node Serve emptied to stay
-#: joined until the load comes back (~1 min), scenario 4 waits for its removal.
-IDLE_TIMEOUT_S = 120
+#: The autoscaler removes an idle worker after this long (scenario 4 waits for it), except the
+#: pods a pool keeps warm (scenario 3: ``warmReplicas``).
+IDLE_TIMEOUT_S = 60
+#: The one pool, over both CPU nodes.
+POOL: dict[str, Any] = {
+    **cpu_pool("cpu"),
+    "nodeSelector": {"node.kubernetes.io/instance-type": CPU_INSTANCE_TYPE},
+}
 # Long reasoning streams for the drain scenario: at this machine's ~60-100 tokens/s per stream
 # they outlast Serve's scale-in decision (~40 s after the load stops) by a minute or more.
 DRAIN_TOKENS = 10_000
@@ -83,36 +93,34 @@ DRAIN_TOKENS = 10_000
 LOAD_CLIENTS = 4
 LOAD_TOKENS = 600
 TIMES: dict[str, float] = {}
+#: Serve's downscale delay while the replicas must stay, and when Serve is to scale in
+#: (scenarios 3 and 4 set it: a lightweight Serve update, the replicas stay).
+HOLD_S = 600
+DOWNSCALE_S = 10
 
 
 @pytest.fixture(scope="module")
 def deployed(ground: Ground) -> Iterator[Ground]:
     ground.cluster.kubectl("create", "namespace", NS, check=False)
-    pool = {
-        **cpu_pool("cpu"),
-        "nodeSelector": {"node.kubernetes.io/instance-type": CPU_INSTANCE_TYPE},
-    }
     doc = chain_deployment(
         NAME,
         NS,
         ground.model_dir,
-        pools=[pool],
+        pools=[POOL],
         autoscaling={
             "minReplicas": 1,
             "maxReplicas": 2,
             "targetOngoingRequests": 2,
             "upscaleDelaySeconds": 5,
-            "downscaleDelaySeconds": 10,
+            # Serve keeps a replica it asked for while its vLLM starts with the load stopped
+            # (scenarios 2 and 3); DOWNSCALE_S when a scenario wants the scale-in.
+            "downscaleDelaySeconds": HOLD_S,
             "idleTimeoutSeconds": IDLE_TIMEOUT_S,
         },
         graceful_shutdown=300,
     )
     apply(ground, doc)
     yield ground
-    # Loads a selection (-k) left running: stop them before the deployment goes, or each client
-    # would retry against a vanished endpoint in a tight loop.
-    for load in LOAD.values():
-        load.stop(timeout=60, abort=True)
     remove_sandbox(ground, NS, CLIENT_POD)
     timings: dict[str, Any] = {k: round(v, 1) for k, v in TIMES.items()}
     timings["scale_up_steps_since_load"] = {k: _since_load(v) for k, v in STEPS.items()}
@@ -199,28 +207,38 @@ def test_first_replica_serves_from_the_pool(deployed: Ground) -> None:
     assert (message.content or getattr(message, "reasoning", None) or "") != ""
 
 
-LOAD: dict[str, Load] = {}
 #: Each scale-up's steps, epoch seconds (scenarios 2 and 3), for the figures and the record.
 STEPS: dict[str, dict[str, float]] = {}
 
 
-def _watch_scale_up(
-    g: Ground, t_load: float, old_replicas: set[str], old_pods: set[str], timeout: float
+def _scale_up(
+    g: Ground, old_replicas: set[str], old_pods: set[str], timeout: float
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Poll until a replica Serve did not have before is RUNNING; note when each step of the
-    way was first seen, by the clock of the component that took it where it keeps one (the API
-    server's timestamps for the pod, Ray's for its node and the replica's actor): ``pod_created``
-    (the autoscaler's ask, through KubeRay), ``pod_bound`` (the scheduler), ``ray_node_started``
-    (the raylet of the replica's node), ``replica_started`` (Serve's replica actor),
-    ``replica_running`` (this poll, every 1-3 s)."""
+    """The load (LOAD_CLIENTS streams) until Serve has asked for a new replica, then poll until
+    that replica is RUNNING.
+
+    The load stops once Serve's decision is made (the replica's actor exists): Serve holds the
+    replica for its downscale delay (HOLD_S), and its vLLM starts on cores the load's streams do
+    not share (on this 2-core ground they would slow the start several-fold; a real node has its
+    own). Each step is noted when first seen, by the clock of the component that took it where
+    it keeps one (the API server's timestamps for the pod, Ray's for its node and the replica's
+    actor): ``pod_created`` (the autoscaler's ask, through KubeRay), ``pod_bound`` (the
+    scheduler), ``ray_node_started`` (the raylet of the replica's node), ``replica_started``
+    (Serve's replica actor), ``replica_running`` (this poll, every 1-3 s)."""
+    t_load = time.time()
+    load: Load | None = Load(
+        serve_url(NS, NAME), LOAD_CLIENTS, via=client_netns(g, NS), max_tokens=LOAD_TOKENS
+    )
+    results: list[Any] = []
     steps: dict[str, float] = {"load": t_load}
-    new_pods: set[str] = set()
+    new_pods: dict[str, dict[str, Any]] = {}
 
     def look() -> dict[str, Any] | None:
+        nonlocal load
         for pod in worker_pods(g, NS):
             name = pod["metadata"]["name"]
             if name not in old_pods:
-                new_pods.add(name)
+                new_pods[name] = pod
                 created = epoch(pod["metadata"]["creationTimestamp"])
                 steps["pod_created"] = min(steps.get("pod_created", created), created)
         for replica in serve_replicas(NS, cluster_of(g, NS)):
@@ -228,12 +246,21 @@ def _watch_scale_up(
                 continue
             if replica.get("start_time_s"):
                 steps.setdefault("replica_started", float(replica["start_time_s"]))
+            if load is not None:  # Serve has decided: the load's work is done
+                steps["load_stopped"] = time.time()
+                results.extend(load.stop(abort=True))
+                load = None
             if replica.get("state") == "RUNNING":
                 steps["replica_running"] = time.time()
                 return dict(replica)
         return None
 
-    replica = wait("a new Serve replica RUNNING", look, timeout=timeout)
+    try:
+        replica = wait("a new Serve replica RUNNING", look, timeout=timeout)
+    finally:
+        if load is not None:
+            results.extend(load.stop(abort=True))
+    assert results and not [r for r in results if not r.ok and not r.aborted], results[:3]
     # The replica's own node and pod (a worker pod KubeRay replaced on the way is not it).
     node = next(n for n in ray_nodes(NS, cluster_of(g, NS)) if n["node_ip"] == replica["node_ip"])
     steps["ray_node_started"] = node["start_time_ms"] / 1000
@@ -262,36 +289,52 @@ def test_a_replica_through_the_whole_chain_on_a_new_node(deployed: Ground) -> No
     old_pods = {p["metadata"]["name"] for p in worker_pods(g, NS)}
     old_replicas = {r["replica_id"] for r in serve_replicas(NS, cluster_of(g, NS))}
     assert len(old_pods) == 1 and len(old_replicas) == 1
-    t_load = time.time()
-    LOAD["base"] = Load(
-        serve_url(NS, NAME), LOAD_CLIENTS, via=client_netns(g, NS), max_tokens=LOAD_TOKENS
-    )
     # vLLM's start on a loaded 2-core machine: ~90 s quiet, over 8 min seen at load 20.
-    replica, steps = _watch_scale_up(g, t_load, old_replicas, old_pods, timeout=1200)
+    replica, steps = _scale_up(g, old_replicas, old_pods, timeout=1200)
     STEPS["chain"] = steps
     assert replica["node_instance_id"] not in old_pods, replica
     assert {"pod_created", "pod_bound", "ray_node_started"} <= steps.keys(), steps
-    FIGURES["chain_scale_up_s"] = steps["replica_running"] - t_load
+    FIGURES["chain_scale_up_s"] = steps["replica_running"] - steps["load"]
     print("\nchain scale-up, s after the load started:", json.dumps(_since_load(steps)))
     # One pod on each of the pool's nodes, each with its replica.
     workers = _running_workers(g)
     assert sorted(node_pool(g, p["spec"]["nodeName"]) for p in workers) == ["cpu-a", "cpu-b"]
     assert len(_running_replicas(g)) == 2
-    assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
+
+
+def _set_warm_replicas(g: Ground, warm: int) -> None:
+    """``spec.pools[0].warmReplicas``; returns once the live RayCluster's group carries the
+    minimum (the operator's patch: KubeRay does not carry a minReplicas-only change)."""
+    g.cluster.kubectl(
+        "patch", "k2thinkdeployments.k2think.dev", NAME, "-n", NS, "--type=merge",
+        "-p", json.dumps({"spec": {"pools": [{**POOL, "warmReplicas": warm}]}}),
+    )  # fmt: skip
+
+    # The floor's pods count only with warm ones (render/rayservice.py, _worker_bounds): without
+    # any, minReplicas is 0 and the floor's pods stay because Serve's replicas use them.
+    wanted = 1 + warm if warm else 0
+
+    def live_minimum() -> bool:
+        cluster = g.cluster.kubectl_json("get", "raycluster", cluster_of(g, NS), "-n", NS)
+        (group,) = [w for w in cluster["spec"]["workerGroupSpecs"] if w["groupName"] == "cpu"]
+        return bool(group.get("minReplicas", 0) == wanted)
+
+    wait(f"the live RayCluster's group minReplicas at {wanted}", live_minimum, 120)
 
 
 @pytest.mark.timeout(1500)
-def test_serve_alone_places_a_replica_on_a_joined_idle_node(deployed: Ground) -> None:
+def test_serve_alone_places_a_replica_on_a_warm_node(deployed: Ground) -> None:
+    """``pools[].warmReplicas: 1``: the pool keeps a worker node beyond the floor's, joined and
+    idle past ``idleTimeoutSeconds``; Serve's next replica lands there with no pod created."""
     g = deployed
-    # The load's clients hang up (Serve cancels their requests at once): Serve's demand falls to
-    # one replica once its 30 s look-back window has forgotten the load, then the downscale delay.
-    results = LOAD.pop("base").stop(abort=True)
-    assert results and not [r for r in results if not r.ok and not r.aborted], results[:3]
     # Every worker pod there is (a Failed one KubeRay has not removed yet included): none may be
     # created from here on.
     pods_before = {p["metadata"]["name"] for p in worker_pods(g, NS)}
     running_before = {p["metadata"]["name"] for p in _running_workers(g)}
     assert len(running_before) == 2, pods_before
+    _set_warm_replicas(g, 1)
+    # No load: Serve scales in to its floor once the downscale delay is short.
+    set_downscale_delay(g, NS, NAME, DOWNSCALE_S)
     wait(
         "Serve to scale in to one replica",
         lambda: len(serve_replicas(NS, cluster_of(g, NS))) == 1 and len(_running_replicas(g)) == 1,
@@ -300,47 +343,52 @@ def test_serve_alone_places_a_replica_on_a_joined_idle_node(deployed: Ground) ->
     (kept,) = _running_replicas(g)
     idle = running_before - {kept["node_instance_id"]}
     (idle_pod,) = [p for p in _running_workers(g) if p["metadata"]["name"] in idle]
-    # The emptied node is still a joined Ray node (the autoscaler keeps it IDLE_TIMEOUT_S).
-    assert idle_pod["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
-    t_load = time.time()
-    LOAD["base"] = Load(
-        serve_url(NS, NAME), LOAD_CLIENTS, via=client_netns(g, NS), max_tokens=LOAD_TOKENS
+    set_downscale_delay(g, NS, NAME, HOLD_S)
+    # The emptied node stays a joined Ray node well past the idle timeout: the warm replica.
+    holds_for(
+        "the idle warm node joined",
+        lambda: (
+            idle_pod["status"]["podIP"] in {n["node_ip"] for n in ray_nodes(NS, cluster_of(g, NS))}
+            and {p["metadata"]["name"] for p in _running_workers(g)} == running_before
+        ),
+        IDLE_TIMEOUT_S + 30,
+        interval=3.0,
     )
-    replica, steps = _watch_scale_up(g, t_load, {kept["replica_id"]}, pods_before, timeout=1200)
+    # Both delay edits were lightweight Serve updates: the replica kept is the one that ran.
+    assert [r["replica_id"] for r in _running_replicas(g)] == [kept["replica_id"]]
+    replica, steps = _scale_up(g, {kept["replica_id"]}, pods_before, timeout=1200)
     STEPS["serve_alone"] = steps
     # Serve alone: on the node that was already there, and the chain below Serve did nothing.
     assert replica["node_instance_id"] == idle_pod["metadata"]["name"], replica
     assert {p["metadata"]["name"] for p in worker_pods(g, NS)} <= pods_before
     assert "pod_created" not in steps, steps
-    FIGURES["serve_alone_scale_up_s"] = steps["replica_running"] - t_load
+    FIGURES["serve_alone_scale_up_s"] = steps["replica_running"] - steps["load"]
     if "chain_scale_up_s" in FIGURES:  # scenario 2 ran in this selection
         FIGURES["chain_over_serve_ratio"] = (
             FIGURES["chain_scale_up_s"] / FIGURES["serve_alone_scale_up_s"]
         )
     print("\nServe alone scale-up, s after the load started:", json.dumps(_since_load(steps)))
     assert len(_running_replicas(g)) == 2
-    assert not LOAD["base"].failures(), LOAD["base"].failures()[:3]
 
 
 def test_scale_in_drains_streams_and_removes_the_pod_and_its_ray_node(deployed: Ground) -> None:
     g = deployed
     url = serve_url(NS, NAME)
     t0 = time.monotonic()
-    # The load's clients hang up (Serve cancels their requests at once, instead of finishing up
-    # to 600 tokens each while Serve's demand already falls); then two long streams start one
-    # after the other on the idle fleet: Serve's router sends the second to the replica without
-    # a request, so each replica holds one stream and either one Serve stops is draining one.
-    load = LOAD.pop("base", None)
-    results = load.stop(abort=True) if load else []
-    assert not [r for r in results if not r.ok and not r.aborted], results
+    # Two long streams start one after the other on the idle fleet, which Serve holds at two
+    # replicas (HOLD_S): Serve's router sends the second to the replica without a request, so
+    # each replica holds one stream and either one Serve stops is draining one.
     assert len(_running_replicas(g)) == 2, "scenario 3 left fewer than two replicas"
+    # Nothing kept warm any more: the node Serve empties goes after the idle timeout.
+    _set_warm_replicas(g, 0)
     via = client_netns(g, NS)
     streams = [Load(url, 1, via=via, max_tokens=DRAIN_TOKENS, once=True)]
     wait("the first long stream's first token", streams[0].first_token.is_set, timeout=120)
     streams.append(Load(url, 1, via=via, max_tokens=DRAIN_TOKENS, once=True))
     wait("the second long stream's first token", streams[1].first_token.is_set, timeout=120)
-    # Two ongoing requests against a target of 2 per replica: Serve's demand is one replica
-    # once its 30 s look-back window has forgotten the load, then 10 s of downscale delay.
+    # Two ongoing requests against a target of 2 per replica: Serve's demand is one replica;
+    # with the short downscale delay it stops one while both streams run.
+    set_downscale_delay(g, NS, NAME, DOWNSCALE_S)
     stopping = wait(
         "Serve to stop a replica (scale-in) while the streams run",
         lambda: [

@@ -54,6 +54,7 @@ from chain_support import (
     remove_sandbox,
     running_replicas,
     scheduled_at,
+    serve_deployments,
     serve_logs,
     serve_url,
     wait,
@@ -398,11 +399,25 @@ def test_gpu_pools_scale_in_back_to_the_floor(deployed: Ground) -> None:
         "patch", "k2thinkdeployments.k2think.dev", NAME, "-n", NS, "--type=merge",
         "-p", json.dumps({"spec": {"autoscaling": {"downscaleDelaySeconds": DOWNSCALE_S}}}),
     )  # fmt: skip
-    wait(
-        "the autoscaler to remove the idle GPU worker pod and every pending pod",
-        lambda: len(worker_pods(g, NS)) == 1 and len(_running_replicas(g)) == 1,
-        timeout=600,
-    )
+    try:
+        wait(
+            "the autoscaler to remove the idle GPU worker pod and every pending pod",
+            lambda: len(worker_pods(g, NS)) == 1 and len(_running_replicas(g)) == 1,
+            timeout=600,
+        )
+    except Exception as exc:
+        llm = {
+            k: {
+                "status": v.get("status"),
+                "target": v.get("target_num_replicas"),
+                "replicas": [r.get("state") for r in v.get("replicas") or []],
+                "autoscaling": (v.get("deployment_config") or {}).get("autoscaling_config"),
+                "message": v.get("message"),
+            }
+            for k, v in serve_deployments(NS, cluster_of(g, NS)).items()
+        }
+        workers = [(p["metadata"]["name"], p["status"].get("phase")) for p in worker_pods(g, NS)]
+        raise AssertionError(f"{exc}; Serve: {llm}; worker pods {workers}") from exc
     wait(
         "Ray to have the head and one GPU worker node left",
         lambda: len(ray_nodes(NS, cluster_of(g, NS))) == 2,

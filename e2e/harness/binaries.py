@@ -52,13 +52,19 @@ def find_bindir(*, build: bool = True) -> Path:
 def kube_router_binary() -> Path:
     """kube-router, the chain ground's NetworkPolicy agent (its own cache directory, keyed by
     ``KUBE_ROUTER_VERSION``; built with the rest by ``build-binaries.sh``)."""
+    return component_binary("--print-kube-router", "kube-router")
+
+
+def component_binary(print_flag: str, name: str) -> Path:
+    """An optional component's binary in its own cache directory, which ``build-binaries.sh
+    <print_flag>`` names (without building anything)."""
     out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-kube-router"],
+        ["bash", str(BUILD_SCRIPT), print_flag],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
     ).stdout
-    binary = Path(out.strip().splitlines()[-1]) / "kube-router"
+    binary = Path(out.strip().splitlines()[-1]) / name
     if not os.access(binary, os.X_OK):
         raise BinariesMissingError(f"{binary} is missing; run `make binaries`")
     return binary

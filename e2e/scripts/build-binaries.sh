@@ -5,6 +5,7 @@
 #   e2e/scripts/build-binaries.sh --print   # prints the bin dir without building anything
 #   e2e/scripts/build-binaries.sh --print-kueue   # prints Kueue's directory (bin, crds/, webhook/)
 #   e2e/scripts/build-binaries.sh --print-kube-router   # prints kube-router's directory
+#   e2e/scripts/build-binaries.sh --print-traefik   # prints Traefik's directory
 #
 # Versions come from e2e/build/versions.env only. The binaries land in
 #   ${K2T_CACHE:-$HOME/.cache/k2think-operator}/bin/<key>/
@@ -21,6 +22,7 @@ CACHE="${K2T_CACHE:-$HOME/.cache/k2think-operator}"
 source "$BUILD_SRC/versions.env"
 : "${KUBERNETES_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${KUBERAY_VERSION:?}"
 : "${HELM_VERSION:?}" "${KUEUE_VERSION:?}" "${KUBE_ROUTER_VERSION:?}"
+: "${TRAEFIK_VERSION:?}" "${TRAEFIK_PATCH:?}"
 
 # versions.env is hashed only up to its "optional components" marker: those components (Kueue)
 # live in directories keyed by their own version, so adding one never rebuilds Kubernetes.
@@ -36,6 +38,7 @@ KEY="${KUBERNETES_VERSION}-$(hash_inputs)"
 BIN="$CACHE/bin/$KEY"
 KUEUE_BIN="$CACHE/bin/kueue-${KUEUE_VERSION:?}"
 KUBE_ROUTER_BIN="$CACHE/bin/kube-router-${KUBE_ROUTER_VERSION:?}"
+TRAEFIK_BIN="$CACHE/bin/traefik-${TRAEFIK_VERSION}-${TRAEFIK_PATCH}"
 KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ALL_BINS=("${KUBE_BINS[@]}" etcd kwok ray-operator helm)
 STAGES=(node-initialize node-heartbeat pod-ready pod-complete pod-delete)
@@ -45,10 +48,11 @@ complete() {
     for b in "${ALL_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
     for b in "${STAGES[@]}"; do [[ -s "$BIN/kwok-stages/$b.yaml" ]] || return 1; done
     compgen -G "$BIN/crds/kuberay/*.yaml" >/dev/null || return 1
-    [[ -s "$BIN/versions.env" ]] && kueue_complete && kube_router_complete
+    [[ -s "$BIN/versions.env" ]] && kueue_complete && kube_router_complete && traefik_complete
 }
 
 kube_router_complete() { [[ -x "$KUBE_ROUTER_BIN/kube-router" ]]; }
+traefik_complete() { [[ -x "$TRAEFIK_BIN/traefik" ]]; }
 
 kueue_complete() {
     [[ -x "$KUEUE_BIN/kueue" && -s "$KUEUE_BIN/webhook/manifests.yaml" ]] \
@@ -65,6 +69,10 @@ if [[ "${1:-}" == "--print-kueue" ]]; then
 fi
 if [[ "${1:-}" == "--print-kube-router" ]]; then
     echo "$KUBE_ROUTER_BIN"
+    exit 0
+fi
+if [[ "${1:-}" == "--print-traefik" ]]; then
+    echo "$TRAEFIK_BIN"
     exit 0
 fi
 if complete; then
@@ -201,6 +209,86 @@ build_kube_router() { # keyed by KUBE_ROUTER_VERSION, like Kueue
     echo "KUBE_ROUTER_VERSION=$KUBE_ROUTER_VERSION" >"$KUBE_ROUTER_BIN/version.env"
 }
 if ! kube_router_complete; then build_kube_router; fi
+
+module_dir() { # the module's directory in the Go module cache (downloaded if needed)
+    go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+build_traefik() { # keyed by TRAEFIK_VERSION and TRAEFIK_PATCH (the recipe below)
+    mkdir -p "$TRAEFIK_BIN"
+    exec 8>"$TRAEFIK_BIN/.lock"
+    if command -v flock >/dev/null; then flock 8; fi
+    if traefik_complete; then return 0; fi
+    local src="$TRAEFIK_BIN/src"
+    rm -rf "$src"
+    cp -r "$(module_dir "github.com/traefik/traefik/v3@$TRAEFIK_VERSION")" "$src"
+    chmod -R u+w "$src"
+    # 1. The forks its go.mod replaces two modules with are not served: use upstream instead.
+    sed -i -e '/=> github.com\/containous\/go-http-auth /d' -e '/=> github.com\/containous\/mux /d' \
+        -e 's#github.com/abbot/go-http-auth v0.0.0-00010101000000-000000000000#github.com/abbot/go-http-auth v0.4.0#' \
+        "$src/go.mod"
+    #    The fork's two additions Traefik uses: a router option for its legacy (v2) rule syntax
+    #    (matching then runs on the URL path) and a context key, made local.
+    sed -i 's/mux\.NewRouter()\.UseRoutingPath()\.NewRoute()/mux.NewRouter().NewRoute()/' \
+        "$src/pkg/muxer/http/matcher_v2.go"
+    sed -i -e 's/mux\.RoutingPathKey/routingPathKey/g' -e '/^\t"github.com\/gorilla\/mux"$/d' \
+        "$src/pkg/muxer/http/mux.go"
+    printf '\ntype routingPathKeyType struct{}\n\nvar routingPathKey = routingPathKeyType{}\n' \
+        >>"$src/pkg/muxer/http/mux.go"
+    #    What upstream go-http-auth lacks: the basic-auth middleware refuses every password
+    #    (its secret check is the fork's) and the digest one answers a stale nonce as a wrong one.
+    sed -i 's/checkSecret:       goauth\.CheckSecret,/checkSecret:       func(string, string) bool { return false },/' \
+        "$src/pkg/middlewares/auth/basic_auth.go"
+    sed -i 's/d\.auth\.RequireAuthStale(rw, req)/d.auth.RequireAuth(rw, req)/' \
+        "$src/pkg/middlewares/auth/digest_auth.go"
+    # 2. lego (ACME) without its DNS-01 providers, whose cloud SDKs are refused.
+    local lego_version
+    lego_version="$(sed -n 's#^[[:space:]]*github.com/go-acme/lego/v5 \(v[^ ]*\).*#\1#p' "$src/go.mod" | head -n1)"
+    cp -r "$(module_dir "github.com/go-acme/lego/v5@$lego_version")" "$src/third_party-lego"
+    chmod -R u+w "$src/third_party-lego"
+    rm -f "$src/third_party-lego/providers/dns/dns_providers_test.go"
+    cat >"$src/third_party-lego/providers/dns/zz_gen_dns_providers.go" <<'GO'
+// Trimmed by k2think-operator's e2e/scripts/build-binaries.sh: no DNS-01 providers (several of
+// their SDKs are not served by the module proxy; the test ground's Gateway needs no ACME).
+
+package dns
+
+import (
+	"fmt"
+
+	"github.com/go-acme/lego/v5/challenge"
+)
+
+// NewDNSChallengeProviderByName refuses every name: no DNS-01 provider is built in.
+func NewDNSChallengeProviderByName(name string) (challenge.Provider, error) {
+	return nil, fmt.Errorf("unrecognized DNS provider: %s (not built into this Traefik)", name)
+}
+GO
+    echo 'replace github.com/go-acme/lego/v5 => ./third_party-lego' >>"$src/go.mod"
+    # 3. The nested module its go.mod replaces by ./pkg/config/dynamic/ext is not in the v3 zip
+    #    (nor served): the dynamic configuration's extension points, empty structs in this build.
+    mkdir -p "$src/pkg/config/dynamic/ext"
+    printf 'module github.com/traefik/traefik/dynamic/ext\n\ngo 1.26.0\n' \
+        >"$src/pkg/config/dynamic/ext/go.mod"
+    cat >"$src/pkg/config/dynamic/ext/ext.go" <<'GO'
+// Package ext stands in for Traefik's nested module github.com/traefik/traefik/dynamic/ext,
+// left out of the v3 module's zip: the dynamic configuration's extension points, empty here.
+package ext
+
+// HTTP extends dynamic.HTTPConfiguration (nothing in this build).
+type HTTP struct{}
+
+// Router extends dynamic.Router (nothing in this build).
+type Router struct{}
+GO
+    log "building Traefik $TRAEFIK_VERSION (patched, see versions.env) into $TRAEFIK_BIN"
+    (cd "$src" && GOFLAGS=-mod=mod go build -trimpath \
+        -ldflags "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+        -o "$TRAEFIK_BIN/traefik" ./cmd/traefik)
+    rm -rf "$src"
+    echo "TRAEFIK_VERSION=$TRAEFIK_VERSION TRAEFIK_PATCH=$TRAEFIK_PATCH" >"$TRAEFIK_BIN/version.env"
+}
+if ! traefik_complete; then build_traefik; fi
 
 # Data files the harness needs, copied next to the binaries so nothing reads GOMODCACHE at run time.
 kuberay_dir="$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \

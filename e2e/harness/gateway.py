@@ -1,0 +1,109 @@
+"""The Gateway API on the test ground: its CRDs, and Traefik as the implementation.
+
+KubeRay's incremental upgrade (``NewClusterWithIncrementalUpgrade``) routes a RayService's
+traffic through a Gateway and an HTTPRoute it writes, and moves a cluster's Serve
+``target_capacity`` only once the Gateway is ``Accepted`` and ``Programmed`` and the route
+``Accepted`` with ``ResolvedRefs`` (``checkIfNeedTargetCapacityUpdate``, KubeRay v1.6.2): without
+an implementation writing those conditions, the upgrade never starts. Traefik implements the
+Gateway API in one Go binary that builds from the module proxy (``build-binaries.sh``: a patched
+copy, see versions.env), so the ground runs the real thing: Traefik in the network namespace of a
+pod, watching the API server, writing the statuses, and proxying requests to the Ray clusters'
+serve Services with the HTTPRoute's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from . import processes
+from .binaries import component_binary
+
+VERSIONS = Path(__file__).resolve().parents[1] / "build" / "versions.env"
+#: KubeRay's flag for the incremental upgrade (alpha in v1.6, off by default).
+INCREMENTAL_UPGRADE_GATE = "--feature-gates=RayServiceIncrementalUpgrade=true"
+#: The GatewayClass Traefik answers for (its default controller name).
+TRAEFIK_CONTROLLER = "traefik.io/gateway-controller"
+#: KubeRay's Gateway listens on port 80 (``utils.DefaultGatewayListenerPort``); Traefik attaches
+#: a listener to the entry point with the same port.
+LISTENER_PORT = 80
+
+
+def versions() -> dict[str, str]:
+    return {
+        k.strip(): v.strip()
+        for k, v in (
+            line.split("=", 1)
+            for line in VERSIONS.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+    }
+
+
+def gateway_api_crds() -> list[Path]:
+    """The Gateway API's standard CRDs, from the Go module cache (the Go proxy fills it)."""
+    module = f"sigs.k8s.io/gateway-api@{versions()['GATEWAY_API_VERSION']}"
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True
+    ).stdout
+    files = sorted((Path(json.loads(out)["Dir"]) / "config" / "crd" / "standard").glob("*.yaml"))
+    # The CRDs only: v1.5+ ships a ValidatingAdmissionPolicy beside them (vap_safeupgrades).
+    crds = [f for f in files if "\nkind: CustomResourceDefinition" in f.read_text()]
+    assert crds, f"no CRDs in {module}"
+    return crds
+
+
+def traefik_binary() -> Path:
+    """Traefik, built by ``build-binaries.sh`` into its own cache directory."""
+    return component_binary("--print-traefik", "traefik")
+
+
+def gateway_class(name: str) -> dict[str, object]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": TRAEFIK_CONTROLLER},
+    }
+
+
+#: Traefik's dynamic configuration beside the Gateway API: a retry of requests whose connection
+#: to the backend failed (Traefik's retry middleware stops at the first response, whatever its
+#: status, so a request that reached Serve is never sent twice). During an incremental upgrade
+#: the backends behind KubeRay's HTTPRoute change under the Gateway (a cluster's Serve proxies
+#: stop as its replicas go, its Services' endpoints follow a moment later): without it, a
+#: request sent in that moment gets a 502 (seen on the chain ground, 1 of 177).
+RETRY_ON_CONNECT_FAILURE = """\
+http:
+  middlewares:
+    retry-connect:
+      retry:
+        attempts: 3
+        initialInterval: 100ms
+"""
+
+
+def start_traefik(
+    state_dir: Path, *, netns: Path, kubeconfig: Path, status_ip: str, name: str = "traefik"
+) -> processes.Proc:
+    """Traefik's Gateway API provider, in ``netns`` (a pod's), against the API server named in
+    ``kubeconfig``; it reports ``status_ip`` as the Gateways' address and retries a request
+    whose backend connection failed (``RETRY_ON_CONNECT_FAILURE``, on every route of the
+    entry point). Its ping endpoint (8082, inside that namespace) answers once it runs."""
+    dynamic = state_dir / f"{name}-dynamic.yaml"
+    dynamic.write_text(RETRY_ON_CONNECT_FAILURE)
+    argv = [
+        str(traefik_binary()),
+        f"--entryPoints.web.address=:{LISTENER_PORT}",
+        "--entryPoints.web.http.middlewares=retry-connect@file",
+        f"--providers.file.filename={dynamic}",
+        "--entryPoints.traefik.address=:8082",
+        "--ping=true",
+        "--providers.kubernetesGateway=true",
+        f"--providers.kubernetesGateway.statusAddress.ip={status_ip}",
+        "--log.level=INFO",
+        "--accesslog=true",
+    ]
+    env = {"KUBECONFIG": str(kubeconfig)}
+    return processes.start(name, argv, state_dir, env=env, netns=netns)
