@@ -165,13 +165,22 @@ demo: venv binaries
 ## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, fleet, data plane, chain,
 ## the image and the user's path (helm install of that image on the chain ground)
 test: venv system-deps binaries
-	$(MAKE) lint typecheck unit
+	$(MAKE) -j2 --output-sync=recurse test-checks test-prepare
 	$(MAKE) e2e
 	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
 	$(MAKE) test-chain
-	$(MAKE) image
 	$(MAKE) test-userpath
+
+## test-checks: lint, types and unit tests (no cluster, no Ray)
+## test-prepare: the heavy suites' environments (the data-plane venv, the image); `make test` builds
+## them beside test-checks (-j2): they mostly wait on the package registries and the disk
+.PHONY: test-checks test-prepare
+test-checks: venv
+	$(MAKE) lint typecheck unit
+test-prepare: system-deps
+	bash e2e/dataplane/install.sh
+	$(MAKE) image
 
 ## test-userpath: helm install of the chart with the image `make image` built, the operator running
 ## as pods from that image, the CPU example served with every production default on (e2e/userpath/)

@@ -237,17 +237,20 @@ class Samples:
     replicas: list[dict[str, int]] = field(default_factory=list)
     pods: list[int] = field(default_factory=list)
 
-    def steps(self, side: str, key: str, cluster: str | None = None) -> list[int]:
-        """The distinct values of ``<side>ServiceStatus.<key>`` in the order they came (only
-        while that side was ``cluster``, when given)."""
+    def steps(self, cluster: str, key: str) -> list[int]:
+        """The distinct values of ``<key>`` for Ray cluster ``cluster`` in the order they came,
+        whichever side (``active`` or ``pending``) of the RayService's status held it: the new
+        cluster's last steps can be seen only once it is promoted (KubeRay may move the last
+        traffic, take the old cluster to 0 and promote within a few seconds, less than a look)."""
         seen: list[int] = []
         for status in self.rayservice:
-            found = status.get(f"{side}ServiceStatus") or {}
-            if cluster is not None and found.get("rayClusterName") != cluster:
-                continue
-            value = found.get(key)
-            if value is not None and (not seen or seen[-1] != value):
-                seen.append(int(value))
+            for side in ("active", "pending"):
+                found = status.get(f"{side}ServiceStatus") or {}
+                if found.get("rayClusterName") != cluster:
+                    continue
+                value = found.get(key)
+                if value is not None and (not seen or seen[-1] != value):
+                    seen.append(int(value))
         return seen
 
 
@@ -258,14 +261,15 @@ def _in_order(seen: list[int], wanted: list[int]) -> bool:
 
 
 def _first_seen(samples: Samples) -> dict[tuple[str, str, int], int]:
-    """(side, key, value) -> index of the first sample whose RayService status showed it."""
+    """(Ray cluster, key, value) -> index of the first sample whose RayService status showed it."""
     out: dict[tuple[str, str, int], int] = {}
     for index, status in enumerate(samples.rayservice):
         for side in ("active", "pending"):
+            found = status.get(f"{side}ServiceStatus") or {}
             for key in ("targetCapacity", "trafficRoutedPercent"):
-                value = (status.get(f"{side}ServiceStatus") or {}).get(key)
-                if value is not None:
-                    out.setdefault((side, key, int(value)), index)
+                value = found.get(key)
+                if value is not None and found.get("rayClusterName"):
+                    out.setdefault((str(found["rayClusterName"]), key, int(value)), index)
     return out
 
 
@@ -360,9 +364,9 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
     peak_replicas = max(sum(r.values()) for r in samples.replicas)
     report = {
         "took_s": round(took),
-        "pending_target_capacity": samples.steps("pending", "targetCapacity"),
-        "pending_traffic": samples.steps("pending", "trafficRoutedPercent"),
-        "active_target_capacity": samples.steps("active", "targetCapacity", cluster=before),
+        "new_target_capacity": samples.steps(after, "targetCapacity"),
+        "new_traffic": samples.steps(after, "trafficRoutedPercent"),
+        "old_target_capacity": samples.steps(before, "targetCapacity"),
         "peak_llm_replicas": peak_replicas,
         "peak_worker_pods": max(samples.pods),
         "requests": len(results),
@@ -371,20 +375,20 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
     # KubeRay's steps, in order (a sample may miss a value KubeRay held for less than one look,
     # never the order): the new cluster's capacity up by maxSurge, the traffic by stepSize up
     # to that capacity, the old cluster's capacity down by maxSurge.
-    assert _in_order(samples.steps("pending", "targetCapacity"), [50, 100]), report
-    assert _in_order(samples.steps("pending", "trafficRoutedPercent"), [50, 100]), report
+    assert _in_order(samples.steps(after, "targetCapacity"), [50, 100]), report
+    assert _in_order(samples.steps(after, "trafficRoutedPercent"), [50, 100]), report
     # The old cluster's capacity only went down, by maxSurge (KubeRay promotes the new cluster
     # in the same reconcile that takes the old one to 0, so 0 itself may never be seen).
-    old = samples.steps("active", "targetCapacity", cluster=before)
+    old = samples.steps(before, "targetCapacity")
     assert 50 in old and old == sorted(old, reverse=True), report
     # Interleaved as the surge requires (a sample can show two steps at once): the old cluster
     # down to 50 no earlier than the new one had 50% of the traffic, the new one to 100 no
     # earlier than that; and in every sample KubeRay's invariants held.
     first = _first_seen(samples)
     assert (
-        first[("pending", "trafficRoutedPercent", 50)]
-        <= first[("active", "targetCapacity", 50)]
-        <= first[("pending", "targetCapacity", 100)]
+        first[(after, "trafficRoutedPercent", 50)]
+        <= first[(before, "targetCapacity", 50)]
+        <= first[(after, "targetCapacity", 100)]
     ), first
     assert not _surge_violations(samples), _surge_violations(samples)[:3]
     # The route's weights went the same way, two backends summing to 100 while both served.

@@ -10,7 +10,8 @@ through the dashboard's REST API as KubeRay does, on the suite's Ray head:
    usage, the operator's policy in Serve's controller asks for a second replica, and it runs.
 2. ``ongoingRequests`` (Serve's default policy, same target, same cache, same load): the KV
    cache fills as well (vLLM's own gauge through Ray's metrics export), and Serve keeps one
-   replica for several times the reaction time the first phase showed.
+   replica for twice the reaction time the first phase showed (the decision and the new
+   replica's start: the decision alone is a fraction of it).
 
 Then the suite's shared application is put back for the tests after this file.
 """
@@ -206,7 +207,7 @@ def test_kv_cache_full_scales_out_under_latency_target_and_not_under_ongoing_req
 
         # 2. ongoingRequests: same cache, same load, the KV cache fills, Serve keeps one replica.
         _redeploy(served_app, _config(served_app, {"mode": "ongoingRequests"}))
-        window_s = max(90.0, 3 * reaction_s)
+        window_s = max(90.0, 2 * reaction_s)
         full: list[float] = []
 
         def kv_now() -> float:
