@@ -20,7 +20,9 @@ bundle is built here) places the TP workers on the pod's GPUs. Defaults througho
    served in full (per request); a burst beyond it gets HTTP 503 from Serve's back-pressure for
    the surplus, and no other error;
 5. the load stops and the downscale delay is set back to 10 s -> Serve scales in to the floor
-   and the autoscaler removes the idle pod; ``CapacityBlocked`` clears.
+   and the autoscaler removes the idle pod; a pod still refused from scenario 3 holds no GPU and
+   ``CapacityBlocked`` reports it (Ray gives it up only ``poolFallbackSeconds`` after its
+   creation: the scenario no longer waits ten minutes for that), or, with none, is False.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import pytest
 from chain_support import (
     CLIENT_POD,
     FIGURES,
-    POOL_FALLBACK_S,
     POOL_LABEL,
     UNSCHEDULABLE_GRACE_S,
     Ground,
@@ -45,7 +46,6 @@ from chain_support import (
     client_netns,
     cluster_of,
     dashboard,
-    epoch,
     http_json,
     k2t,
     llm_deployment_config,
@@ -401,17 +401,20 @@ def test_gpu_pools_scale_in_back_to_the_floor(deployed: Ground) -> None:
         "patch", "k2thinkdeployments.k2think.dev", NAME, "-n", NS, "--type=merge",
         "-p", json.dumps({"spec": {"autoscaling": {"downscaleDelaySeconds": DOWNSCALE_S}}}),
     )  # fmt: skip
-    # A pod the scheduler refused (both pools full) is a request the Ray autoscaler v2 drops only
-    # at its allocation timeout (poolFallbackSeconds, counted from the pod's creation), not when
-    # Serve's demand falls: it holds no GPU meanwhile, but the wait must cover it.
-    pending = [epoch(p["metadata"]["creationTimestamp"]) for p in worker_pods(g, NS)
-               if p["status"].get("phase") == "Pending"]  # fmt: skip
-    bound = max([time.time() + 600, *(c + POOL_FALLBACK_S + 180 for c in pending)]) - time.time()
+    # The replicas and the GPUs come back to the floor: Serve stops the second replica, the
+    # autoscaler removes its idle pod. A pod the scheduler refused (both pools full, scenario 3)
+    # is another matter: Ray's autoscaler v2 gives it up only at its allocation timeout
+    # (poolFallbackSeconds, 600 s by default, counted from the pod's creation), not when Serve's
+    # demand falls; it holds no GPU meanwhile. Waiting that out here cost ten minutes of every
+    # run, so the scenario asserts what such a pod is until then instead (below).
     try:
         wait(
-            "the autoscaler to remove the idle GPU worker pod and every pending pod",
-            lambda: len(worker_pods(g, NS)) == 1 and len(_running_replicas(g)) == 1,
-            timeout=bound,
+            "the autoscaler to remove the idle GPU worker pod",
+            lambda: (
+                len([p for p in worker_pods(g, NS) if p["spec"].get("nodeName")]) == 1
+                and len(_running_replicas(g)) == 1
+            ),
+            timeout=600,
         )
     except Exception as exc:
         llm = {
@@ -432,17 +435,26 @@ def test_gpu_pools_scale_in_back_to_the_floor(deployed: Ground) -> None:
         timeout=180,
     )
     assert len(_check_tp_groups(g, 1)) == 1
-    seen: dict[str, Any] = {}
-
-    def cleared() -> bool:
-        seen["condition"] = condition(k2t(g, NS, NAME), "CapacityBlocked")
-        return bool(seen["condition"] and seen["condition"]["status"] == "False")
-
-    try:
-        wait("CapacityBlocked to clear", cleared, timeout=180)
-    except Exception as exc:
-        live = [
-            (p["metadata"]["name"], p["status"].get("phase"), p["spec"].get("nodeName"))
-            for p in pods(g, NS)
-        ]
-        raise AssertionError(f"{exc}; last condition {seen.get('condition')}; pods {live}") from exc
+    # Every pod left beyond the floor's is one the scheduler refused: bound nowhere, so it holds
+    # no GPU, and CapacityBlocked goes on reporting it until Ray's autoscaler gives it up; with
+    # none left, CapacityBlocked is False.
+    refused = [p for p in worker_pods(g, NS) if not p["spec"].get("nodeName")]
+    assert all(scheduled_at(p, "False") for p in refused), [p["status"] for p in refused]
+    if refused:
+        wait(
+            "CapacityBlocked to report the refused pod(s)",
+            lambda: (
+                (c := condition(k2t(g, NS, NAME), "CapacityBlocked"))
+                and c["status"] == "True"
+                and "cannot be scheduled" in c["message"]
+            ),
+            timeout=120,
+        )
+    else:
+        wait(
+            "CapacityBlocked to clear",
+            lambda: (
+                (c := condition(k2t(g, NS, NAME), "CapacityBlocked")) and c["status"] == "False"
+            ),
+            timeout=180,
+        )
