@@ -49,7 +49,7 @@ from k2think_operator.api.owned import (
 from k2think_operator.api.schema import Cel, IntOrString, cel
 from k2think_operator.api.serving import RoutingSpec
 from k2think_operator.api.speculative import SpeculativeDecodingSpec
-from k2think_operator.api.upgrade import IncrementalUpgradeSpec
+from k2think_operator.api.upgrade import INCREMENTAL_UPGRADE, IncrementalUpgradeSpec
 
 # Our API's coordinates live in ``apis.K2THINK``; these names stay for existing imports.
 API_GROUP = K2THINK.group
@@ -1432,7 +1432,7 @@ class K2ThinkDeploymentSpec(_Model):
         "gatewayClassName), and incrementalUpgrade is only for that strategy",
     )
     def _incremental_upgrade_options(self) -> K2ThinkDeploymentSpec:
-        incremental = self.upgrade_strategy == "NewClusterWithIncrementalUpgrade"
+        incremental = self.upgrade_strategy == INCREMENTAL_UPGRADE
         if incremental and self.incremental_upgrade is None:
             raise ValueError(
                 "upgradeStrategy NewClusterWithIncrementalUpgrade needs incrementalUpgrade (at "

@@ -12,10 +12,14 @@ and the old cluster shrinks: the fleet never needs its GPUs twice.
 
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import Field
 
 from k2think_operator.api.base import _Model
 
+#: The ``upgradeStrategy`` value (KubeRay's) that these options go with.
+INCREMENTAL_UPGRADE: Final = "NewClusterWithIncrementalUpgrade"
 #: Gateway API GatewayClass names are object names (DNS subdomains).
 GATEWAY_CLASS_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 

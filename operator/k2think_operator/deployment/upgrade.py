@@ -17,10 +17,10 @@ from typing import Any
 
 from k2think_operator.api import reasons as r
 from k2think_operator.api.spec import K2ThinkDeploymentSpec
+from k2think_operator.api.upgrade import INCREMENTAL_UPGRADE
 from k2think_operator.plan.planner import Plan
 from k2think_operator.runtime.conditions import condition, set_condition
 
-INCREMENTAL = "NewClusterWithIncrementalUpgrade"
 GATE_OFF_TEXT = (
     "KubeRay's RayServiceIncrementalUpgrade feature gate is off (the operator is told so by "
     "K2T_KUBERAY_INCREMENTAL_UPGRADE; off is KubeRay v1.6's default): KubeRay ignores "
@@ -36,7 +36,11 @@ def upgrade_cost(spec: K2ThinkDeploymentSpec | None, plan: Plan, gate_on: bool) 
     strategy = spec.upgrade_strategy if spec else "NewCluster"
     if strategy == "None":
         return "upgradeStrategy None: the running cluster keeps its old shape"
-    if strategy == INCREMENTAL and spec is not None and spec.incremental_upgrade is not None:
+    if (
+        strategy == INCREMENTAL_UPGRADE
+        and spec is not None
+        and spec.incremental_upgrade is not None
+    ):
         if not gate_on:
             return GATE_OFF_TEXT
         options = spec.incremental_upgrade
@@ -64,7 +68,7 @@ def with_upgrade_condition(
     """Add IncrementalUpgradeUnavailable for a deployment with that strategy; drop it for the
     others (a deployment that switched strategy keeps no stale verdict)."""
     existing = status.get("conditions") or []
-    if spec is None or spec.upgrade_strategy != INCREMENTAL:
+    if spec is None or spec.upgrade_strategy != INCREMENTAL_UPGRADE:
         kept = [c for c in existing if c.get("type") != r.INCREMENTAL_UPGRADE_UNAVAILABLE]
         return status if len(kept) == len(existing) else {**status, "conditions": kept}
     if gate_on:

@@ -22,6 +22,7 @@ from k2think_operator.api.spec import (
     K2ThinkDeploymentSpec,
     PoolSpec,
 )
+from k2think_operator.api.upgrade import INCREMENTAL_UPGRADE
 from k2think_operator.plan.ingress_sizing import HEAD_RESOURCE, HEAD_RESOURCE_CAPACITY
 from k2think_operator.plan.planner import Plan, PoolPlan
 from k2think_operator.render.ingress_group import build_ingress_group, wants_ingress_group
@@ -229,7 +230,7 @@ def build_worker_group(
         pod_spec["serviceAccountName"] = spec.ray.service_account_name
 
     replicas, minimum, maximum = _worker_bounds(
-        plan, pool_plan, incremental=spec.upgrade_strategy == "NewClusterWithIncrementalUpgrade"
+        plan, pool_plan, incremental=spec.upgrade_strategy == INCREMENTAL_UPGRADE
     )
     group: dict[str, Any] = {
         "groupName": pool.name,
