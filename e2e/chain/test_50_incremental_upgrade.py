@@ -405,7 +405,13 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
     assert results and not [r for r in results if not r.ok], [r for r in results if not r.ok][:3]
     # The end: the new cluster alone behind the Gateway, the old one gone, status.upgrade gone.
     assert after != before
-    assert _route_weights(_gateway_objects(g)[1]) == {f"{after}-serve-svc": 100}
+    # KubeRay rewrites the HTTPRoute after the promotion: for a reconcile or two it may still
+    # list the old cluster's Service at weight 0.
+    wait(
+        "the HTTPRoute to send everything to the new cluster alone",
+        lambda: _route_weights(_gateway_objects(g)[1]) == {f"{after}-serve-svc": 100},
+        timeout=60,
+    )
     wait(
         f"the old Ray cluster {before} deleted",
         lambda: not _api(g).exists(f"/apis/ray.io/v1/namespaces/{NS}/rayclusters/{before}"),
