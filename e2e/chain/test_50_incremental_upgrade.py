@@ -12,8 +12,10 @@ two fixed replicas, ``maxSurgePercent: 50``, ``stepSizePercent: 50``:
 2. A change of the Ray pods' environment (a new Ray cluster, as an image bump is) while a client
    streams through the Gateway: KubeRay raises the new cluster's Serve ``target_capacity`` to 50,
    moves 50% of the traffic to it, lowers the old one's to 50, raises the new one's to 100, moves
-   the rest, and retires the old cluster. Asserted from samples every few seconds: each of those
-   steps seen in order, in the RayService's status, in the HTTPRoute's weights and in the
+   the rest, and retires the old cluster. Asserted from samples (the statuses and the route every
+   second, each cluster's steps on whichever side of the status holds it; the replicas and pods
+   every few seconds): each of those steps seen in order, in the RayService's status, in the
+   HTTPRoute's weights and in the
    K2ThinkDeployment's ``status.upgrade``; the LLM replicas of both clusters together never more
    than ``(1 + maxSurge)`` of the fleet (3 of 2); every completion the client sent through the
    Gateway served; the new cluster serving through the Gateway at the end and the old one gone.
@@ -26,6 +28,7 @@ replicas (docs/serving-path.md).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +54,7 @@ from chain_support import (
     wait,
 )
 
-from harness import gateway, netns
+from harness import ApiError, gateway, netns
 from harness.processes import Proc
 from support import condition
 
@@ -322,14 +325,36 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
         "-p", json.dumps({"spec": {"ray": {"env": env}}}),
     )  # fmt: skip
 
+    # The RayService's status, the HTTPRoute's weights and status.upgrade (cheap reads) every
+    # second on a thread of their own, so that the slower looks below (Serve's replicas through
+    # each cluster's dashboard, which may be starting) never make a step KubeRay holds for a
+    # few seconds go unseen; one lock keeps the samples in the order they were read.
+    lock = threading.Lock()
+
+    def look_at_status() -> dict[str, Any]:
+        with lock:
+            status: dict[str, Any] = (rayservice(g, NS, NAME) or {}).get("status") or {}
+            samples.rayservice.append(status)
+            samples.weights.append(_route_weights(_gateway_objects(g)[1]))
+            samples.upgrade_status.append(
+                dict((k2t(g, NS, NAME) or {}).get("status", {}).get("upgrade") or {})
+            )
+            return status
+
+    done_looking = threading.Event()
+
+    def look_every_second() -> None:
+        while not done_looking.wait(1.0):
+            try:
+                look_at_status()
+            except (ApiError, OSError):  # the next look tells
+                continue
+
+    looker = threading.Thread(target=look_every_second, daemon=True)
+    looker.start()
+
     def sample() -> bool:
-        rs = rayservice(g, NS, NAME) or {}
-        status = rs.get("status") or {}
-        samples.rayservice.append(status)
-        samples.weights.append(_route_weights(_gateway_objects(g)[1]))
-        samples.upgrade_status.append(
-            dict((k2t(g, NS, NAME) or {}).get("status", {}).get("upgrade") or {})
-        )
+        status = look_at_status()
         clusters = {
             str(s["rayClusterName"])
             for s in (
@@ -358,6 +383,8 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
     try:
         wait("the new Ray cluster to serve alone (the upgrade done)", sample, timeout=1800)
     finally:
+        done_looking.set()
+        looker.join(timeout=30)
         results = client.stop(timeout=300)
     took = time.monotonic() - t0
     after = _active_cluster(g)
