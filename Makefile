@@ -162,15 +162,15 @@ test-chaos: venv binaries
 demo: venv binaries
 	$(PY) e2e/demo.py --name $(CLUSTER)
 
-## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, fleet, data plane, chain,
-## the image and the user's path (helm install of that image on the chain ground)
+## test: everything CI runs (.ci/run calls this): lint, types, unit, e2e, fleet, data plane, the
+## image and the user's path (helm install of that image on the chain ground), then the chain
 test: venv system-deps binaries
 	$(MAKE) -j2 --output-sync=recurse test-checks test-prepare
 	$(MAKE) e2e
 	$(MAKE) test-fleet
 	$(MAKE) test-dataplane
-	$(MAKE) test-chain
 	$(MAKE) test-userpath
+	$(MAKE) test-chain
 
 ## test-checks: lint, types and unit tests (no cluster, no Ray)
 ## test-prepare: the heavy suites' environments (the data-plane venv, the image); `make test` builds
