@@ -22,6 +22,7 @@ from k2think_operator.plan.ingress_sizing import (
     HEAD_RESOURCE,
     INGRESS_RESOURCE,
     SERVE_LLM_DEFAULT_INGRESS_OPTIONS,
+    cpu_count,
     default_target,
     ingress_deployment_config,
 )
@@ -219,3 +220,18 @@ def test_explicit_cpu_group_beyond_kueue_is_refused() -> None:
     )
     with pytest.raises(InvalidSpec, match="at most 6 pools"):
         parse_spec(doc["spec"])
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [(None, 0), ("", 0), ("4", 4), ("3500m", 3), ("0.5", 0), ("1k", 1000), ("0Ki", 0),
+     ("1Ki", 1024), ("2M", 2_000_000)],
+)  # fmt: skip
+def test_cpu_count_reads_every_suffix_the_schema_admits(text: str | None, cpus: int) -> None:
+    """As the API server reads a quantity (hypothesis found "0Ki" crashing the planner)."""
+    assert cpu_count(text) == cpus
+
+
+def test_a_cpu_group_in_binary_units_is_planned() -> None:
+    plan = _plan(serving={"ingress": {"placement": "cpuGroup", "cpuGroup": {"cpu": "0Ki"}}})
+    assert plan.ingress is not None and plan.ingress.placement == "cpuGroup"

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import Decimal
 
+from k2think_operator.api.k8s_rules import quantity
 from k2think_operator.api.spec import INGRESS_GROUP, KUEUE_MAX_WORKER_GROUPS, K2ThinkDeploymentSpec
 
 #: Ray Serve LLM 2.60's ``DEFAULT_INGRESS_OPTIONS`` (core/ingress/ingress.py), which our
@@ -103,13 +103,16 @@ def default_target() -> int:
     return max(1, math.floor(UTILISATION / per_stream))
 
 
-def cpu_count(quantity: str | None) -> int:
-    """Whole CPUs of a Kubernetes quantity ("4", "3500m"); 0 when unset."""
-    if not quantity:
+def cpu_count(text: str | None) -> int:
+    """Whole CPUs of a Kubernetes quantity; 0 when unset. Every suffix the schema admits is
+    read as the API server reads it ("3500m" is 3, "1k" 1000, "0Ki" 0): a property test found
+    "0Ki" crashing the planner when only "m" was handled."""
+    if not text:
         return 0
-    if quantity.endswith("m"):
-        return int(Decimal(quantity[:-1]) / 1000)
-    return int(Decimal(quantity))
+    value = quantity(text)
+    if value is None:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    return int(value)
 
 
 def head_cpus(spec: K2ThinkDeploymentSpec) -> int:
