@@ -247,14 +247,20 @@ class Samples:
         traffic, take the old cluster to 0 and promote within a few seconds, less than a look)."""
         seen: list[int] = []
         for status in self.rayservice:
-            for side in ("active", "pending"):
-                found = status.get(f"{side}ServiceStatus") or {}
-                if found.get("rayClusterName") != cluster:
-                    continue
+            for name, found in _by_cluster(status):
                 value = found.get(key)
-                if value is not None and (not seen or seen[-1] != value):
+                if name == cluster and value is not None and (not seen or seen[-1] != value):
                     seen.append(int(value))
         return seen
+
+
+def _by_cluster(status: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(Ray cluster, its part of the status) for each side of a RayService's status that names
+    a cluster."""
+    for side in ("active", "pending"):
+        found = status.get(f"{side}ServiceStatus") or {}
+        if found.get("rayClusterName"):
+            yield str(found["rayClusterName"]), found
 
 
 def _in_order(seen: list[int], wanted: list[int]) -> bool:
@@ -267,12 +273,11 @@ def _first_seen(samples: Samples) -> dict[tuple[str, str, int], int]:
     """(Ray cluster, key, value) -> index of the first sample whose RayService status showed it."""
     out: dict[tuple[str, str, int], int] = {}
     for index, status in enumerate(samples.rayservice):
-        for side in ("active", "pending"):
-            found = status.get(f"{side}ServiceStatus") or {}
+        for name, found in _by_cluster(status):
             for key in ("targetCapacity", "trafficRoutedPercent"):
                 value = found.get(key)
-                if value is not None and found.get("rayClusterName"):
-                    out.setdefault((str(found["rayClusterName"]), key, int(value)), index)
+                if value is not None:
+                    out.setdefault((name, key, int(value)), index)
     return out
 
 
