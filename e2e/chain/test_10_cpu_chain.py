@@ -80,7 +80,7 @@ NAME = "tiny"
 CPU_INSTANCE_TYPE = "m7i.xlarge"
 #: The autoscaler removes an idle worker after this long (scenario 4 waits for it), except the
 #: pods a pool keeps warm (scenario 3: ``warmReplicas``).
-IDLE_TIMEOUT_S = 60
+IDLE_TIMEOUT_S = 30
 #: The one pool, over both CPU nodes.
 POOL: dict[str, Any] = {
     **cpu_pool("cpu"),

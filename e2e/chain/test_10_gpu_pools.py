@@ -75,9 +75,16 @@ LOAD: dict[str, Load] = {}
 #: Per replica (``serving.maxOngoingRequests`` of chain_deployment) and per caller.
 SLOTS_PER_REPLICA = 8
 QUEUE = 8
+#: Tokens per request of scenario 4: long enough that the requests holding the slots are still
+#: streaming when the rest arrive (the tiny model streams a 60-token answer in well under a
+#: second, and a burst of 60-token requests never filled the queue in one CI run).
+BELOW_TOKENS = 300
+BURST_TOKENS = 600
 #: Serve's downscale delay while the replicas must stay (scenarios 2-4), then for the scale-in.
 HOLD_S = 600
 DOWNSCALE_S = 10
+#: Ray's autoscaler removes a worker node idle this long (scenario 5's scale-in waits on it).
+IDLE_TIMEOUT_S = 30
 
 
 def _gpu_pool(name: str, gpu_type: str) -> dict[str, Any]:
@@ -107,14 +114,13 @@ def multipool_doc(g: Ground) -> dict[str, Any]:
             # stopped (scenario 2): vLLM's TP=2 start under the load's streams took 10-20 min on
             # 2 cores, without them ~1.5 min. Scenario 5 sets it back to DOWNSCALE_S.
             "downscaleDelaySeconds": HOLD_S,
-            "idleTimeoutSeconds": 60,
+            "idleTimeoutSeconds": IDLE_TIMEOUT_S,
         },
     )
     spec = doc["spec"]
     spec["parallelism"] = {"tensor": 2}
-    # vLLM's CPU kernels (the stand-in computes on the CPU): float32, eager, as the CPU profile.
+    # vLLM's CPU kernels (the stand-in computes on the CPU): float32 (eager: chain_deployment).
     spec["model"]["dtype"] = "float32"
-    spec["engine"]["extraArgs"] = {"enforce_eager": True}
     # The ingress on the head (1 CPU), as in the CPU scenarios: only LLM replicas need pods.
     spec["serving"]["ingress"] = {"placement": "head"}
     # Back-pressure (issue #23, item 3): beyond QUEUE requests waiting at a caller, Serve answers
@@ -357,19 +363,28 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     slots = 2 * SLOTS_PER_REPLICA
     via = client_netns(g, NS)
     url = serve_url(NS, NAME)
-    # Below the limit: QUEUE - 2 requests more than the slots can take (they wait in Serve's
-    # router at the ingress), every one served in full.
-    below = Load(url, slots + QUEUE - 2, via=via, max_tokens=120, once=True)
+    # Below the limit: QUEUE - 2 requests more than the slots can take, sent together (they
+    # wait in Serve's router at the ingress), every one served in full. Long enough (BELOW_TOKENS)
+    # that the surplus really waits: its first tokens come only once a request ahead of it ended.
+    below = Load(url, slots + QUEUE - 2, via=via, max_tokens=BELOW_TOKENS, once=True, together=True)
     served = below.stop(timeout=1200)
     assert len(served) == len(below.threads), served
-    assert all(r.ok and r.tokens == 120 for r in served), served  # nothing dropped, per request
+    assert all(r.ok and r.tokens == BELOW_TOKENS for r in served), served  # nothing dropped
+    first_end = min(r.ended for r in served)
+    waited = [r for r in served if r.first_token_at and r.first_token_at >= first_end - 1.0]
+    assert len(waited) >= QUEUE - 2, (
+        f"only {len(waited)} requests waited for a slot",
+        sorted((round(r.first_token_at - r.started, 1), round(r.ended - r.started, 1)) for r in served if r.first_token_at),
+    )  # fmt: skip
     # Beyond the limit: the queue is per caller (each OpenAI ingress replica routes to the LLM
     # replicas with its own router and its own count), so a burst of slots + QUEUE x callers + 8
     # clients on an idle fleet (nothing left running) has at least 8 that cannot even queue.
     callers = len(running_replicas(NS, cluster_of(g, NS), "OpenAiIngress"))
     assert callers >= 1
     drops_before = _back_pressure_drops(g)
-    burst = Load(url, slots + QUEUE * callers + 8, via=via, max_tokens=60, once=True)
+    burst = Load(
+        url, slots + QUEUE * callers + 8, via=via, max_tokens=BURST_TOKENS, once=True, together=True
+    )
     results = burst.stop(timeout=1200)
     assert len(results) == len(burst.threads)
     rejected = [r for r in results if not r.ok]
@@ -387,7 +402,7 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
         timeout=30,
     )
     print(f"back-pressure drops in Serve's logs: {drops}")
-    assert all(r.tokens == 60 for r in results if r.ok), results
+    assert all(r.tokens == BURST_TOKENS for r in results if r.ok), results
 
 
 @pytest.mark.timeout(1200)
