@@ -389,15 +389,17 @@ async def test_a_child_the_dry_run_refuses_leaves_what_runs_untouched() -> None:
     reconciler = DeploymentReconciler(kube, dry_run_pods=True)
     doc = with_status(minimal_doc(), {})
     first = await reconciler.converge(doc)
-    assert first.applied and kube.dry_runs[0].startswith("RayService ")
-    assert any(d.startswith("Pod ") for d in kube.dry_runs)
+    # A create: the Pods are dry-run (KubeRay would meet their refusal), the RayService is not.
+    assert first.applied and kube.dry_runs and all(d.startswith("Pod ") for d in kube.dry_runs)
     running = copy.deepcopy(kube.objects)
     writes = len(kube.supporting_writes)
+    created = len(kube.dry_runs)
 
     kube.refuse = True
     edited = with_status(minimal_doc(replicas=3), first.status)
     edited["metadata"]["generation"] = 2
     refused = await reconciler.converge(edited)
+    assert kube.dry_runs[created].startswith("RayService ")
     assert not refused.applied and kube.objects == running
     assert len(kube.supporting_writes) == writes
     failure = previous_apply_failure(refused.status)
@@ -429,9 +431,38 @@ async def test_no_dry_run_when_nothing_is_applied() -> None:
 
 async def test_pods_are_dry_run_only_when_opted_in() -> None:
     """The Pod dry run needs RBAC create on pods: off by default (least privilege), so a
-    default reconciler dry-runs the RayService alone."""
+    default reconciler dry-runs the RayService alone (before an update)."""
     kube = DryRunRefusingKube()
     kube.refuse = False
-    first = await DeploymentReconciler(kube).converge(with_status(minimal_doc(), {}))
-    assert first.applied
+    reconciler = DeploymentReconciler(kube)
+    first = await reconciler.converge(with_status(minimal_doc(), {}))
+    edited = with_status(minimal_doc(replicas=3), first.status)
+    edited["metadata"]["generation"] = 2
+    assert first.applied and (await reconciler.converge(edited)).applied
     assert kube.dry_runs and all(d.startswith("RayService ") for d in kube.dry_runs)
+
+
+async def test_only_an_update_of_the_rayservice_is_dry_run() -> None:
+    """A RayService that does not exist yet is not dry-run: nothing runs that a refusal must
+    protect, and its create is the same check (issue #20: the dry run was 8 s of the API
+    server's CPU at 1,000 new deployments). An update is dry-run before anything is written."""
+    kube = DryRunRefusingKube()
+    kube.refuse = False
+    reconciler = DeploymentReconciler(kube)
+    first = await reconciler.converge(with_status(minimal_doc(), {}))
+    assert first.applied and kube.dry_runs == []
+    edited = with_status(minimal_doc(replicas=3), first.status)
+    edited["metadata"]["generation"] = 2
+    assert (await reconciler.converge(edited)).applied
+    assert kube.dry_runs == ["RayService demo"]
+
+
+async def test_a_refused_create_is_reported_by_its_apply() -> None:
+    """Without a dry run, the create's own refusal is the report: Degraded/ApplyRejected with
+    the server's words, no RayService stored, retried."""
+    kube = RejectingKube()
+    outcome = await DeploymentReconciler(kube).converge(with_status(minimal_doc(), {}))
+    failure = previous_apply_failure(outcome.status)
+    assert not outcome.applied and not kube.objects and outcome.retry_reason
+    assert failure is not None and failure.reason == "ApplyRejected"
+    assert "denied by policy" in failure.message

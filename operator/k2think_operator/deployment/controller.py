@@ -602,7 +602,8 @@ class DeploymentReconciler:
                 risk = gcs_ft_risk(decision.plan, self.gcs_ft_replica_threshold)
                 if risk is not None:
                     events.append(Event.warn(r.EVENT_GCS_FAULT_TOLERANCE_OFF, risk))
-            # The API server judges the children first (dry run): a refusal writes nothing.
+            # The API server judges the children first (dry run): a refused update writes
+            # nothing, so what runs stays as it is.
             rejected = await self._dry_run(decision, live)
             if rejected is not None:
                 # Retried with backoff, as an apply the server refuses: what refused may be
@@ -669,11 +670,20 @@ class DeploymentReconciler:
         self, decision: Decision, live: Mapping[str, Any] | None
     ) -> ApplyFailure | None:
         """Dry-run the RayService about to be applied and the Pods KubeRay will create from it
-        (``deployment/dryrun.py``); the refusal, if any. Nothing to apply: nothing to ask."""
+        (``deployment/dryrun.py``); the refusal, if any. Nothing to apply: nothing to ask.
+
+        A RayService that does not exist yet is not dry-run: no RayService runs that a refusal
+        must protect, and its create is the same check (a refused apply stores nothing; the
+        condition is ``ApplyRejected``). The Pods are dry-run on a create too: KubeRay, not
+        the apply, would meet their refusal.
+        """
         rayservice = rayservice_of(decision.children)
         if rayservice is None or not needs_apply(rayservice, live):
             return None
-        objects = [rayservice, *(pods_for(rayservice) if self.dry_run_pods else [])]
+        objects = [
+            *([rayservice] if live is not None else []),
+            *(pods_for(rayservice) if self.dry_run_pods else []),
+        ]
         for obj in objects:
             what = f"{obj['kind']} {obj['metadata']['name']}"
             try:

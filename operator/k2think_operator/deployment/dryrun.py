@@ -16,8 +16,11 @@ beyond that (its environment variables, the ray start command, the autoscaler si
 from KubeRay itself and is not the user's to fix, so it is not reproduced.
 
 The cost: one dry-run call for the RayService and one per pod template, and only when the
-RayService is about to be applied (a new or changed spec, drift), never on a steady-state
-reconcile (docs/benchmarks.md counts the calls).
+RayService is about to be applied (a changed spec, drift), never on a steady-state reconcile
+(docs/benchmarks.md counts the calls). A RayService that does not exist yet is not dry-run (its
+Pods still are, when opted in): no RayService runs that a refusal must protect, and the create
+is the same check, refused as ``ApplyRejected``. Skipping that call took 8 of the API server's
+41 CPU seconds off a burst of 1,000 new deployments (issue #20).
 """
 
 from __future__ import annotations
