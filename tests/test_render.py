@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import random
+import string
 from typing import Any
 
 import pytest
@@ -14,7 +16,11 @@ from k2think_operator.plan.planner import plan_deployment
 from k2think_operator.render import build_children, render_yaml
 from k2think_operator.render.meta import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION
 from k2think_operator.render.rayservice import multiply_quantity
-from k2think_operator.render.serve_config import effective_llm_deployment_options
+from k2think_operator.render.serve_config import (
+    _plain_keys,
+    dump_yaml,
+    effective_llm_deployment_options,
+)
 from tests.conftest import ROOT, load_example, minimal_doc
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -55,6 +61,65 @@ def test_rendering_is_byte_identical(example_name: str) -> None:
     first = render_yaml(render_doc(doc))
     second = render_yaml(render_doc(copy.deepcopy(doc)))
     assert first == second
+
+
+def _pure_python_yaml(value: Any) -> str:
+    text: str = yaml.safe_dump(value, sort_keys=True, default_flow_style=False, width=1_000_000)
+    return text
+
+
+def test_serve_config_text_is_the_same_from_libyaml(
+    example_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serveConfigV2 is emitted by libyaml (a tenth of the CPU, issue #20) with exactly the text
+    of PyYAML's own emitter: a changed text would re-apply every RayService after an upgrade."""
+    config = yaml.safe_load(rayservice_of(load_example(example_name))["spec"]["serveConfigV2"])
+    used: list[Any] = []
+    dump = yaml.dump
+
+    def recording(value: Any, **kwargs: Any) -> Any:
+        used.append(kwargs.get("Dumper"))
+        return dump(value, **kwargs)
+
+    monkeypatch.setattr(yaml, "dump", recording)
+    assert dump_yaml(config) == _pure_python_yaml(config)
+    assert used == [yaml.CSafeDumper]
+
+
+def test_yaml_is_the_same_from_either_emitter_for_any_value() -> None:
+    """Hostile values (control characters, quotes, YAML keywords, numbers as text, long and
+    non-ASCII strings) under plain keys, and keys libyaml writes differently (empty, past ~122
+    bytes, non-ASCII, control characters: those take PyYAML's emitter), give PyYAML's text."""
+    rng = random.Random(20)
+    alphabet = string.printable + "é日\u00a0\u2028\U0001f600\x00\x85\ufeff\x1b\x7f"
+    plain = string.ascii_letters + string.digits + "_./-"
+
+    def text(chars: str, longest: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(0, longest)))
+
+    def value(depth: int) -> Any:
+        roll = rng.random()
+        if depth > 3 or roll < 0.5:
+            return rng.choice(
+                [text(alphabet, 40), text(alphabet, 3000), rng.randint(-(10**6), 10**20),
+                 rng.random() * 1e30, True, None, float("-inf"), "yes", "0x1f", "- a", ""]
+            )  # fmt: skip
+        if roll < 0.75:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return mapping(depth)
+
+    def mapping(depth: int) -> dict[str, Any]:
+        keys = [text(plain, rng.choice((5, 100))) or "k" for _ in range(rng.randint(0, 4))]
+        return {key: value(depth + 1) for key in keys}
+
+    for _ in range(2000):
+        config = mapping(0)
+        assert dump_yaml(config) == _pure_python_yaml(config), config
+    odd_keys = ["", "a" * 123, "a" * 128, "é" * 70, "日本", "a\rb", "\ufeffk", "a b", "#k", "k:"]
+    for key in odd_keys:
+        config = {"x": {key: [key, {"y": key}]}}
+        assert not _plain_keys(config)
+        assert dump_yaml(config) == _pure_python_yaml(config), key
 
 
 def test_owner_reference_and_labels() -> None:
