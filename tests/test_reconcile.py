@@ -346,6 +346,51 @@ async def test_reconcile_by_key_does_nothing_when_nothing_changed() -> None:
     assert len(kube.applies) == 1 and reconciler.state(key).inputs is not None
 
 
+async def test_the_watch_event_of_our_own_apply_runs_nothing_again() -> None:
+    """The RayService we just created comes back from the watch with the resourceVersion our
+    apply answered: no second pass (decide, render, status) for it. Issue #20: that second
+    pass was a third of the operator's CPU in a burst of new deployments. A later version
+    (KubeRay's status, a deletion) still runs the sequence."""
+    kube = VersionedRayServiceKube()
+    doc = with_status(minimal_doc(), {})
+    sources = DictSources(doc)
+    reconciler = DeploymentReconciler(kube, sources)
+    passes: list[str] = []
+    converge = reconciler.converge
+
+    async def counted(body: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        passes.append("converge")
+        return await converge(body, *args, **kwargs)
+
+    reconciler.converge = counted  # type: ignore[method-assign]
+    key = ("team-a", "demo")
+    await reconciler.reconcile(key)
+    assert passes == ["converge"] and len(kube.applies) == 1
+    sources.bodies[key] = with_status(doc, kube.status_patches[-1])  # our status write
+    sources.rayservices[key] = copy.deepcopy(kube.objects[key])  # our apply, from the watch
+    await reconciler.reconcile(key)
+    assert passes == ["converge"] and reconciler.state(key).applied is None
+    moved = copy.deepcopy(kube.objects[key])
+    moved["status"] = {"serviceStatus": "Running"}
+    moved["metadata"]["resourceVersion"] = "1000"
+    sources.rayservices[key] = moved  # KubeRay wrote its status
+    await reconciler.reconcile(key)
+    assert passes == ["converge", "converge"] and len(kube.applies) == 1
+    del sources.rayservices[key]  # someone deleted it: created again
+    await reconciler.reconcile(key)
+    assert passes == ["converge"] * 3 and len(kube.applies) == 2
+
+
+class VersionedRayServiceKube(RecordingKube):
+    """Applies answer with a resourceVersion above everything stored before, as etcd's does."""
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        stored = await super().apply(obj)
+        stored["metadata"]["resourceVersion"] = str(100 + len(self.applies))
+        self.objects[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = stored
+        return copy.deepcopy(stored)
+
+
 async def test_reconcile_by_key_retries_a_failure_and_forgets_a_deleted_deployment() -> None:
     kube = RecordingKube(kuberay=False)
     sources = DictSources(with_status(minimal_doc(), {}))

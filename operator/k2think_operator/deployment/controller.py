@@ -334,8 +334,9 @@ class DeploymentState:
 
     #: The pods last seen (summaries, from the index).
     pods: tuple[PodSummary, ...] = ()
-    #: What the last completed pass looked at: (generation, RayService resourceVersion, pods).
-    #: The same inputs again with nothing due need no work (our own status write coming back).
+    #: What the last completed pass looked at: (generation, RayService resourceVersion, pods);
+    #: the resourceVersion is that of the newest copy known, our own apply's included. The same
+    #: inputs again with nothing due need no work (our own status write or apply coming back).
     inputs: tuple[int, int, tuple[PodSummary, ...]] | None = None
     #: The generation last converged in this process.
     generation: int | None = None
@@ -392,6 +393,14 @@ class DeploymentState:
         """Seconds until the earliest time something is due (None: nothing is)."""
         times = [t for t in (self.status_due, self.kueue_due, self.spill_due) if t is not None]
         return max(0.0, min(times) - now) if times else None
+
+
+def _rayservice_seen(state: DeploymentState, watched: Mapping[str, Any] | None) -> int:
+    """The resourceVersion of the newest copy of the RayService we know: the watch's, or that of
+    our own last apply until the watch has caught up with it (then that copy is dropped)."""
+    if state.applied is not None and resource_version(watched) >= resource_version(state.applied):
+        state.applied = None  # the watch caught up: one copy is enough
+    return max(resource_version(watched), resource_version(state.applied))
 
 
 class Sources(Protocol):
@@ -483,7 +492,7 @@ class DeploymentReconciler:
         pods = tuple(self.sources.pods(key))
         rayservice = self.sources.rayservice(key)
         now = time.monotonic()
-        inputs = (_generation(body), resource_version(rayservice), pods)
+        inputs = (_generation(body), _rayservice_seen(state, rayservice), pods)
         kueue_due, status_due = state.due(now)
         outcome: Outcome | None = None
         if state.dirty or kueue_due or state.inputs is None or inputs[:2] != state.inputs[:2]:
@@ -493,6 +502,9 @@ class DeploymentReconciler:
         if outcome is not None:
             state = self.state(key)
             state.dirty = bool(outcome.retry_reason)
+            # What this pass saw of the RayService includes what it applied: the watch event of
+            # our own apply (the same resourceVersion) is no news and runs nothing again.
+            inputs = (inputs[0], _rayservice_seen(state, self.sources.rayservice(key)), pods)
             state.inputs = None if outcome.retry_reason else inputs
             if outcome.retry_reason:
                 raise RetryLater(outcome.retry_reason)
