@@ -23,6 +23,7 @@ from k2think_operator.app.config import OperatorConfig
 from k2think_operator.app.operator import Operator
 from k2think_operator.render.meta import FIELD_MANAGER
 from k2think_operator.runtime.credentials import Credentials
+from k2think_operator.runtime.kopf_adapter import NoDiffBase
 from k2think_operator.runtime.kube import Kube, RestClient
 from k2think_operator.runtime.workqueue import Backoff
 from tests.conftest import minimal_doc
@@ -135,3 +136,18 @@ async def test_the_first_event_binds_the_indexes_the_controller_reads(world: Wor
     sources = world.operator.sources
     assert sources.deployment(("team-a", "demo")) is doc
     assert sources.rayservice(("team-a", "demo")) is None and sources.pods(("x", "y")) == []
+
+
+def test_kopf_builds_no_diff_base() -> None:
+    """No handler reads kopf's diff base (no on.create/on.update), yet kopf builds one per event:
+    a deep copy of the body (issue #20: ~0.5 ms of CPU per new deployment)."""
+    settings = kopf.OperatorSettings()
+    registrations.configure(settings, OperatorConfig())
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, NoDiffBase)
+    body = kopf.Body({"apiVersion": "v1", "kind": "X", "metadata": {}, "spec": {"a": [1]}})
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+    # What makes it right: no handler that would read a diff base is registered.
+    registry = kopf.get_default_registry()
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()

@@ -34,7 +34,7 @@ from k2think_operator.modelcache.jobs import CACHE_LABEL
 from k2think_operator.render.meta import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from k2think_operator.runtime.compact import Packed, pack, use_preset_dictionary
 from k2think_operator.runtime.credentials import Credentials, load_credentials
-from k2think_operator.runtime.kopf_adapter import connection_info
+from k2think_operator.runtime.kopf_adapter import NoDiffBase, connection_info
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,20 @@ async def login(**_: Any) -> kopf.ConnectionInfo:
     return await connection_info(_credentials)
 
 
-@kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config: OperatorConfig = current_config()
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """kopf's settings from ours."""
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = config.watch_timeout_seconds
     settings.watching.client_timeout = config.watch_timeout_seconds + 30
     settings.batching.worker_limit = config.worker_limit or None
     settings.scanning.disabled = not config.cluster_scan
+    settings.persistence.diffbase_storage = NoDiffBase()  # no changing handlers read one
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = current_config()
+    configure(settings, config)
     operator = await Operator.connect(config)
     operator.start()
     memo.operator = operator
