@@ -241,6 +241,23 @@ async def test_cluster_reshape_is_announced() -> None:
     assert "NewRayCluster" in reasons and "Planned" in reasons
 
 
+async def test_a_new_deployment_tells_its_plan_in_its_created_event() -> None:
+    """One Event for "created for this layout" (issue #20: Events were a third of the
+    operator's API calls in a burst); the token Secret and warnings keep their own."""
+    kube = RecordingKube()
+    reconciler = DeploymentReconciler(kube)
+    doc = with_status(minimal_doc(), {})
+    outcome = await reconciler.converge(doc)
+    reasons = [e.reason for e in outcome.events]
+    assert "Planned" not in reasons and "RayTokenCreated" in reasons
+    (created,) = [e for e in outcome.events if e.reason == "Created"]
+    explanation = outcome.status["plan"]["explanation"]
+    assert created.message == f"applied RayService demo; plan: {explanation}"
+    # Told once: the same plan seen again (an older body) is not told on its own later.
+    again = await reconciler.converge(with_status(doc, {}))
+    assert "Planned" not in [e.reason for e in again.events]
+
+
 def test_decide_is_pure_and_deterministic() -> None:
     doc = minimal_doc()
     assert decide(doc) == decide(copy.deepcopy(doc))

@@ -254,6 +254,21 @@ async def apply_children(
     return ApplyResult(live, applied)
 
 
+def plan_told_with_create(events: list[Event]) -> list[Event]:
+    """The first plan of a deployment told in its ``Created`` event, not in an Event of its own.
+
+    Both come from the same pass and say one thing: the RayService was created for this layout.
+    One Event instead of two (issue #20: Events were a third of the operator's API calls in a
+    burst of new deployments); a plan that changes later is still its own ``Planned``.
+    """
+    created = next((e for e in events if e.reason == r.EVENT_CREATED), None)
+    planned = next((e for e in events if e.reason == r.EVENT_PLANNED), None)
+    if created is None or planned is None:
+        return events
+    told = Event.normal(r.EVENT_CREATED, f"{created.message}; plan: {planned.message}")
+    return [told if e is created else e for e in events if e is not planned]
+
+
 def previous_apply_failure(status: Mapping[str, Any]) -> ApplyFailure | None:
     """A still-standing apply failure from the last status (kept while the child is absent)."""
     for cond in status.get("conditions") or []:
@@ -646,7 +661,7 @@ class DeploymentReconciler:
         # status
         status = self._desired_status(decision, body, current, result.live, state, result.failure)
         write = await self._write_status(decision, current, status, state)
-        events = self._unannounced(state, events)
+        events = plan_told_with_create(self._unannounced(state, events))
         for event in events:
             await self.kube.post_event(body, event)
         return Outcome(
