@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any, cast
 
 import pytest
 
 from k2think_operator.runtime.controller import Controller, Result, RetryLater
+from k2think_operator.runtime.events import Event
+from k2think_operator.runtime.kube import ApplyRejected, EventRecorder
 from k2think_operator.runtime.workqueue import Backoff, ShutDown, WorkQueue
 
 
@@ -178,3 +181,88 @@ def test_an_event_names_its_object_and_is_cut_like_kopf_and_client_go_cut_it() -
     assert len(body["message"]) <= MAX_MESSAGE_LENGTH and "..." in body["message"]
     assert body["metadata"] == {"generateName": "demo.", "namespace": "team-a"}
     assert body["source"] == {"component": "k2think-operator"}
+
+
+class _EventSink:
+    """``Kube.create`` for Events: keeps what was posted; refuses the reasons in ``refuse``; each
+    post waits for ``gate`` when given (so a test sees what is queued behind a slow post)."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset(), gate: asyncio.Event | None = None):
+        self.posted: list[dict[str, object]] = []
+        self.refuse = refuse
+        self.gate = gate
+
+    async def create(self, api: object, body: dict[str, object], **_: object) -> bool:
+        if self.gate is not None:
+            await self.gate.wait()
+        if body["reason"] in self.refuse:
+            raise ApplyRejected("events is forbidden")
+        self.posted.append(body)
+        return True
+
+
+def _recorder(sink: _EventSink, **kwargs: int) -> EventRecorder:
+    return EventRecorder(cast(Any, sink), "k2think-operator", **kwargs)
+
+
+DEMO = {
+    "apiVersion": "k2think.dev/v1alpha1",
+    "kind": "K2ThinkDeployment",
+    "metadata": {"name": "demo", "namespace": "team-a", "uid": "u-1", "spec": "not copied"},
+}
+
+
+async def test_events_are_posted_after_record_returns_in_order_and_name_their_object() -> None:
+    gate = asyncio.Event()
+    sink = _EventSink(gate=gate)
+    recorder = _recorder(sink)
+    for i in range(5):
+        recorder.record(DEMO, Event.normal("Created", f"applied {i}"))
+    await asyncio.sleep(0)
+    assert sink.posted == []  # queued: the reconcile that recorded them did not wait
+    gate.set()
+    await recorder.flush()
+    assert [e["message"] for e in sink.posted] == [f"applied {i}" for i in range(5)]
+    assert sink.posted[0]["involvedObject"] == {
+        "apiVersion": "k2think.dev/v1alpha1",
+        "kind": "K2ThinkDeployment",
+        "name": "demo",
+        "namespace": "team-a",
+        "uid": "u-1",
+    }
+    await recorder.close()
+
+
+async def test_a_refused_event_is_logged_and_the_next_ones_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = _EventSink(refuse=frozenset({"Planned"}))
+    recorder = _recorder(sink)
+    recorder.record(DEMO, Event.normal("Planned", "a plan"))
+    recorder.record(DEMO, Event.warn("GcsFaultToleranceOff", "risk"))
+    await recorder.flush()
+    assert [(e["reason"], e["type"]) for e in sink.posted] == [("GcsFaultToleranceOff", "Warning")]
+    assert "event Planned about" in caplog.text and "not posted" in caplog.text
+    await recorder.close()
+
+
+async def test_events_beyond_the_bound_are_dropped_and_close_posts_the_rest() -> None:
+    gate = asyncio.Event()
+    sink = _EventSink(gate=gate)
+    recorder = _recorder(sink, max_queued=3)
+    for i in range(6):
+        recorder.record(DEMO, Event.normal("Created", str(i)))
+        await asyncio.sleep(0)  # the poster takes "0" off the queue and waits at the gate
+    assert recorder.dropped == 2  # "0" in flight, "1".."3" queued, "4" and "5" dropped
+    gate.set()
+    await recorder.close()
+    assert [e["message"] for e in sink.posted] == ["0", "1", "2", "3"]
+    await recorder.close()  # twice is fine
+
+
+async def test_close_gives_up_on_a_post_that_never_ends() -> None:
+    sink = _EventSink(gate=asyncio.Event())  # never set
+    recorder = _recorder(sink)
+    recorder.record(DEMO, Event.normal("Created", "stuck"))
+    await asyncio.wait_for(recorder.close(timeout=0.05), timeout=5)
+    assert sink.posted == []

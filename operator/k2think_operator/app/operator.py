@@ -138,6 +138,7 @@ class Operator:
                 await self._resync
         await self.deployment_controller.stop()
         await self.cache_controller.stop()
+        await self.caches.events.close()
         await self.deployments.kube.close()
         await self.kube.close()
 

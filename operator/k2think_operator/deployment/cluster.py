@@ -109,9 +109,10 @@ class ClusterApi(KubeApi):
         self.events = EventRecorder(kube, kube.field_manager)
 
     async def post_event(self, obj: Mapping[str, Any], event: Event) -> None:
-        await self.events.post(obj, event)
+        self.events.record(obj, event)
 
     async def close(self) -> None:
+        await self.events.close()
         await self.kube.close()
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:

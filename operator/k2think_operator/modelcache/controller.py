@@ -72,7 +72,7 @@ async def reconcile_cache(
         metrics.API_WRITES.labels("status").inc()
         if events is not None:
             for event in decision.events:
-                await events.post(body, event)
+                events.record(body, event)
     return decision
 
 

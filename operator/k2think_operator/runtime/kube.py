@@ -15,6 +15,7 @@ the operator makes a dozen REST calls on plain JSON. Credentials: ``runtime/cred
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -397,21 +398,99 @@ class Kube:
         return str(stored) if stored else None
 
 
-class EventRecorder:
-    """Posts Events about objects (best effort: a failed post is logged, never retried into a
-    reconcile's failure)."""
+#: Events waiting to be posted, at most (client-go's broadcaster queues 1,000 and drops beyond).
+MAX_QUEUED_EVENTS = 10_000
 
-    def __init__(self, kube: Kube, component: str) -> None:
+#: What an Event needs of the object it is about: apiVersion, kind, name, namespace, uid.
+InvolvedObject = tuple[str, str, str, str, str]
+
+
+class EventRecorder:
+    """Posts Events about objects off the reconcile: ``record`` queues, one task posts them one at
+    a time in the order recorded, best effort (a failed post is logged, never retried into a
+    reconcile's failure).
+
+    Why not a POST inside the reconcile: Events were a third of the operator's API calls in a
+    burst of new deployments, and each one the reconcile awaited held a worker and took API
+    server CPU from the children and the user's own apply (docs/benchmarks.md, issue #20). Posted
+    from one task, as client-go's recorder does from its broadcaster's goroutine, they never take
+    more than one request's share of the API server and finish after the burst instead of inside
+    it. The queue holds only what an Event needs of its object (not the object), and is bounded:
+    beyond ``max_queued`` an Event is dropped with a warning, as client-go drops them.
+    """
+
+    def __init__(self, kube: Kube, component: str, *, max_queued: int = MAX_QUEUED_EVENTS) -> None:
         self.kube = kube
         self.component = component
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self.max_queued = max_queued
+        self.dropped = 0
+        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, str]] | None = None
+        self._poster: asyncio.Task[None] | None = None
+
+    def record(self, obj: Mapping[str, Any], event: Event) -> None:
+        """Queue an Event about ``obj``, stamped now; it is posted soon after, in order."""
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        meta = obj.get("metadata") or {}
+        involved: InvolvedObject = (
+            str(obj.get("apiVersion") or ""),
+            str(obj.get("kind") or ""),
+            str(meta.get("name") or ""),
+            str(meta.get("namespace") or "default"),
+            str(meta.get("uid") or ""),
+        )
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.max_queued)
+        if self._poster is None or self._poster.done():
+            self._poster = asyncio.get_running_loop().create_task(self._post_queued())
+        try:
+            self._queue.put_nowait((involved, event, now))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning(
+                "event %s about %s dropped: %d queued", event.reason, involved, self.max_queued
+            )
 
     async def post(self, obj: Mapping[str, Any], event: Event) -> None:
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        """``record``, for callers that await (the Event is not posted yet on return)."""
+        self.record(obj, event)
+
+    async def _post_queued(self) -> None:
+        assert self._queue is not None
+        while True:
+            involved, event, now = await self._queue.get()
+            try:
+                await self._post(involved, event, now)
+            finally:
+                self._queue.task_done()
+
+    async def _post(self, involved: InvolvedObject, event: Event, now: str) -> None:
+        api_version, kind, name, namespace, uid = involved
+        obj = {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+        }
         body = build_event(obj, event, component=self.component, instance=self.instance, now=now)
         try:
             await self.kube.create(EVENTS, body)
         except KubeError as error:
-            log.warning(
-                "event %s about %s not posted: %s", event.reason, body["involvedObject"], error
-            )
+            log.warning("event %s about %s not posted: %s", event.reason, involved, error)
+        except Exception:  # the poster outlives any one Event
+            log.exception("event %s about %s not posted", event.reason, involved)
+
+    async def flush(self) -> None:
+        """Until every Event recorded so far is posted (or given up)."""
+        if self._queue is not None and self._poster is not None and not self._poster.done():
+            await self._queue.join()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Post what is queued (for at most ``timeout`` seconds), then stop the poster."""
+        if self._poster is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout)
+        self._poster.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._poster
+        self._poster = None
