@@ -78,7 +78,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = config.watch_timeout_seconds
     settings.watching.client_timeout = config.watch_timeout_seconds + 30
-    settings.batching.worker_limit = config.worker_limit or None
+    settings.queueing.worker_limit = config.worker_limit or None
     settings.scanning.disabled = not config.cluster_scan
     settings.persistence.diffbase_storage = NoDiffBase()  # no changing handlers read one
     settings.queueing.idle_timeout = WATCH_WORKER_IDLE_SECONDS

@@ -425,7 +425,7 @@ class EventRecorder:
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.max_queued = max_queued
         self.dropped = 0
-        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, str]] | None = None
+        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, str]] = asyncio.Queue(max_queued)
         self._poster: asyncio.Task[None] | None = None
 
     def record(self, obj: Mapping[str, Any], event: Event) -> None:
@@ -439,8 +439,6 @@ class EventRecorder:
             str(meta.get("namespace") or "default"),
             str(meta.get("uid") or ""),
         )
-        if self._queue is None:
-            self._queue = asyncio.Queue(self.max_queued)
         if self._poster is None or self._poster.done():
             self._poster = asyncio.get_running_loop().create_task(self._post_queued())
         try:
@@ -451,12 +449,7 @@ class EventRecorder:
                 "event %s about %s dropped: %d queued", event.reason, involved, self.max_queued
             )
 
-    async def post(self, obj: Mapping[str, Any], event: Event) -> None:
-        """``record``, for callers that await (the Event is not posted yet on return)."""
-        self.record(obj, event)
-
     async def _post_queued(self) -> None:
-        assert self._queue is not None
         while True:
             involved, event, now = await self._queue.get()
             try:
@@ -481,7 +474,7 @@ class EventRecorder:
 
     async def flush(self) -> None:
         """Until every Event recorded so far is posted (or given up)."""
-        if self._queue is not None and self._poster is not None and not self._poster.done():
+        if self._poster is not None and not self._poster.done():
             await self._queue.join()
 
     async def close(self, timeout: float = 10.0) -> None:
