@@ -194,3 +194,87 @@ def test_the_stand_in_platform_is_a_vllm_platform_plugin_importlib_finds() -> No
     (entry,) = [e for e in dist.entry_points if e.group == "vllm.platform_plugins"]
     assert entry.value == "k2t_gpu_standin:register"
     assert (raynodes.GPU_STANDIN / "k2t_gpu_standin.py").is_file()
+
+
+def test_an_exec_probe_passes_on_exit_zero_and_fails_on_error_or_timeout(tmp_path: Path) -> None:
+    import os
+    import time
+
+    assert raynodes.run_exec_probe(["sh", "-c", "exit 0"], dict(os.environ), 5) is True
+    assert raynodes.run_exec_probe(["sh", "-c", "exit 1"], dict(os.environ), 5) is False
+    assert raynodes.run_exec_probe(["/nonexistent/probe"], dict(os.environ), 5) is False
+    # A hung probe fails at its timeout, and what it started goes with it (the kubelet's rule).
+    pid_file = tmp_path / "child"
+    t0 = time.monotonic()
+    hung = ["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"]
+    assert raynodes.run_exec_probe(hung, dict(os.environ), 0.5) is False
+    assert time.monotonic() - t0 < 10
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        if (Path(f"/proc/{child}/stat").read_text().split()[2:3] or [""])[0] == "Z":
+            break  # a zombie: killed, waiting for its (init) parent
+        time.sleep(0.05)
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"
+
+
+def test_kuberays_worker_readiness_probe_fails_once_the_serve_proxy_drains() -> None:
+    """KubeRay's readiness probe of a RayService worker (``wget ... | grep success`` on the
+    raylet's and the Serve proxy's health), run as the stand-in runs it: passes while the proxy
+    answers ``success``, fails at once (failureThreshold 1) when it answers 503 draining, the
+    moment that takes the pod out of its Services' endpoints."""
+    import os
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from harness import podrun
+
+    assert shutil.which("wget"), "wget (KubeRay's probe command): make system-deps installs it"
+    draining = threading.Event()
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/-/healthz" and draining.is_set():
+                code, body = 503, b"This node is being drained."
+            else:
+                code, body = 200, b"success"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check = "wget --tries 1 -T {t} -q -O- http://localhost:{p}/{path} | grep success"
+        command = [
+            "bash",
+            "-c",
+            check.format(t=2, p=port, path="api/local_raylet_healthz")
+            + " && "
+            + check.format(t=10, p=port, path="-/healthz"),
+        ]
+        probe: dict[
+            str, Any
+        ] = {  # the shape of KubeRay v1.6.2's (common/pod.go, initLivenessAndReadinessProbe)
+            "exec": {"command": command},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 1,
+            "successThreshold": 1,
+        }
+        state = podrun.ProbeState(probe, "readiness", 0.0)
+        assert state.ok is False  # readiness starts failed
+        assert state.record(raynodes.run_exec_probe(command, dict(os.environ), 2), 1.0)
+        assert state.ok is True
+        draining.set()
+        assert state.record(raynodes.run_exec_probe(command, dict(os.environ), 2), 6.0)
+        assert state.ok is False
+    finally:
+        server.shutdown()

@@ -60,9 +60,19 @@ joining the head), so this module does a kubelet's job for exactly those pods:
 * a stopped pod's Ray logs (``/tmp/ray/session_*/logs``) are kept in its pod directory
   (``ray-logs/``) for post-mortems; the rest of its ``/tmp`` is removed.
 
-What it does not do for Ray pods: probes (KubeRay's are ``exec`` probes; KWOK marks the pods
-Ready), volumes other than data volumes (the venv and the model are host paths), resource limits
-(nothing is enforced: Ray's resources are logical).
+* the Ray containers' readiness probes run as a kubelet runs them (KubeRay's: ``exec`` of
+  ``wget ... | grep success`` inside the container, the raylet's health and, on a RayService's
+  workers, the Serve proxy's ``/-/healthz``; ``httpGet`` from the node), with their period,
+  timeout and thresholds, and drive the pod's ``Ready`` condition, so the Services' endpoints
+  follow them as they do on a cluster: a worker whose Serve proxy drains (its node lost its last
+  replica) leaves its Service within a probe period, well inside Serve's 30 s minimum draining
+  period, and a Gateway stops sending to it before the proxy is removed. Without them a proxy
+  removed while the Gateway still sent to it cut a stream in the middle (CI, the incremental
+  upgrade, 1 request of ~120).
+
+What it does not do for Ray pods: liveness probes (KubeRay's restart a container after 120
+failures 5 s apart, longer than any scenario here), volumes other than data volumes (the venv and
+the model are host paths), resource limits (nothing is enforced: Ray's resources are logical).
 
 Run: ``python -m harness.raynodes --state-dir <cluster state> --venv <.venv-dataplane>`` (the
 chain suite starts it as a harness process inside its namespaces).
@@ -83,6 +93,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -321,6 +332,32 @@ def tcp_open(addr: str, port: int, timeout: float = 0.3) -> bool:
         return s.connect_ex((addr, port)) == 0
 
 
+def run_exec_probe(argv: Sequence[str], env: Mapping[str, str], timeout: float) -> bool:
+    """An ``exec`` probe: exit status 0 within ``timeout`` (the kubelet enforces the probe's
+    ``timeoutSeconds`` on exec probes and counts a timeout as a failure); whatever the command
+    started is killed with it."""
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return False
+    try:
+        return proc.wait(timeout) == 0
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return False
+
+
 def tcp_open_from_node(addr: str, port: int, timeout: float = 0.3) -> bool:
     """:func:`tcp_open` from the node that hosts pod address ``addr`` (a kubelet's probe)."""
     try:
@@ -497,6 +534,8 @@ class Container:
     from_image: bool = False
     spec: dict[str, Any] = field(default_factory=dict)
     probes: dict[str, podrun.ProbeState] = field(default_factory=dict)
+    #: ``exec`` probes still running (probe kind -> its result to come).
+    probe_jobs: dict[str, Future[bool]] = field(default_factory=dict)
     restarts: int = 0
     started_at: str = ""
     killing: bool = False
@@ -558,6 +597,8 @@ class Kubelet:
         self._stopping_lock = threading.Lock()
         self.hosts = netns.HostsFile(state_dir / "hosts")
         self.stopping = threading.Event()
+        #: ``exec`` probes run here, off the sync loop (a probe may take its whole timeout).
+        self.probe_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         cache = Path(os.environ.get("K2T_CACHE", Path.home() / ".cache" / "k2think-operator"))
         self.rootfs_cache = rootfs_cache or cache / "image" / "rootfs"
         #: Mount points made on the host for Ray containers' data volumes (removed at the end).
@@ -625,6 +666,12 @@ class Kubelet:
                     source = run.volumes.dirs[vm["name"]] / str(vm.get("subPath") or "")
                     self._mount_point(Path(target))
                     binds.append((str(source), target))
+            # Readiness only (the module docstring says why not liveness).
+            probes = (
+                {"readiness": podrun.ProbeState(c["readinessProbe"], "readiness", 0.0)}
+                if kind == "containers" and c.get("readinessProbe")
+                else {}
+            )
             out.append(
                 Container(
                     name=c["name"],
@@ -634,6 +681,7 @@ class Kubelet:
                     restart=restart and kind == "containers",
                     binds=binds,
                     spec=dict(c),
+                    probes=probes,
                 )
             )
         return out
@@ -739,6 +787,7 @@ class Kubelet:
         for p in c.probes.values():
             p.started, p.last, p.successes, p.failures = now, None, 0, 0
             p.ok = p.kind == "liveness"
+        c.probe_jobs = {}
         _log(f"{run.namespace}/{run.name}: started {c.name} (pid {c.popen.pid})")
 
     # ---- lifecycle
@@ -863,6 +912,11 @@ class Kubelet:
             self._report_ready(run)
         elif exited:
             self._report_exits(run)
+        elif any(c.probes for c in run.main) and all(
+            c.popen is not None and c.popen.poll() is None for c in run.main
+        ):
+            # A Ray pod's readiness while its containers run (an exit is _report_exits's).
+            self._report_ready(run)
         if run.volumes.tokens:
             try:
                 podrun.renew_tokens(run.pod, run.volumes, self._request_token, now)
@@ -870,22 +924,49 @@ class Kubelet:
                 _log(f"{run.namespace}/{run.name}: cannot renew its token: {exc}")
 
     def _probe(self, run: PodRun, c: Container, now: float) -> None:
-        """Run the container's due probes from its node, as the kubelet does."""
+        """Run the container's due probes as the kubelet does: ``httpGet``/``tcpSocket`` from
+        its node, ``exec`` inside the container (on the probe pool; its result is taken on a
+        later tick)."""
         if c.killing:
             return
         for kind, state in c.probes.items():
+            job = c.probe_jobs.get(kind)
+            if job is not None:
+                if not job.done():
+                    continue
+                del c.probe_jobs[kind]
+                self._take_probe(run, c, kind, state, job.result())
+                continue
             if not state.due(now):
                 continue
-            action, host, port, path = podrun.probe_target(state.spec, c.spec, run.ip)
+            command = (state.spec.get("exec") or {}).get("command")
+            if command:
+                argv = netns.in_pod_argv(
+                    netns.netns_path(run.netns_name),
+                    run.dir,
+                    [str(part) for part in command],
+                    c.binds,
+                    keep=self.keep_visible,
+                )
+                c.probe_jobs[kind] = self.probe_pool.submit(
+                    run_exec_probe, argv, dict(c.env), state.timeout
+                )
+                continue
             try:
+                action, host, port, path = podrun.probe_target(state.spec, c.spec, run.ip)
                 with netns.from_node_of(run.ip):
                     ok = podrun.run_probe(action, host, port, path, state.timeout)
             except (OSError, ValueError):
                 ok = False
-            if state.record(ok, time.monotonic()):
-                _log(f"{run.namespace}/{run.name}: {kind} probe of {c.name} -> {state.ok}")
-            if kind == "liveness" and not state.ok:
-                self._restart_container(run, c, "failed its liveness probe")
+            self._take_probe(run, c, kind, state, ok)
+
+    def _take_probe(
+        self, run: PodRun, c: Container, kind: str, state: podrun.ProbeState, ok: bool
+    ) -> None:
+        if state.record(ok, time.monotonic()):
+            _log(f"{run.namespace}/{run.name}: {kind} probe of {c.name} -> {state.ok}")
+        if kind == "liveness" and not state.ok:
+            self._restart_container(run, c, "failed its liveness probe")
 
     def _report_ready(self, run: PodRun) -> None:
         """Readiness drives the pod's ``Ready`` condition (a status patch when it changes)."""
@@ -900,6 +981,12 @@ class Kubelet:
         }
         restarts = {c.name: c.restarts for c in run.main}
         started = {c.name: c.started_at for c in run.main}
+        # A container the stand-in does not run (not Ray: skipped) is ready, as KWOK said.
+        since = min(started.values(), default="")
+        for spec in run.pod["spec"].get("containers") or []:
+            if spec["name"] not in ready:
+                ready[spec["name"]], restarts[spec["name"]] = True, 0
+                started[spec["name"]] = since
         key: dict[str, Any] = {"ready": ready, "restarts": restarts, "started": started}
         if key == run.reported_ready:
             return
@@ -1018,6 +1105,7 @@ class Kubelet:
             except Exception as exc:
                 _log(f"sync failed: {exc!r}")
             self.stopping.wait(interval)
+        self.probe_pool.shutdown(wait=False, cancel_futures=True)
         for uid in list(self.pods):
             self.stop_pod(uid, "stand-in stopping")
         with self._stopping_lock:

@@ -20,10 +20,13 @@
 #              makes the Debian bookworm + python3 base from the Debian mirror, buildah builds
 #              docker/Dockerfile on it with --isolation=chroot (docs/install.md).
 #   uidmap     -- newuidmap/newgidmap: buildah's user-namespace helpers (needed when not root).
+#   wget       -- KubeRay's readiness probe of Ray pods is `wget ... | grep success` run inside the
+#              container; the chain suite's kubelet stand-in runs it on the host filesystem
+#              (e2e/harness/raynodes.py), as a Ray image would carry it.
 set -euo pipefail
 
-PACKAGES=(lua5.4 prometheus redis-server iptables ipset buildah mmdebstrap uidmap)
-COMMANDS=(lua5.4 promtool redis-server iptables-restore ipset buildah mmdebstrap newuidmap)
+PACKAGES=(lua5.4 prometheus redis-server iptables ipset buildah mmdebstrap uidmap wget)
+COMMANDS=(lua5.4 promtool redis-server iptables-restore ipset buildah mmdebstrap newuidmap wget)
 
 missing=()
 for i in "${!COMMANDS[@]}"; do
