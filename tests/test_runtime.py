@@ -126,6 +126,28 @@ async def test_workers_bound_how_many_keys_run_at_once() -> None:
     assert sorted(done) == list(range(12)) and most == 3
 
 
+async def test_busy_while_keys_wait_or_run_not_for_timers_nor_after_stop() -> None:
+    gate = asyncio.Event()
+
+    async def reconcile(key: str) -> Result:
+        await gate.wait()
+        return Result(requeue_after=60)
+
+    controller: Controller[str] = Controller("test", reconcile, workers=1)
+    controller.enqueue("k")
+    assert not controller.busy()  # not started: nothing runs
+    controller.start()
+    assert controller.busy()  # queued
+    await asyncio.sleep(0)
+    assert controller.busy()  # running
+    gate.set()
+    await asyncio.wait_for(controller.settle(), timeout=2)
+    assert not controller.busy()  # only its timer is armed
+    controller.enqueue("k")
+    await controller.stop()
+    assert not controller.busy()
+
+
 async def test_errors_back_off_and_requeue_after_schedules() -> None:
     attempts: list[float] = []
     loop = asyncio.get_running_loop()
@@ -266,3 +288,27 @@ async def test_close_gives_up_on_a_post_that_never_ends() -> None:
     recorder.record(DEMO, Event.normal("Created", "stuck"))
     await asyncio.wait_for(recorder.close(timeout=0.05), timeout=5)
     assert sink.posted == []
+
+
+async def test_events_wait_while_the_controllers_are_busy_and_never_longer_than_the_hold() -> None:
+    """Events yield to the reconciles (a burst's writes go first), but a busy controller does not
+    hold them past ``max_hold``."""
+    sink = _EventSink()
+    busy = True
+    recorder = EventRecorder(cast(Any, sink), "k2think-operator", max_hold=30.0)
+    recorder.yield_to(lambda: busy)
+    recorder.record(DEMO, Event.normal("Created", "held"))
+    await asyncio.sleep(0.6)
+    assert sink.posted == []  # the controllers still have work
+    busy = False
+    await asyncio.wait_for(recorder.flush(), timeout=5)
+    assert [e["message"] for e in sink.posted] == ["held"]
+    # Busy for good: the hold ends after max_hold.
+    busy = True
+    capped = EventRecorder(cast(Any, sink), "k2think-operator", max_hold=0.3)
+    capped.yield_to(lambda: busy)
+    capped.record(DEMO, Event.normal("Created", "capped"))
+    await asyncio.wait_for(capped.flush(), timeout=5)
+    assert [e["message"] for e in sink.posted] == ["held", "capped"]
+    await recorder.close()
+    await capped.close()

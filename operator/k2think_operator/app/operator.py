@@ -20,7 +20,7 @@ from k2think_operator.modelcache.controller import CacheReconciler
 from k2think_operator.render.meta import FIELD_MANAGER
 from k2think_operator.runtime.compact import pack
 from k2think_operator.runtime.controller import Controller
-from k2think_operator.runtime.kube import Kube, KubeError
+from k2think_operator.runtime.kube import EventRecorder, Kube, KubeError
 from k2think_operator.runtime.workqueue import Backoff
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,15 @@ class Operator:
             "modelcaches", self.caches.reconcile, workers=2, backoff=backoff
         )
         self._resync: asyncio.Task[None] | None = None
+        # Events wait for the reconciles (runtime/kube.py, EventRecorder: they are posted after
+        # a burst instead of inside it).
+        for recorder in (getattr(self.deployments.kube, "events", None), self.caches.events):
+            if isinstance(recorder, EventRecorder):
+                recorder.yield_to(self.busy)
+
+    def busy(self) -> bool:
+        """Either controller has keys queued or being reconciled."""
+        return self.deployment_controller.busy() or self.cache_controller.busy()
 
     @classmethod
     async def connect(cls, config: OperatorConfig) -> Operator:

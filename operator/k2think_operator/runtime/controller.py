@@ -110,6 +110,10 @@ class Controller(Generic[K]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
+    def busy(self) -> bool:
+        """Keys queued or being reconciled while the workers run (timers armed do not count)."""
+        return bool(self._tasks) and (len(self.queue) > 0 or self._busy > 0)
+
     async def settle(self) -> None:
         """Wait until no key is queued or being reconciled (timers may still be armed)."""
         while len(self.queue) or self._busy:

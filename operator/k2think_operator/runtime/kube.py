@@ -22,7 +22,8 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -401,6 +402,11 @@ class Kube:
 #: Events waiting to be posted, at most (client-go's broadcaster queues 1,000 and drops beyond).
 MAX_QUEUED_EVENTS = 10_000
 
+#: How long an Event may wait for the controllers to be idle before it is posted anyway.
+MAX_EVENT_HOLD_SECONDS = 60.0
+#: How often a held Event looks whether the controllers are idle.
+EVENT_HOLD_POLL_SECONDS = 0.25
+
 #: What an Event needs of the object it is about: apiVersion, kind, name, namespace, uid.
 InvolvedObject = tuple[str, str, str, str, str]
 
@@ -417,16 +423,38 @@ class EventRecorder:
     more than one request's share of the API server and finish after the burst instead of inside
     it. The queue holds only what an Event needs of its object (not the object), and is bounded:
     beyond ``max_queued`` an Event is dropped with a warning, as client-go drops them.
+
+    Events also yield to the reconciles (:meth:`yield_to`): while the controllers have work, an
+    Event waits, up to ``max_hold`` seconds after it was recorded. In a burst of new deployments
+    each Event is an etcd write like a child object's, and the API server's CPU is what the burst
+    is bound by: posted inside it, the 2-3 Events per new deployment slowed the children and the
+    user's own apply (docs/benchmarks.md, issue #20); held, they are posted right after, and a
+    human reading ``kubectl describe`` in a steady state sees no delay at all.
     """
 
-    def __init__(self, kube: Kube, component: str, *, max_queued: int = MAX_QUEUED_EVENTS) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        component: str,
+        *,
+        max_queued: int = MAX_QUEUED_EVENTS,
+        max_hold: float = MAX_EVENT_HOLD_SECONDS,
+    ) -> None:
         self.kube = kube
         self.component = component
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.max_queued = max_queued
+        self.max_hold = max_hold
         self.dropped = 0
-        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, str]] = asyncio.Queue(max_queued)
+        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, str, float]] = asyncio.Queue(
+            max_queued
+        )
         self._poster: asyncio.Task[None] | None = None
+        self._busy: Callable[[], bool] = lambda: False
+
+    def yield_to(self, busy: Callable[[], bool]) -> None:
+        """Hold Events while ``busy()`` says the controllers have reconciles to run."""
+        self._busy = busy
 
     def record(self, obj: Mapping[str, Any], event: Event) -> None:
         """Queue an Event about ``obj``, stamped now; it is posted soon after, in order."""
@@ -442,7 +470,7 @@ class EventRecorder:
         if self._poster is None or self._poster.done():
             self._poster = asyncio.get_running_loop().create_task(self._post_queued())
         try:
-            self._queue.put_nowait((involved, event, now))
+            self._queue.put_nowait((involved, event, now, time.monotonic()))
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning(
@@ -451,8 +479,10 @@ class EventRecorder:
 
     async def _post_queued(self) -> None:
         while True:
-            involved, event, now = await self._queue.get()
+            involved, event, now, recorded = await self._queue.get()
             try:
+                while self._busy() and time.monotonic() - recorded < self.max_hold:
+                    await asyncio.sleep(EVENT_HOLD_POLL_SECONDS)
                 await self._post(involved, event, now)
             finally:
                 self._queue.task_done()
