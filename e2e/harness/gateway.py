@@ -13,12 +13,11 @@ serve Services with the HTTPRoute's weights.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 from . import processes
-from .binaries import component_binary
+from .binaries import BUILD_SCRIPT, BinariesMissingError, component_binary
 
 VERSIONS = Path(__file__).resolve().parents[1] / "build" / "versions.env"
 #: KubeRay's flag for the incremental upgrade (alpha in v1.6, off by default).
@@ -42,15 +41,18 @@ def versions() -> dict[str, str]:
 
 
 def gateway_api_crds() -> list[Path]:
-    """The Gateway API's standard CRDs, from the Go module cache (the Go proxy fills it)."""
-    module = f"sigs.k8s.io/gateway-api@{versions()['GATEWAY_API_VERSION']}"
+    """The Gateway API's standard CRDs, which ``build-binaries.sh`` copies out of the Go module
+    cache (the chain suite's network namespace cannot reach the Go proxy)."""
     out = subprocess.run(
-        ["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True
+        ["bash", str(BUILD_SCRIPT), "--print-gateway-api"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout
-    files = sorted((Path(json.loads(out)["Dir"]) / "config" / "crd" / "standard").glob("*.yaml"))
-    # The CRDs only: v1.5+ ships a ValidatingAdmissionPolicy beside them (vap_safeupgrades).
-    crds = [f for f in files if "\nkind: CustomResourceDefinition" in f.read_text()]
-    assert crds, f"no CRDs in {module}"
+    where = Path(out.strip().splitlines()[-1]) / "crds"
+    crds = sorted(where.glob("*.yaml"))
+    if not crds:
+        raise BinariesMissingError(f"no Gateway API CRDs under {where}; run `make binaries`")
     return crds
 
 

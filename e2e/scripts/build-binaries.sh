@@ -6,6 +6,7 @@
 #   e2e/scripts/build-binaries.sh --print-kueue   # prints Kueue's directory (bin, crds/, webhook/)
 #   e2e/scripts/build-binaries.sh --print-kube-router   # prints kube-router's directory
 #   e2e/scripts/build-binaries.sh --print-traefik   # prints Traefik's directory
+#   e2e/scripts/build-binaries.sh --print-gateway-api   # prints the Gateway API CRDs' directory
 #
 # Versions come from e2e/build/versions.env only. The binaries land in
 #   ${K2T_CACHE:-$HOME/.cache/k2think-operator}/bin/<key>/
@@ -39,6 +40,7 @@ BIN="$CACHE/bin/$KEY"
 KUEUE_BIN="$CACHE/bin/kueue-${KUEUE_VERSION:?}"
 KUBE_ROUTER_BIN="$CACHE/bin/kube-router-${KUBE_ROUTER_VERSION:?}"
 TRAEFIK_BIN="$CACHE/bin/traefik-${TRAEFIK_VERSION}-${TRAEFIK_PATCH}"
+GATEWAY_API_DIR="$CACHE/bin/gateway-api-${GATEWAY_API_VERSION:?}"
 KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ALL_BINS=("${KUBE_BINS[@]}" etcd kwok ray-operator helm)
 STAGES=(node-initialize node-heartbeat pod-ready pod-complete pod-delete)
@@ -48,8 +50,11 @@ complete() {
     for b in "${ALL_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
     for b in "${STAGES[@]}"; do [[ -s "$BIN/kwok-stages/$b.yaml" ]] || return 1; done
     compgen -G "$BIN/crds/kuberay/*.yaml" >/dev/null || return 1
-    [[ -s "$BIN/versions.env" ]] && kueue_complete && kube_router_complete && traefik_complete
+    [[ -s "$BIN/versions.env" ]] && kueue_complete && kube_router_complete && traefik_complete \
+        && gateway_api_complete
 }
+
+gateway_api_complete() { compgen -G "$GATEWAY_API_DIR/crds/*.yaml" >/dev/null; }
 
 kube_router_complete() { [[ -x "$KUBE_ROUTER_BIN/kube-router" ]]; }
 traefik_complete() { [[ -x "$TRAEFIK_BIN/traefik" ]]; }
@@ -73,6 +78,10 @@ if [[ "${1:-}" == "--print-kube-router" ]]; then
 fi
 if [[ "${1:-}" == "--print-traefik" ]]; then
     echo "$TRAEFIK_BIN"
+    exit 0
+fi
+if [[ "${1:-}" == "--print-gateway-api" ]]; then
+    echo "$GATEWAY_API_DIR"
     exit 0
 fi
 if complete; then
@@ -289,6 +298,21 @@ GO
     echo "TRAEFIK_VERSION=$TRAEFIK_VERSION TRAEFIK_PATCH=$TRAEFIK_PATCH" >"$TRAEFIK_BIN/version.env"
 }
 if ! traefik_complete; then build_traefik; fi
+
+# The Gateway API's standard CRDs (the chain suite's incremental upgrade), copied out of the module
+# cache: the suite runs in a network namespace of its own, where the Go proxy cannot be reached.
+fetch_gateway_api() {
+    mkdir -p "$GATEWAY_API_DIR/crds"
+    local dir f
+    dir="$(module_dir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
+    for f in "$dir"/config/crd/standard/*.yaml; do
+        # The CRDs only: v1.5+ ships a ValidatingAdmissionPolicy beside them.
+        if grep -q '^kind: CustomResourceDefinition' "$f"; then cp "$f" "$GATEWAY_API_DIR/crds/"; fi
+    done
+    chmod -R u+w "$GATEWAY_API_DIR/crds"
+    gateway_api_complete || { log "no Gateway API CRDs in $dir"; exit 1; }
+}
+if ! gateway_api_complete; then fetch_gateway_api; fi
 
 # Data files the harness needs, copied next to the binaries so nothing reads GOMODCACHE at run time.
 kuberay_dir="$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
