@@ -618,12 +618,7 @@ class Load:
         for t in self.threads:
             t.start()
 
-    def _one(self) -> StreamResult:
-        from openai import OpenAI
-
-        client = OpenAI(
-            base_url=f"{self.base_url}/v1", api_key=self.api_key, timeout=900, max_retries=0
-        )
+    def _one(self, client: Any) -> StreamResult:
         started = time.monotonic()
         tokens, finish, first_at = 0, None, None
         try:
@@ -659,6 +654,8 @@ class Load:
             response = getattr(exc, "response", None)
             body = getattr(response, "text", "") if response is not None else ""
             error = repr(exc) + (f" body={body[:300]!r}" if body else "")
+            if exc.__cause__ is not None:  # the transport's own error (reset, EOF, ...)
+                error += f" from {exc.__cause__!r}"
             return StreamResult(
                 False, tokens, finish, error, started, time.monotonic(), status=status,
                 first_token_at=first_at,
@@ -668,15 +665,20 @@ class Load:
         import contextlib
         import threading
 
-        import openai  # noqa: F401  (imported before the gate: the import lock would serialise it)
+        from openai import OpenAI  # before the gate: the import lock would serialise it
 
-        with netns.inside(self.via):
+        # One client per simulated user, as an application holds one: its connections are
+        # pooled and closed with it, not left to the garbage collector request after request.
+        client = OpenAI(
+            base_url=f"{self.base_url}/v1", api_key=self.api_key, timeout=900, max_retries=0
+        )
+        with netns.inside(self.via), client:
             # The first request only: a looping client's next one goes at once.
             if self._gate is not None:
                 with contextlib.suppress(threading.BrokenBarrierError):
                     self._gate.wait()
             while True:
-                result = self._one()
+                result = self._one(client)
                 with self._lock:
                     self.results.append(result)
                 if self.once or self.stop_event.is_set():
