@@ -138,9 +138,11 @@ def _capped_kept_lifted(cluster: Cluster, ns: str, suffix: str) -> None:
     spill = condition(obj, "SpillOver")
     assert spill is not None and spill["status"] == "True", spill
     assert spill["message"] == "pool h200 is full at 1 worker pod(s): new replicas go to h100"
-    events = items(cluster, "events", ns)
-    told = [e["message"] for e in events if e.get("reason") == "SpilledOver"]
-    assert told and "new replicas go to h100" in told[0], told
+    # Events are posted after the reconcile that recorded them (docs/operations.md).
+    told = eventually(
+        "the SpilledOver event", lambda: _told(cluster, ns, "SpilledOver"), timeout=90
+    )
+    assert "new replicas go to h100" in told[0], told
 
     # KubeRay reconciled the RayCluster after the cap (its status caught up with the new
     # generation) and kept it: same cluster, cap in place, the bound pod not deleted.
@@ -197,8 +199,15 @@ def _capped_kept_lifted(cluster: Cluster, ns: str, suffix: str) -> None:
         ),
         timeout=60,
     )
-    told = [e["message"] for e in items(cluster, "events", ns) if e.get("reason") == "SpillLifted"]
-    assert told and "holds 2 bound worker pod(s), capped at 1" in told[0], told
+    told = eventually(
+        "the SpillLifted event", lambda: _told(cluster, ns, "SpillLifted"), timeout=90
+    )
+    assert "holds 2 bound worker pod(s), capped at 1" in told[0], told
+
+
+def _told(cluster: Cluster, ns: str, reason: str) -> list[str] | None:
+    """The messages of the namespace's Events of ``reason``, or None while there is none."""
+    return [e["message"] for e in items(cluster, "events", ns) if e.get("reason") == reason] or None
 
 
 def _dump(cluster: Cluster, ns: str) -> str:
