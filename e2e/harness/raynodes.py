@@ -66,9 +66,9 @@ joining the head), so this module does a kubelet's job for exactly those pods:
   timeout and thresholds, and drive the pod's ``Ready`` condition, so the Services' endpoints
   follow them as they do on a cluster: a worker whose Serve proxy drains (its node lost its last
   replica) leaves its Service within a probe period, well inside Serve's 30 s minimum draining
-  period, and a Gateway stops sending to it before the proxy is removed. Without them a proxy
-  removed while the Gateway still sent to it cut a stream in the middle (CI, the incremental
-  upgrade, 1 request of ~120).
+  period, and a Gateway stops sending to it before the proxy is removed (without them the
+  Gateway kept sending to a draining proxy until Serve removed it, and KubeRay counted pods as
+  serve endpoints before their proxies ran).
 
 What it does not do for Ray pods: liveness probes (KubeRay's restart a container after 120
 failures 5 s apart, longer than any scenario here), volumes other than data volumes (the venv and
