@@ -329,7 +329,8 @@ def has_event(campus: Cluster, name: str, ns: str, reason: str) -> list[str]:
         found = event_reasons(campus, name, ns)
         return found if reason in found else None
 
-    return eventually(f"Event {reason} on {ns}/{name}", probe, timeout=60)
+    # Events wait while the operator's controllers are busy, at most 60 s (docs/operations.md).
+    return eventually(f"Event {reason} on {ns}/{name}", probe, timeout=120)
 
 
 def cond(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
