@@ -55,16 +55,21 @@ def kube_router_binary() -> Path:
     return component_binary("--print-kube-router", "kube-router")
 
 
-def component_binary(print_flag: str, name: str) -> Path:
-    """An optional component's binary in its own cache directory, which ``build-binaries.sh
-    <print_flag>`` names (without building anything)."""
+def component_dir(print_flag: str) -> Path:
+    """An optional component's cache directory, which ``build-binaries.sh <print_flag>`` names
+    (without building anything)."""
     out = subprocess.run(
         ["bash", str(BUILD_SCRIPT), print_flag],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
     ).stdout
-    binary = Path(out.strip().splitlines()[-1]) / name
+    return Path(out.strip().splitlines()[-1])
+
+
+def component_binary(print_flag: str, name: str) -> Path:
+    """An optional component's binary in its own cache directory (:func:`component_dir`)."""
+    binary = component_dir(print_flag) / name
     if not os.access(binary, os.X_OK):
         raise BinariesMissingError(f"{binary} is missing; run `make binaries`")
     return binary

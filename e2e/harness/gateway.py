@@ -13,13 +13,11 @@ serve Services with the HTTPRoute's weights.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from . import processes
-from .binaries import BUILD_SCRIPT, BinariesMissingError, component_binary
+from .binaries import BinariesMissingError, component_binary, component_dir
 
-VERSIONS = Path(__file__).resolve().parents[1] / "build" / "versions.env"
 #: KubeRay's flag for the incremental upgrade (alpha in v1.6, off by default).
 INCREMENTAL_UPGRADE_GATE = "--feature-gates=RayServiceIncrementalUpgrade=true"
 #: The GatewayClass Traefik answers for (its default controller name).
@@ -29,27 +27,10 @@ TRAEFIK_CONTROLLER = "traefik.io/gateway-controller"
 LISTENER_PORT = 80
 
 
-def versions() -> dict[str, str]:
-    return {
-        k.strip(): v.strip()
-        for k, v in (
-            line.split("=", 1)
-            for line in VERSIONS.read_text().splitlines()
-            if "=" in line and not line.startswith("#")
-        )
-    }
-
-
 def gateway_api_crds() -> list[Path]:
     """The Gateway API's standard CRDs, which ``build-binaries.sh`` copies out of the Go module
     cache (the chain suite's network namespace cannot reach the Go proxy)."""
-    out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-gateway-api"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout
-    where = Path(out.strip().splitlines()[-1]) / "crds"
+    where = component_dir("--print-gateway-api") / "crds"
     crds = sorted(where.glob("*.yaml"))
     if not crds:
         raise BinariesMissingError(f"no Gateway API CRDs under {where}; run `make binaries`")

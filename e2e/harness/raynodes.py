@@ -925,8 +925,8 @@ class Kubelet:
 
     def _probe(self, run: PodRun, c: Container, now: float) -> None:
         """Run the container's due probes as the kubelet does: ``httpGet``/``tcpSocket`` from
-        its node, ``exec`` inside the container (on the probe pool; its result is taken on a
-        later tick)."""
+        its node, ``exec`` inside a Ray container (on the probe pool; its result is taken on a
+        later tick). An image container's ``exec`` probe is not supported (it fails)."""
         if c.killing:
             return
         for kind, state in c.probes.items():
@@ -940,7 +940,7 @@ class Kubelet:
             if not state.due(now):
                 continue
             command = (state.spec.get("exec") or {}).get("command")
-            if command:
+            if command and not c.from_image:  # a Ray container: the host's filesystem is its own
                 argv = netns.in_pod_argv(
                     netns.netns_path(run.netns_name),
                     run.dir,

@@ -110,13 +110,17 @@ class Controller(Generic[K]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
+    def _has_work(self) -> bool:
+        """A key is queued or being reconciled (armed timers do not count)."""
+        return len(self.queue) > 0 or self._busy > 0
+
     def busy(self) -> bool:
-        """Keys queued or being reconciled while the workers run (timers armed do not count)."""
-        return bool(self._tasks) and (len(self.queue) > 0 or self._busy > 0)
+        """Work while the workers run (:meth:`_has_work`; stopped, nothing will run it)."""
+        return bool(self._tasks) and self._has_work()
 
     async def settle(self) -> None:
         """Wait until no key is queued or being reconciled (timers may still be armed)."""
-        while len(self.queue) or self._busy:
+        while self._has_work():
             self._changed.clear()
             await self._changed.wait()
 
