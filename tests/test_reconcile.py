@@ -241,18 +241,25 @@ async def test_cluster_reshape_is_announced() -> None:
     assert "NewRayCluster" in reasons and "Planned" in reasons
 
 
-async def test_a_new_deployment_tells_its_plan_in_its_created_event() -> None:
-    """One Event for "created for this layout" (issue #20: Events were a third of the
-    operator's API calls in a burst); the token Secret and warnings keep their own."""
+async def test_a_new_deployment_tells_its_token_and_plan_in_its_created_event() -> None:
+    """One Event for "created, with its token, for this layout" (issue #20: Events were a third
+    of the operator's API calls in a burst); warnings keep their own."""
     kube = RecordingKube()
     reconciler = DeploymentReconciler(kube)
     doc = with_status(minimal_doc(), {})
     outcome = await reconciler.converge(doc)
     reasons = [e.reason for e in outcome.events]
-    assert "Planned" not in reasons and "RayTokenCreated" in reasons
+    assert "Planned" not in reasons and "RayTokenCreated" not in reasons
     (created,) = [e for e in outcome.events if e.reason == "Created"]
     explanation = outcome.status["plan"]["explanation"]
-    assert created.message == f"applied RayService demo; plan: {explanation}"
+    assert created.message == (
+        "applied RayService demo; created Secret demo-ray-token with a new Ray token; "
+        f"plan: {explanation}"
+    )
+    # The token Secret deleted by hand and created again is told on its own.
+    kube.supporting.pop(("Secret", "team-a", "demo-ray-token"))
+    again = await reconciler.converge(with_status(doc, outcome.status), None, resync=True)
+    assert "RayTokenCreated" in [e.reason for e in again.events], again.events
     # Told once: the same plan seen again (an older body) is not told on its own later.
     again = await reconciler.converge(with_status(doc, {}))
     assert "Planned" not in [e.reason for e in again.events]

@@ -289,9 +289,10 @@ async def test_reconcile_creates_supporting_objects_before_the_rayservice() -> N
     ]
     token = kube.supporting[("Secret", "team-a", "demo-ray-token")]["stringData"]["auth_token"]
     assert len(token) >= 40
-    assert ("RayTokenCreated" in [e.reason for e in first.events]) and token not in str(
-        first.events
-    )
+    # The token's creation is told (in the Created event of the first pass), never the token.
+    (created,) = first.events
+    assert "created Secret demo-ray-token with a new Ray token" in created.message
+    assert token not in str(first.events)
     # Unchanged: nothing is written again.
     await reconciler.converge(with_status(doc, first.status))
     assert len(kube.supporting_writes) == 4

@@ -254,19 +254,27 @@ async def apply_children(
     return ApplyResult(live, applied)
 
 
-def plan_told_with_create(events: list[Event]) -> list[Event]:
-    """The first plan of a deployment told in its ``Created`` event, not in an Event of its own.
+def told_with_create(events: list[Event]) -> list[Event]:
+    """What the first pass of a new deployment did, told in its ``Created`` event: the Ray token
+    Secret it created and the plan it chose, not each in an Event of its own.
 
-    Both come from the same pass and say one thing: the RayService was created for this layout.
-    One Event instead of two (issue #20: Events were a third of the operator's API calls in a
-    burst of new deployments); a plan that changes later is still its own ``Planned``.
+    They come from the same pass and say one thing: the RayService was created, with its token,
+    for this layout. One Event instead of three (issue #20: Events were a third of the operator's
+    API calls in a burst of new deployments, and the queued ones its largest memory after the
+    burst). Told later, each keeps its own reason: a plan that changes is ``Planned``, a token
+    Secret created again (deleted by hand) is ``RayTokenCreated``. The plan comes last, since a
+    message over the Event limit keeps its start and end.
     """
     created = next((e for e in events if e.reason == r.EVENT_CREATED), None)
-    planned = next((e for e in events if e.reason == r.EVENT_PLANNED), None)
-    if created is None or planned is None:
+    if created is None:
         return events
-    told = Event.normal(r.EVENT_CREATED, f"{created.message}; plan: {planned.message}")
-    return [told if e is created else e for e in events if e is not planned]
+    folded = [e for e in events if e.reason in (r.EVENT_RAY_TOKEN_CREATED, r.EVENT_PLANNED)]
+    if not folded:
+        return events
+    token = [e.message for e in folded if e.reason == r.EVENT_RAY_TOKEN_CREATED]
+    plan = [f"plan: {e.message}" for e in folded if e.reason == r.EVENT_PLANNED]
+    told = Event.normal(r.EVENT_CREATED, "; ".join([created.message, *token, *plan]))
+    return [told if e is created else e for e in events if not any(e is f for f in folded)]
 
 
 def previous_apply_failure(status: Mapping[str, Any]) -> ApplyFailure | None:
@@ -661,7 +669,7 @@ class DeploymentReconciler:
         # status
         status = self._desired_status(decision, body, current, result.live, state, result.failure)
         write = await self._write_status(decision, current, status, state)
-        events = plan_told_with_create(self._unannounced(state, events))
+        events = told_with_create(self._unannounced(state, events))
         for event in events:
             await self.kube.post_event(body, event)
         return Outcome(
