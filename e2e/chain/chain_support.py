@@ -583,7 +583,12 @@ class Load:
     ``together=True`` holds every client's first request until all clients are ready to send
     (a barrier): starting threads one by one spreads a burst over seconds, long enough on a
     busy machine for the first requests to finish before the last are sent (a CI run's burst
-    never filled Serve's queue that way)."""
+    never filled Serve's queue that way).
+
+    ``pause``: each client's think time between the end of one stream and its next request, as
+    a chat user has (0: back to back). A paced client keeps requests flowing across a change
+    without keeping a replica decoding all the time, which on 2 shared cores slows every
+    replica that starts meanwhile."""
 
     def __init__(
         self,
@@ -595,6 +600,7 @@ class Load:
         once: bool = False,
         api_key: str = "none",
         together: bool = False,
+        pause: float = 0.0,
     ) -> None:
         import threading
 
@@ -603,6 +609,7 @@ class Load:
         self.via = via
         self.max_tokens = max_tokens
         self.once = once
+        self.pause = pause
         self.stop_event = threading.Event()
         self.abort_event = threading.Event()
         # Set when any stream has received its first token (the request is on a replica).
@@ -681,7 +688,7 @@ class Load:
                 result = self._one(client)
                 with self._lock:
                     self.results.append(result)
-                if self.once or self.stop_event.is_set():
+                if self.once or self.stop_event.wait(self.pause):
                     return
 
     def stop(self, timeout: float = 900, *, abort: bool = False) -> list[StreamResult]:

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ from chain_support import (
     SERVED_NAME,
     Ground,
     Load,
+    StreamResult,
     _api,
     apply,
     chain_deployment,
@@ -235,10 +237,14 @@ class Samples:
     """What the upgrade looked like, every few seconds."""
 
     rayservice: list[dict[str, Any]] = field(default_factory=list)
+    #: When each ``rayservice`` sample was read (``time.monotonic()``, the clients' clock).
+    at: list[float] = field(default_factory=list)
     weights: list[dict[str, int]] = field(default_factory=list)
     upgrade_status: list[dict[str, Any]] = field(default_factory=list)
     replicas: list[dict[str, int]] = field(default_factory=list)
     pods: list[int] = field(default_factory=list)
+    #: Every Ray pod's address seen -> its name (Traefik's access log names backends by address).
+    pod_at: dict[str, str] = field(default_factory=dict)
 
     def steps(self, cluster: str, key: str) -> list[int]:
         """The distinct values of ``<key>`` for Ray cluster ``cluster`` in the order they came,
@@ -302,6 +308,73 @@ def _surge_violations(samples: Samples) -> list[dict[str, Any]]:
     return bad
 
 
+#: A request counts as crossing a step when it was in flight within this many seconds of the
+#: sample that first showed the step (samples are a second apart; the client sends about every
+#: 1.5 s, longer when a stream slows down).
+STEP_COVER_S = 6.0
+
+
+def _in_flight_near(results: list[StreamResult], at: float, within: float) -> bool:
+    return any(r.started <= at + within and r.ended >= at - within for r in results)
+
+
+def _explain_failures(
+    failed: list[StreamResult], samples: Samples, traefik: TraefikPod
+) -> dict[str, Any]:
+    """What a failed request met, for the report: its times on the wall clock, the RayService's
+    status around them, and Traefik's own account of every request it could not serve (which
+    pod, of which cluster, and how long it waited)."""
+    wall = time.time() - time.monotonic()
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t + wall, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+    statuses = []
+    for r in failed:
+        near = [
+            (samples.at[i], status)
+            for i, status in enumerate(samples.rayservice)
+            if r.started - 5 <= samples.at[i] <= r.ended + 5
+        ]
+        for at, status in near[:: max(1, len(near) // 6)]:
+            statuses.append(
+                {
+                    "at": stamp(at),
+                    **{
+                        side: {
+                            k: (status.get(f"{side}ServiceStatus") or {}).get(k)
+                            for k in ("rayClusterName", "targetCapacity", "trafficRoutedPercent")
+                        }
+                        for side in ("active", "pending")
+                    },
+                }
+            )
+    refused = [
+        {
+            "at": line.at.strftime("%H:%M:%S"),
+            "status": line.status,
+            "backend": line.backend,
+            "pod": samples.pod_at.get(line.backend.split("//")[-1].split(":")[0], "?"),
+            "ms": line.duration_ms,
+        }
+        for line in gateway.parse_access_log(traefik.proc.log.read_text(errors="replace"))
+        if line.status >= 500
+    ]
+    return {
+        "failed": [
+            {
+                "started": stamp(r.started),
+                "ended": stamp(r.ended),
+                "status": r.status,
+                "error": r.error,
+            }
+            for r in failed
+        ],
+        "rayservice_around_them": statuses,
+        "traefik_5xx": refused,
+    }
+
+
 def _llm_replicas(ns: str, cluster: str) -> int:
     try:
         replicas = serve_replicas(ns, cluster)
@@ -317,7 +390,10 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
         # Scenario 1's proof, again: without a route the client below would only spin on 404s.
         assert _completion(traefik.url) == 200, "the Gateway does not serve the deployment"
     before = _active_cluster(g)
-    client = Load(traefik.url, 1, via=client_netns(g, NS), max_tokens=64)
+    # One chat user: a short stream, then a second's think time. Requests keep flowing across
+    # every step (asserted below) while the old cluster's replica does not decode all the time
+    # on the 2 cores the new cluster's replicas start on.
+    client = Load(traefik.url, 1, via=client_netns(g, NS), max_tokens=32, pause=1.0)
     samples = Samples()
     t0 = time.monotonic()
     # A change of every Ray pod's template (as an image bump is): a new Ray cluster.
@@ -340,6 +416,7 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
         with lock:
             status: dict[str, Any] = (rayservice(g, NS, NAME) or {}).get("status") or {}
             samples.rayservice.append(status)
+            samples.at.append(time.monotonic())
             samples.weights.append(_route_weights(_gateway_objects(g)[1]))
             samples.upgrade_status.append(
                 dict((k2t(g, NS, NAME) or {}).get("status", {}).get("upgrade") or {})
@@ -369,12 +446,17 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
             if s.get("rayClusterName")
         }
         samples.replicas.append({c: _llm_replicas(NS, c) for c in sorted(clusters)})
+        ray_pods = pods(g, NS, "ray.io/node-type")
+        for p in ray_pods:
+            if p["status"].get("podIP"):
+                samples.pod_at[p["status"]["podIP"]] = p["metadata"]["name"]
         samples.pods.append(
             len(
                 [
                     p
-                    for p in pods(g, NS, "ray.io/node-type=worker")
-                    if p["status"].get("phase") not in ("Succeeded", "Failed")
+                    for p in ray_pods
+                    if p["metadata"]["labels"].get("ray.io/node-type") == "worker"
+                    and p["status"].get("phase") not in ("Succeeded", "Failed")
                 ]
             )
         )
@@ -433,8 +515,27 @@ def test_a_new_ray_cluster_takes_over_step_by_step(deployed: Ground, traefik: Tr
     )
     # Never more replicas than the surge allows.
     assert peak_replicas <= SURGE_CEILING, samples.replicas
-    # Every completion sent through the Gateway meanwhile was served.
-    assert results and not [r for r in results if not r.ok], [r for r in results if not r.ok][:3]
+    # Every completion sent through the Gateway meanwhile was served, and requests were in
+    # flight at every step KubeRay took (a client that stopped early would prove nothing).
+    failed = [r for r in results if not r.ok]
+    assert results and not failed, _explain_failures(failed, samples, traefik)
+    promoted = next(
+        i
+        for i, status in enumerate(samples.rayservice)
+        if (status.get("activeServiceStatus") or {}).get("rayClusterName") == after
+    )
+    steps = {
+        "new cluster 50% of the traffic": first[(after, "trafficRoutedPercent", 50)],
+        "old cluster capacity 50": first[(before, "targetCapacity", 50)],
+        "new cluster capacity 100": first[(after, "targetCapacity", 100)],
+        "new cluster promoted": promoted,
+    }
+    uncovered = {
+        step: round(samples.at[i] - t0)
+        for step, i in steps.items()
+        if not _in_flight_near(results, samples.at[i], STEP_COVER_S)
+    }
+    assert not uncovered, f"no request within {STEP_COVER_S} s of {uncovered} (s after start)"
     # The end: the new cluster alone behind the Gateway, the old one gone, status.upgrade gone.
     assert after != before
     # KubeRay rewrites the HTTPRoute after the promotion: for a reconcile or two it may still

@@ -13,6 +13,9 @@ serve Services with the HTTPRoute's weights.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from . import processes
@@ -67,6 +70,16 @@ http:
 """
 
 
+#: How often Traefik may apply a new configuration from its providers (its default: 2 s, the
+#: global ``providersThrottleDuration``; the Gateway API provider has no throttle of its own).
+#: KubeRay v1.6.2 lowers the old cluster's Serve ``target_capacity`` to 0 one reconcile (2 s,
+#: ``ServiceDefaultRequeueDuration``) after it gives the new cluster the route's last weight: a
+#: Gateway that applies the route later keeps sending requests to a cluster whose replicas are
+#: stopping, and they fail (two of ~700 in a CI run, a 502 and a 500 after 24 s: Serve's 20 s
+#: graceful shutdown of the ingress). docs/serving-path.md tells campuses the same.
+PROVIDERS_THROTTLE = "200ms"
+
+
 def start_traefik(
     state_dir: Path, *, netns: Path, kubeconfig: Path, status_ip: str, name: str = "traefik"
 ) -> processes.Proc:
@@ -81,6 +94,10 @@ def start_traefik(
         f"--entryPoints.web.address=:{LISTENER_PORT}",
         "--entryPoints.web.http.middlewares=retry-connect@file",
         f"--providers.file.filename={dynamic}",
+        f"--providers.providersThrottleDuration={PROVIDERS_THROTTLE}",
+        # No calls home (version check, usage data): the ground's traffic stays on it.
+        "--global.checkNewVersion=false",
+        "--global.sendAnonymousUsage=false",
         "--entryPoints.traefik.address=:8082",
         "--ping=true",
         "--providers.kubernetesGateway=true",
@@ -90,3 +107,39 @@ def start_traefik(
     ]
     env = {"KUBECONFIG": str(kubeconfig)}
     return processes.start(name, argv, state_dir, env=env, netns=netns)
+
+
+@dataclass(frozen=True)
+class AccessLine:
+    """One request in Traefik's access log (Common Log Format plus Traefik's fields)."""
+
+    at: datetime
+    status: int
+    backend: str
+    duration_ms: int
+
+
+_ACCESS = re.compile(
+    r'\[(?P<at>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) \S+ "[^"]*" "[^"]*" \d+ '
+    r'"[^"]*" "(?P<backend>[^"]*)" (?P<ms>\d+)ms'
+)
+
+
+def parse_access_log(text: str) -> list[AccessLine]:
+    """Traefik's access log lines in ``text`` (its other log lines are skipped): when each
+    request came, its status, the backend Traefik sent it to and how long it took. What a failed
+    request through the Gateway is explained with (which cluster's pod answered, and when)."""
+    found = []
+    for line in text.splitlines():
+        match = _ACCESS.search(line)
+        if match is None:
+            continue
+        found.append(
+            AccessLine(
+                datetime.strptime(match["at"], "%d/%b/%Y:%H:%M:%S %z"),
+                int(match["status"]),
+                match["backend"],
+                int(match["ms"]),
+            )
+        )
+    return found
