@@ -20,7 +20,7 @@ from k2think_operator.modelcache.controller import CacheReconciler
 from k2think_operator.render.meta import FIELD_MANAGER
 from k2think_operator.runtime.compact import pack
 from k2think_operator.runtime.controller import Controller
-from k2think_operator.runtime.kube import EventRecorder, Kube, KubeError
+from k2think_operator.runtime.kube import EVENT_QUIET_SECONDS, EventRecorder, Kube, KubeError
 from k2think_operator.runtime.workqueue import Backoff
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,12 @@ class Operator:
         # a burst instead of inside it).
         for recorder in (getattr(self.deployments.kube, "events", None), self.caches.events):
             if isinstance(recorder, EventRecorder):
-                recorder.yield_to(self.busy)
+                recorder.yield_to(lambda: self.busy(within=EVENT_QUIET_SECONDS))
 
-    def busy(self) -> bool:
-        """Either controller has keys queued or being reconciled."""
-        return self.deployment_controller.busy() or self.cache_controller.busy()
+    def busy(self, within: float = 0.0) -> bool:
+        """Either controller has keys queued or being reconciled (or finished one less than
+        ``within`` seconds ago)."""
+        return self.deployment_controller.busy(within) or self.cache_controller.busy(within)
 
     @classmethod
     async def connect(cls, config: OperatorConfig) -> Operator:

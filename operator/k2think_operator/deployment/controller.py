@@ -376,8 +376,9 @@ class DeploymentState:
     #: The resourceVersion and status of our last status write (the next event's body may
     #: predate it).
     written: tuple[int, Mapping[str, Any]] | None = None
-    #: Last message told per once-only event reason (see ``DeploymentReconciler._unannounced``).
-    announced: dict[str, str] = field(default_factory=dict)
+    #: Hash of the last message told per once-only event reason (see
+    #: ``DeploymentReconciler._unannounced``; a hash, not the message: thousands are kept).
+    announced: dict[str, int] = field(default_factory=dict)
     #: The cache revisions last seen for ``spec.model.cacheRef`` and the draft's cacheRef, and
     #: why there was none: (model, why, draft, why), as ``decide`` takes them (pod events
     #: refresh status without reading the caches again).
@@ -964,9 +965,10 @@ class DeploymentReconciler:
         fresh: list[Event] = []
         for event in events:
             if event.reason in r.ANNOUNCED_ONCE:
-                if state.announced.get(event.reason) == event.message:
+                told = hash(event.message)
+                if state.announced.get(event.reason) == told:
                     continue
-                state.announced[event.reason] = event.message
+                state.announced[event.reason] = told
             fresh.append(event)
         return fresh
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -75,6 +76,8 @@ class Controller(Generic[K]):
         self.queue: WorkQueue[K] = WorkQueue(backoff)
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
+        #: When (monotonic) a reconcile last finished.
+        self._last_done = float("-inf")
         self._changed = asyncio.Event()
         self.depth = QUEUE_DEPTH.labels(name)
         self.retries = QUEUE_RETRIES.labels(name)
@@ -114,9 +117,13 @@ class Controller(Generic[K]):
         """A key is queued or being reconciled (armed timers do not count)."""
         return len(self.queue) > 0 or self._busy > 0
 
-    def busy(self) -> bool:
-        """Work while the workers run (:meth:`_has_work`; stopped, nothing will run it)."""
-        return bool(self._tasks) and self._has_work()
+    def busy(self, within: float = 0.0) -> bool:
+        """Work while the workers run (:meth:`_has_work`; stopped, nothing will run it), or a
+        reconcile that finished less than ``within`` seconds ago: in a burst the queue empties
+        between two inputs for a few milliseconds at a time, which is not a pause."""
+        if not self._tasks:
+            return False
+        return self._has_work() or time.monotonic() - self._last_done < within
 
     async def settle(self) -> None:
         """Wait until no key is queued or being reconciled (timers may still be armed)."""
@@ -137,6 +144,7 @@ class Controller(Generic[K]):
             finally:
                 self.queue.done(key)
                 self._busy -= 1
+                self._last_done = time.monotonic()
                 self._changed.set()
 
     async def _process(self, key: K) -> None:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -402,10 +403,18 @@ class Kube:
 #: Events waiting to be posted, at most (client-go's broadcaster queues 1,000 and drops beyond).
 MAX_QUEUED_EVENTS = 10_000
 
-#: How long an Event may wait for the controllers to be idle before it is posted anyway.
-MAX_EVENT_HOLD_SECONDS = 60.0
+#: How long an Event may wait for the controllers to be idle before it is posted anyway (a
+#: burst of 2,000 new deployments took 73 s on 2 busy cores; a human sees the conditions at once).
+MAX_EVENT_HOLD_SECONDS = 120.0
 #: How often a held Event looks whether the controllers are idle.
 EVENT_HOLD_POLL_SECONDS = 0.25
+#: Idle means no reconcile for this long: in a burst the queue empties between two inputs for a
+#: few milliseconds at a time (the operator keeps up with the user's apply), and an Event posted
+#: in such a gap competes with the next input for the API server.
+EVENT_QUIET_SECONDS = 1.0
+#: Events are held only when at least this many wait: a burst of new objects, not the handful
+#: a steady state tells (those are posted at once, however busy the controllers are).
+EVENT_BURST = 50
 
 #: What an Event needs of the object it is about: apiVersion, kind, name, namespace, uid.
 InvolvedObject = tuple[str, str, str, str, str]
@@ -424,8 +433,11 @@ class EventRecorder:
     it. The queue holds only what an Event needs of its object (not the object), and is bounded:
     beyond ``max_queued`` an Event is dropped with a warning, as client-go drops them.
 
-    Events also yield to the reconciles (:meth:`yield_to`): while the controllers have work, an
-    Event waits, up to ``max_hold`` seconds after it was recorded. In a burst of new deployments
+    In a burst, Events also yield to the reconciles (:meth:`yield_to`): while at least ``burst``
+    Events wait and the controllers have work (the operator also counts a reconcile finished
+    less than ``EVENT_QUIET_SECONDS`` ago), an Event waits, up to ``max_hold`` seconds after it
+    was recorded. Outside a burst an Event is posted at once: a steady state with many
+    deployments always has some reconcile running, and ``kubectl describe`` should not lag it. In a burst of new deployments
     each Event is an etcd write like a child object's, and the API server's CPU is what the burst
     is bound by: posted inside it, the 2-3 Events per new deployment slowed the children and the
     user's own apply (docs/benchmarks.md, issue #20); held, they are posted right after, and a
@@ -439,14 +451,18 @@ class EventRecorder:
         *,
         max_queued: int = MAX_QUEUED_EVENTS,
         max_hold: float = MAX_EVENT_HOLD_SECONDS,
+        burst: int = EVENT_BURST,
     ) -> None:
         self.kube = kube
         self.component = component
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.max_queued = max_queued
         self.max_hold = max_hold
+        self.burst = burst
         self.dropped = 0
-        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, str, float]] = asyncio.Queue(
+        # (object, Event, wall-clock time, monotonic time) per Event: the smallest a queued one
+        # can be, since a burst holds thousands (the timestamp is formatted when posted).
+        self._queue: asyncio.Queue[tuple[InvolvedObject, Event, float, float]] = asyncio.Queue(
             max_queued
         )
         self._poster: asyncio.Task[None] | None = None
@@ -458,19 +474,21 @@ class EventRecorder:
 
     def record(self, obj: Mapping[str, Any], event: Event) -> None:
         """Queue an Event about ``obj``, stamped now; it is posted soon after, in order."""
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         meta = obj.get("metadata") or {}
+        # Interned: a burst's queued Events share one copy of each kind, apiVersion, namespace.
         involved: InvolvedObject = (
-            str(obj.get("apiVersion") or ""),
-            str(obj.get("kind") or ""),
+            sys.intern(str(obj.get("apiVersion") or "")),
+            sys.intern(str(obj.get("kind") or "")),
             str(meta.get("name") or ""),
-            str(meta.get("namespace") or "default"),
+            sys.intern(str(meta.get("namespace") or "default")),
             str(meta.get("uid") or ""),
         )
         if self._poster is None or self._poster.done():
             self._poster = asyncio.get_running_loop().create_task(self._post_queued())
+        # The same message for many objects (a warning about the same plan) is kept once.
+        event = Event(event.reason, sys.intern(event.message), event.warning)
         try:
-            self._queue.put_nowait((involved, event, now, time.monotonic()))
+            self._queue.put_nowait((involved, event, time.time(), time.monotonic()))
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning(
@@ -479,16 +497,21 @@ class EventRecorder:
 
     async def _post_queued(self) -> None:
         while True:
-            involved, event, now, recorded = await self._queue.get()
+            involved, event, at, recorded = await self._queue.get()
             try:
-                while self._busy() and time.monotonic() - recorded < self.max_hold:
+                while (
+                    self._queue.qsize() + 1 >= self.burst
+                    and self._busy()
+                    and time.monotonic() - recorded < self.max_hold
+                ):
                     await asyncio.sleep(EVENT_HOLD_POLL_SECONDS)
-                await self._post(involved, event, now)
+                await self._post(involved, event, at)
             finally:
                 self._queue.task_done()
 
-    async def _post(self, involved: InvolvedObject, event: Event, now: str) -> None:
+    async def _post(self, involved: InvolvedObject, event: Event, at: float) -> None:
         api_version, kind, name, namespace, uid = involved
+        now = dt.datetime.fromtimestamp(int(at), dt.UTC).isoformat().replace("+00:00", "Z")
         obj = {
             "apiVersion": api_version,
             "kind": kind,
