@@ -58,6 +58,7 @@ from chain_support import (
     scheduled_at,
     serve_deployments,
     serve_logs,
+    serve_replicas,
     serve_url,
     wait,
     worker_pods,
@@ -398,7 +399,26 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
         f"\nback-pressure burst: {len(results)} requests, {len(rejected)} refused; first: "
         f"{rejected[0].error if rejected else None}"
     )
-    assert rejected, "no request was refused beyond maxQueuedRequests"
+    if not rejected:  # what the burst met, for the report: when each request started, got its
+        # first token and ended (s after the first start), and Serve's replicas meanwhile
+        t0 = min(r.started for r in results)
+        timeline = sorted(
+            (
+                round(r.started - t0, 1),
+                round(r.first_token_at - t0, 1) if r.first_token_at else None,
+                round(r.ended - t0, 1),
+            )
+            for r in results
+        )
+        replicas = {
+            name: [(x.get("state"), x.get("node_ip")) for x in serve_replicas(NS, cluster, name)]
+            for cluster in [cluster_of(g, NS)]
+            for name in ("LLMServer", "OpenAiIngress")
+        }
+        raise AssertionError(
+            f"no request was refused beyond maxQueuedRequests: {callers} caller(s), requests "
+            f"(start, first token, end): {timeline}; replicas now: {replicas}"
+        )
     # Each refusal is an HTTP 503 the client sees at once (not a dropped connection or a
     # stream cut short), and Serve's own routers logged a back-pressure drop for each.
     assert all(r.status == 503 and r.tokens == 0 for r in rejected), [r.error for r in rejected][:3]
