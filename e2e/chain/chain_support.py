@@ -614,6 +614,8 @@ class Load:
         self.abort_event = threading.Event()
         # Set when any stream has received its first token (the request is on a replica).
         self.first_token = threading.Event()
+        #: Streams that have received their first token so far (each request on a replica).
+        self.first_tokens = 0
         self.results: list[StreamResult] = []
         self._lock = threading.Lock()
         # Bounded: a client that cannot get ready breaks the barrier and the rest send anyway.
@@ -644,6 +646,8 @@ class Load:
                     tokens += 1
                     if first_at is None:
                         first_at = time.monotonic()
+                        with self._lock:
+                            self.first_tokens += 1
                     self.first_token.set()
                     finish = chunk.choices[0].finish_reason or finish
                 if self.abort_event.is_set() and finish is None:
