@@ -49,6 +49,7 @@ from chain_support import (
 )
 
 from harness import netns, podrun, raynodes
+from harness.polling import WaitTimeoutError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "k2think-operator"
@@ -300,7 +301,28 @@ def test_the_example_serves_with_every_default_on(ground: Ground) -> None:
         }
         return conds.get("Ready") == "True"
 
-    wait("the K2ThinkDeployment Ready", ready, timeout=300)
+    try:
+        wait("the K2ThinkDeployment Ready", ready, timeout=300)
+    except WaitTimeoutError as error:  # once in a local run (2026-12-07): say what it waited on
+        status = (k2t(g, NS, NAME) or {}).get("status", {})
+        rs_status = (rayservice(g, NS, NAME) or {}).get("status", {})
+        raise AssertionError(
+            {
+                "conditions": status.get("conditions"),
+                "rayservice": {
+                    k: rs_status.get(k)
+                    for k in ("conditions", "numServeEndpoints", "serviceStatus")
+                },
+                "pods_ready": {
+                    p["metadata"]["name"]: [
+                        c.get("status")
+                        for c in p["status"].get("conditions") or []
+                        if c.get("type") == "Ready"
+                    ]
+                    for p in pods(g, NS)
+                },
+            }
+        ) from error
     rs = rayservice(g, NS, NAME)
     assert rs is not None
     auth = rs["spec"]["rayClusterConfig"].get("authOptions") or {}
