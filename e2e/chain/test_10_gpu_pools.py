@@ -407,8 +407,8 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
         f"\nback-pressure burst: {slots} streaming, {len(results)} more, {len(rejected)} refused; "
         f"first: {rejected[0].error if rejected else None}"
     )
-    if not rejected:  # what the burst met, for the report: when each request started, got its
-        # first token and ended (s after the first start), and Serve's replicas meanwhile
+    if len(rejected) < 8:  # what the burst met, for the report: when each request started, got
+        # its first token and ended (s after the first start), and Serve's replicas meanwhile
         t0 = min(r.started for r in held)
         timeline = sorted(
             (
@@ -418,16 +418,16 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
             )
             for r in held + results
         )
+        cluster = cluster_of(g, NS)
         replicas = {
             name: [(x.get("state"), x.get("node_ip")) for x in serve_replicas(NS, cluster, name)]
-            for cluster in [cluster_of(g, NS)]
             for name in ("LLMServer", "OpenAiIngress")
         }
         raise AssertionError(
-            f"no request was refused beyond maxQueuedRequests: {callers} caller(s), requests "
-            f"(start, first token, end): {timeline}; replicas now: {replicas}"
+            f"{len(rejected)} requests refused beyond maxQueuedRequests, not at least 8: "
+            f"{callers} caller(s), requests (start, first token, end): {timeline}; replicas "
+            f"now: {replicas}; errors: {[r.error for r in rejected][:3]}"
         )
-    assert len(rejected) >= 8, (len(rejected), [r.error for r in rejected][:3])
     # Each refusal is an HTTP 503 the client sees at once (not a dropped connection or a
     # stream cut short), and Serve's own routers logged a back-pressure drop for each.
     assert all(r.status == 503 and r.tokens == 0 for r in rejected), [r.error for r in rejected][:3]

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from chain_support import (
@@ -354,7 +355,7 @@ def _explain_failures(
             "at": line.at.strftime("%H:%M:%S"),
             "status": line.status,
             "backend": line.backend,
-            "pod": samples.pod_at.get(line.backend.split("//")[-1].split(":")[0], "?"),
+            "pod": samples.pod_at.get(urlsplit(line.backend).hostname or "", "?"),
             "ms": line.duration_ms,
         }
         for line in gateway.parse_access_log(traefik.proc.log.read_text(errors="replace"))

@@ -120,7 +120,7 @@ class AccessLine:
 
 
 _ACCESS = re.compile(
-    r'\[(?P<at>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) \S+ "[^"]*" "[^"]*" \d+ '
+    r'\[(?P<at>[^\]]+)\] "[^"]*" (?P<status>\d{3}) \S+ "[^"]*" "[^"]*" \d+ '
     r'"[^"]*" "(?P<backend>[^"]*)" (?P<ms>\d+)ms'
 )
 

@@ -437,11 +437,11 @@ class EventRecorder:
     Events wait and the controllers have work (the operator also counts a reconcile finished
     less than ``EVENT_QUIET_SECONDS`` ago), an Event waits, up to ``max_hold`` seconds after it
     was recorded. Outside a burst an Event is posted at once: a steady state with many
-    deployments always has some reconcile running, and ``kubectl describe`` should not lag it. In a burst of new deployments
-    each Event is an etcd write like a child object's, and the API server's CPU is what the burst
-    is bound by: posted inside it, the 2-3 Events per new deployment slowed the children and the
-    user's own apply (docs/benchmarks.md, issue #20); held, they are posted right after, and a
-    human reading ``kubectl describe`` in a steady state sees no delay at all.
+    deployments always has some reconcile running, and ``kubectl describe`` should not lag it.
+    In a burst of new deployments each Event is an etcd write like a child object's, and the API
+    server's CPU is what the burst is bound by: posted inside it, the 2-3 Events per new
+    deployment slowed the children and the user's own apply (docs/benchmarks.md, issue #20);
+    held, they are posted right after.
     """
 
     def __init__(
