@@ -76,13 +76,21 @@ LOAD: dict[str, Load] = {}
 #: Per replica (``serving.maxOngoingRequests`` of chain_deployment) and per caller.
 SLOTS_PER_REPLICA = 8
 QUEUE = 8
-#: Tokens per request of scenario 4: long enough that the requests holding the slots are still
-#: streaming when the rest arrive. A burst of 60-token requests never filled the queue in one CI
-#: run, and one of 600-token requests sent together got 1 refusal where 8 were due: the
-#: OpenAI ingress (on the head, 1 CPU) passes a burst on over seconds, and at ~40 tokens/s per
-#: stream with 16 in flight a 600-token request ends within them. 1,500 tokens hold a slot ~35 s.
+#: Tokens per request of scenario 4 (the back-pressure one). Requests that hold the slots must
+#: still stream when the rest arrive: a burst of 60-token requests never filled the queue in one
+#: CI run, and one of 600-token requests sent together got 1 refusal where 8 were due (the OpenAI
+#: ingress, on the head with 1 CPU, passes a burst on over seconds; at ~40 tokens/s per stream
+#: with 16 in flight a 600-token request ends within them). Now the holders are seen streaming
+#: before the rest is sent, and the rest may be short: it only has to wait, or be refused.
 BELOW_TOKENS = 300
-BURST_TOKENS = 1500
+#: The slot holders below the limit: still streaming when the surplus arrives (all 16 stream
+#: within a few seconds of each other; 300 tokens took up to 23 s with 16 in flight in CI).
+HOLD_TOKENS = 600
+#: The slot holders beyond the limit: the burst (sent together) reaches the LLM router over
+#: seconds, and every slot must stay taken until all of it has (~35 s here).
+BURST_HOLD_TOKENS = 1500
+#: Each request of the burst: those that queue are served once a holder ends.
+BURST_TOKENS = 100
 #: Serve's downscale delay while the replicas must stay (scenarios 2-4), then for the scale-in.
 HOLD_S = 600
 DOWNSCALE_S = 10
@@ -362,26 +370,42 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     assert len(_running_replicas(g)) == 2
     for load in [LOAD.pop(key) for key in list(LOAD)]:
         results = load.stop(timeout=600)
-        assert results and all(r.ok for r in results), [r for r in results if not r.ok][:3]
+        assert results and all(r.ok for r in results), (
+            "a looping client of the previous scenarios failed", [r for r in results if not r.ok][:3]
+        )  # fmt: skip
     slots = 2 * SLOTS_PER_REPLICA
     via = client_netns(g, NS)
     url = serve_url(NS, NAME)
-    # Below the limit: QUEUE - 2 requests more than the slots can take (they wait in Serve's
-    # router at the ingress), every one served in full. Long enough (BELOW_TOKENS) that the
-    # surplus really waits: its first tokens come only once a request ahead of it ended. Not sent
-    # together: Serve counts a request as queued until its router has assigned it a replica, so
-    # of 22 requests arriving in the same instant some got 503s (one run here) though 16 slots
-    # were free (ray/serve/_private/router.py, wrap_request_assignment, says so: "we may reject
-    # more requests than strictly necessary"); started one client after the other, none is.
-    below = Load(url, slots + QUEUE - 2, via=via, max_tokens=BELOW_TOKENS, once=True)
-    served = below.stop(timeout=1200)
-    assert len(served) == len(below.threads), served
-    assert all(r.ok and r.tokens == BELOW_TOKENS for r in served), served  # nothing dropped
-    first_end = min(r.ended for r in served)
-    waited = [r for r in served if r.first_token_at and r.first_token_at >= first_end - 1.0]
-    assert len(waited) >= QUEUE - 2, (
-        f"only {len(waited)} requests waited for a slot",
-        sorted((round(r.first_token_at - r.started, 1), round(r.ended - r.started, 1)) for r in served if r.first_token_at),
+    # Below the limit: QUEUE - 2 requests more than the slots can take wait in Serve's router at
+    # the ingress, and every one is served in full. Serve counts a request as queued until its
+    # router has assigned it a replica, probes included (ray/serve/_private/router.py,
+    # wrap_request_assignment: "we may reject more requests than strictly necessary"): of 22
+    # requests sent together some got 503s here though 16 slots were free, and one CI run
+    # refused one of 22 started one after the other. So every slot is first taken by a stream
+    # seen streaming (assigned: no longer queued), then the surplus is sent: at most QUEUE - 2
+    # are ever queued. The slot holders stream longer (HOLD_TOKENS) so that every one still
+    # holds its slot when the surplus arrives; the surplus gets its first token only once a
+    # holder has ended.
+    holding = Load(url, slots, via=via, max_tokens=HOLD_TOKENS, once=True)
+    wait("every slot streaming", lambda: holding.first_tokens >= slots, timeout=600)
+    surplus = Load(url, QUEUE - 2, via=via, max_tokens=BELOW_TOKENS, once=True)
+    surplus_sent = time.monotonic()
+    waited = surplus.stop(timeout=1200)
+    held = holding.stop(timeout=1200)
+    assert len(waited) == QUEUE - 2 and len(held) == slots, (waited, held)
+    assert all(r.ok and r.tokens == HOLD_TOKENS for r in held), (
+        "below maxQueuedRequests, a request holding a slot failed", [r for r in held if not r.ok][:3]
+    )  # fmt: skip
+    assert all(r.ok and r.tokens == BELOW_TOKENS for r in waited), (
+        "below maxQueuedRequests, a request that waited for a slot failed", waited
+    )  # fmt: skip
+    first_end = min(r.ended for r in held)
+    assert first_end > surplus_sent, (
+        "a slot holder ended before the surplus was sent: nothing had to wait", first_end - surplus_sent
+    )  # fmt: skip
+    assert all(r.first_token_at and r.first_token_at >= first_end - 1.0 for r in waited), (
+        "a request of the surplus streamed before any slot was free",
+        sorted((round(r.first_token_at - surplus_sent, 1), round(r.ended - surplus_sent, 1)) for r in waited if r.first_token_at),
     )  # fmt: skip
     # Beyond the limit: the queue is per caller (each OpenAI ingress replica routes to the LLM
     # replicas with its own router and its own count). First every slot is taken by a long
@@ -393,7 +417,7 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     callers = len(running_replicas(NS, cluster_of(g, NS), "OpenAiIngress"))
     assert callers >= 1
     drops_before = _back_pressure_drops(g)
-    holders = Load(url, slots, via=via, max_tokens=BURST_TOKENS, once=True)
+    holders = Load(url, slots, via=via, max_tokens=BURST_HOLD_TOKENS, once=True)
     wait("every slot streaming", lambda: holders.first_tokens >= slots, timeout=600)
     burst = Load(
         url, QUEUE * callers + 8, via=via, max_tokens=BURST_TOKENS, once=True, together=True
@@ -401,7 +425,9 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     results = burst.stop(timeout=1200)
     held = holders.stop(timeout=1200)
     assert len(results) == len(burst.threads) and len(held) == slots
-    assert all(r.ok and r.tokens == BURST_TOKENS for r in held), [r for r in held if not r.ok][:3]
+    assert all(r.ok and r.tokens == BURST_HOLD_TOKENS for r in held), (
+        "a stream holding a slot during the burst failed", [r for r in held if not r.ok][:3]
+    )  # fmt: skip
     rejected = [r for r in results if not r.ok]
     print(
         f"\nback-pressure burst: {slots} streaming, {len(results)} more, {len(rejected)} refused; "
@@ -430,14 +456,18 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
         )
     # Each refusal is an HTTP 503 the client sees at once (not a dropped connection or a
     # stream cut short), and Serve's own routers logged a back-pressure drop for each.
-    assert all(r.status == 503 and r.tokens == 0 for r in rejected), [r.error for r in rejected][:3]
+    assert all(r.status == 503 and r.tokens == 0 for r in rejected), (
+        "a refusal that is not a clean 503", [r.error for r in rejected][:3]
+    )  # fmt: skip
     drops = wait(
         "Serve's log of a back-pressure drop per 503",
         lambda: (n := _back_pressure_drops(g) - drops_before) >= len(rejected) and n,
         timeout=30,
     )
     print(f"back-pressure drops in Serve's logs: {drops}")
-    assert all(r.tokens == BURST_TOKENS for r in results if r.ok), results
+    assert all(r.tokens == BURST_TOKENS for r in results if r.ok), (
+        "a request of the burst ended short", [r for r in results if r.ok and r.tokens != BURST_TOKENS][:3]
+    )  # fmt: skip
 
 
 @pytest.mark.timeout(1200)
