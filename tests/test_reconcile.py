@@ -350,6 +350,26 @@ async def test_the_copy_of_a_written_status_goes_once_the_body_includes_it() -> 
     assert state.written is None
 
 
+async def test_reconcile_by_key_drops_the_written_copy_when_our_write_comes_back() -> None:
+    # Our status write's own event changes no input (no pass runs): the copy must go anyway.
+    kube = VersionedKube()
+    doc = with_status(minimal_doc(), {})
+    doc["metadata"]["resourceVersion"] = "99"
+    sources = DictSources(doc)
+    reconciler = DeploymentReconciler(kube, sources)
+    key = ("team-a", "demo")
+    await reconciler.reconcile(key)
+    state = reconciler._states[key]
+    assert state.written is not None and kube.status_patches
+    came_back = with_status(doc, kube.status_patches[-1])
+    came_back["metadata"]["resourceVersion"] = "100"
+    sources.bodies[key] = came_back
+    patches = len(kube.status_patches)
+    await reconciler.reconcile(key)
+    assert state.written is None
+    assert len(kube.status_patches) == patches  # and nothing was written for it
+
+
 async def test_reconcile_by_key_does_nothing_when_nothing_changed() -> None:
     # Our own status write comes back as an event of the same generation: no decide, no write.
     kube = RecordingKube()

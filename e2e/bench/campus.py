@@ -9,7 +9,8 @@ zones, plus a CPU pool) it measures, and prints as one table:
 1. the campus: start time, and the control plane's memory (RSS of etcd, kube-apiserver,
    controller-manager, scheduler, KWOK) after start and after the convergence runs;
 2. convergence at N = 100, 500, 1,000 deployments (``convergence.py``'s two phases: the
-   operator vs the floor of writing the same children directly), with the ratio, the API calls
+   operator vs the floor of writing the same children directly, ``--pairs`` of each interleaved
+   floor, operator, operator, floor: the ratio is their sums'), with the ratio, the API calls
    per deployment, the operator's peak RSS, its CPU seconds per deployment, and over an idle
    minute after N = 1,000 its writes and the MODIFIED events on its objects. Each phase's
    operator watches only its own namespace (earlier phases' objects stay);
@@ -274,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--campus", default=str(CAMPUS_1K))
     parser.add_argument("--sizes", default="100,500,1000", help="deployment counts to converge")
     parser.add_argument("--idle", type=float, default=60.0, help="idle window after the largest")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="operator and floor phases per size, interleaved ABBA (the ratio: sum over sum)",
+    )
     parser.add_argument("--placement", type=int, default=200, help="deployments to place (0: skip)")
     parser.add_argument("--fill", type=float, default=0.9, help="share of each GPU pool asked")
     parser.add_argument("--seed", type=int, default=10)
@@ -320,25 +327,42 @@ def main(argv: list[str] | None = None) -> int:
 
         rows: list[dict[str, Any]] = []
         for n in sizes:
-            run = convergence.run_operator_phase(
-                cluster, n, idle=args.idle if n == max(sizes) else 0.0, own_namespace=True
+            ops, floors = converge_paired(
+                cluster, n, args.pairs, idle=args.idle if n == max(sizes) else 0.0
             )
-            floor = convergence.run_floor_phase(cluster, n)
-            convergence.print_summary(run, floor)
+            run = ops[-1]  # the idle window's, and the calls of one operator phase
+            for op, floor in zip(ops, floors, strict=True):
+                convergence.print_summary(op, floor)
+            op_s = sum(op.seconds for op in ops)
+            floor_s = sum(floor.seconds for floor in floors)
             rows.append(
                 {
                     "n": n,
-                    "operator_s": round(run.seconds, 2),
-                    "input_apply_s": round(run.input_seconds, 2),
-                    "floor_s": round(floor.seconds, 2),
-                    "ratio": round(run.seconds / floor.seconds, 2),
-                    "peak_rss_mib": round(run.peak_rss_mib, 1),
-                    "cpu_ms_per_deployment": round(run.cpu_seconds / n * 1000, 1),
-                    "calls_per_deployment": round(sum(run.calls.delta.values()) / n, 2),
-                    "writes_per_deployment": round(run.calls.writes() / n, 2),
-                    "floor_calls_per_deployment": round(sum(floor.calls.delta.values()) / n, 2),
+                    "pairs": len(ops),
+                    "operator_s": round(op_s / len(ops), 2),
+                    "input_apply_s": round(sum(op.input_seconds for op in ops) / len(ops), 2),
+                    "floor_s": round(floor_s / len(floors), 2),
+                    "ratio": round(op_s / floor_s, 2),
+                    "pair_ratios": [
+                        round(op.seconds / floor.seconds, 2)
+                        for op, floor in zip(ops, floors, strict=True)
+                    ],
+                    "peak_rss_mib": round(max(op.peak_rss_mib for op in ops), 1),
+                    "peak_rss_mib_each": [round(op.peak_rss_mib, 1) for op in ops],
+                    "cpu_ms_per_deployment": round(
+                        sum(op.cpu_seconds for op in ops) / len(ops) / n * 1000, 1
+                    ),
+                    "calls_per_deployment": round(
+                        sum(sum(op.calls.delta.values()) for op in ops) / len(ops) / n, 2
+                    ),
+                    "writes_per_deployment": round(
+                        sum(op.calls.writes() for op in ops) / len(ops) / n, 2
+                    ),
+                    "floor_calls_per_deployment": round(
+                        sum(sum(f.calls.delta.values()) for f in floors) / len(floors) / n, 2
+                    ),
                     "calls": dict(run.calls.rows()),
-                    "floor_calls": dict(floor.calls.rows()),
+                    "floor_calls": dict(floors[-1].calls.rows()),
                     "idle_seconds": run.idle_seconds,
                     "idle_operator_writes": run.idle_writes,
                     "idle_api_writes": run.idle_api_writes,
@@ -379,6 +403,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def converge_paired(
+    cluster: Cluster, n: int, pairs: int, idle: float
+) -> tuple[list[convergence.OperatorRun], list[convergence.FloorRun]]:
+    """``pairs`` operator phases and as many floor phases of ``n`` deployments, in the order
+    floor, operator, operator, floor, floor, ... (ABBA), so that a drift of the control plane
+    over the run (every phase's objects stay: etcd and the API server's caches grow; the
+    shared machine's speed changes) weighs on both sides alike. One phase of each, in one order,
+    gave ratios from 1.02 to 1.36 for the same code (docs/benchmarks.md). The idle window
+    follows the last operator phase."""
+    ops: list[convergence.OperatorRun] = []
+    floors: list[convergence.FloorRun] = []
+    for i in range(pairs):
+        for phase in ("floor", "operator") if i % 2 == 0 else ("operator", "floor"):
+            if phase == "floor":
+                floors.append(convergence.run_floor_phase(cluster, n))
+            else:
+                last = len(ops) == pairs - 1
+                ops.append(
+                    convergence.run_operator_phase(
+                        cluster, n, idle=idle if last else 0.0, own_namespace=True
+                    )
+                )
+    return ops, floors
+
+
 def delete_namespaces(cluster: Cluster, prefix: str) -> None:
     """Delete every namespace named ``prefix...`` and wait until they are gone (nothing of ours
     holds a finalizer there: the operator puts none, KubeRay is not running yet)."""
@@ -406,16 +455,17 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {key}: {sum(mem.values()):.0f} MiB {mem}")
     print()
     print(
-        "| N | operator (input apply) | floor | ratio | calls/dep (floor) | writes/dep "
-        "| peak RSS | CPU/dep |"
+        "| N | operator (input apply) | floor | ratio (each pair) | calls/dep (floor) | writes/dep "
+        "| peak RSS (each) | CPU/dep |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in report.get("convergence", []):
         print(
             f"| {r['n']} | {r['operator_s']} s ({r.get('input_apply_s')} s) | {r['floor_s']} s | "
-            f"{r['ratio']} | "
+            f"{r['ratio']} ({', '.join(map(str, r.get('pair_ratios', [])))}) | "
             f"{r['calls_per_deployment']} ({r['floor_calls_per_deployment']}) | "
-            f"{r['writes_per_deployment']} | {r['peak_rss_mib']} MiB | "
+            f"{r['writes_per_deployment']} | {r['peak_rss_mib']} MiB "
+            f"({', '.join(map(str, r.get('peak_rss_mib_each', [])))}) | "
             f"{r['cpu_ms_per_deployment']} ms |"
         )
     for r in report.get("convergence", []):

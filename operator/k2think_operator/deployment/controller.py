@@ -513,6 +513,10 @@ class DeploymentReconciler:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return Result()  # children go with the garbage collector (owner references)
         state = self.state(key)
+        # Our last status write's copy goes once the body includes it, here and not only in the
+        # passes below: our write's own event changes no input and runs neither, so the copy
+        # (~10 KiB) stayed for good, for every deployment (issue #20's peak RSS).
+        state.unseen_write(body)
         pods = tuple(self.sources.pods(key))
         rayservice = self.sources.rayservice(key)
         now = time.monotonic()
