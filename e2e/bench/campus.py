@@ -38,6 +38,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
@@ -333,15 +334,16 @@ def main(argv: list[str] | None = None) -> int:
             run = ops[-1]  # the idle window's, and the calls of one operator phase
             for op, floor in zip(ops, floors, strict=True):
                 convergence.print_summary(op, floor)
-            op_s = sum(op.seconds for op in ops)
-            floor_s = sum(floor.seconds for floor in floors)
+            # Means over as many of each: their ratio is that of the sums.
+            op_s = fmean(op.seconds for op in ops)
+            floor_s = fmean(floor.seconds for floor in floors)
             rows.append(
                 {
                     "n": n,
                     "pairs": len(ops),
-                    "operator_s": round(op_s / len(ops), 2),
-                    "input_apply_s": round(sum(op.input_seconds for op in ops) / len(ops), 2),
-                    "floor_s": round(floor_s / len(floors), 2),
+                    "operator_s": round(op_s, 2),
+                    "input_apply_s": round(fmean(op.input_seconds for op in ops), 2),
+                    "floor_s": round(floor_s, 2),
                     "ratio": round(op_s / floor_s, 2),
                     "pair_ratios": [
                         round(op.seconds / floor.seconds, 2)
@@ -350,16 +352,14 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mib": round(max(op.peak_rss_mib for op in ops), 1),
                     "peak_rss_mib_each": [round(op.peak_rss_mib, 1) for op in ops],
                     "cpu_ms_per_deployment": round(
-                        sum(op.cpu_seconds for op in ops) / len(ops) / n * 1000, 1
+                        fmean(op.cpu_seconds for op in ops) / n * 1000, 1
                     ),
                     "calls_per_deployment": round(
-                        sum(sum(op.calls.delta.values()) for op in ops) / len(ops) / n, 2
+                        fmean(sum(op.calls.delta.values()) for op in ops) / n, 2
                     ),
-                    "writes_per_deployment": round(
-                        sum(op.calls.writes() for op in ops) / len(ops) / n, 2
-                    ),
+                    "writes_per_deployment": round(fmean(op.calls.writes() for op in ops) / n, 2),
                     "floor_calls_per_deployment": round(
-                        sum(sum(f.calls.delta.values()) for f in floors) / len(floors) / n, 2
+                        fmean(sum(f.calls.delta.values()) for f in floors) / n, 2
                     ),
                     "calls": dict(run.calls.rows()),
                     "floor_calls": dict(floors[-1].calls.rows()),

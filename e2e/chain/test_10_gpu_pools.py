@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -354,6 +355,15 @@ def _back_pressure_drops(g: Ground) -> int:
     return serve_logs(g, NS, head["metadata"]["name"]).count(BACKPRESSURE_LINE)
 
 
+def _take_every_slot(url: str, slots: int, via: Path, tokens: int) -> Load:
+    """One stream per slot, started one after the other, returned once each is streaming: on a
+    replica, so no longer counted as queued by Serve's router (the requests sent next are the
+    only ones it can queue or refuse)."""
+    holders = Load(url, slots, via=via, max_tokens=tokens, once=True)
+    wait("every slot streaming", lambda: holders.first_tokens >= slots, timeout=600)
+    return holders
+
+
 @pytest.mark.timeout(1500)
 def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     """More clients than slots: below ``maxQueuedRequests`` every request waits and is served
@@ -386,8 +396,7 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     # are ever queued. The slot holders stream longer (HOLD_TOKENS) so that every one still
     # holds its slot when the surplus arrives; the surplus gets its first token only once a
     # holder has ended.
-    holding = Load(url, slots, via=via, max_tokens=HOLD_TOKENS, once=True)
-    wait("every slot streaming", lambda: holding.first_tokens >= slots, timeout=600)
+    holding = _take_every_slot(url, slots, via, HOLD_TOKENS)
     surplus = Load(url, QUEUE - 2, via=via, max_tokens=BELOW_TOKENS, once=True)
     surplus_sent = time.monotonic()
     waited = surplus.stop(timeout=1200)
@@ -417,8 +426,7 @@ def test_gpu_pools_clients_queue_then_back_pressure(deployed: Ground) -> None:
     callers = len(running_replicas(NS, cluster_of(g, NS), "OpenAiIngress"))
     assert callers >= 1
     drops_before = _back_pressure_drops(g)
-    holders = Load(url, slots, via=via, max_tokens=BURST_HOLD_TOKENS, once=True)
-    wait("every slot streaming", lambda: holders.first_tokens >= slots, timeout=600)
+    holders = _take_every_slot(url, slots, via, BURST_HOLD_TOKENS)
     burst = Load(
         url, QUEUE * callers + 8, via=via, max_tokens=BURST_TOKENS, once=True, together=True
     )

@@ -50,6 +50,7 @@ from chain_support import (
 
 from harness import netns, podrun, raynodes
 from harness.polling import WaitTimeoutError
+from support import condition
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "k2think-operator"
@@ -314,11 +315,7 @@ def test_the_example_serves_with_every_default_on(ground: Ground) -> None:
                     for k in ("conditions", "numServeEndpoints", "serviceStatus")
                 },
                 "pods_ready": {
-                    p["metadata"]["name"]: [
-                        c.get("status")
-                        for c in p["status"].get("conditions") or []
-                        if c.get("type") == "Ready"
-                    ]
+                    p["metadata"]["name"]: (condition(p, "Ready") or {}).get("status")
                     for p in pods(g, NS)
                 },
             }
